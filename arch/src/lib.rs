@@ -1,0 +1,1 @@
+//! Per-ISA knowledge for rpatch.

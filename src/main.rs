@@ -1,0 +1,2 @@
+//! The `rpatch` command-line tool.
+fn main() {}
