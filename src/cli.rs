@@ -1,0 +1,260 @@
+//! Command-line front end: parses arguments, calls the library, prints text or JSON, and maps
+//! errors to the documented exit codes.
+
+use clap::{Args, Parser, Subcommand};
+use rpatch::log::Log;
+use rpatch::{
+    AttachOptions, AttachReport, Error, FunctionRequest, RollbackOptions, RollbackReport,
+    RollbackSelection, StatusReport,
+};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Live-patch functions in a running, unmodified process.
+#[derive(Debug, Parser)]
+#[command(name = "rpatch", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replace functions in PID with the versions in a patch library.
+    Attach(AttachArgs),
+    /// Undo patches (default: those of the most recent attach still applied).
+    Rollback(RollbackArgs),
+    /// Show recorded patches, each verified against the target's memory.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Print machine-readable JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Print each phase with timings on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Debug, Args)]
+struct AttachArgs {
+    /// Target process id.
+    pid: i32,
+    /// Patch library (a shared object: C/C++ -shared -fPIC, Rust cdylib).
+    #[arg(long)]
+    lib: PathBuf,
+    /// Function to replace: NAME, or NAME=REPLACEMENT when the library names it differently.
+    /// Repeat to patch several functions together (all or none).
+    #[arg(long = "func", required = true, value_name = "NAME[=REPLACEMENT]")]
+    funcs: Vec<String>,
+    /// Seconds to wait for threads to leave the functions before giving up.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Seconds the library's loading (its constructors included) may take.
+    #[arg(long, default_value_t = 10.0)]
+    load_timeout: f64,
+    /// Resolve and check everything, print the plan, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct RollbackArgs {
+    /// Target process id.
+    pid: i32,
+    /// Undo this patch id.
+    #[arg(long, conflicts_with = "all")]
+    id: Option<u64>,
+    /// Undo every applied patch, newest first.
+    #[arg(long)]
+    all: bool,
+    /// With --id: also undo later patches stacked on the same function.
+    #[arg(long)]
+    cascade: bool,
+    /// Seconds to wait for threads to leave the bytes being restored.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Target process id.
+    pid: i32,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let (json, result) = match cli.command {
+        Command::Attach(a) => {
+            let log = Log::new(a.common.verbose);
+            let options = AttachOptions {
+                pid: a.pid,
+                library: a.lib,
+                functions: a.funcs.iter().map(|f| FunctionRequest::parse(f)).collect(),
+                timeout: seconds(a.timeout),
+                load_timeout: seconds(a.load_timeout),
+                dry_run: a.dry_run,
+            };
+            (
+                a.common.json,
+                rpatch::attach(&options, &log).map(|r| Output::Attach(Box::new(r))),
+            )
+        }
+        Command::Rollback(r) => {
+            let log = Log::new(r.common.verbose);
+            let selection = match (r.id, r.all) {
+                (Some(id), _) => RollbackSelection::Id(id),
+                (None, true) => RollbackSelection::All,
+                (None, false) => RollbackSelection::Last,
+            };
+            let options = RollbackOptions {
+                pid: r.pid,
+                selection,
+                cascade: r.cascade,
+                timeout: seconds(r.timeout),
+            };
+            (
+                r.common.json,
+                rpatch::rollback(&options, &log).map(Output::Rollback),
+            )
+        }
+        Command::Status(s) => {
+            let log = Log::new(s.common.verbose);
+            (
+                s.common.json,
+                rpatch::status(s.pid, &log).map(Output::Status),
+            )
+        }
+    };
+    match result {
+        Ok(output) => {
+            if json {
+                println!("{}", output.json()?);
+            } else {
+                print!("{}", output.text());
+            }
+            Ok(0)
+        }
+        Err(error) => {
+            report_error(&error, json)?;
+            Ok(error.exit_code())
+        }
+    }
+}
+
+fn report_error(error: &Error, json: bool) -> anyhow::Result<()> {
+    eprintln!("rpatch: error: {error}");
+    if json {
+        let value = serde_json::json!({
+            "error": { "code": error.exit_code(), "kind": error.kind(), "message": error.to_string() }
+        });
+        println!("{}", serde_json::to_string(&value)?);
+    }
+    Ok(())
+}
+
+enum Output {
+    Attach(Box<AttachReport>),
+    Rollback(RollbackReport),
+    Status(StatusReport),
+}
+
+impl Output {
+    fn json(&self) -> serde_json::Result<String> {
+        match self {
+            Output::Attach(r) => serde_json::to_string(r),
+            Output::Rollback(r) => serde_json::to_string(r),
+            Output::Status(r) => serde_json::to_string(r),
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        match self {
+            Output::Attach(r) if r.dry_run => {
+                out += &format!("dry run: would patch PID {}:\n", r.pid);
+                for p in &r.patches {
+                    out += &format!(
+                        "  {} at {} ({} bytes{}, {}) -> {} in {}\n",
+                        p.function,
+                        p.address,
+                        p.size,
+                        p.location
+                            .as_deref()
+                            .map(|l| format!(", {l}"))
+                            .unwrap_or_default(),
+                        p.module.display(),
+                        p.replacement_name,
+                        p.library.display()
+                    );
+                }
+            }
+            Output::Attach(r) => {
+                for p in &r.patches {
+                    out += &format!(
+                        "patch {}: {} at {} -> {} at {} ({}{})\n",
+                        p.id,
+                        p.function,
+                        p.address,
+                        p.replacement_name,
+                        p.replacement,
+                        p.method,
+                        p.island
+                            .as_deref()
+                            .map(|i| format!(" via {i}"))
+                            .unwrap_or_default()
+                    );
+                }
+                out += &format!(
+                    "PID {} patched in {:.1} ms (threads stopped for {} us)\n",
+                    r.pid, r.total_ms, r.frozen_us
+                );
+            }
+            Output::Rollback(r) => {
+                let ids: Vec<String> = r.rolled_back.iter().map(|i| i.to_string()).collect();
+                out += &format!(
+                    "rolled back patch {} in PID {} ({:.1} ms, threads stopped for {} us)\n",
+                    ids.join(", "),
+                    r.pid,
+                    r.total_ms,
+                    r.frozen_us
+                );
+            }
+            Output::Status(r) => {
+                if r.patches.is_empty() {
+                    out += &format!("PID {}: no patches recorded\n", r.pid);
+                }
+                for p in &r.patches {
+                    out += &format!(
+                        "{:>3}  {:<11} {} at {} -> {} ({}, {}){}\n",
+                        p.id,
+                        p.state,
+                        p.function,
+                        p.address,
+                        p.replacement_name,
+                        p.library.display(),
+                        p.method,
+                        if p.state == "applied" && !p.active {
+                            "  [superseded]"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        out
+    }
+}

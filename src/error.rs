@@ -1,0 +1,192 @@
+//! The error type of the public API, and the stable exit code of each failure.
+
+use crate::inject::InjectError;
+use crate::journal::JournalError;
+use crate::process::ProcessError;
+use crate::symbols::SymbolError;
+use std::path::PathBuf;
+
+/// Everything an rpatch operation can fail with. Every variant leaves the target as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Process access, ptrace or /proc failure.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// Remote call failure (dlopen, mmap).
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    /// Journal or state directory failure.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A module of the target could not be parsed.
+    #[error(transparent)]
+    Symbols(#[from] SymbolError),
+    /// The patch library cannot be read.
+    #[error("cannot read patch library {path}: {reason}: check the path and its permissions")]
+    LibraryMissing {
+        /// Path given.
+        path: PathBuf,
+        /// OS error text.
+        reason: String,
+    },
+    /// The patch library is not a shared object for this machine.
+    #[error("patch library {path} is unusable: {reason}")]
+    LibraryInvalid {
+        /// Path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No function of that name in the target.
+    #[error("function {name} not found in PID {pid}{hint}")]
+    FunctionNotFound {
+        /// Name given.
+        name: String,
+        /// The PID.
+        pid: i32,
+        /// ": did you mean a, b?" or a note on where it was searched.
+        hint: String,
+    },
+    /// Several functions match the name.
+    #[error("function name {name} is ambiguous in PID {pid}: {candidates}; name one exactly")]
+    Ambiguous {
+        /// Name given.
+        name: String,
+        /// The PID.
+        pid: i32,
+        /// Candidates with addresses and locations.
+        candidates: String,
+    },
+    /// The function cannot take an entry jump.
+    #[error("cannot patch {function}: {reason}")]
+    Unpatchable {
+        /// Function.
+        function: String,
+        /// Why.
+        reason: String,
+    },
+    /// The replacement is not in the library.
+    #[error("replacement {name} not found in {library}{hint}")]
+    ReplacementMissing {
+        /// Replacement name.
+        name: String,
+        /// Library path.
+        library: PathBuf,
+        /// Suggestions.
+        hint: String,
+    },
+    /// Rollback found nothing to undo.
+    #[error("nothing to roll back in PID {pid}: {detail}")]
+    NothingToRollBack {
+        /// The PID.
+        pid: i32,
+        /// What was looked for.
+        detail: String,
+    },
+    /// A later patch sits on top of the one to undo.
+    #[error(
+        "patch {id} ({function}) has patch {later} applied on top of it: roll back {later} first, or use --cascade"
+    )]
+    StackedAbove {
+        /// Patch asked for.
+        id: u64,
+        /// Its function.
+        function: String,
+        /// The later patch.
+        later: u64,
+    },
+    /// A thread stayed inside a function until the timeout.
+    #[error(
+        "{function} stayed busy for {timeout_ms} ms: thread {tid} ({thread}) is executing inside it at {pc:#x}; retry later or raise --timeout"
+    )]
+    Busy {
+        /// Function.
+        function: String,
+        /// Thread id.
+        tid: i32,
+        /// Thread name.
+        thread: String,
+        /// The PC.
+        pc: u64,
+        /// Time waited.
+        timeout_ms: u64,
+    },
+    /// Memory does not hold what rpatch expects there.
+    #[error(
+        "{function} at {address:#x} holds {found} where {expected} was expected (changed by something else, or the file on disk differs from the one mapped); nothing was written"
+    )]
+    UnexpectedBytes {
+        /// Function.
+        function: String,
+        /// Address.
+        address: u64,
+        /// Expected bytes (hex).
+        expected: String,
+        /// Found bytes (hex).
+        found: String,
+    },
+}
+
+impl Error {
+    /// The documented, stable exit code of this error (see README).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Process(e) | Error::Inject(InjectError::Process(e)) => match e {
+                ProcessError::NoSuchProcess { .. } => 3,
+                ProcessError::PermissionDenied { .. } => 4,
+                ProcessError::AlreadyTraced { .. } => 5,
+                ProcessError::Exited { .. } => 17,
+                ProcessError::WrongArchitecture { .. } | ProcessError::Stopped { .. } => 19,
+                _ => 1,
+            },
+            Error::LibraryMissing { .. } => 6,
+            Error::LibraryInvalid { .. } => 7,
+            Error::Inject(
+                InjectError::DlopenFailed { .. }
+                | InjectError::CallFaulted { .. }
+                | InjectError::CallTimeout { .. },
+            ) => 8,
+            Error::Inject(_) => 19,
+            Error::FunctionNotFound { .. } => 9,
+            Error::Ambiguous { .. } => 10,
+            Error::Unpatchable { .. } => 11,
+            Error::ReplacementMissing { .. } => 12,
+            Error::NothingToRollBack { .. } => 13,
+            Error::Journal(JournalError::OtherProcess { .. }) => 14,
+            Error::Journal(_) => 1,
+            Error::Busy { .. } => 15,
+            Error::UnexpectedBytes { .. } => 16,
+            Error::StackedAbove { .. } => 18,
+            Error::Symbols(_) => 1,
+        }
+    }
+
+    /// A stable snake_case name of the failure, for `--json` consumers.
+    pub fn kind(&self) -> &'static str {
+        match self.exit_code() {
+            3 => "no_such_process",
+            4 => "permission_denied",
+            5 => "already_traced",
+            6 => "library_missing",
+            7 => "library_invalid",
+            8 => "load_failed",
+            9 => "function_not_found",
+            10 => "ambiguous_function",
+            11 => "unpatchable",
+            12 => "replacement_missing",
+            13 => "nothing_to_roll_back",
+            14 => "journal_of_other_process",
+            15 => "busy",
+            16 => "unexpected_bytes",
+            17 => "target_exited",
+            18 => "stacked_patch",
+            19 => "target_unsupported",
+            _ => "internal",
+        }
+    }
+}
+
+/// Formats bytes as hex for messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,211 @@
+//! Which thread runs the injected `dlopen`.
+//!
+//! The borrowed thread must not hold a lock that `dlopen` takes: not the loader's, not the
+//! allocator's. A thread blocked in a syscall is ideal (it holds nothing dlopen needs and is not
+//! running anyway). A thread whose PC is inside the dynamic loader or the allocator is never
+//! chosen. Return addresses near the top of the stack that point into those (a cheap scan of the
+//! stack) rank a thread last, as does stdio (harmless to dlopen itself, but a constructor that
+//! prints would wait for it).
+
+use crate::process::{Memory, ModuleMap, ProcMem, status_field};
+
+/// A thread considered for the injected call, best first after `rank_threads`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCandidate {
+    /// Thread id.
+    pub tid: i32,
+    /// 0 = best. Candidates with a hard hazard are not returned.
+    pub tier: u8,
+    /// Why it got this tier (for `-v`).
+    pub why: String,
+}
+
+/// Allocator and stdio functions exported by glibc: a PC in them means a lock may be held.
+const ALLOCATOR: &[&str] = &[
+    "malloc",
+    "free",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "memalign",
+    "posix_memalign",
+    "aligned_alloc",
+    "valloc",
+    "pvalloc",
+    "malloc_trim",
+    "mallopt",
+    "__libc_malloc",
+    "__libc_free",
+    "__libc_calloc",
+    "__libc_realloc",
+    "cfree",
+];
+
+fn is_stdio(name: &str) -> bool {
+    name.starts_with("_IO_")
+        || name.starts_with("__vfprintf")
+        || name.starts_with("__printf")
+        || matches!(
+            name,
+            "fgets"
+                | "fputs"
+                | "puts"
+                | "printf"
+                | "fprintf"
+                | "getline"
+                | "getdelim"
+                | "fread"
+                | "fwrite"
+                | "fflush"
+                | "getc"
+                | "fgetc"
+                | "putc"
+                | "fputc"
+                | "getchar"
+                | "putchar"
+                | "scanf"
+                | "fscanf"
+                | "vfprintf"
+                | "vprintf"
+        )
+}
+
+/// Where an address is, as far as the choice is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    Harmless,
+    Stdio,
+    Allocator,
+    Loader,
+}
+
+fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
+    let Some(module) = modules.module_at(addr).cloned() else {
+        return Place::Harmless;
+    };
+    let name = module.file_name();
+    if name.starts_with("ld-linux") || name.starts_with("ld-musl") || name.starts_with("ld64") {
+        return Place::Loader;
+    }
+    if !(name.starts_with("libc.so") || name.starts_with("libc-")) {
+        return Place::Harmless;
+    }
+    let Ok(index) = modules.symbols(&module) else {
+        return Place::Harmless;
+    };
+    let bias = module.bias(index.load_segments());
+    match index.function_containing(addr.wrapping_sub(bias)) {
+        Some(f) if ALLOCATOR.contains(&f.name.as_str()) => Place::Allocator,
+        Some(f) if f.name.starts_with("_dl_") || f.name.starts_with("dl") => Place::Loader,
+        Some(f) if is_stdio(&f.name) => Place::Stdio,
+        _ => Place::Harmless,
+    }
+}
+
+/// Reads `/proc/PID/task/TID/syscall`: `Some((nr, sp, pc))` when the thread is blocked (nr -1
+/// when blocked outside a syscall), `None` when running.
+fn blocked_in(pid: i32, tid: i32) -> Option<(i64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let nr: i64 = fields.first()?.parse().ok()?;
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let sp = hex(fields.get(fields.len().checked_sub(2)?)?)?;
+    let pc = hex(fields.last()?)?;
+    Some((nr, sp, pc))
+}
+
+/// Bytes of stack scanned for return addresses.
+const STACK_SCAN: usize = 1024;
+
+/// The worst place among the PC and the code addresses found near the top of the stack.
+fn stack_hazard(modules: &mut ModuleMap, mem: &ProcMem, sp: u64) -> Place {
+    let mut stack = vec![0u8; STACK_SCAN];
+    if mem.read_at(sp, &mut stack).is_err() {
+        return Place::Harmless;
+    }
+    stack
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        .map(|word| {
+            if modules.module_at(word).is_some() {
+                classify(modules, word)
+            } else {
+                Place::Harmless
+            }
+        })
+        .max()
+        .unwrap_or(Place::Harmless)
+}
+
+/// Whether the thread blocks or ignores SIGSEGV: the fault that ends an injected call would then
+/// reset its disposition, so such a thread is never borrowed.
+fn segv_unusable(pid: i32, tid: i32) -> bool {
+    let bit = 1u64 << (libc::SIGSEGV - 1);
+    ["SigBlk", "SigIgn"].iter().any(|key| {
+        status_field(pid, tid, key)
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .is_some_and(|mask| mask & bit != 0)
+    })
+}
+
+/// Ranks the threads of `pid` for the injected call, best first; `Err` lists why none qualifies.
+pub fn rank_threads(
+    modules: &mut ModuleMap,
+    mem: &ProcMem,
+    tids: &[i32],
+) -> Result<Vec<ThreadCandidate>, String> {
+    let pid = modules.pid();
+    let mut out = Vec::new();
+    let mut refused = Vec::new();
+    for &tid in tids {
+        if segv_unusable(pid, tid) {
+            refused.push(format!("thread {tid} blocks or ignores SIGSEGV"));
+            continue;
+        }
+        let candidate = match blocked_in(pid, tid) {
+            Some((nr, sp, pc)) => assess(modules, mem, tid, pc, sp, nr >= 0),
+            None => Ok(ThreadCandidate {
+                tid,
+                tier: 2,
+                why: "running".into(),
+            }),
+        };
+        match candidate {
+            Ok(c) => out.push(c),
+            Err(why) => refused.push(why),
+        }
+    }
+    out.sort_by_key(|c| (c.tier, c.tid));
+    if out.is_empty() {
+        Err(refused.join("; "))
+    } else {
+        Ok(out)
+    }
+}
+
+/// Judges a thread from its PC and stack pointer (after it was stopped, with exact registers).
+pub fn assess(
+    modules: &mut ModuleMap,
+    mem: &ProcMem,
+    tid: i32,
+    pc: u64,
+    sp: u64,
+    in_syscall: bool,
+) -> Result<ThreadCandidate, String> {
+    match classify(modules, pc) {
+        Place::Loader => return Err(format!("thread {tid} is inside the dynamic loader")),
+        Place::Allocator => return Err(format!("thread {tid} is inside the allocator")),
+        _ => {}
+    }
+    let (tier, why) = match (stack_hazard(modules, mem, sp), in_syscall) {
+        (Place::Harmless, true) => (0, "blocked in a syscall"),
+        (Place::Harmless, false) => (1, "stopped in user code"),
+        (Place::Stdio, _) => (3, "stdio on its stack"),
+        (Place::Allocator | Place::Loader, _) => (4, "allocator or loader address on its stack"),
+    };
+    Ok(ThreadCandidate {
+        tid,
+        tier,
+        why: why.into(),
+    })
+}

@@ -1,0 +1,225 @@
+//! The rollback journal: a durable record of every change rpatch makes to a target.
+//!
+//! One JSON file per target PID in the state directory, guarded by an exclusive lock so two rpatch
+//! runs on one target never interleave. The file records the target's start time and boot id, so a
+//! journal left behind by a process that has since died is never applied to a new process that
+//! happens to reuse its PID. An *intent* record is made durable before the target is frozen (no
+//! disk wait while threads are stopped) and completed afterwards; `status` reconciles an intent left
+//! behind by a crash with what memory actually holds.
+
+mod store;
+
+pub use store::{Journal, StateDir};
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Format version of the journal file; bumped on incompatible changes.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// Errors of the journal layer.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The state directory or a journal file cannot be used.
+    #[error("state directory {path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The journal file exists but cannot be parsed.
+    #[error("journal {path} is corrupt ({reason}); move it aside to continue")]
+    Corrupt {
+        /// Journal file.
+        path: PathBuf,
+        /// Parser message.
+        reason: String,
+    },
+    /// The journal for this PID was written for another process (PID reused, or another boot).
+    #[error(
+        "journal {path} belongs to another process with PID {pid} (recorded start {recorded_start}, boot {recorded_boot}; \
+         this process started at {actual_start}); its patches died with that process: remove the file and retry"
+    )]
+    OtherProcess {
+        /// Journal file.
+        path: PathBuf,
+        /// The PID.
+        pid: i32,
+        /// Start time recorded in the journal (clock ticks since boot).
+        recorded_start: u64,
+        /// Boot id recorded in the journal.
+        recorded_boot: String,
+        /// Start time of the live process.
+        actual_start: u64,
+    },
+}
+
+/// Who a journal belongs to: enough to tell a reused PID apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetIdentity {
+    /// Process id.
+    pub pid: i32,
+    /// Start time in clock ticks after boot (field 22 of /proc/PID/stat).
+    pub start_time: u64,
+    /// /proc/sys/kernel/random/boot_id at the time of recording.
+    pub boot_id: String,
+    /// Executable path as the kernel reports it.
+    #[serde(default)]
+    pub exe: PathBuf,
+}
+
+/// Life cycle of one patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchState {
+    /// Recorded before the write; memory may or may not hold it (a crash in between).
+    Intent,
+    /// Written and verified.
+    Applied,
+    /// Undone; memory holds `original` again.
+    RolledBack,
+    /// The attach that recorded this intent failed before writing.
+    Abandoned,
+}
+
+/// How the entry jump reaches the replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JumpMethod {
+    /// `jmp rel32` straight to the replacement.
+    Direct,
+    /// `jmp rel32` to an island slot holding an absolute jump.
+    Island,
+    /// 14-byte absolute jump written in place.
+    Absolute,
+}
+
+/// A page rpatch mapped in the target to hold island slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Island {
+    /// Start address.
+    pub address: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// One change to the target's code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchRecord {
+    /// Id, unique per target, starting at 1.
+    pub id: u64,
+    /// Patches made by one `attach` share a group (they were applied together).
+    pub group: u64,
+    /// Function as the user named it, resolved (display name).
+    pub function: String,
+    /// Module (file) that holds the function.
+    pub module: PathBuf,
+    /// Runtime entry address of the function.
+    pub function_address: u64,
+    /// Runtime address of the first byte written (after a kept `endbr64`).
+    pub address: u64,
+    /// Bytes memory held before this patch.
+    #[serde(with = "hex_bytes")]
+    pub original: Vec<u8>,
+    /// Bytes this patch wrote.
+    #[serde(with = "hex_bytes")]
+    pub new: Vec<u8>,
+    /// Name of the replacement in the library.
+    pub replacement_name: String,
+    /// Runtime address of the replacement.
+    pub replacement: u64,
+    /// Library path the user gave.
+    pub library: PathBuf,
+    /// Content-addressed copy the target actually loaded.
+    pub loaded_from: PathBuf,
+    /// SHA-256 of the library content.
+    pub library_sha256: String,
+    /// How the jump reaches the replacement.
+    pub method: JumpMethod,
+    /// Island slot address when `method` is `Island`.
+    pub island_slot: Option<u64>,
+    /// Current state.
+    pub state: PatchState,
+    /// Unix time (seconds) of the attach.
+    pub created: u64,
+    /// Unix time (seconds) of the rollback.
+    pub rolled_back: Option<u64>,
+}
+
+/// The whole journal file of one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalData {
+    /// Format version.
+    pub version: u32,
+    /// The process this journal belongs to.
+    pub identity: TargetIdentity,
+    /// Island pages mapped in the target (reused across patches).
+    #[serde(default)]
+    pub islands: Vec<Island>,
+    /// Every patch ever made to this process, oldest first.
+    #[serde(default)]
+    pub patches: Vec<PatchRecord>,
+}
+
+impl JournalData {
+    /// An empty journal for `identity`.
+    pub fn new(identity: TargetIdentity) -> Self {
+        Self {
+            version: JOURNAL_VERSION,
+            identity,
+            islands: Vec::new(),
+            patches: Vec::new(),
+        }
+    }
+
+    /// Next free patch id.
+    pub fn next_id(&self) -> u64 {
+        self.patches.iter().map(|p| p.id).max().unwrap_or(0) + 1
+    }
+
+    /// Next free attach group.
+    pub fn next_group(&self) -> u64 {
+        self.patches.iter().map(|p| p.group).max().unwrap_or(0) + 1
+    }
+
+    /// Patches whose bytes are (or may be) in memory: applied or intent, oldest first.
+    pub fn live(&self) -> impl Iterator<Item = &PatchRecord> {
+        self.patches
+            .iter()
+            .filter(|p| matches!(p.state, PatchState::Applied | PatchState::Intent))
+    }
+
+    /// The newest live patch at the same write address as `record`, other than itself: the bytes a
+    /// new patch there must find in memory, and what blocks an out-of-order rollback.
+    pub fn top_of_stack(&self, address: u64) -> Option<&PatchRecord> {
+        self.live()
+            .filter(|p| p.address == address)
+            .max_by_key(|p| p.id)
+    }
+
+    /// Island slots in use by live patches.
+    pub fn slots_in_use(&self) -> Vec<u64> {
+        self.live().filter_map(|p| p.island_slot).collect()
+    }
+}
+
+/// Serialises byte strings as lowercase hex, readable in the file.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex string"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}

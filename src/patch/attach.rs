@@ -1,0 +1,482 @@
+//! `attach`: load a patch library into the target and redirect functions to it.
+
+use super::islands::{self, ISLAND_SIZE};
+use super::plan::{self, FunctionRequest, PlannedFunction};
+use super::{frozen_write, identify, now_secs};
+use crate::Error;
+use crate::error::hex;
+use crate::inject::{InjectError, InjectedThread, LoaderFunctions, assess_thread, rank_threads};
+use crate::journal::{Island, Journal, JournalData, JumpMethod, PatchRecord, PatchState, StateDir};
+use crate::log::Log;
+use crate::process::{self, Memory, ModuleMap, ProcessError, Stop, Tracer};
+use crate::safety::GuardedRange;
+use rpatch_arch::x86_64 as isa;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What to patch.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    /// Target process.
+    pub pid: i32,
+    /// Patch library (shared object).
+    pub library: PathBuf,
+    /// Functions to replace, applied together or not at all.
+    pub functions: Vec<FunctionRequest>,
+    /// How long to wait for busy threads to leave the functions.
+    pub timeout: Duration,
+    /// How long the injected dlopen may take (library constructors run inside it).
+    pub load_timeout: Duration,
+    /// Stop after planning; touch nothing.
+    pub dry_run: bool,
+}
+
+/// One applied (or, in a dry run, planned) patch.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchSummary {
+    /// Journal id (0 in a dry run).
+    pub id: u64,
+    /// Function name.
+    pub function: String,
+    /// Module holding it.
+    pub module: PathBuf,
+    /// Runtime entry address (hex).
+    pub address: String,
+    /// Size of the function in bytes.
+    pub size: u64,
+    /// `file:line` when known.
+    pub location: Option<String>,
+    /// Replacement name in the library.
+    pub replacement_name: String,
+    /// Runtime address of the replacement (hex; empty in a dry run).
+    pub replacement: String,
+    /// Library as given.
+    pub library: PathBuf,
+    /// `direct`, `island` or `absolute` (empty in a dry run).
+    pub method: String,
+    /// Island slot address (hex) when an island was used.
+    pub island: Option<String>,
+}
+
+/// Result of `attach`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachReport {
+    /// Target PID.
+    pub pid: i32,
+    /// Whether this was only a plan.
+    pub dry_run: bool,
+    /// The patches.
+    pub patches: Vec<PatchSummary>,
+    /// Microseconds all threads were stopped (freeze to thaw).
+    pub frozen_us: u64,
+    /// Wall time of the whole operation.
+    pub total_ms: f64,
+}
+
+fn summary(p: &PlannedFunction, library: &std::path::Path) -> PatchSummary {
+    PatchSummary {
+        id: 0,
+        function: p.function.name.clone(),
+        module: p.module.clone(),
+        address: format!("{:#x}", p.entry),
+        size: p.function.size,
+        location: p.function.location.clone(),
+        replacement_name: p.replacement.name.clone(),
+        replacement: String::new(),
+        library: library.to_path_buf(),
+        method: String::new(),
+        island: None,
+    }
+}
+
+/// Replaces the requested functions in the target with the library's versions.
+pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
+    let pid = options.pid;
+    let (info, identity) = identify(pid, log)?;
+    if info.state == 'T' {
+        return Err(ProcessError::Stopped { pid }.into());
+    }
+    let state = StateDir::from_env()?;
+    let mut journal = Journal::open(&state, &identity)?;
+    let library = plan::open_library(&options.library)?;
+    let maps = process::read_maps(pid)?;
+    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
+    let planned = plan::plan(&mut modules, &library, &options.functions)?;
+    for p in &planned {
+        log.step(
+            "plan",
+            format!(
+                "{} at {:#x} ({} bytes, {}) -> {} in {}",
+                p.function.name,
+                p.entry,
+                p.function.size,
+                p.module.display(),
+                p.replacement.name,
+                options.library.display()
+            ),
+        );
+    }
+    if options.dry_run {
+        return Ok(AttachReport {
+            pid,
+            dry_run: true,
+            patches: planned
+                .iter()
+                .map(|p| summary(p, &options.library))
+                .collect(),
+            frozen_us: 0,
+            total_ms: log.elapsed_ms(),
+        });
+    }
+
+    let (copy, sha256) = state.library_copy(&options.library)?;
+    let mut tracer = Tracer::new(pid)?;
+    let functions = LoaderFunctions::find(&mut modules)?;
+    let loaded = load(
+        &mut tracer,
+        &mut modules,
+        &functions,
+        &copy,
+        &planned,
+        &journal.data,
+        options.load_timeout,
+        log,
+    )?;
+    let group = journal.data.next_group();
+    let mut records = Vec::new();
+    {
+        let mut next_id = journal.data.next_id();
+        for (p, &placement) in planned.iter().zip(&loaded.placements) {
+            let replacement = loaded.l_addr.wrapping_add(p.replacement.address);
+            let new: Vec<u8> = match placement {
+                Placement::Direct => isa::jmp_rel32(p.write_at, replacement)
+                    .expect("reach checked")
+                    .to_vec(),
+                Placement::Island(slot) => isa::jmp_rel32(p.write_at, slot)
+                    .expect("reach checked")
+                    .to_vec(),
+                Placement::Absolute => isa::jmp_abs(replacement).to_vec(),
+            };
+            let original = expected_bytes(&journal.data, p, new.len());
+            records.push(PatchRecord {
+                id: next_id,
+                group,
+                function: p.function.name.clone(),
+                module: p.module.clone(),
+                function_address: p.entry,
+                address: p.write_at,
+                original,
+                new,
+                replacement_name: p.replacement.name.clone(),
+                replacement,
+                library: options.library.clone(),
+                loaded_from: copy.clone(),
+                library_sha256: sha256.clone(),
+                method: placement.method(),
+                island_slot: placement.slot(),
+                state: PatchState::Intent,
+                created: now_secs(),
+                rolled_back: None,
+            });
+            next_id += 1;
+        }
+    }
+    journal
+        .data
+        .islands
+        .extend(loaded.new_islands.iter().copied());
+    journal.data.patches.extend(records.iter().cloned());
+    journal.save()?;
+    log.step(
+        "journal",
+        format!("intent recorded in {}", journal.path().display()),
+    );
+
+    let ranges: Vec<GuardedRange> = records
+        .iter()
+        .map(|r| GuardedRange {
+            bytes: r.address..r.address + r.new.len() as u64,
+            entry_ok: true,
+            function: r.function.clone(),
+        })
+        .collect();
+    let result = frozen_write(&mut tracer, &ranges, options.timeout, log, |tracer| {
+        write_patches(tracer.mem(), &records)
+    });
+    let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+    let final_state = if result.is_ok() {
+        PatchState::Applied
+    } else {
+        PatchState::Abandoned
+    };
+    for r in journal
+        .data
+        .patches
+        .iter_mut()
+        .filter(|r| ids.contains(&r.id))
+    {
+        r.state = final_state;
+    }
+    let saved = journal.save();
+    let frozen = result?;
+    saved?;
+    Ok(AttachReport {
+        pid,
+        dry_run: false,
+        patches: planned
+            .iter()
+            .zip(&records)
+            .map(|(p, r)| PatchSummary {
+                id: r.id,
+                replacement: format!("{:#x}", r.replacement),
+                method: method_name(r.method).into(),
+                island: r.island_slot.map(|s| format!("{s:#x}")),
+                ..summary(p, &options.library)
+            })
+            .collect(),
+        frozen_us: frozen.as_micros() as u64,
+        total_ms: log.elapsed_ms(),
+    })
+}
+
+/// The name of a jump method in reports.
+pub fn method_name(m: JumpMethod) -> &'static str {
+    match m {
+        JumpMethod::Direct => "direct",
+        JumpMethod::Island => "island",
+        JumpMethod::Absolute => "absolute",
+    }
+}
+
+/// What memory must hold at `p.write_at` for `len` bytes before this patch: the file's code with
+/// every live patch at that address laid over it, oldest first (patches stack).
+fn expected_bytes(journal: &JournalData, p: &PlannedFunction, len: usize) -> Vec<u8> {
+    let mut bytes = p.file_bytes.clone();
+    bytes.resize(bytes.len().max(len), 0);
+    for live in journal.live().filter(|r| r.address == p.write_at) {
+        bytes[..live.new.len()].copy_from_slice(&live.new);
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+/// Phase 6, *Write* (all threads frozen): verify every function holds the expected bytes, then
+/// write island slots and jumps, and read them back. Either all are written or none stays.
+fn write_patches(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
+    for r in records {
+        let found = mem
+            .read_vec(r.address, r.original.len())
+            .map_err(|e| io(r, e))?;
+        if found != r.original {
+            return Err(Error::UnexpectedBytes {
+                function: r.function.clone(),
+                address: r.address,
+                expected: hex(&r.original),
+                found: hex(&found),
+            });
+        }
+    }
+    let mut written: Vec<&PatchRecord> = Vec::new();
+    let result = records.iter().try_for_each(|r| {
+        if let Some(slot) = r.island_slot {
+            mem.write_at(slot, &isa::island_slot(r.replacement))
+                .map_err(|e| io(r, e))?;
+        }
+        mem.write_at(r.address, &r.new).map_err(|e| io(r, e))?;
+        written.push(r);
+        let back = mem.read_vec(r.address, r.new.len()).map_err(|e| io(r, e))?;
+        if back != r.new {
+            return Err(Error::UnexpectedBytes {
+                function: r.function.clone(),
+                address: r.address,
+                expected: hex(&r.new),
+                found: hex(&back),
+            });
+        }
+        Ok(())
+    });
+    if result.is_err() {
+        for r in written.iter().rev() {
+            let _ = mem.write_at(r.address, &r.original);
+        }
+    }
+    result
+}
+
+fn io(r: &PatchRecord, e: std::io::Error) -> Error {
+    Error::Process(ProcessError::Io {
+        pid: 0,
+        what: format!("memory of {} at {:#x}", r.function, r.address),
+        source: e,
+    })
+}
+
+/// Where a function's jump goes.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    /// `jmp rel32` reaches the replacement itself.
+    Direct,
+    /// `jmp rel32` to this island slot.
+    Island(u64),
+    /// 14-byte absolute jump in place.
+    Absolute,
+}
+
+impl Placement {
+    fn method(self) -> JumpMethod {
+        match self {
+            Placement::Direct => JumpMethod::Direct,
+            Placement::Island(_) => JumpMethod::Island,
+            Placement::Absolute => JumpMethod::Absolute,
+        }
+    }
+
+    fn slot(self) -> Option<u64> {
+        match self {
+            Placement::Island(slot) => Some(slot),
+            _ => None,
+        }
+    }
+}
+
+/// What the Load phase produced.
+struct Loaded {
+    /// Load bias of the patch library (`l_addr` of its link map).
+    l_addr: u64,
+    /// Where each planned function's jump goes, in plan order.
+    placements: Vec<Placement>,
+    /// Island pages mapped during this load.
+    new_islands: Vec<Island>,
+}
+
+/// Phase 3, *Load*: borrow one thread, `dlopen` the library copy, map island pages near the
+/// functions whose replacement is out of `jmp rel32` reach, and give the thread back.
+#[allow(clippy::too_many_arguments)]
+fn load(
+    tracer: &mut Tracer,
+    modules: &mut ModuleMap,
+    functions: &LoaderFunctions,
+    copy: &std::path::Path,
+    planned: &[PlannedFunction],
+    journal: &JournalData,
+    timeout: Duration,
+    log: &Log,
+) -> Result<Loaded, Error> {
+    let pid = tracer.pid();
+    let tid = borrow_thread(tracer, modules, log)?;
+    let result = (|| {
+        let mut thread = InjectedThread::begin(tracer, tid, functions)?;
+        let handle = thread.dlopen(functions, &copy.to_string_lossy(), timeout)?;
+        let l_addr = thread
+            .mem()
+            .read_u64(handle)
+            .map_err(|e| ProcessError::Io {
+                pid,
+                what: "the loaded library's link map".into(),
+                source: e,
+            })?;
+        log.step(
+            "load",
+            format!("{} loaded, l_addr {l_addr:#x}", copy.display()),
+        );
+        let mut islands = journal.islands.clone();
+        let mut reserved = journal.slots_in_use();
+        let mut new_islands = Vec::new();
+        let mut placements = Vec::new();
+        for p in planned {
+            let replacement = l_addr.wrapping_add(p.replacement.address);
+            let placement = if isa::jmp_rel32(p.write_at, replacement).is_some() {
+                Placement::Direct
+            } else if let Some(slot) = islands::free_slot(&islands, &reserved, p.write_at) {
+                Placement::Island(slot)
+            } else {
+                let maps = process::read_maps(pid)?;
+                let mut mapped = None;
+                for addr in islands::candidate_addresses(&maps, p.write_at) {
+                    if let Some(page) = thread.map_page_at(functions, addr, ISLAND_SIZE)? {
+                        mapped = Some(page);
+                        break;
+                    }
+                }
+                match mapped {
+                    Some(page) => {
+                        log.step("load", format!("island page mapped at {page:#x}"));
+                        let island = Island {
+                            address: page,
+                            size: ISLAND_SIZE,
+                        };
+                        islands.push(island);
+                        new_islands.push(island);
+                        Placement::Island(page)
+                    }
+                    None if p.room >= isa::JMP_ABS_LEN as u64 => Placement::Absolute,
+                    None => {
+                        return Err(Error::Unpatchable {
+                            function: p.function.name.clone(),
+                            reason: format!(
+                                "no island page could be mapped within 2 GiB of it and its {} bytes cannot hold a {}-byte absolute jump",
+                                p.room,
+                                isa::JMP_ABS_LEN
+                            ),
+                        });
+                    }
+                }
+            };
+            if let Placement::Island(slot) = placement {
+                reserved.push(slot);
+            }
+            placements.push(placement);
+        }
+        thread.restore()?;
+        Ok(Loaded {
+            l_addr,
+            placements,
+            new_islands,
+        })
+    })();
+    tracer.release(tid);
+    result
+}
+
+/// Seizes the best thread for the injected call (see `inject::rank_threads`), re-checking it with
+/// its exact registers once stopped.
+fn borrow_thread(tracer: &mut Tracer, modules: &mut ModuleMap, log: &Log) -> Result<i32, Error> {
+    let pid = tracer.pid();
+    let tids = process::list_threads(pid)?;
+    let ranked = rank_threads(modules, tracer.mem(), &tids)
+        .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
+    let mut refused = Vec::new();
+    for candidate in ranked {
+        if !tracer.seize(candidate.tid, Instant::now() + Duration::from_secs(2))? {
+            continue;
+        }
+        let state = tracer.thread(candidate.tid).expect("seized").clone();
+        let in_syscall = (state.regs.orig_rax as i64) >= 0;
+        let usable = state.stop == Stop::Event;
+        match assess_thread(
+            modules,
+            tracer.mem(),
+            candidate.tid,
+            state.regs.rip,
+            state.regs.rsp,
+            in_syscall,
+        ) {
+            Ok(c) if usable => {
+                log.step("load", format!("borrowing thread {} ({})", c.tid, c.why));
+                return Ok(c.tid);
+            }
+            Ok(_) => refused.push(format!(
+                "thread {} has a signal being delivered",
+                candidate.tid
+            )),
+            Err(why) => refused.push(why),
+        }
+        tracer.release(candidate.tid);
+    }
+    Err(InjectError::NoSafeThread {
+        pid,
+        reasons: refused.join("; "),
+    }
+    .into())
+}

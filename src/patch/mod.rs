@@ -1,0 +1,110 @@
+//! Orchestration of the phases of attach, rollback and status — the only module that knows their
+//! order (DESIGN.md: Identify, Plan, Load, Freeze, Check, Write, Thaw).
+
+mod attach;
+mod islands;
+mod plan;
+mod rollback;
+mod status;
+
+pub use attach::{AttachOptions, AttachReport, PatchSummary, attach};
+pub use plan::{FunctionRequest, PlannedFunction};
+pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
+pub use status::{PatchStatus, StatusReport, status};
+
+use crate::Error;
+use crate::journal::TargetIdentity;
+use crate::log::Log;
+use crate::process::{self, ProcessInfo, Tracer};
+use crate::safety::{GuardedRange, find_blocker};
+use std::time::{Duration, Instant};
+
+/// Phase 1 for every operation: identify the target and build its journal identity.
+fn identify(pid: i32, log: &Log) -> Result<(ProcessInfo, TargetIdentity), Error> {
+    let info = process::identify(pid)?;
+    log.step(
+        "identify",
+        format!("PID {pid} {} start {}", info.exe.display(), info.start_time),
+    );
+    let identity = TargetIdentity {
+        pid,
+        start_time: info.start_time,
+        boot_id: info.boot_id.clone(),
+        exe: info.exe.clone(),
+    };
+    Ok((info, identity))
+}
+
+/// Phases 4 to 7: freeze every thread, check no PC is inside `ranges`, run `write` while frozen,
+/// and thaw. When a thread is in the way, thaw, back off and retry until `timeout`.
+/// Returns how long the world was frozen in the successful round.
+fn frozen_write(
+    tracer: &mut Tracer,
+    ranges: &[GuardedRange],
+    timeout: Duration,
+    log: &Log,
+    mut write: impl FnMut(&Tracer) -> Result<(), Error>,
+) -> Result<Duration, Error> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut backoff = Duration::from_micros(500);
+    loop {
+        let frozen_at = Instant::now();
+        // A thread gets at least a second to stop even when the overall timeout is short.
+        let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
+        if let Err(e) = tracer.freeze_all(stop_deadline) {
+            tracer.release_all();
+            return Err(e.into());
+        }
+        log.step(
+            "freeze",
+            format!("{} threads stopped", tracer.threads().count()),
+        );
+        match find_blocker(tracer, ranges) {
+            Some(blocker) => {
+                tracer.release_all();
+                if Instant::now() + backoff > deadline {
+                    return Err(Error::Busy {
+                        function: blocker.function,
+                        tid: blocker.tid,
+                        thread: blocker.name,
+                        pc: blocker.pc,
+                        timeout_ms: timeout.as_millis() as u64,
+                    });
+                }
+                log.step(
+                    "check",
+                    format!(
+                        "thread {} ({}) is inside {}; retrying",
+                        blocker.tid, blocker.name, blocker.function
+                    ),
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            None => {
+                tracer.enable_poke_fallback();
+                let result = write(tracer);
+                let write_path = tracer.mem().last_write_path();
+                tracer.release_all();
+                let frozen = frozen_at.elapsed();
+                log.step(
+                    "thaw",
+                    format!(
+                        "frozen for {} us (writes via {write_path:?})",
+                        frozen.as_micros()
+                    ),
+                );
+                return result.map(|()| frozen);
+            }
+        }
+    }
+}
+
+/// Unix time in seconds, for journal records.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

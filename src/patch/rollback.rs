@@ -1,0 +1,232 @@
+//! `rollback`: undo patches, newest first, restoring the bytes each one replaced.
+
+use super::{frozen_write, identify, now_secs};
+use crate::Error;
+use crate::error::hex;
+use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
+use crate::log::Log;
+use crate::process::{Memory, ProcessError, Tracer};
+use crate::safety::GuardedRange;
+use rpatch_arch::x86_64 as isa;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Which patches to undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackSelection {
+    /// Every patch of the most recent attach that is still applied.
+    Last,
+    /// One patch by id.
+    Id(u64),
+    /// Every applied patch.
+    All,
+}
+
+/// What to roll back.
+#[derive(Debug, Clone)]
+pub struct RollbackOptions {
+    /// Target process.
+    pub pid: i32,
+    /// Which patches.
+    pub selection: RollbackSelection,
+    /// With `Id`, also undo later patches stacked on the same function.
+    pub cascade: bool,
+    /// How long to wait for threads to leave the bytes being restored.
+    pub timeout: Duration,
+}
+
+/// Result of `rollback`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    /// Target PID.
+    pub pid: i32,
+    /// Ids undone, in the order undone.
+    pub rolled_back: Vec<u64>,
+    /// Microseconds all threads were stopped.
+    pub frozen_us: u64,
+    /// Wall time.
+    pub total_ms: f64,
+}
+
+/// Undoes patches in the target.
+pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
+    let pid = options.pid;
+    let (_, identity) = identify(pid, log)?;
+    let state = StateDir::from_env()?;
+    let mut journal = Journal::open(&state, &identity)?;
+    let mut tracer = Tracer::new(pid)?;
+    super::status::reconcile(&mut journal, tracer.mem())?;
+    let selected = select(&journal, options)?;
+    log.step(
+        "plan",
+        format!(
+            "rolling back {:?}",
+            selected.iter().map(|r| r.id).collect::<Vec<_>>()
+        ),
+    );
+    let mut ranges = Vec::new();
+    for r in &selected {
+        ranges.push(GuardedRange {
+            bytes: r.address..r.address + r.new.len() as u64,
+            entry_ok: true,
+            function: r.function.clone(),
+        });
+        if let Some(slot) = r.island_slot {
+            ranges.push(GuardedRange {
+                bytes: slot..slot + isa::ISLAND_SLOT_LEN as u64,
+                entry_ok: false,
+                function: format!("{} (island slot)", r.function),
+            });
+        }
+    }
+    let frozen = frozen_write(&mut tracer, &ranges, options.timeout, log, |tracer| {
+        restore(tracer.mem(), &selected)
+    })?;
+    let now = now_secs();
+    for r in journal.data.patches.iter_mut() {
+        if selected.iter().any(|s| s.id == r.id) {
+            r.state = PatchState::RolledBack;
+            r.rolled_back = Some(now);
+        }
+    }
+    journal.save()?;
+    Ok(RollbackReport {
+        pid,
+        rolled_back: selected.iter().map(|r| r.id).collect(),
+        frozen_us: frozen.as_micros() as u64,
+        total_ms: log.elapsed_ms(),
+    })
+}
+
+/// The records to undo, newest first.
+fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecord>, Error> {
+    let pid = options.pid;
+    let applied: Vec<&PatchRecord> = journal
+        .data
+        .patches
+        .iter()
+        .filter(|r| r.state == PatchState::Applied)
+        .collect();
+    let mut chosen: Vec<PatchRecord> = match options.selection {
+        RollbackSelection::All => applied.iter().map(|r| (*r).clone()).collect(),
+        RollbackSelection::Last => {
+            let Some(group) = applied.iter().map(|r| r.group).max() else {
+                return Err(Error::NothingToRollBack {
+                    pid,
+                    detail: "no patch is applied".into(),
+                });
+            };
+            applied
+                .iter()
+                .filter(|r| r.group == group)
+                .map(|r| (*r).clone())
+                .collect()
+        }
+        RollbackSelection::Id(id) => {
+            let Some(record) = journal.data.patches.iter().find(|r| r.id == id) else {
+                return Err(Error::NothingToRollBack {
+                    pid,
+                    detail: format!("there is no patch {id}"),
+                });
+            };
+            if record.state != PatchState::Applied {
+                return Err(Error::NothingToRollBack {
+                    pid,
+                    detail: format!("patch {id} is {:?}, not applied", record.state).to_lowercase(),
+                });
+            }
+            let later: Vec<&PatchRecord> = applied
+                .iter()
+                .copied()
+                .filter(|r| r.address == record.address && r.id > id)
+                .collect();
+            if let Some(top) = later.iter().map(|r| r.id).max()
+                && !options.cascade
+            {
+                return Err(Error::StackedAbove {
+                    id,
+                    function: record.function.clone(),
+                    later: top,
+                });
+            }
+            std::iter::once(record).chain(later).cloned().collect()
+        }
+    };
+    if chosen.is_empty() {
+        return Err(Error::NothingToRollBack {
+            pid,
+            detail: "no patch is applied".into(),
+        });
+    }
+    // Stacked patches on one function are undone top first; also any later patch on a function
+    // being restored must go first, so take every applied patch above a chosen one.
+    for r in applied {
+        let above_chosen = chosen.iter().any(|c| c.address == r.address && c.id < r.id);
+        if above_chosen && !chosen.iter().any(|c| c.id == r.id) {
+            if options.selection == RollbackSelection::Last || options.cascade {
+                chosen.push(r.clone());
+            } else {
+                let base = chosen
+                    .iter()
+                    .find(|c| c.address == r.address)
+                    .expect("present");
+                return Err(Error::StackedAbove {
+                    id: base.id,
+                    function: base.function.clone(),
+                    later: r.id,
+                });
+            }
+        }
+    }
+    chosen.sort_by(|a, b| b.id.cmp(&a.id));
+    Ok(chosen)
+}
+
+/// Phase 6 of a rollback (all threads frozen): verify each function holds the jump its patch
+/// wrote (simulating the stack as patches come off), then restore, clear island slots, read back.
+fn restore(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
+    let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
+    for r in records {
+        let current = match model.get(&r.address) {
+            Some(bytes) if bytes.len() >= r.new.len() => bytes[..r.new.len()].to_vec(),
+            _ => mem.read_vec(r.address, r.new.len()).map_err(|e| io(r, e))?,
+        };
+        if current != r.new {
+            return Err(Error::UnexpectedBytes {
+                function: r.function.clone(),
+                address: r.address,
+                expected: hex(&r.new),
+                found: hex(&current),
+            });
+        }
+        model.insert(r.address, r.original.clone());
+    }
+    for r in records {
+        mem.write_at(r.address, &r.original).map_err(|e| io(r, e))?;
+        if let Some(slot) = r.island_slot {
+            mem.write_at(slot, &[0u8; isa::ISLAND_SLOT_LEN])
+                .map_err(|e| io(r, e))?;
+        }
+        let back = mem
+            .read_vec(r.address, r.original.len())
+            .map_err(|e| io(r, e))?;
+        if back != r.original {
+            return Err(Error::UnexpectedBytes {
+                function: r.function.clone(),
+                address: r.address,
+                expected: hex(&r.original),
+                found: hex(&back),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn io(r: &PatchRecord, e: std::io::Error) -> Error {
+    Error::Process(ProcessError::Io {
+        pid: 0,
+        what: format!("memory of {} at {:#x}", r.function, r.address),
+        source: e,
+    })
+}

@@ -1,0 +1,165 @@
+//! `status`: what the journal says is applied, checked against the target's memory.
+
+use super::attach::method_name;
+use super::identify;
+use crate::Error;
+use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
+use crate::log::Log;
+use crate::process::{Memory, ProcMem, ProcessError};
+use rpatch_arch::x86_64 as isa;
+use serde::Serialize;
+
+/// One patch as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchStatus {
+    /// Journal id.
+    pub id: u64,
+    /// Function.
+    pub function: String,
+    /// Runtime entry address (hex).
+    pub address: String,
+    /// Library as given at attach.
+    pub library: std::path::PathBuf,
+    /// Replacement name.
+    pub replacement_name: String,
+    /// Replacement runtime address (hex).
+    pub replacement: String,
+    /// `direct`, `island` or `absolute`.
+    pub method: String,
+    /// Island slot (hex) when used.
+    pub island: Option<String>,
+    /// `applied`, `missing` (memory holds the original), `tampered` (memory holds neither),
+    /// `rolled_back` or `abandoned` (an attach that failed before writing).
+    pub state: String,
+    /// Whether calls reach this replacement now (false when a later patch on the same function
+    /// sits on top of it).
+    pub active: bool,
+}
+
+/// Result of `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// Target PID.
+    pub pid: i32,
+    /// Journal file, if one exists.
+    pub journal: Option<std::path::PathBuf>,
+    /// Every patch ever recorded, oldest first.
+    pub patches: Vec<PatchStatus>,
+}
+
+/// What memory says about a live record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Observed {
+    Applied,
+    Missing,
+    Tampered,
+}
+
+fn observe(mem: &dyn Memory, journal: &Journal, r: &PatchRecord) -> Observed {
+    let top = journal
+        .data
+        .top_of_stack(r.address)
+        .map(|t| t.id)
+        .unwrap_or(r.id);
+    if top != r.id {
+        // A later patch sits on top: this one is intact if its island slot still jumps right.
+        return if slot_intact(mem, r) {
+            Observed::Applied
+        } else {
+            Observed::Tampered
+        };
+    }
+    match mem.read_vec(r.address, r.new.len()) {
+        Ok(bytes) if bytes == r.new && slot_intact(mem, r) => Observed::Applied,
+        Ok(bytes) if bytes == r.original => Observed::Missing,
+        _ => Observed::Tampered,
+    }
+}
+
+fn slot_intact(mem: &dyn Memory, r: &PatchRecord) -> bool {
+    match r.island_slot {
+        Some(slot) => mem
+            .read_vec(slot, isa::ISLAND_SLOT_LEN)
+            .is_ok_and(|b| b == isa::island_slot(r.replacement)),
+        None => true,
+    }
+}
+
+/// Settles intent records left by an interrupted attach: applied if memory holds the new bytes,
+/// abandoned if it holds the original. Saves the journal when anything changed.
+pub(crate) fn reconcile(journal: &mut Journal, mem: &ProcMem) -> Result<(), Error> {
+    let mut changed = false;
+    let intents: Vec<PatchRecord> = journal
+        .data
+        .patches
+        .iter()
+        .filter(|r| r.state == PatchState::Intent)
+        .cloned()
+        .collect();
+    for r in intents {
+        let state = match mem.read_vec(r.address, r.new.len()) {
+            Ok(bytes) if bytes == r.new => PatchState::Applied,
+            Ok(bytes) if bytes == r.original => PatchState::Abandoned,
+            _ => continue,
+        };
+        if let Some(rec) = journal.data.patches.iter_mut().find(|x| x.id == r.id) {
+            rec.state = state;
+            changed = true;
+        }
+    }
+    if changed {
+        journal.save()?;
+    }
+    Ok(())
+}
+
+/// Reports every recorded patch of `pid`, verified against memory. Reads memory without stopping
+/// the target.
+pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
+    let (_, identity) = identify(pid, log)?;
+    let state = StateDir::from_env()?;
+    let exists = state.journal_path(pid).exists();
+    let mut journal = Journal::open(&state, &identity)?;
+    let mem = ProcMem::open(pid).map_err(|e| ProcessError::Io {
+        pid,
+        what: "/proc/PID/mem".into(),
+        source: e,
+    })?;
+    reconcile(&mut journal, &mem)?;
+    let patches = journal
+        .data
+        .patches
+        .iter()
+        .map(|r| {
+            let (state, active) = match r.state {
+                PatchState::RolledBack => ("rolled_back", false),
+                PatchState::Abandoned => ("abandoned", false),
+                PatchState::Applied | PatchState::Intent => {
+                    let top = journal.data.top_of_stack(r.address).map(|t| t.id) == Some(r.id);
+                    match observe(&mem, &journal, r) {
+                        Observed::Applied => ("applied", top),
+                        Observed::Missing => ("missing", false),
+                        Observed::Tampered => ("tampered", false),
+                    }
+                }
+            };
+            PatchStatus {
+                id: r.id,
+                function: r.function.clone(),
+                address: format!("{:#x}", r.function_address),
+                library: r.library.clone(),
+                replacement_name: r.replacement_name.clone(),
+                replacement: format!("{:#x}", r.replacement),
+                method: method_name(r.method).into(),
+                island: r.island_slot.map(|s| format!("{s:#x}")),
+                state: state.into(),
+                active,
+            }
+        })
+        .collect();
+    Ok(StatusReport {
+        pid,
+        journal: exists.then(|| journal.path().to_path_buf()),
+        patches,
+    })
+}

@@ -1,0 +1,110 @@
+//! `/proc/PID/maps`: which file is mapped where, to compute load biases and find gaps for islands.
+
+use std::path::PathBuf;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `rwxp`-style permissions.
+    pub perms: String,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// Inode of the backing file (0 for anonymous memory).
+    pub inode: u64,
+    /// Path or pseudo-name (`[heap]`, `[stack]`), empty for anonymous memory.
+    pub path: String,
+}
+
+impl Mapping {
+    /// Whether the mapping is executable.
+    pub fn executable(&self) -> bool {
+        self.perms.as_bytes().get(2) == Some(&b'x')
+    }
+
+    /// Whether the mapping is backed by a regular file (not anonymous, not `[vdso]` and the like).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.starts_with('/')
+    }
+
+    /// The backing file path with a ` (deleted)` suffix removed.
+    pub fn file_path(&self) -> PathBuf {
+        PathBuf::from(self.path.strip_suffix(" (deleted)").unwrap_or(&self.path))
+    }
+}
+
+/// Parses the text of a maps file; malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?.to_string();
+    let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let _dev = fields.next()?;
+    let inode = fields.next()?.parse().ok()?;
+    let path = fields.next().unwrap_or("").trim_start().to_string();
+    let (start, end) = range.split_once('-')?;
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms,
+        offset,
+        inode,
+        path,
+    })
+}
+
+/// Free address ranges between mappings (and below the first), at or above `min_addr`.
+pub fn gaps(maps: &[Mapping], min_addr: u64, max_addr: u64) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<&Mapping> = maps.iter().collect();
+    sorted.sort_by_key(|m| m.start);
+    let mut out = Vec::new();
+    let mut cursor = min_addr;
+    for m in sorted {
+        if m.start > cursor {
+            out.push((cursor, m.start.min(max_addr)));
+        }
+        cursor = cursor.max(m.end);
+    }
+    if cursor < max_addr {
+        out.push((cursor, max_addr));
+    }
+    out.retain(|(a, b)| a < b);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_anonymous_lines() {
+        let text = "55d0c0000000-55d0c0001000 r--p 00000000 08:01 1234  /usr/bin/cat\n\
+                    55d0c0001000-55d0c0005000 r-xp 00001000 08:01 1234  /usr/bin/cat (deleted)\n\
+                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0   [stack]\n\
+                    7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 4);
+        assert!(maps[1].executable());
+        assert_eq!(maps[1].offset, 0x1000);
+        assert_eq!(maps[1].file_path(), PathBuf::from("/usr/bin/cat"));
+        assert!(maps[0].is_file());
+        assert!(!maps[2].is_file());
+        assert_eq!(maps[3].path, "");
+    }
+
+    #[test]
+    fn gaps_lie_between_mappings() {
+        let maps = parse_maps("1000-2000 r-xp 0 0:0 1 /a\n3000-4000 r-xp 0 0:0 1 /a\n");
+        assert_eq!(
+            gaps(&maps, 0x100, 0x5000),
+            vec![(0x100, 0x1000), (0x2000, 0x3000), (0x4000, 0x5000)]
+        );
+    }
+}

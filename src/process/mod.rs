@@ -1,0 +1,300 @@
+//! The traced process: who it is, its threads and memory, and ptrace control over them.
+//!
+//! Everything that changes a thread's state is undone by a guard (`Tracer`'s `Drop` detaches every
+//! seized thread, re-delivering any signal that arrived while it was stopped), so an error or a
+//! panic anywhere above leaves the target running as before.
+
+mod maps;
+mod memory;
+mod modules;
+mod tracer;
+
+pub use maps::{Mapping, gaps, parse_maps};
+pub use memory::{FakeMemory, Memory, ProcMem, WritePath};
+pub use modules::{LoadedModule, ModuleMap};
+pub use tracer::{Stop, ThreadState, Tracer};
+
+use std::fs;
+use std::path::PathBuf;
+
+/// Errors of the process layer, each naming the process or thread involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// No process with this PID exists.
+    #[error("no process with PID {pid}: check the PID (ps -p {pid})")]
+    NoSuchProcess {
+        /// The PID.
+        pid: i32,
+    },
+    /// The process exited (or became a zombie) while rpatch worked on it.
+    #[error("process {pid} exited during the operation")]
+    Exited {
+        /// The PID.
+        pid: i32,
+    },
+    /// ptrace or /proc access was denied.
+    #[error(
+        "not permitted to trace PID {pid} ({detail}): run rpatch as the target's user or as root \
+         (CAP_SYS_PTRACE), and check /proc/sys/kernel/yama/ptrace_scope (currently {scope})"
+    )]
+    PermissionDenied {
+        /// The PID.
+        pid: i32,
+        /// What failed.
+        detail: String,
+        /// Yama ptrace_scope value, or "absent".
+        scope: String,
+    },
+    /// Another tracer (a debugger, strace, another rpatch) is attached.
+    #[error(
+        "PID {pid} is already traced by PID {tracer} ({tracer_name}): detach that tracer first"
+    )]
+    AlreadyTraced {
+        /// The PID.
+        pid: i32,
+        /// The tracer's PID.
+        tracer: i32,
+        /// The tracer's command name.
+        tracer_name: String,
+    },
+    /// The target's architecture is not the one rpatch was built for.
+    #[error("PID {pid} runs a {arch} executable; this rpatch patches {ours} processes only")]
+    WrongArchitecture {
+        /// The PID.
+        pid: i32,
+        /// Target architecture.
+        arch: String,
+        /// rpatch's architecture.
+        ours: &'static str,
+    },
+    /// The whole process is stopped (SIGSTOP / job control): loading a library would wait forever.
+    #[error(
+        "PID {pid} is stopped (SIGSTOP or job control); nothing in it can run a dlopen: resume it with kill -CONT {pid} first"
+    )]
+    Stopped {
+        /// The PID.
+        pid: i32,
+    },
+    /// A ptrace request failed.
+    #[error("ptrace {op} on thread {tid} failed: {errno}")]
+    Ptrace {
+        /// The request.
+        op: &'static str,
+        /// The thread.
+        tid: i32,
+        /// The error.
+        errno: nix::Error,
+    },
+    /// A thread did not stop within the deadline.
+    #[error("thread {tid} of PID {pid} did not stop within {ms} ms")]
+    StopTimeout {
+        /// The PID.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+        /// Milliseconds waited.
+        ms: u64,
+    },
+    /// Reading /proc or memory failed.
+    #[error("{what} of PID {pid}: {source}")]
+    Io {
+        /// The PID.
+        pid: i32,
+        /// What was being accessed.
+        what: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// What rpatch learns about a target before touching it.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    /// Process id (thread-group id).
+    pub pid: i32,
+    /// Start time in clock ticks since boot: with the boot id, identifies the process for life.
+    pub start_time: u64,
+    /// This boot's id.
+    pub boot_id: String,
+    /// Executable path as the kernel reports it.
+    pub exe: PathBuf,
+    /// Single-letter state of the leader (R, S, D, T, t, Z...).
+    pub state: char,
+}
+
+/// Reads `/proc/PID/stat`: (state, start time).
+pub fn read_stat(pid: i32, tid: i32) -> Result<(char, u64, String), ProcessError> {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    parse_stat(&text).ok_or_else(|| ProcessError::Io {
+        pid,
+        what: path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat"),
+    })
+}
+
+/// Parses a stat line into (state, start time, comm); the comm may contain spaces and parentheses.
+fn parse_stat(text: &str) -> Option<(char, u64, String)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let state = rest.first()?.chars().next()?;
+    // Field 22 overall; `rest` starts at field 3.
+    let start = rest.get(19)?.parse().ok()?;
+    Some((state, start, comm))
+}
+
+fn map_proc_err(pid: i32, what: &str, e: std::io::Error) -> ProcessError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
+        std::io::ErrorKind::PermissionDenied => permission_denied(pid, format!("reading {what}")),
+        _ => ProcessError::Io {
+            pid,
+            what: what.to_string(),
+            source: e,
+        },
+    }
+}
+
+/// A `PermissionDenied` with the Yama scope filled in.
+pub fn permission_denied(pid: i32, detail: String) -> ProcessError {
+    let scope = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "absent".into());
+    ProcessError::PermissionDenied { pid, detail, scope }
+}
+
+/// Reads a `Key:\tvalue` field from `/proc/PID/task/TID/status`.
+pub fn status_field(pid: i32, tid: i32, key: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// Thread name (`comm`) of a thread, for messages.
+pub fn thread_name(pid: i32, tid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Thread ids of a process, sorted.
+pub fn list_threads(pid: i32) -> Result<Vec<i32>, ProcessError> {
+    let path = format!("/proc/{pid}/task");
+    let dir = fs::read_dir(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    let mut tids: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// The target's memory map.
+pub fn read_maps(pid: i32) -> Result<Vec<Mapping>, ProcessError> {
+    let path = format!("/proc/{pid}/maps");
+    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    Ok(parse_maps(&text))
+}
+
+/// Phase 1, *Identify*: the process exists, is not a zombie, is not traced by someone else, is
+/// ours to trace, and runs our architecture. Nothing is changed.
+pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
+    if pid <= 0 {
+        return Err(ProcessError::NoSuchProcess { pid });
+    }
+    let (state, start_time, _) = read_stat(pid, pid)?;
+    if state == 'Z' || state == 'X' {
+        return Err(ProcessError::Exited { pid });
+    }
+    let tracer: i32 = status_field(pid, pid, "TracerPid")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if tracer != 0 && tracer != std::process::id() as i32 {
+        let tracer_name = fs::read_to_string(format!("/proc/{tracer}/comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(ProcessError::AlreadyTraced {
+            pid,
+            tracer,
+            tracer_name,
+        });
+    }
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| map_proc_err(pid, "/proc/PID/exe", e))?;
+    // Opening mem needs the same access check as PTRACE_ATTACH: fail early with a clear message.
+    fs::File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| map_proc_err(pid, &format!("/proc/{pid}/mem"), e))?;
+    check_architecture(pid)?;
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    Ok(ProcessInfo {
+        pid,
+        start_time,
+        boot_id,
+        exe,
+        state,
+    })
+}
+
+fn check_architecture(pid: i32) -> Result<(), ProcessError> {
+    let path = format!("/proc/{pid}/exe");
+    let mut header = [0u8; 20];
+    let f = fs::File::open(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut header, 0)
+        .map_err(|e| map_proc_err(pid, &path, e))?;
+    let machine = u16::from_le_bytes([header[18], header[19]]);
+    let (ours, expected) = if cfg!(target_arch = "x86_64") {
+        ("x86_64", 62u16)
+    } else {
+        ("aarch64", 183u16)
+    };
+    if header[4] != 2 || machine != expected {
+        let arch = match (header[4], machine) {
+            (1, _) => "32-bit".to_string(),
+            (_, 62) => "x86_64".to_string(),
+            (_, 183) => "aarch64".to_string(),
+            (_, m) => format!("e_machine {m}"),
+        };
+        return Err(ProcessError::WrongArchitecture { pid, arch, ours });
+    }
+    Ok(())
+}
+
+/// Whether the process still is the one identified (same start time), and alive.
+pub fn still_same(info: &ProcessInfo) -> bool {
+    matches!(read_stat(info.pid, info.pid), Ok((s, t, _)) if t == info.start_time && s != 'Z' && s != 'X')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_comm_parses() {
+        let line =
+            "123 (a) b (c)) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        let (state, start, comm) = parse_stat(line).unwrap();
+        assert_eq!(state, 'S');
+        assert_eq!(start, 98765);
+        assert_eq!(comm, "a) b (c)");
+    }
+
+    #[test]
+    fn identifies_self_and_rejects_missing() {
+        let me = identify(std::process::id() as i32).unwrap();
+        assert!(me.start_time > 0);
+        assert!(matches!(
+            identify(0),
+            Err(ProcessError::NoSuchProcess { .. })
+        ));
+        assert!(matches!(
+            identify(i32::MAX),
+            Err(ProcessError::NoSuchProcess { .. })
+        ));
+    }
+}

@@ -1,0 +1,380 @@
+//! ptrace control: seize threads, stop them, read and set their registers, and let them go.
+//!
+//! All ptrace requests must come from the thread that attached, so a `Tracer` is used from one
+//! thread only (it is deliberately not `Send`). Its `Drop` detaches every thread it holds.
+
+use super::{Memory, ProcMem, ProcessError, permission_denied, status_field};
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Why a seized thread is stopped; decides what happens when it is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Our PTRACE_INTERRUPT (or another ptrace event): resume with no signal.
+    Event,
+    /// A signal (raw number: real-time signals included) was about to be delivered: it is
+    /// delivered when the thread is let go, so nothing that arrives while rpatch holds the thread is
+    /// lost.
+    Signal(i32),
+    /// The thread was stopped by a signal we must swallow (the fault that ends an injected call).
+    Suppressed,
+}
+
+/// A seized, stopped thread.
+#[derive(Debug, Clone)]
+pub struct ThreadState {
+    /// Thread id.
+    pub tid: i32,
+    /// Why it is stopped.
+    pub stop: Stop,
+    /// Registers at the stop (after the EINTR repair, see `repair_eintr`).
+    pub regs: libc::user_regs_struct,
+}
+
+/// ELF note type of the x86 XSAVE area, for PTRACE_GETREGSET (not exported by the libc crate).
+const NT_X86_XSTATE: usize = 0x202;
+
+/// Syscalls that return plain `-EINTR` when a ptrace interrupt arrives, with no restart code; they
+/// are rewound so the target never sees an EINTR it did not cause (x86_64 numbers:
+/// semop, rt_sigtimedwait, semtimedop, epoll_wait, epoll_pwait, epoll_pwait2).
+const EINTR_ONLY_SYSCALLS: [u64; 6] = [65, 128, 220, 232, 281, 441];
+
+/// Holds the threads of one process under ptrace.
+pub struct Tracer {
+    pid: i32,
+    threads: BTreeMap<i32, ThreadState>,
+    mem: ProcMem,
+    /// Not Send: ptrace requests are valid only from the attaching thread.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+fn ptrace_err(op: &'static str, tid: i32) -> impl FnOnce(Errno) -> ProcessError {
+    move |errno| ProcessError::Ptrace { op, tid, errno }
+}
+
+impl Tracer {
+    /// A tracer for `pid` holding no thread yet.
+    pub fn new(pid: i32) -> Result<Self, ProcessError> {
+        let mem = ProcMem::open(pid).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
+            std::io::ErrorKind::PermissionDenied => {
+                permission_denied(pid, "opening /proc/PID/mem".into())
+            }
+            _ => ProcessError::Io {
+                pid,
+                what: "/proc/PID/mem".into(),
+                source: e,
+            },
+        })?;
+        Ok(Self {
+            pid,
+            threads: BTreeMap::new(),
+            mem,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The target's memory.
+    pub fn mem(&self) -> &ProcMem {
+        &self.mem
+    }
+
+    /// Threads currently held stopped.
+    pub fn threads(&self) -> impl Iterator<Item = &ThreadState> {
+        self.threads.values()
+    }
+
+    /// One held thread.
+    pub fn thread(&self, tid: i32) -> Option<&ThreadState> {
+        self.threads.get(&tid)
+    }
+
+    /// Seizes `tid` and stops it. `Ok(false)` when the thread no longer exists.
+    pub fn seize(&mut self, tid: i32, deadline: Instant) -> Result<bool, ProcessError> {
+        if self.threads.contains_key(&tid) {
+            return Ok(true);
+        }
+        match ptrace::seize(Pid::from_raw(tid), Options::empty()) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Ok(false),
+            Err(Errno::EPERM) => {
+                let tracer: i32 = status_field(self.pid, tid, "TracerPid")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if tracer != 0 {
+                    let tracer_name = std::fs::read_to_string(format!("/proc/{tracer}/comm"))
+                        .map(|s| s.trim_end().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    return Err(ProcessError::AlreadyTraced {
+                        pid: self.pid,
+                        tracer,
+                        tracer_name,
+                    });
+                }
+                return Err(permission_denied(
+                    self.pid,
+                    format!("PTRACE_SEIZE of thread {tid}"),
+                ));
+            }
+            Err(e) => return Err(ptrace_err("SEIZE", tid)(e)),
+        }
+        match ptrace::interrupt(Pid::from_raw(tid)) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Ok(self.forget_if_gone(tid)),
+            Err(e) => {
+                let _ = ptrace::detach(Pid::from_raw(tid), None);
+                return Err(ptrace_err("INTERRUPT", tid)(e));
+            }
+        }
+        match self.wait_stop(tid, deadline) {
+            Ok(Some(stop)) => {
+                self.record_stop(tid, stop)?;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                // The thread is seized but never stopped: it cannot be detached until it stops,
+                // and the kernel detaches it when we exit. Report.
+                Err(e)
+            }
+        }
+    }
+
+    fn forget_if_gone(&mut self, tid: i32) -> bool {
+        // ESRCH after a successful seize: the thread is exiting; reap its exit if reported.
+        let mut status = 0;
+        // SAFETY: waitpid only writes the status integer.
+        unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        false
+    }
+
+    fn record_stop(&mut self, tid: i32, stop: Stop) -> Result<(), ProcessError> {
+        let mut regs = ptrace::getregs(Pid::from_raw(tid)).map_err(ptrace_err("GETREGS", tid))?;
+        if stop == Stop::Event && self.repair_eintr(tid, &mut regs) {
+            ptrace::setregs(Pid::from_raw(tid), regs).map_err(ptrace_err("SETREGS", tid))?;
+        }
+        self.threads.insert(tid, ThreadState { tid, stop, regs });
+        Ok(())
+    }
+
+    /// A thread interrupted in one of `EINTR_ONLY_SYSCALLS` would return EINTR to the target
+    /// because of us. When no signal is pending for it (so the EINTR is ours alone), rewind it onto
+    /// its `syscall` instruction so it re-enters the call when resumed.
+    fn repair_eintr(&self, tid: i32, regs: &mut libc::user_regs_struct) -> bool {
+        if regs.rax as i64 != -(libc::EINTR as i64) || !EINTR_ONLY_SYSCALLS.contains(&regs.orig_rax)
+        {
+            return false;
+        }
+        let pending = |key| {
+            status_field(self.pid, tid, key)
+                .and_then(|v| u64::from_str_radix(&v, 16).ok())
+                .unwrap_or(u64::MAX)
+        };
+        if (pending("SigPnd") | pending("ShdPnd")) & !pending("SigBlk") != 0 {
+            return false;
+        }
+        let mut insn = [0u8; 2];
+        if self.mem.read_at(regs.rip - 2, &mut insn).is_err() || insn != [0x0f, 0x05] {
+            return false;
+        }
+        regs.rax = regs.orig_rax;
+        regs.rip -= 2;
+        true
+    }
+
+    /// Waits until `tid` is in a ptrace-stop. `Ok(None)` if it exited.
+    pub fn wait_stop(&mut self, tid: i32, deadline: Instant) -> Result<Option<Stop>, ProcessError> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let mut status = 0i32;
+            // SAFETY: waitpid only writes the status integer we pass a pointer to.
+            let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+            if rc < 0 {
+                match Errno::last() {
+                    Errno::EINTR => continue,
+                    Errno::ECHILD => {
+                        self.threads.remove(&tid);
+                        return Ok(None);
+                    }
+                    e => return Err(ptrace_err("waitpid", tid)(e)),
+                }
+            }
+            if rc == 0 {
+                if Instant::now() >= deadline {
+                    return Err(ProcessError::StopTimeout {
+                        pid: self.pid,
+                        tid,
+                        ms: start.elapsed().as_millis() as u64,
+                    });
+                }
+                // A running thread stops within microseconds of the interrupt: spin briefly
+                // before sleeping so the frozen window stays short.
+                spins += 1;
+                if spins < 200 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                continue;
+            }
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                self.threads.remove(&tid);
+                return Ok(None);
+            }
+            if libc::WIFSTOPPED(status) {
+                let sig = libc::WSTOPSIG(status);
+                let event = status >> 16;
+                return Ok(Some(if event != 0 || sig == libc::SIGTRAP | 0x80 {
+                    Stop::Event
+                } else {
+                    Stop::Signal(sig)
+                }));
+            }
+        }
+    }
+
+    /// Phase 4, *Freeze*: seizes and stops every thread, re-listing until no new thread appears.
+    /// A thread can only be created by a running thread, and a clone completes before its caller
+    /// stops, so once a listing finds nothing new while all listed threads are stopped, the set is
+    /// complete.
+    pub fn freeze_all(&mut self, deadline: Instant) -> Result<(), ProcessError> {
+        loop {
+            let tids = match super::list_threads(self.pid) {
+                Ok(t) => t,
+                Err(ProcessError::NoSuchProcess { .. }) => {
+                    return Err(ProcessError::Exited { pid: self.pid });
+                }
+                Err(e) => return Err(e),
+            };
+            let mut new = false;
+            for &tid in &tids {
+                if !self.threads.contains_key(&tid) {
+                    new |= self.seize(tid, deadline)?;
+                }
+            }
+            if !new && !tids.is_empty() {
+                // Threads that exited since being stopped are dropped from the set.
+                self.threads.retain(|tid, _| tids.contains(tid));
+                if self.threads.is_empty() {
+                    return Err(ProcessError::Exited { pid: self.pid });
+                }
+                return Ok(());
+            }
+            if tids.is_empty() {
+                return Err(ProcessError::Exited { pid: self.pid });
+            }
+        }
+    }
+
+    /// Sets registers of a held thread (and records them as its current state).
+    pub fn set_regs(&mut self, tid: i32, regs: libc::user_regs_struct) -> Result<(), ProcessError> {
+        ptrace::setregs(Pid::from_raw(tid), regs).map_err(ptrace_err("SETREGS", tid))?;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.regs = regs;
+        }
+        Ok(())
+    }
+
+    /// Reads the current registers of a held thread.
+    pub fn get_regs(&self, tid: i32) -> Result<libc::user_regs_struct, ProcessError> {
+        ptrace::getregs(Pid::from_raw(tid)).map_err(ptrace_err("GETREGS", tid))
+    }
+
+    /// The full extended FP/vector state (XSAVE area), so an injected call cannot leave a changed
+    /// SSE/AVX register behind.
+    pub fn get_xstate(&self, tid: i32) -> Result<Vec<u8>, ProcessError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: PTRACE_GETREGSET writes at most iov_len bytes into the buffer iov points at,
+        // which lives for the duration of the call, and updates iov_len.
+        let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov) };
+        if rc < 0 {
+            return Err(ptrace_err("GETREGSET(XSTATE)", tid)(Errno::last()));
+        }
+        buf.truncate(iov.iov_len);
+        Ok(buf)
+    }
+
+    /// Restores a state read by `get_xstate`.
+    pub fn set_xstate(&self, tid: i32, state: &[u8]) -> Result<(), ProcessError> {
+        let mut copy = state.to_vec();
+        let mut iov = libc::iovec {
+            iov_base: copy.as_mut_ptr().cast(),
+            iov_len: copy.len(),
+        };
+        // SAFETY: PTRACE_SETREGSET only reads iov_len bytes from the live buffer.
+        let rc = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov) };
+        if rc < 0 {
+            return Err(ptrace_err("SETREGSET(XSTATE)", tid)(Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// Resumes a held thread without letting it go (for an injected call); delivers `sig`.
+    pub fn cont(&mut self, tid: i32, sig: i32) -> Result<(), ProcessError> {
+        // SAFETY: PTRACE_CONT takes no pointers; the signal is passed as the data word.
+        let rc = unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0usize, sig as usize) };
+        if rc < 0 {
+            return Err(ptrace_err("CONT", tid)(Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// Marks how a held thread is stopped now (after an injected call's final fault).
+    pub fn set_stop(&mut self, tid: i32, stop: Stop) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.stop = stop;
+        }
+    }
+
+    /// Forgets a thread that exited while running under us.
+    pub fn forget(&mut self, tid: i32) {
+        self.threads.remove(&tid);
+    }
+
+    /// Lets one thread go, delivering a signal that arrived while it was held.
+    pub fn release(&mut self, tid: i32) {
+        if let Some(t) = self.threads.remove(&tid) {
+            let sig = match t.stop {
+                Stop::Signal(s) => s,
+                Stop::Event | Stop::Suppressed => 0,
+            };
+            // SAFETY: PTRACE_DETACH takes no pointers; the signal is passed as the data word.
+            // ESRCH (the thread died meanwhile) leaves nothing to release.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, sig as usize) };
+        }
+    }
+
+    /// Phase 7, *Thaw*: lets every held thread go.
+    pub fn release_all(&mut self) {
+        let tids: Vec<i32> = self.threads.keys().copied().collect();
+        for tid in tids {
+            self.release(tid);
+        }
+        self.mem.set_poke_thread(None);
+    }
+
+    /// Any held thread, for PTRACE_POKEDATA.
+    pub fn enable_poke_fallback(&self) {
+        self.mem
+            .set_poke_thread(self.threads.keys().next().map(|t| Pid::from_raw(*t)));
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}

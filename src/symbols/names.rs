@@ -1,0 +1,393 @@
+//! Names a person may type for a function, and the index from those names to functions.
+//!
+//! A function (one entry address) collects names from every symbol-table entry and DWARF
+//! subprogram at that address: raw linkage names, their demangled forms (Rust without hash;
+//! C++ with and without the parameter list), and DWARF qualified names. The index maps each
+//! name to the functions carrying it and remembers what kind of name it is, because the kind
+//! decides what the caller is shown (a raw or stripped match is shown under the function's
+//! canonical human name; a fully spelled demangled name is shown as typed).
+
+use std::collections::HashMap;
+
+use cpp_demangle::DemangleOptions;
+
+use super::dwarf::DwarfIndex;
+use super::elf::ElfInfo;
+
+/// How a name was derived. Ordered: when one function carries the same string under several
+/// kinds, the greatest is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Kind {
+    /// A linkage name as stored (symbol table or `DW_AT_linkage_name`).
+    Raw,
+    /// A C++ demangled name without parameter list, shared by all overloads.
+    Stripped,
+    /// A DWARF qualified name (`scope::name`), also shared by overloads.
+    Qualified,
+    /// A full demangled name (Rust without hash, C++ with parameters).
+    Demangled,
+    /// A Rust generic instance in expression syntax (`f::<u32>`), unique per instance.
+    Generic,
+}
+
+impl Kind {
+    /// Whether a match on this kind names one function precisely enough to be shown as typed.
+    fn shown_as_typed(self) -> bool {
+        self >= Kind::Demangled
+    }
+}
+
+/// One function of the name index: everything at one entry address.
+#[derive(Debug)]
+pub(super) struct Func {
+    pub address: u64,
+    pub size: u64,
+    pub linkage: Option<Box<str>>,
+    pub display: Box<str>,
+    /// A DWARF subprogram at this address, for the location.
+    pub dwarf: Option<u32>,
+}
+
+/// Name -> functions, over the whole file. Built on the first `resolve`.
+pub(super) struct NameIndex {
+    pub funcs: Vec<Func>,
+    pub by_name: HashMap<Box<str>, Vec<(u32, Kind)>>,
+}
+
+/// All names of one function and the values derived from them.
+pub(super) struct FuncNames {
+    pub names: Vec<(String, Kind)>,
+    pub display: String,
+    pub linkage: Option<String>,
+    pub size: u64,
+    pub dwarf: Option<u32>,
+}
+
+/// A demangled linkage name.
+enum Demangled {
+    Rust(String),
+    Cpp {
+        /// As c++filt prints it (template functions start with their return type).
+        full: String,
+        /// Without the return type: `max<int>(int, int)`, `ns::C::m(int) const`.
+        no_return: String,
+        /// Without parameters and qualifiers: `ns::C::m`. None for GCC clones
+        /// (`foo(int) [clone .cold]`), which must not take over the name of the real function.
+        stripped: Option<String>,
+    },
+}
+
+/// Demangles Rust (legacy `_ZN..17h<hash>E` and v0 `_R`) and Itanium C++ names.
+fn demangle(raw: &str) -> Option<Demangled> {
+    if (raw.starts_with("_R") || raw.starts_with("_ZN"))
+        && let Ok(d) = rustc_demangle::try_demangle(raw)
+    {
+        return Some(Demangled::Rust(format!("{d:#}")));
+    }
+    if !raw.starts_with("_Z") {
+        return None;
+    }
+    let symbol = cpp_demangle::Symbol::new(raw).ok()?;
+    let full = symbol.demangle().ok()?;
+    let no_return = symbol
+        .demangle_with_options(&DemangleOptions::new().no_return_type())
+        .unwrap_or_else(|_| full.clone());
+    let stripped = if full.contains(" [clone ") {
+        None
+    } else {
+        symbol
+            .demangle_with_options(&DemangleOptions::new().no_params().no_return_type())
+            .ok()
+            .map(|s| trim_qualifiers(&s).to_string())
+            .filter(|s| !s.is_empty() && *s != no_return)
+    };
+    Some(Demangled::Cpp {
+        full,
+        no_return,
+        stripped,
+    })
+}
+
+/// Drops trailing cv/ref qualifiers that cpp_demangle keeps on some names without parameters
+/// (lambdas: `main::{lambda()#1}::operator() const`).
+fn trim_qualifiers(mut s: &str) -> &str {
+    loop {
+        let before = s;
+        for q in [" const", " volatile", " &&", " &", " noexcept"] {
+            s = s.strip_suffix(q).unwrap_or(s);
+        }
+        if s == before {
+            return s;
+        }
+    }
+}
+
+/// Collects the names of the function at one address from its symbols (`syms`, indices into
+/// `info.symbols`) and DWARF subprograms (`subs`, indices into `dwarf.subprograms`).
+pub(super) fn describe(
+    info: &ElfInfo,
+    syms: &[u32],
+    dwarf: &DwarfIndex,
+    subs: &[u32],
+) -> FuncNames {
+    let mut names: Vec<(String, Kind)> = Vec::new();
+    let mut cpp_display = None;
+    let mut rust_display: Option<String> = None;
+    let mut qualified: Option<String> = None;
+    let mut generic: Option<String> = None;
+    let mut linkage: Option<String> = None;
+    let mut size = 0;
+
+    let mut add_linkage = |raw: &str, names: &mut Vec<(String, Kind)>| {
+        names.push((raw.to_string(), Kind::Raw));
+        match demangle(raw) {
+            Some(Demangled::Rust(d)) => {
+                rust_display.get_or_insert_with(|| d.clone());
+                names.push((d, Kind::Demangled));
+            }
+            Some(Demangled::Cpp {
+                full,
+                no_return,
+                stripped,
+            }) => {
+                cpp_display.get_or_insert_with(|| no_return.clone());
+                if full != no_return {
+                    names.push((full, Kind::Demangled));
+                }
+                names.push((no_return, Kind::Demangled));
+                if let Some(s) = stripped {
+                    names.push((s, Kind::Stripped));
+                }
+            }
+            None => {}
+        }
+    };
+
+    // Global symbols first: they give the linkage name and display name to prefer.
+    let mut syms = syms.to_vec();
+    syms.sort_by_key(|&i| !info.symbols[i as usize].global);
+    for &i in &syms {
+        let sym = &info.symbols[i as usize];
+        add_linkage(&sym.name, &mut names);
+        linkage.get_or_insert_with(|| sym.name.to_string());
+        size = size.max(sym.size);
+    }
+    for &i in subs {
+        let sub = &dwarf.subprograms[i as usize];
+        if let Some(name) = &sub.name {
+            qualified.get_or_insert_with(|| name.to_string());
+            names.push((name.to_string(), Kind::Qualified));
+        }
+        if let Some(name) = &sub.generic_name {
+            generic.get_or_insert_with(|| name.to_string());
+            names.push((name.to_string(), Kind::Generic));
+        }
+        if let Some(l) = &sub.linkage {
+            if !names.iter().any(|(n, k)| *k == Kind::Raw && **n == **l) {
+                add_linkage(l, &mut names);
+            }
+            linkage.get_or_insert_with(|| l.to_string());
+        }
+        if size == 0 {
+            size = sub.high - sub.low;
+        }
+    }
+
+    // Legacy Rust mangling drops generic arguments (`app::f` for every instance); DWARF keeps
+    // them, so an instance is shown as `app::f::<u32>` when that is the same path.
+    let rust_display = match (rust_display, &generic) {
+        (Some(d), Some(g)) if g.starts_with(&format!("{d}::<")) => Some(g.clone()),
+        (d, _) => d,
+    };
+    let display = cpp_display
+        .or(rust_display)
+        .or(generic)
+        .or(qualified)
+        .or_else(|| names.first().map(|(n, _)| n.clone()))
+        .unwrap_or_default();
+
+    // One entry per distinct string, with its greatest kind (sorted first, kept by dedup).
+    names.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    names.dedup_by(|later, earlier| later.0 == earlier.0);
+    FuncNames {
+        names,
+        display,
+        linkage,
+        size,
+        dwarf: subs.first().copied(),
+    }
+}
+
+impl NameIndex {
+    /// Groups symbols and DWARF subprograms by entry address and indexes all their names.
+    pub(super) fn build(info: &ElfInfo, dwarf: &DwarfIndex) -> Self {
+        let mut groups: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
+        for &i in &info.functions_by_address {
+            let address = info.symbols[i as usize].address;
+            groups.entry(address).or_default().0.push(i);
+        }
+        for (i, sub) in dwarf.subprograms.iter().enumerate() {
+            groups.entry(sub.low).or_default().1.push(i as u32);
+        }
+        let mut addresses: Vec<u64> = groups.keys().copied().collect();
+        addresses.sort_unstable();
+
+        let mut funcs = Vec::with_capacity(addresses.len());
+        let mut by_name: HashMap<Box<str>, Vec<(u32, Kind)>> = HashMap::new();
+        for address in addresses {
+            let (syms, subs) = &groups[&address];
+            let described = describe(info, syms, dwarf, subs);
+            let index = funcs.len() as u32;
+            for (name, kind) in described.names {
+                let entry = by_name.entry(name.into_boxed_str()).or_default();
+                match entry.iter_mut().find(|(f, _)| *f == index) {
+                    Some((_, k)) => *k = (*k).max(kind),
+                    None => entry.push((index, kind)),
+                }
+            }
+            funcs.push(Func {
+                address,
+                size: described.size,
+                linkage: described.linkage.map(Into::into),
+                display: described.display.into(),
+                dwarf: described.dwarf,
+            });
+        }
+        NameIndex { funcs, by_name }
+    }
+
+    /// Functions matching `query` (rules 3 and 4 of the contract), each with the name to show,
+    /// sorted by address.
+    pub(super) fn lookup(&self, query: &str) -> Vec<(u32, String)> {
+        let mut hits: Vec<(u32, Kind, &str)> = Vec::new();
+        if let Some((key, funcs)) = self.by_name.get_key_value(query) {
+            hits.extend(funcs.iter().map(|&(f, k)| (f, k, &**key)));
+        }
+        // `crate::a::b` stands for `<any crate>::a::b`: the name a person writes inside the crate.
+        if let Some(rest) = query.strip_prefix("crate::")
+            && !rest.is_empty()
+        {
+            for (key, funcs) in &self.by_name {
+                if let Some((first, tail)) = key.split_once("::")
+                    && tail == rest
+                    && !first.is_empty()
+                {
+                    hits.extend(funcs.iter().map(|&(f, k)| (f, k, &**key)));
+                }
+            }
+        }
+        // Best kind first, so the first hit per function is the one that names it.
+        hits.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        hits.dedup_by_key(|h| h.0);
+        // A typed name shared by several functions (legacy Rust mangling omits generic
+        // arguments) does not tell them apart: show each under its own display name.
+        let unique = hits.len() == 1;
+        hits.into_iter()
+            .map(|(f, kind, key)| {
+                let name = if unique && kind.shown_as_typed() {
+                    key.to_string()
+                } else {
+                    self.funcs[f as usize].display.to_string()
+                };
+                (f, name)
+            })
+            .collect()
+    }
+
+    /// Up to five names close to `query`: same last path segment first, then by edit distance
+    /// (of last segments or of whole names), within a distance that still suggests a typo.
+    pub(super) fn suggest(&self, query: &str) -> Vec<String> {
+        let query = query.strip_prefix("crate::").unwrap_or(query);
+        let q_last = last_segment(query);
+        let q_last_len = q_last.chars().count();
+        let threshold = (q_last_len / 3).max(2);
+        let q_len = query.chars().count();
+
+        let eligible = self.by_name.iter().filter(|(name, funcs)| {
+            funcs.iter().any(|&(_, k)| k != Kind::Raw) || !looks_mangled(name)
+        });
+
+        let mut same: Vec<&str> = Vec::new();
+        let mut scored: Vec<(usize, &str)> = Vec::new();
+        let mut segment_cache: HashMap<&str, usize> = HashMap::new();
+        for (name, _) in eligible {
+            let name: &str = name;
+            let last = last_segment(name);
+            if last == q_last {
+                same.push(name);
+                continue;
+            }
+            let mut best = *segment_cache
+                .entry(last)
+                .or_insert_with(|| levenshtein(q_last, last));
+            let len = name.chars().count();
+            if best > 0 && len.abs_diff(q_len) < best {
+                best = best.min(levenshtein(query, name));
+            }
+            if best <= threshold {
+                scored.push((best, name));
+            }
+        }
+        same.sort_by_key(|n| (n.len(), *n));
+        scored.sort_by_key(|&(d, n)| (d, n.len(), n));
+
+        let mut out: Vec<String> = Vec::new();
+        for name in same.into_iter().chain(scored.into_iter().map(|(_, n)| n)) {
+            if out.len() == 5 {
+                break;
+            }
+            if name != query && !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// Raw Itanium / Rust symbol spellings are not worth suggesting to a person.
+fn looks_mangled(name: &str) -> bool {
+    name.starts_with("_Z") || name.starts_with("_R")
+}
+
+/// The last `::` segment of a path, ignoring `::` inside `<>`, `()`, `[]` and `{}`; a trailing
+/// turbofish (`f::<u32>`) stays attached to its function.
+pub(super) fn last_segment(name: &str) -> &str {
+    let bytes = name.as_bytes();
+    let (mut depth, mut start, mut previous) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' | b'(' | b'[' | b'{' => depth += 1,
+            b'>' | b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => {
+                previous = start;
+                start = i + 2;
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if name[start..].starts_with('<') && start > 0 {
+        &name[previous..]
+    } else {
+        &name[start..]
+    }
+}
+
+/// Edit distance (insertions, deletions, substitutions) between two strings, by characters.
+pub(super) fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
