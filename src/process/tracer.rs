@@ -102,6 +102,15 @@ impl Tracer {
         if self.threads.contains_key(&tid) {
             return Ok(true);
         }
+        if !self.seize_and_interrupt(tid)? {
+            return Ok(false);
+        }
+        self.await_stop(tid, deadline)
+    }
+
+    /// PTRACE_SEIZE + PTRACE_INTERRUPT without waiting, so many threads can be asked to stop at
+    /// once. `Ok(false)` when the thread no longer exists.
+    fn seize_and_interrupt(&mut self, tid: i32) -> Result<bool, ProcessError> {
         match ptrace::seize(Pid::from_raw(tid), Options::empty()) {
             Ok(()) => {}
             Err(Errno::ESRCH) => return Ok(false),
@@ -127,24 +136,25 @@ impl Tracer {
             Err(e) => return Err(ptrace_err("SEIZE", tid)(e)),
         }
         match ptrace::interrupt(Pid::from_raw(tid)) {
-            Ok(()) => {}
-            Err(Errno::ESRCH) => return Ok(self.forget_if_gone(tid)),
+            Ok(()) => Ok(true),
+            Err(Errno::ESRCH) => Ok(self.forget_if_gone(tid)),
             Err(e) => {
                 let _ = ptrace::detach(Pid::from_raw(tid), None);
-                return Err(ptrace_err("INTERRUPT", tid)(e));
+                Err(ptrace_err("INTERRUPT", tid)(e))
             }
         }
-        match self.wait_stop(tid, deadline) {
-            Ok(Some(stop)) => {
+    }
+
+    /// Waits for the stop of a thread just interrupted and records it.
+    fn await_stop(&mut self, tid: i32, deadline: Instant) -> Result<bool, ProcessError> {
+        // A seized thread that never stops cannot be detached; the kernel detaches it when rpatch
+        // exits. The error names it.
+        match self.wait_stop(tid, deadline)? {
+            Some(stop) => {
                 self.record_stop(tid, stop)?;
                 Ok(true)
             }
-            Ok(None) => Ok(false),
-            Err(e) => {
-                // The thread is seized but never stopped: it cannot be detached until it stops,
-                // and the kernel detaches it when we exit. Report.
-                Err(e)
-            }
+            None => Ok(false),
         }
     }
 
@@ -216,13 +226,14 @@ impl Tracer {
                         ms: start.elapsed().as_millis() as u64,
                     });
                 }
-                // A running thread stops within microseconds of the interrupt: spin briefly
-                // before sleeping so the frozen window stays short.
+                // A running thread stops within microseconds of the interrupt. Short sleeps (not
+                // yields, which hand a whole time slice to a busy target thread on a loaded
+                // machine) keep the frozen window short.
                 spins += 1;
-                if spins < 200 {
-                    std::thread::yield_now();
+                if spins < 8 {
+                    std::hint::spin_loop();
                 } else {
-                    std::thread::sleep(Duration::from_micros(50));
+                    std::thread::sleep(Duration::from_micros(20));
                 }
                 continue;
             }
@@ -255,11 +266,15 @@ impl Tracer {
                 }
                 Err(e) => return Err(e),
             };
-            let mut new = false;
+            let mut asked = Vec::new();
             for &tid in &tids {
-                if !self.threads.contains_key(&tid) {
-                    new |= self.seize(tid, deadline)?;
+                if !self.threads.contains_key(&tid) && self.seize_and_interrupt(tid)? {
+                    asked.push(tid);
                 }
+            }
+            let mut new = false;
+            for tid in asked {
+                new |= self.await_stop(tid, deadline)?;
             }
             if !new && !tids.is_empty() {
                 // Threads that exited since being stopped are dropped from the set.

@@ -538,6 +538,15 @@ fn timing_phases() {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::current_exe().unwrap());
     let index = SymbolIndex::open(&path).unwrap();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let d = super::dwarf::DwarfIndex::build(&index.data, &index.info);
+        eprintln!(
+            "standalone dwarf build {:?} ({} subprograms)",
+            t.elapsed(),
+            d.subprograms.len()
+        );
+    }
     let t = std::time::Instant::now();
     let d = index.dwarf();
     let dwarf_time = t.elapsed();
