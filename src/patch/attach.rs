@@ -410,7 +410,7 @@ fn load(
                         new_islands.push(island);
                         Placement::Island(page)
                     }
-                    None if p.room >= isa::JMP_ABS_LEN as u64 => Placement::Absolute,
+                    None if p.absolute_fits => Placement::Absolute,
                     None => {
                         return Err(Error::Unpatchable {
                             function: p.function.name.clone(),

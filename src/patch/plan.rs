@@ -53,6 +53,9 @@ pub struct PlannedFunction {
     /// The function's original bytes from the file, from `write_at`, at most 14 (the longest jump).
     #[serde(serialize_with = "ser_hex")]
     pub file_bytes: Vec<u8>,
+    /// Whether the 14-byte absolute jump (the fallback when no island can be placed) fits: the
+    /// function has room for it and no branch of its own targets those bytes.
+    pub absolute_fits: bool,
 }
 
 fn ser_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -268,19 +271,12 @@ pub fn plan(
         }
         let entry = f.address.wrapping_add(bias);
         let write_at = entry + prefix;
-        // The jump written may be the long absolute one if no island can be placed: check the
-        // larger span when the function has room for it, else the 5-byte one.
-        let span = if room >= isa::JMP_ABS_LEN as u64 {
-            isa::JMP_ABS_LEN
-        } else {
-            isa::JMP_REL32_LEN
-        };
-        isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64).map_err(
-            |e| Error::Unpatchable {
-                function: f.name.clone(),
-                reason: e.to_string(),
-            },
-        )?;
+        isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64)
+            .map_err(|e| Error::Unpatchable { function: f.name.clone(), reason: e.to_string() })?;
+        let absolute_fits = room >= isa::JMP_ABS_LEN as u64
+            && isa::check_branches(&head, entry, write_at..write_at + isa::JMP_ABS_LEN as u64)
+                .is_ok();
+        let span = if absolute_fits { isa::JMP_ABS_LEN } else { isa::JMP_REL32_LEN };
         if planned.iter().any(|p| p.entry == entry) {
             return Err(Error::Unpatchable {
                 function: f.name.clone(),
@@ -296,6 +292,7 @@ pub fn plan(
             room,
             replacement,
             file_bytes: head[prefix as usize..prefix as usize + span].to_vec(),
+            absolute_fits,
         });
     }
     Ok(planned)

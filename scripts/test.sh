@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite: installs what it needs, then lint, format check, unit and integration tests.
+# Integration tests spawn real processes from test-targets/ and patch them with the real binary,
+# so they need ptrace rights over their own children (root, or ptrace_scope 0/1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --all-targets

@@ -1,0 +1,79 @@
+/* basic: the simplest target.  Built as build/basic_pie (PIE) and build/basic_nopie.
+ *
+ *   call N    -> "compute N R"   R = compute(N)   = N+1   (fix_basic: N*100, fix_basic_b: N*7)
+ *   call2 N   -> "compute2 N R"  R = compute2(N)  = N+2   (fix_basic: N*200)
+ *   tiny N    -> "tiny N R"      R = tiny(N)      = N     (2 bytes long: cannot be patched)
+ *   branchy N -> "branchy N R"   R = branchy(N)   = 3*N for N >= 1 (a loop branches back
+ *                                into its first 5 bytes: cannot be patched)
+ *   count     -> "count C C2"    how many times compute / compute2 ran (the original code)
+ *
+ * compute and compute2 also bump a call counter: "return x+1" alone compiles to 4 bytes
+ * (lea 0x1(%rdi),%eax; ret), too short for a 5-byte jump, and these two must be patchable.
+ * hot.c is the target for the shortest patchable function. */
+#include "common.h"
+
+static volatile long compute_calls, compute2_calls;
+
+PATCHABLE int compute(int x) {
+    compute_calls++;
+    return x + 1;
+}
+
+PATCHABLE int compute2(int x) {
+    compute2_calls++;
+    return x + 2;
+}
+
+/* int tiny(int x): returns x in 2 bytes (xchg %edi,%eax = 0x97; ret). */
+int tiny(int x);
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".globl tiny\n"
+        ".type tiny, @function\n"
+        "tiny:\n"
+        "  xchg %edi, %eax\n"
+        "  ret\n"
+        ".size tiny, .-tiny\n");
+
+/* int branchy(int x): 3*x for x >= 1.  The loop's backward jump lands at offset 2, inside the
+ * 5 bytes a jump would overwrite. */
+int branchy(int x);
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".globl branchy\n"
+        ".type branchy, @function\n"
+        "branchy:\n"
+        "  xor %eax, %eax\n"       /* 2 bytes, offset 0 */
+        "1:\n"
+        "  add $3, %eax\n"         /* 3 bytes, offset 2: branch target */
+        "  dec %edi\n"             /* 2 bytes */
+        "  jg 1b\n"                /* 2 bytes */
+        "  ret\n"
+        ".size branchy, .-branchy\n");
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    announce_ready();
+    char line[256];
+    while (next_command(line, sizeof line)) {
+        long n;
+        if (arg_of(line, "call", &n)) {
+            volatile int in = (int)n;
+            reply("compute %ld %d", n, compute(in));
+        } else if (arg_of(line, "call2", &n)) {
+            volatile int in = (int)n;
+            reply("compute2 %ld %d", n, compute2(in));
+        } else if (arg_of(line, "tiny", &n)) {
+            volatile int in = (int)n;
+            reply("tiny %ld %d", n, tiny(in));
+        } else if (arg_of(line, "branchy", &n)) {
+            volatile int in = (int)n;
+            reply("branchy %ld %d", n, branchy(in));
+        } else if (strcmp(line, "count") == 0) {
+            reply("count %ld %ld", compute_calls, compute2_calls);
+        } else {
+            reply("error unknown command: %s", line);
+        }
+    }
+    return 0;
+}
