@@ -15,5 +15,40 @@ pub mod symbols;
 pub use error::Error;
 pub use patch::{
     AttachOptions, AttachReport, FunctionRequest, RollbackOptions, RollbackReport,
-    RollbackSelection, StatusReport, attach, rollback, status,
+    RollbackSelection, StatusReport,
 };
+
+use log::Log;
+use process::ProcessError;
+
+/// Replaces functions in a running process with a library's versions (see [`AttachOptions`]).
+pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
+    exited_if_gone(options.pid, patch::attach(options, log))
+}
+
+/// Undoes patches (see [`RollbackOptions`]).
+pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
+    exited_if_gone(options.pid, patch::rollback(options, log))
+}
+
+/// Lists recorded patches of `pid`, each verified against memory.
+pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
+    exited_if_gone(pid, patch::status(pid, log))
+}
+
+/// A failure of any kind while the target died under us is reported as the death: whichever
+/// ptrace or /proc call noticed first is an accident of timing.
+fn exited_if_gone<T>(pid: i32, result: Result<T, Error>) -> Result<T, Error> {
+    result.map_err(|e| {
+        let benign = matches!(
+            e,
+            Error::Process(ProcessError::NoSuchProcess { .. } | ProcessError::Exited { .. })
+        );
+        let alive = process::read_stat(pid, pid).is_ok_and(|(s, ..)| !matches!(s, 'Z' | 'X' | 'x'));
+        if alive || benign {
+            e
+        } else {
+            Error::Process(ProcessError::Exited { pid })
+        }
+    })
+}

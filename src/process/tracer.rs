@@ -111,9 +111,30 @@ impl Tracer {
     /// PTRACE_SEIZE + PTRACE_INTERRUPT without waiting, so many threads can be asked to stop at
     /// once. `Ok(false)` when the thread no longer exists.
     fn seize_and_interrupt(&mut self, tid: i32) -> Result<bool, ProcessError> {
-        match ptrace::seize(Pid::from_raw(tid), Options::empty()) {
+        let mut seized = ptrace::seize(Pid::from_raw(tid), Options::empty());
+        // EPERM also means "exiting" (PF_EXITING) before /proc shows it: look again briefly
+        // before calling it a permission problem (real ones were caught by `identify`).
+        for _ in 0..25 {
+            if seized != Err(Errno::EPERM) || thread_is_exiting(self.pid, tid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            seized = ptrace::seize(Pid::from_raw(tid), Options::empty());
+        }
+        match seized {
             Ok(()) => {}
             Err(Errno::ESRCH) => return Ok(false),
+            Err(Errno::EPERM) if thread_is_exiting(self.pid, tid) => {
+                // The kernel refuses to attach to an exiting thread.
+                return if super::list_threads(self.pid).is_ok_and(|t| !t.is_empty())
+                    && super::read_stat(self.pid, self.pid)
+                        .is_ok_and(|(s, ..)| s != 'Z' && s != 'X')
+                {
+                    Ok(false)
+                } else {
+                    Err(ProcessError::Exited { pid: self.pid })
+                };
+            }
             Err(Errno::EPERM) => {
                 let tracer: i32 = status_field(self.pid, tid, "TracerPid")
                     .and_then(|v| v.parse().ok())
@@ -385,6 +406,15 @@ impl Tracer {
     pub fn enable_poke_fallback(&self) {
         self.mem
             .set_poke_thread(self.threads.keys().next().map(|t| Pid::from_raw(*t)));
+    }
+}
+
+/// Whether a thread is gone, a zombie, or dead: an EPERM from PTRACE_SEIZE then means "exiting",
+/// not "not permitted".
+fn thread_is_exiting(pid: i32, tid: i32) -> bool {
+    match super::read_stat(pid, tid) {
+        Ok((state, ..)) => matches!(state, 'Z' | 'X' | 'x'),
+        Err(_) => true,
     }
 }
 
