@@ -146,8 +146,8 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     let group = journal.data.next_group();
     let mut records = Vec::new();
     {
-        let mut next_id = journal.data.next_id();
-        for (p, &placement) in planned.iter().zip(&loaded.placements) {
+        let ids = journal.data.next_id()..;
+        for (id, (p, &placement)) in ids.zip(planned.iter().zip(&loaded.placements)) {
             let replacement = loaded.l_addr.wrapping_add(p.replacement.address);
             let new: Vec<u8> = match placement {
                 Placement::Direct => isa::jmp_rel32(p.write_at, replacement)
@@ -160,7 +160,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
             };
             let original = expected_bytes(&journal.data, p, new.len());
             records.push(PatchRecord {
-                id: next_id,
+                id,
                 group,
                 function: p.function.name.clone(),
                 module: p.module.clone(),
@@ -179,7 +179,6 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
                 created: now_secs(),
                 rolled_back: None,
             });
-            next_id += 1;
         }
     }
     journal

@@ -179,7 +179,7 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
             }
         }
     }
-    chosen.sort_by(|a, b| b.id.cmp(&a.id));
+    chosen.sort_by_key(|r| std::cmp::Reverse(r.id));
     Ok(chosen)
 }
 
