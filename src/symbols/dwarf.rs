@@ -2,18 +2,19 @@
 //!
 //! Built once, lazily, by a single streaming pass over `.debug_info` with gimli's raw entry
 //! reader: only namespace-like DIEs (for the scope path) and subprograms have their attributes
-//! decoded, everything else is skipped. During the pass names stay borrowed slices of the
-//! section data; strings are only allocated for the final, code-bearing subprograms. File and
+//! decoded, everything else is skipped. During the pass names are only *located* (a string
+//! offset), not read: most named DIEs are types that hold no code, and finding the end of a
+//! string is the costly part. Strings are allocated only for code-bearing subprograms. File and
 //! line are kept as indices and turned into `file:line` text only for the functions a caller
 //! actually asks about, because that needs the unit's line-program header.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian, SectionId};
 
 use super::elf::{ElfInfo, SectionSource};
+use super::hash::FxHashMap;
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 
@@ -49,16 +50,31 @@ pub(super) struct DwarfIndex {
     pub subprograms: Vec<Subprogram>,
 }
 
-/// One namespace-like scope met during the pass: a parent link and a borrowed name.
-struct Scope<'a> {
-    parent: u32,
-    name: &'a [u8],
+/// A DIE name not yet looked up (see the module comment).
+#[derive(Debug, Clone, Copy)]
+enum Name<'a> {
+    /// `DW_FORM_string`: inline in `.debug_info`.
+    Inline(&'a [u8]),
+    /// Offset in `.debug_str` (`DW_FORM_strp`, or `strx` already mapped through the unit's
+    /// string offsets table).
+    Str(usize),
+    /// Offset in `.debug_line_str`.
+    LineStr(usize),
 }
 
-/// One subprogram DIE met during the pass (with or without code), names still borrowed.
+/// One namespace-like scope met during the pass: a parent link and its name.
+struct Scope<'a> {
+    parent: u32,
+    name: Name<'a>,
+}
+
+/// One subprogram DIE met during the pass (with or without code).
 struct Rec<'a> {
-    name: Option<&'a [u8]>,
-    linkage: Option<&'a [u8]>,
+    /// Global `.debug_info` offset of the DIE; records are pushed in increasing order, so
+    /// specification/origin targets are found by binary search.
+    offset: u64,
+    name: Option<Name<'a>>,
+    linkage: Option<Name<'a>>,
     scope: u32,
     refers: Option<u64>,
     decl_file: Option<(u32, u64)>,
@@ -74,9 +90,6 @@ struct Scan<'a> {
     /// Index 0 is the root (global) scope.
     scopes: Vec<Scope<'a>>,
     recs: Vec<Rec<'a>>,
-    /// `.debug_info` offset -> index in `recs`, for DIEs without code (targets of
-    /// `DW_AT_specification` / `DW_AT_abstract_origin`).
-    targets: HashMap<u64, u32>,
     units: Vec<usize>,
 }
 
@@ -119,7 +132,7 @@ impl DwarfIndex {
             let mut scan = Scan::default();
             scan.scopes.push(Scope {
                 parent: 0,
-                name: b"",
+                name: Name::Inline(b""),
             });
             let mut headers = dwarf.units();
             while let Ok(Some(header)) = headers.next() {
@@ -134,7 +147,7 @@ impl DwarfIndex {
                 // An error inside a unit keeps what was read before it.
                 let _ = scan_unit(&dwarf, &unit, base.0 as u64, unit_index, &mut scan);
             }
-            let subprograms = finish(&scan);
+            let subprograms = finish(&dwarf, &scan);
             (scan.units, subprograms)
         };
         DwarfIndex {
@@ -271,34 +284,35 @@ fn scan_unit<'a>(
             | gimli::DW_TAG_union_type
             | gimli::DW_TAG_enumeration_type
             | gimli::DW_TAG_interface_type) => {
+                if !abbrev.has_children() {
+                    // Opens no scope, so its name is never needed.
+                    entries.skip_attributes(abbrev.attributes())?;
+                    continue;
+                }
                 let mut name = None;
                 for spec in abbrev.attributes() {
                     let attr = entries.read_attribute(*spec)?;
                     if attr.name() == gimli::DW_AT_name {
-                        name = dwarf
-                            .attr_string(unit, attr.value())
-                            .ok()
-                            .map(|s| s.slice());
+                        name = lazy_name(dwarf, unit, attr.value());
                     }
                 }
-                if abbrev.has_children() {
-                    if name.is_none() && tag == gimli::DW_TAG_namespace {
-                        // What C++ demanglers print for `_GLOBAL__N_1`.
-                        name = Some(b"(anonymous namespace)");
-                    }
-                    let id = match name {
-                        Some(name) => {
-                            scan.scopes.push(Scope { parent, name });
-                            (scan.scopes.len() - 1) as u32
-                        }
-                        // An anonymous struct adds no segment.
-                        None => parent,
-                    };
-                    stack.push((depth, id));
+                if name.is_none() && tag == gimli::DW_TAG_namespace {
+                    // What C++ demanglers print for `_GLOBAL__N_1`.
+                    name = Some(Name::Inline(b"(anonymous namespace)"));
                 }
+                let id = match name {
+                    Some(name) => {
+                        scan.scopes.push(Scope { parent, name });
+                        (scan.scopes.len() - 1) as u32
+                    }
+                    // An anonymous struct adds no segment.
+                    None => parent,
+                };
+                stack.push((depth, id));
             }
             gimli::DW_TAG_subprogram => {
                 let mut rec = Rec {
+                    offset: base + offset.0 as u64,
                     name: None,
                     linkage: None,
                     scope: parent,
@@ -314,16 +328,10 @@ fn scan_unit<'a>(
                     let attr = entries.read_attribute(*spec)?;
                     match attr.name() {
                         gimli::DW_AT_name => {
-                            rec.name = dwarf
-                                .attr_string(unit, attr.value())
-                                .ok()
-                                .map(|s| s.slice());
+                            rec.name = lazy_name(dwarf, unit, attr.value());
                         }
                         gimli::DW_AT_linkage_name | gimli::DW_AT_MIPS_linkage_name => {
-                            rec.linkage = dwarf
-                                .attr_string(unit, attr.value())
-                                .ok()
-                                .map(|s| s.slice());
+                            rec.linkage = lazy_name(dwarf, unit, attr.value());
                         }
                         gimli::DW_AT_low_pc => {
                             low = dwarf.attr_address(unit, attr.value()).ok().flatten();
@@ -370,10 +378,6 @@ fn scan_unit<'a>(
                 rec.code = rec
                     .code
                     .filter(|&(l, h)| l != 0 && h > l && !unit.header.is_tombstone_address(l));
-                if rec.code.is_none() {
-                    scan.targets
-                        .insert(base + offset.0 as u64, scan.recs.len() as u32);
-                }
                 scan.recs.push(rec);
             }
             _ => entries.skip_attributes(abbrev.attributes())?,
@@ -409,8 +413,24 @@ fn entry_range(
 /// for the name, linkage name, declaration and scope (the declaration's scope is the one
 /// that counts: C++ out-of-line members and Rust inherent methods are defined at unit level
 /// but declared inside their class or struct).
-fn finish(scan: &Scan<'_>) -> Vec<Subprogram> {
-    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+fn finish<'a>(dwarf: &gimli::Dwarf<Reader<'a>>, scan: &Scan<'a>) -> Vec<Subprogram> {
+    let text = |name: Name<'a>| -> Option<String> {
+        let bytes = match name {
+            Name::Inline(b) => b,
+            Name::Str(o) => dwarf
+                .debug_str
+                .get_str(gimli::DebugStrOffset(o))
+                .ok()?
+                .slice(),
+            Name::LineStr(o) => dwarf
+                .debug_line_str
+                .get_str(gimli::DebugLineStrOffset(o))
+                .ok()?
+                .slice(),
+        };
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    };
+    let mut scope_paths: FxHashMap<u32, String> = FxHashMap::default();
     let mut out = Vec::new();
     for rec in &scan.recs {
         let Some((low, high)) = rec.code else {
@@ -422,10 +442,12 @@ fn finish(scan: &Scan<'_>) -> Vec<Subprogram> {
         let (mut decl_file, mut decl_line) = (rec.decl_file, rec.decl_line);
         let mut next = rec.refers;
         for _ in 0..8 {
-            let Some(target) = next.and_then(|o| scan.targets.get(&o)) else {
+            let Some(target) = next.and_then(|o| {
+                let i = scan.recs.partition_point(|r| r.offset < o);
+                scan.recs.get(i).filter(|r| r.offset == o)
+            }) else {
                 break;
             };
-            let target = &scan.recs[*target as usize];
             name = name.or(target.name);
             linkage = linkage.or(target.linkage);
             decl_file = decl_file.or(target.decl_file);
@@ -433,17 +455,19 @@ fn finish(scan: &Scan<'_>) -> Vec<Subprogram> {
             scope = target.scope;
             next = target.refers;
         }
-        let prefix = scope_path(&scan.scopes, scope);
-        let qualified = name.map(|n| {
-            let n = lossy(n);
+        let name = name.and_then(text);
+        let prefix = scope_paths
+            .entry(scope)
+            .or_insert_with(|| scope_path(&scan.scopes, scope, &text));
+        let qualified = name.as_ref().map(|n| {
             if prefix.is_empty() {
-                n
+                n.clone()
             } else {
                 format!("{prefix}::{n}")
             }
         });
-        let generic_name = match (rec.rust, name) {
-            (true, Some(n)) => rust_generic_form(&prefix, &lossy(n)),
+        let generic_name = match (rec.rust, &name) {
+            (true, Some(n)) => rust_generic_form(prefix, n),
             _ => None,
         };
         out.push(Subprogram {
@@ -451,7 +475,7 @@ fn finish(scan: &Scan<'_>) -> Vec<Subprogram> {
             high,
             name: qualified.map(Into::into),
             generic_name: generic_name.map(Into::into),
-            linkage: linkage.map(|l| lossy(l).into()),
+            linkage: linkage.and_then(text).map(Into::into),
             unit: rec.unit,
             decl_file,
             decl_line,
@@ -462,15 +486,38 @@ fn finish(scan: &Scan<'_>) -> Vec<Subprogram> {
 }
 
 /// `a::b` for a scope id, walking parent links up to the root.
-fn scope_path(scopes: &[Scope<'_>], mut id: u32) -> String {
+fn scope_path<'a>(
+    scopes: &[Scope<'a>],
+    mut id: u32,
+    text: &impl Fn(Name<'a>) -> Option<String>,
+) -> String {
     let mut parts = Vec::new();
     while id != 0 {
         let scope = &scopes[id as usize];
-        parts.push(String::from_utf8_lossy(scope.name));
+        parts.push(text(scope.name).unwrap_or_default());
         id = scope.parent;
     }
     parts.reverse();
     parts.join("::")
+}
+
+/// Records where a DIE name is without reading it (see `Name`).
+fn lazy_name<'a>(
+    dwarf: &gimli::Dwarf<Reader<'a>>,
+    unit: &gimli::Unit<Reader<'a>>,
+    value: AttributeValue<Reader<'a>>,
+) -> Option<Name<'a>> {
+    match value {
+        AttributeValue::String(s) => Some(Name::Inline(s.slice())),
+        AttributeValue::DebugStrRef(o) => Some(Name::Str(o.0)),
+        AttributeValue::DebugStrOffsetsIndex(i) => dwarf
+            .debug_str_offsets
+            .get_str_offset(unit.format(), unit.str_offsets_base, i)
+            .ok()
+            .map(|o| Name::Str(o.0)),
+        AttributeValue::DebugLineStrRef(o) => Some(Name::LineStr(o.0)),
+        _ => None,
+    }
 }
 
 /// rustc names a generic instance `gen<u32>` in DWARF; Rust source and v0 symbols write

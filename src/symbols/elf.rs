@@ -243,6 +243,7 @@ fn read_symbols<Elf: FileHeader<Endian = Endianness>>(
 
 /// `.symtab` repeats every `.dynsym` entry; keep one of each (the first, from `.dynsym`).
 fn dedup_symbols(symbols: &mut Vec<ElfSym>) {
-    let mut seen = std::collections::HashSet::with_capacity(symbols.len());
+    let mut seen = super::hash::FxHashSet::default();
+    seen.reserve(symbols.len());
     symbols.retain(|s| seen.insert((s.name.clone(), s.version.clone(), s.address, s.kind)));
 }

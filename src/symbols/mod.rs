@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 mod dwarf;
 mod elf;
+mod hash;
 mod names;
 #[cfg(test)]
 mod tests;
@@ -105,8 +106,9 @@ impl std::fmt::Debug for SymbolIndex {
 impl SymbolIndex {
     /// Opens and indexes `path` (executable or shared object).
     ///
-    /// Reads the whole file into memory (no mmap: the file may be replaced on disk while rpatch
-    /// runs, and a private copy keeps later reads consistent with what was indexed).
+    /// Reads the whole file into memory rather than mapping it: a mapped file truncated or
+    /// rewritten in place (a redeploy) would fault or change under rpatch, while a private copy
+    /// keeps every later read (`file_bytes`, DWARF) consistent with what was indexed.
     pub fn open(path: &Path) -> Result<Self, SymbolError> {
         let data = std::fs::read(path).map_err(|source| SymbolError::Io {
             path: path.to_path_buf(),

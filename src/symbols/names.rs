@@ -7,12 +7,11 @@
 //! decides what the caller is shown (a raw or stripped match is shown under the function's
 //! canonical human name; a fully spelled demangled name is shown as typed).
 
-use std::collections::HashMap;
-
 use cpp_demangle::DemangleOptions;
 
 use super::dwarf::DwarfIndex;
 use super::elf::ElfInfo;
+use super::hash::{FxHashMap, FxHashSet};
 
 /// How a name was derived. Ordered: when one function carries the same string under several
 /// kinds, the greatest is kept.
@@ -51,7 +50,7 @@ pub(super) struct Func {
 /// Name -> functions, over the whole file. Built on the first `resolve`.
 pub(super) struct NameIndex {
     pub funcs: Vec<Func>,
-    pub by_name: HashMap<Box<str>, Vec<(u32, Kind)>>,
+    pub by_name: FxHashMap<Box<str>, Vec<(u32, Kind)>>,
 }
 
 /// All names of one function and the values derived from them.
@@ -108,6 +107,32 @@ fn demangle(raw: &str) -> Option<Demangled> {
     })
 }
 
+/// `app::Type::m` for a v0-demangled inherent method `<app::Type>::m` (a qualified path
+/// without `as Trait`); None for anything else.
+fn inherent_path(demangled: &str) -> Option<String> {
+    let inner_and_rest = demangled.strip_prefix('<')?;
+    let mut depth = 0usize;
+    let close = inner_and_rest.char_indices().find_map(|(i, c)| match c {
+        '<' => {
+            depth += 1;
+            None
+        }
+        '>' if depth == 0 => Some(i),
+        '>' => {
+            depth -= 1;
+            None
+        }
+        _ => None,
+    })?;
+    let (inner, rest) = inner_and_rest.split_at(close);
+    let rest = &rest[1..];
+    (rest.starts_with("::")
+        && !inner.contains(" as ")
+        && !inner.contains("->")
+        && !inner.starts_with(['&', '*', '[', '(']))
+    .then(|| format!("{inner}{rest}"))
+}
+
 /// Drops trailing cv/ref qualifiers that cpp_demangle keeps on some names without parameters
 /// (lambdas: `main::{lambda()#1}::operator() const`).
 fn trim_qualifiers(mut s: &str) -> &str {
@@ -142,7 +167,16 @@ pub(super) fn describe(
         names.push((raw.to_string(), Kind::Raw));
         match demangle(raw) {
             Some(Demangled::Rust(d)) => {
-                rust_display.get_or_insert_with(|| d.clone());
+                // v0 spells an inherent method `<app::Type>::m`; people write `app::Type::m`.
+                match inherent_path(&d) {
+                    Some(path) => {
+                        rust_display.get_or_insert_with(|| path.clone());
+                        names.push((path, Kind::Demangled));
+                    }
+                    None => {
+                        rust_display.get_or_insert_with(|| d.clone());
+                    }
+                }
                 names.push((d, Kind::Demangled));
             }
             Some(Demangled::Cpp {
@@ -206,6 +240,16 @@ pub(super) fn describe(
         .or_else(|| names.first().map(|(n, _)| n.clone()))
         .unwrap_or_default();
 
+    // A function in a C++ anonymous namespace is file-local like a C `static` one, and is
+    // typed the same way: without the `(anonymous namespace)::` segment.
+    const ANONYMOUS: &str = "(anonymous namespace)::";
+    let local: Vec<(String, Kind)> = names
+        .iter()
+        .filter(|(n, _)| n.contains(ANONYMOUS))
+        .map(|(n, k)| (n.replace(ANONYMOUS, ""), *k))
+        .collect();
+    names.extend(local);
+
     // One entry per distinct string, with its greatest kind (sorted first, kept by dedup).
     names.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     names.dedup_by(|later, earlier| later.0 == earlier.0);
@@ -221,7 +265,7 @@ pub(super) fn describe(
 impl NameIndex {
     /// Groups symbols and DWARF subprograms by entry address and indexes all their names.
     pub(super) fn build(info: &ElfInfo, dwarf: &DwarfIndex) -> Self {
-        let mut groups: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
+        let mut groups: FxHashMap<u64, (Vec<u32>, Vec<u32>)> = FxHashMap::default();
         for &i in &info.functions_by_address {
             let address = info.symbols[i as usize].address;
             groups.entry(address).or_default().0.push(i);
@@ -233,7 +277,9 @@ impl NameIndex {
         addresses.sort_unstable();
 
         let mut funcs = Vec::with_capacity(addresses.len());
-        let mut by_name: HashMap<Box<str>, Vec<(u32, Kind)>> = HashMap::new();
+        let mut by_name: FxHashMap<Box<str>, Vec<(u32, Kind)>> = FxHashMap::default();
+        // About three names per function (raw, demangled, qualified): avoid rehashing.
+        by_name.reserve(addresses.len() * 3);
         for address in addresses {
             let (syms, subs) = &groups[&address];
             let described = describe(info, syms, dwarf, subs);
@@ -294,54 +340,63 @@ impl NameIndex {
             .collect()
     }
 
-    /// Up to five names close to `query`: same last path segment first, then by edit distance
-    /// (of last segments or of whole names), within a distance that still suggests a typo.
+    /// Up to five names close to `query`, each the display name of a function (so typing it
+    /// resolves): same function name first (last path segment without generic arguments or
+    /// parameters, so `gen` finds `app::gen::<u32>` and `m` finds `ns::C::m(int)`), then by
+    /// edit distance (of those function names or of whole names), within a distance that
+    /// still suggests a typo rather than an unrelated name.
     pub(super) fn suggest(&self, query: &str) -> Vec<String> {
         let query = query.strip_prefix("crate::").unwrap_or(query);
-        let q_last = last_segment(query);
-        let q_last_len = q_last.chars().count();
-        let threshold = (q_last_len / 3).max(2);
-        let q_len = query.chars().count();
+        let q_base = base_name(last_segment(query));
+        let threshold = (q_base.chars().count() / 3).max(2);
 
-        let eligible = self.by_name.iter().filter(|(name, funcs)| {
-            funcs.iter().any(|&(_, k)| k != Kind::Raw) || !looks_mangled(name)
-        });
-
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
         let mut same: Vec<&str> = Vec::new();
         let mut scored: Vec<(usize, &str)> = Vec::new();
-        let mut segment_cache: HashMap<&str, usize> = HashMap::new();
-        for (name, _) in eligible {
-            let name: &str = name;
-            let last = last_segment(name);
-            if last == q_last {
+        // The edit distance is at least the length difference: most names are rejected
+        // without computing it (byte lengths; names are ASCII in practice).
+        let within = |a: &str, b: &str| {
+            (a.len().abs_diff(b.len()) <= threshold)
+                .then(|| levenshtein(a, b))
+                .filter(|&d| d <= threshold)
+        };
+        for func in &self.funcs {
+            let name: &str = &func.display;
+            if name == query || looks_mangled(name) || !seen.insert(name) {
+                continue;
+            }
+            let base = base_name(last_segment(name));
+            if base == q_base {
                 same.push(name);
                 continue;
             }
-            let mut best = *segment_cache
-                .entry(last)
-                .or_insert_with(|| levenshtein(q_last, last));
-            let len = name.chars().count();
-            if best > 0 && len.abs_diff(q_len) < best {
-                best = best.min(levenshtein(query, name));
-            }
-            if best <= threshold {
+            let best = match (within(q_base, base), within(query, name)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(best) = best {
                 scored.push((best, name));
             }
         }
         same.sort_by_key(|n| (n.len(), *n));
         scored.sort_by_key(|&(d, n)| (d, n.len(), n));
-
-        let mut out: Vec<String> = Vec::new();
-        for name in same.into_iter().chain(scored.into_iter().map(|(_, n)| n)) {
-            if out.len() == 5 {
-                break;
-            }
-            if name != query && !out.iter().any(|o| o == name) {
-                out.push(name.to_string());
-            }
-        }
-        out
+        same.into_iter()
+            .chain(scored.into_iter().map(|(_, n)| n))
+            .take(5)
+            .map(str::to_string)
+            .collect()
     }
+}
+
+/// A path segment without generic arguments, turbofish or parameter list: the bare function
+/// name people type (`gen` for `gen::<u32>`, `m` for `m(int) const`, `max` for `max<int>`).
+fn base_name(segment: &str) -> &str {
+    let end = segment
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c == '<' || c == '(')
+        .map_or(segment.len(), |(i, _)| i);
+    segment[..end].trim_end_matches("::")
 }
 
 /// Raw Itanium / Rust symbol spellings are not worth suggesting to a person.

@@ -25,7 +25,13 @@ int main(int argc, char **argv) {
 "#;
 
 const CPP_SOURCE: &str = r#"#include <cstdio>
+namespace {
+__attribute__((noinline)) int hidden(int x) { return x * 9; }
+}
+
 namespace ns {
+template <typename T> __attribute__((noinline)) T twice(T x) { return x + x; }
+
 struct Calc {
     int k;
     int method(int x);
@@ -54,6 +60,7 @@ __attribute__((noinline)) bool Calc::operator()(int x) const {
 int main(int argc, char **) {
     ns::Calc c{argc};
     std::printf("%d %d %d %d\n", c.method(argc), c.over(argc), c.over(0.5 * argc), (int)c(argc));
+    std::printf("%d %d %f\n", hidden(argc), ns::twice(argc), ns::twice(0.5 * argc));
     return 0;
 }
 "#;
@@ -75,6 +82,12 @@ const RUST_BIN_SOURCE: &str = r#"mod pricing {
         }
     }
 
+    impl std::fmt::Display for Pricer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "P{}", self.k)
+        }
+    }
+
     #[inline(never)]
     pub fn scale<T: Into<u64>>(x: T) -> u64 {
         x.into() * 2
@@ -85,9 +98,10 @@ fn main() {
     let a = std::env::args().count() as u64;
     let p = pricing::Pricer { k: a };
     println!(
-        "{} {} {} {}",
+        "{} {} {} {} {}",
         pricing::calc(a),
         p.price(a),
+        p,
         pricing::scale(a as u32),
         pricing::scale(a as u16)
     );
@@ -287,7 +301,8 @@ fn file_bytes_match_section_data() {
 }
 
 /// C++: a method resolves by qualified name and by demangled signature, an overloaded
-/// name is Ambiguous with both overloads (each with a location), an operator resolves.
+/// name is Ambiguous with both overloads (each with a location), an operator resolves, an
+/// anonymous-namespace function resolves by its bare name, template instances by arguments.
 #[test]
 fn cpp_methods_and_overloads() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,71 +359,108 @@ fn cpp_methods_and_overloads() {
 
     let call = expect_found(&index, "ns::Calc::operator()");
     assert_eq!(call.name, "ns::Calc::operator()(int) const");
+
+    // Anonymous-namespace functions are file-local, typed like C statics.
+    let hidden = expect_found(&index, "(anonymous namespace)::hidden");
+    assert_eq!(hidden, expect_found(&index, "hidden"));
+    assert_eq!(hidden.name, "(anonymous namespace)::hidden(int)");
+
+    // Template instances match only with their arguments; the bare name suggests them.
+    let twice = expect_found(&index, "ns::twice<int>");
+    assert_eq!(twice.name, "ns::twice<int>(int)");
+    match index.resolve("ns::twice") {
+        Resolution::NotFound { suggestions } => {
+            for instance in ["ns::twice<int>(int)", "ns::twice<double>(double)"] {
+                assert!(suggestions.iter().any(|s| s == instance), "{suggestions:?}");
+            }
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
 }
 
-/// Rust binary: a module function resolves by crate path and by `crate::` path, an inherent
-/// method by `Type::method`, generic instances by turbofish (the bare path is Ambiguous).
+/// Rust binary, legacy and v0 mangling, DWARF 4 and 5: a module function resolves by crate path and by
+/// `crate::` path, an inherent method by `Type::method` (also shown so under v0), a trait
+/// method by `<Type as Trait>::method`, generic instances by turbofish; the bare generic path
+/// is Ambiguous under legacy mangling (which drops generic arguments) and NotFound under v0,
+/// suggesting the instances.
 #[test]
 fn rust_binary_paths() {
     let dir = tempfile::tempdir().unwrap();
     let src = write_source(dir.path(), "calc.rs", RUST_BIN_SOURCE);
-    let bin = dir.path().join("calcbin");
-    run(Command::new("rustc")
-        .args([
-            "--crate-name",
-            "calcapp",
-            "-g",
-            "-C",
-            "opt-level=1",
-            "--edition",
-            "2021",
-        ])
-        .arg(&src)
-        .arg("-o")
-        .arg(&bin));
-    let index = SymbolIndex::open(&bin).unwrap();
+    // The default mangling (legacy today; explicit `legacy` needs a nightly flag), v0, and
+    // DWARF 5 (string-offset and address-index forms) for the crate's own units.
+    for (name, flags) in [
+        ("default", &[][..]),
+        ("v0", &["-Csymbol-mangling-version=v0"][..]),
+        ("dwarf5", &["-Cdwarf-version=5"][..]),
+    ] {
+        let bin = dir.path().join(format!("calcbin-{name}"));
+        run(Command::new("rustc")
+            .args(["--crate-name", "calcapp", "-g", "-C", "opt-level=1"])
+            .args(flags)
+            .arg(&src)
+            .arg("-o")
+            .arg(&bin));
+        check_rust_binary(&SymbolIndex::open(&bin).unwrap());
+    }
+}
 
-    let calc = expect_found(&index, "calcapp::pricing::calc");
+fn check_rust_binary(index: &SymbolIndex) {
+    let calc = expect_found(index, "calcapp::pricing::calc");
     assert_eq!(calc.name, "calcapp::pricing::calc");
-    assert!(
-        calc.linkage_name
-            .as_deref()
-            .unwrap()
-            .starts_with("_ZN7calcapp7pricing4calc")
-    );
+    let linkage = calc.linkage_name.clone().unwrap();
+    let mangling = if linkage.starts_with("_ZN7calcapp7pricing4calc") {
+        "legacy"
+    } else {
+        assert!(linkage.starts_with("_R"), "{linkage}");
+        "v0"
+    };
     assert!(calc.size > 0);
     let line = line_of(RUST_BIN_SOURCE, "pub fn calc(");
-    assert!(
-        calc.location
-            .as_deref()
-            .unwrap()
-            .ends_with(&format!("calc.rs:{line}"))
-    );
-    let via_crate = expect_found(&index, "crate::pricing::calc");
-    assert_eq!(via_crate, calc);
+    let location = calc.location.clone().unwrap();
+    assert!(location.ends_with(&format!("calc.rs:{line}")), "{location}");
+    assert_eq!(expect_found(index, "crate::pricing::calc"), calc);
+    assert_eq!(expect_found(index, &linkage), calc);
 
-    let price = expect_found(&index, "calcapp::pricing::Pricer::price");
+    let price = expect_found(index, "calcapp::pricing::Pricer::price");
+    assert_eq!(price.name, "calcapp::pricing::Pricer::price", "{mangling}");
     let line = line_of(RUST_BIN_SOURCE, "pub fn price(");
     assert!(
         price
             .location
-            .as_deref()
             .unwrap()
             .ends_with(&format!("calc.rs:{line}"))
     );
 
-    let u32_instance = expect_found(&index, "calcapp::pricing::scale::<u32>");
-    let u16_instance = expect_found(&index, "calcapp::pricing::scale::<u16>");
+    let fmt = expect_found(
+        index,
+        "<calcapp::pricing::Pricer as core::fmt::Display>::fmt",
+    );
+    assert_eq!(
+        fmt.name,
+        "<calcapp::pricing::Pricer as core::fmt::Display>::fmt"
+    );
+
+    let u32_instance = expect_found(index, "calcapp::pricing::scale::<u32>");
+    let u16_instance = expect_found(index, "calcapp::pricing::scale::<u16>");
     assert_ne!(u32_instance.address, u16_instance.address);
-    match index.resolve("calcapp::pricing::scale") {
-        Resolution::Ambiguous(all) => {
-            assert_eq!(all.len(), 2);
-            assert!(
-                all.iter()
-                    .any(|f| f.name == "calcapp::pricing::scale::<u32>")
+    assert_eq!(u32_instance.name, "calcapp::pricing::scale::<u32>");
+    match (mangling, index.resolve("calcapp::pricing::scale")) {
+        ("legacy", Resolution::Ambiguous(all)) => {
+            let mut names: Vec<&str> = all.iter().map(|f| f.name.as_str()).collect();
+            names.sort();
+            assert_eq!(
+                names,
+                [
+                    "calcapp::pricing::scale::<u16>",
+                    "calcapp::pricing::scale::<u32>"
+                ]
             );
         }
-        other => panic!("expected Ambiguous, got {other:?}"),
+        ("v0", Resolution::NotFound { suggestions }) => {
+            assert!(suggestions.contains(&"calcapp::pricing::scale::<u32>".to_string()));
+        }
+        (_, other) => panic!("{mangling}: unexpected {other:?}"),
     }
 
     let inside = index.function_containing(calc.address + 1).unwrap();
@@ -502,13 +554,20 @@ fn name_helpers() {
     assert_eq!(levenshtein("kitten", "sitting"), 3);
 }
 
-/// Timing on a large binary (set RPATCH_BIG_BINARY; defaults to this test executable).
+/// The binary the timing tests measure: `$RPATCH_BIG_BINARY`, else this test executable
+/// (a debug Rust binary with DWARF for std and every dependency).
+fn big_binary() -> PathBuf {
+    std::env::var_os("RPATCH_BIG_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap())
+}
+
+/// Not a check but a measurement (run with `--ignored --nocapture`): open, first resolve
+/// (DWARF + name index), a later resolve, and a NotFound with suggestions on a large binary.
 #[test]
 #[ignore]
 fn timing_large_binary() {
-    let path = std::env::var_os("RPATCH_BIG_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::current_exe().unwrap());
+    let path = big_binary();
     let size = std::fs::metadata(&path).unwrap().len();
     let t = std::time::Instant::now();
     let index = SymbolIndex::open(&path).unwrap();
@@ -518,49 +577,45 @@ fn timing_large_binary() {
     let first_time = t.elapsed();
     let t = std::time::Instant::now();
     let _ = index.resolve("core::fmt::write");
-    let second_time = t.elapsed();
+    let next_time = t.elapsed();
     let t = std::time::Instant::now();
-    let missing = index.resolve("no_such_functoin");
+    let _ = index.resolve("no_such_functoin");
     let missing_time = t.elapsed();
     eprintln!(
-        "{} ({size} bytes): open {opened:?}, first resolve {first_time:?} ({}), \
-         next {second_time:?}, not-found {missing_time:?} {missing:?}",
+        "{} ({size} bytes): open {opened:?}, first resolve {first_time:?} (found main: {}), \
+         next resolve {next_time:?}, not found {missing_time:?}",
         path.display(),
         matches!(first, Resolution::Found(_))
     );
 }
 
-/// Phase timings on a large binary (set RPATCH_BIG_BINARY).
+/// Not a check but a measurement: where the first resolve's time goes (DWARF pass, name
+/// index, suggestions). `RPATCH_ROUNDS=n` repeats the builds, for profiling under perf.
 #[test]
 #[ignore]
 fn timing_phases() {
-    let path = std::env::var_os("RPATCH_BIG_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::current_exe().unwrap());
-    let index = SymbolIndex::open(&path).unwrap();
-    for _ in 0..3 {
+    let index = SymbolIndex::open(&big_binary()).unwrap();
+    let rounds: usize = std::env::var("RPATCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    for _ in 0..rounds {
         let t = std::time::Instant::now();
-        let d = super::dwarf::DwarfIndex::build(&index.data, &index.info);
+        let dwarf = super::dwarf::DwarfIndex::build(&index.data, &index.info);
+        let dwarf_time = t.elapsed();
+        let t = std::time::Instant::now();
+        let names = super::names::NameIndex::build(&index.info, &dwarf);
+        let names_time = t.elapsed();
+        let t = std::time::Instant::now();
+        let _ = names.suggest("no_such_functoin");
+        let suggest_time = t.elapsed();
         eprintln!(
-            "standalone dwarf build {:?} ({} subprograms)",
-            t.elapsed(),
-            d.subprograms.len()
+            "{} symbols, {} subprograms, {} functions, {} names: DWARF {dwarf_time:?}, \
+             names {names_time:?}, suggestions {suggest_time:?}",
+            index.info.symbols.len(),
+            dwarf.subprograms.len(),
+            names.funcs.len(),
+            names.by_name.len(),
         );
     }
-    let t = std::time::Instant::now();
-    let d = index.dwarf();
-    let dwarf_time = t.elapsed();
-    let t = std::time::Instant::now();
-    let n = index.names();
-    let names_time = t.elapsed();
-    let t = std::time::Instant::now();
-    let s = n.suggest("no_such_functoin");
-    let suggest_time = t.elapsed();
-    eprintln!(
-        "symbols {} funcs {} subprograms {} names {} : dwarf {dwarf_time:?} names {names_time:?} suggest {suggest_time:?} {s:?}",
-        index.info.symbols.len(),
-        n.funcs.len(),
-        d.subprograms.len(),
-        n.by_name.len()
-    );
 }
