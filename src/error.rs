@@ -97,7 +97,7 @@ pub enum Error {
     },
     /// A thread stayed inside a function until the timeout.
     #[error(
-        "{function} stayed busy for {timeout_ms} ms: thread {tid} ({thread}) is executing inside it at {pc:#x}; retry later or raise --timeout"
+        "{function} stayed busy for {timeout_ms} ms: {detail}; retry later, raise --timeout, or patch a function it calls instead if this one never returns"
     )]
     Busy {
         /// Function.
@@ -106,8 +106,10 @@ pub enum Error {
         tid: i32,
         /// Thread name.
         thread: String,
-        /// The PC.
+        /// The PC, or the return address found on the stack.
         pc: u64,
+        /// Where the thread is: PC or stack frame (depth, how it was found).
+        detail: String,
         /// Time waited.
         timeout_ms: u64,
     },

@@ -9,7 +9,7 @@ use crate::inject::{InjectError, InjectedThread, LoaderFunctions, assess_thread,
 use crate::journal::{Island, Journal, JournalData, JumpMethod, PatchRecord, PatchState, StateDir};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcessError, Stop, Tracer};
-use crate::safety::GuardedRange;
+use crate::safety::{GuardedRange, StackInspector};
 use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -143,6 +143,9 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         options.load_timeout,
         log,
     )?;
+    // Unwind tables are read now: after the load (the new library is mapped), before the journal
+    // intent and the freeze (nothing slow while frozen).
+    let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
     let group = journal.data.next_group();
     let mut records = Vec::new();
     {
@@ -192,17 +195,24 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         format!("intent recorded in {}", journal.path().display()),
     );
 
-    let ranges: Vec<GuardedRange> = records
+    let ranges: Vec<GuardedRange> = planned
         .iter()
-        .map(|r| GuardedRange {
+        .zip(&records)
+        .map(|(p, r)| GuardedRange {
             bytes: r.address..r.address + r.new.len() as u64,
             entry_ok: true,
             function: r.function.clone(),
+            stack_range: Some(p.entry..p.entry + p.function.size.max(r.new.len() as u64)),
         })
         .collect();
-    let result = frozen_write(&mut tracer, &ranges, options.timeout, log, |tracer| {
-        write_patches(tracer.mem(), &records)
-    });
+    let result = frozen_write(
+        &mut tracer,
+        &ranges,
+        Some(&mut stacks),
+        options.timeout,
+        log,
+        |tracer| write_patches(tracer.mem(), &records),
+    );
     let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
     let final_state = if result.is_ok() {
         PatchState::Applied

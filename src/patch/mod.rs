@@ -16,7 +16,7 @@ use crate::Error;
 use crate::journal::TargetIdentity;
 use crate::log::Log;
 use crate::process::{self, ProcessInfo, Tracer};
-use crate::safety::{GuardedRange, find_blocker};
+use crate::safety::{GuardedRange, StackInspector, find_blocker};
 use std::time::{Duration, Instant};
 
 /// Phase 1 for every operation: identify the target and build its journal identity.
@@ -35,12 +35,14 @@ fn identify(pid: i32, log: &Log) -> Result<(ProcessInfo, TargetIdentity), Error>
     Ok((info, identity))
 }
 
-/// Phases 4 to 7: freeze every thread, check no PC is inside `ranges`, run `write` while frozen,
-/// and thaw. When a thread is in the way, thaw, back off and retry until `timeout`.
+/// Phases 4 to 7: freeze every thread, check no PC is inside `ranges` (and, with `stacks`, no
+/// return address into their functions on any stack), run `write` while frozen, and thaw. When a
+/// thread is in the way, thaw, back off and retry until `timeout`.
 /// Returns how long the world was frozen in the successful round.
 fn frozen_write(
     tracer: &mut Tracer,
     ranges: &[GuardedRange],
+    mut stacks: Option<&mut StackInspector>,
     timeout: Duration,
     log: &Log,
     mut write: impl FnMut(&Tracer) -> Result<(), Error>,
@@ -60,25 +62,21 @@ fn frozen_write(
             "freeze",
             format!("{} threads stopped", tracer.threads().count()),
         );
-        match find_blocker(tracer, ranges) {
+        match find_blocker(tracer, ranges, stacks.as_deref_mut(), log) {
             Some(blocker) => {
                 tracer.release_all();
                 if Instant::now() + backoff > deadline {
+                    log.step("check", blocker.describe());
                     return Err(Error::Busy {
+                        detail: blocker.describe(),
                         function: blocker.function,
                         tid: blocker.tid,
                         thread: blocker.name,
-                        pc: blocker.pc,
+                        pc: blocker.address,
                         timeout_ms: timeout.as_millis() as u64,
                     });
                 }
-                log.step(
-                    "check",
-                    format!(
-                        "thread {} ({}) is inside {}; retrying",
-                        blocker.tid, blocker.name, blocker.function
-                    ),
-                );
+                log.step("check", format!("{}; retrying", blocker.describe()));
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(50));
             }

@@ -271,12 +271,20 @@ pub fn plan(
         }
         let entry = f.address.wrapping_add(bias);
         let write_at = entry + prefix;
-        isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64)
-            .map_err(|e| Error::Unpatchable { function: f.name.clone(), reason: e.to_string() })?;
+        isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64).map_err(
+            |e| Error::Unpatchable {
+                function: f.name.clone(),
+                reason: e.to_string(),
+            },
+        )?;
         let absolute_fits = room >= isa::JMP_ABS_LEN as u64
             && isa::check_branches(&head, entry, write_at..write_at + isa::JMP_ABS_LEN as u64)
                 .is_ok();
-        let span = if absolute_fits { isa::JMP_ABS_LEN } else { isa::JMP_REL32_LEN };
+        let span = if absolute_fits {
+            isa::JMP_ABS_LEN
+        } else {
+            isa::JMP_REL32_LEN
+        };
         if planned.iter().any(|p| p.entry == entry) {
             return Err(Error::Unpatchable {
                 function: f.name.clone(),

@@ -71,16 +71,18 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
             bytes: r.address..r.address + r.new.len() as u64,
             entry_ok: true,
             function: r.function.clone(),
+            stack_range: None,
         });
         if let Some(slot) = r.island_slot {
             ranges.push(GuardedRange {
                 bytes: slot..slot + isa::ISLAND_SLOT_LEN as u64,
                 entry_ok: false,
                 function: format!("{} (island slot)", r.function),
+                stack_range: None,
             });
         }
     }
-    let frozen = frozen_write(&mut tracer, &ranges, options.timeout, log, |tracer| {
+    let frozen = frozen_write(&mut tracer, &ranges, None, options.timeout, log, |tracer| {
         restore(tracer.mem(), &selected)
     })?;
     let now = now_secs();

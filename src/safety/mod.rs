@@ -3,9 +3,24 @@
 //! With every thread frozen, a thread whose PC lies inside the bytes being replaced would resume in
 //! the middle of the new instruction. Such a thread blocks the write; the caller thaws, backs off
 //! and retries until its timeout, then names the thread.
+//!
+//! By default a thread with a frame of the old function on its stack blocks too (kpatch's
+//! consistency model): blocked in a system call made from inside the function, it would return
+//! into the old code after the patch, mixing old and new behaviour. Stacks are unwound with the
+//! modules' CFI by a [`StackInspector`] built before the freeze; where the unwind cannot be
+//! trusted to the outermost frame, the rest of the stack is scanned conservatively (`scan`).
 
+mod scan;
+mod stack;
+
+pub use scan::{Candidate, MAX_CALL_LEN, candidates, preceded_by_call, returns_into};
+pub use stack::{Doubt, STACK_CHUNK, StackInspector, StackWalk};
+
+use crate::log::Log;
 use crate::process::{Tracer, thread_name};
+use std::fmt::Write as _;
 use std::ops::Range;
+use std::time::Instant;
 
 /// A range about to be written, with what it belongs to (for messages).
 #[derive(Debug, Clone)]
@@ -17,9 +32,26 @@ pub struct GuardedRange {
     pub entry_ok: bool,
     /// Function the range belongs to.
     pub function: String,
+    /// The whole old function, `[entry, entry + size)`, when a return address into it on any
+    /// thread's stack must block the write too: such a thread would come back into the old code
+    /// after the patch (kpatch's consistency model). `None` checks PCs against `bytes` only (island
+    /// slots, rollbacks: the old code is what comes back).
+    pub stack_range: Option<Range<u64>>,
 }
 
-/// A thread found executing inside a guarded range.
+/// Where the address that blocks a thread was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameSource {
+    /// The thread's PC is inside the bytes to be written.
+    Pc,
+    /// A return address found by unwinding the thread's stack with CFI.
+    Unwound,
+    /// A stack word that returns into the function right after a call instruction, found by the
+    /// conservative scan after the unwind stopped early (it may be a stale word: counted anyway).
+    Scanned,
+}
+
+/// A thread found executing inside a guarded range or with a frame of its function on its stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocker {
     /// Thread id.
@@ -30,6 +62,48 @@ pub struct Blocker {
     pub function: String,
     /// Its PC.
     pub pc: u64,
+    /// Frame depth of the blocking address: 0 is the PC itself, 1 the innermost return address.
+    /// For a scanned word it is a lower bound (frames unwound before the scan, plus one).
+    pub depth: usize,
+    /// The blocking address: the PC, or the return address into the function.
+    pub address: u64,
+    /// How it was found.
+    pub source: FrameSource,
+    /// Why the unwind of this thread stopped before its outermost frame, when it did: a scanned
+    /// blocker may be a false alarm, and the message says so.
+    pub incomplete: Option<Doubt>,
+}
+
+impl Blocker {
+    /// One sentence for messages and `-v`: the thread (tid and name), the function, and where in
+    /// the thread it was found (PC, unwound frame, or conservative scan).
+    pub fn describe(&self) -> String {
+        let who = format!("thread {} ({})", self.tid, self.name);
+        match self.source {
+            FrameSource::Pc => format!(
+                "{who} is executing inside {} at {:#x}, in the bytes to be replaced",
+                self.function, self.pc
+            ),
+            FrameSource::Unwound => format!(
+                "{who} has {} on its stack: frame #{} returns to {:#x} (PC {:#x})",
+                self.function, self.depth, self.address, self.pc
+            ),
+            FrameSource::Scanned => {
+                let mut s = format!(
+                    "{who} may have {} on its stack: a stack word holds {:#x}, just after a call \
+                     in it (frame #{} or deeper)",
+                    self.function, self.address, self.depth
+                );
+                if let Some(doubt) = &self.incomplete {
+                    let _ = write!(
+                        s,
+                        "; found by a conservative scan because the unwind stopped early ({doubt})"
+                    );
+                }
+                s
+            }
+        }
+    }
 }
 
 /// Whether `pc` lies in `range` in a way that makes writing it unsafe.
@@ -42,17 +116,88 @@ pub fn pc_blocks(range: &GuardedRange, pc: u64) -> bool {
     (first_unsafe..range.bytes.end).contains(&pc)
 }
 
-/// Phase 5, *Check*: the first frozen thread whose PC is inside a guarded range, if any.
-pub fn find_blocker(tracer: &Tracer, ranges: &[GuardedRange]) -> Option<Blocker> {
-    tracer.threads().find_map(|t| {
+/// Phase 5, *Check*: the first frozen thread that blocks the write, if any. Every PC is checked
+/// against the bytes to be written; then, with a `stacks` inspector and for the ranges that have
+/// a `stack_range`, every thread's stack is unwound and its return addresses are checked against
+/// the whole function (conservatively when the unwind stops early). Prints the per-thread unwind
+/// times with `-v`.
+pub fn find_blocker(
+    tracer: &Tracer,
+    ranges: &[GuardedRange],
+    stacks: Option<&mut StackInspector>,
+    log: &Log,
+) -> Option<Blocker> {
+    let blocker = |tid: i32, pc: u64, range: &GuardedRange| Blocker {
+        tid,
+        name: thread_name(tracer.pid(), tid),
+        function: range.function.clone(),
+        pc,
+        depth: 0,
+        address: pc,
+        source: FrameSource::Pc,
+        incomplete: None,
+    };
+    // PCs first: no memory to read, and the commonest blocker.
+    for t in tracer.threads() {
         let pc = t.regs.rip;
-        ranges.iter().find(|r| pc_blocks(r, pc)).map(|r| Blocker {
-            tid: t.tid,
-            name: thread_name(tracer.pid(), t.tid),
-            function: r.function.clone(),
-            pc,
-        })
-    })
+        if let Some(r) = ranges.iter().find(|r| pc_blocks(r, pc)) {
+            return Some(blocker(t.tid, pc, r));
+        }
+    }
+    let stacks = stacks?;
+    let functions: Vec<(usize, Range<u64>)> = ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.stack_range.clone()?)))
+        .collect();
+    if functions.is_empty() {
+        return None;
+    }
+    let started = Instant::now();
+    let mut summary = String::new();
+    let mut found = None;
+    for t in tracer.threads() {
+        let (walk, hit) = stacks.find_in_stack(&t.regs, &functions);
+        let _ = write!(
+            summary,
+            "; {}: {} frames{} in {} us ({} KiB copied{})",
+            t.tid,
+            walk.frames.len(),
+            match &walk.doubt {
+                None => String::new(),
+                Some(d) => format!(", incomplete: {d}"),
+            },
+            walk.elapsed.as_micros(),
+            walk.copied / 1024,
+            match walk.direct_reads {
+                0 => String::new(),
+                n => format!(", {n} direct reads"),
+            }
+        );
+        if let Some(hit) = hit {
+            let range = &ranges[hit.range];
+            found = Some(Blocker {
+                depth: hit.depth,
+                address: hit.address,
+                source: if hit.scanned {
+                    FrameSource::Scanned
+                } else {
+                    FrameSource::Unwound
+                },
+                incomplete: walk.doubt.clone(),
+                ..blocker(t.tid, t.regs.rip, range)
+            });
+            break;
+        }
+    }
+    log.step(
+        "check",
+        format!(
+            "stacks unwound in {} us{summary}",
+            started.elapsed().as_micros()
+        ),
+    );
+    found
 }
 
 #[cfg(test)]
@@ -65,6 +210,7 @@ mod tests {
             bytes: 0x1000..0x1005,
             entry_ok: true,
             function: "f".into(),
+            stack_range: None,
         };
         assert!(!pc_blocks(&r, 0x1000));
         assert!(pc_blocks(&r, 0x1001));
@@ -75,5 +221,39 @@ mod tests {
             ..r
         };
         assert!(pc_blocks(&slot, 0x1000));
+    }
+
+    /// Messages name the thread (tid and name), the function and the frame, and say when a
+    /// conservative scan found it.
+    #[test]
+    fn blocker_descriptions_name_thread_function_and_frame() {
+        let pc = Blocker {
+            tid: 42,
+            name: "holder".into(),
+            function: "held".into(),
+            pc: 0x1003,
+            depth: 0,
+            address: 0x1003,
+            source: FrameSource::Pc,
+            incomplete: None,
+        };
+        let text = pc.describe();
+        assert!(
+            text.contains("thread 42 (holder)") && text.contains("held"),
+            "{text}"
+        );
+        let scanned = Blocker {
+            depth: 3,
+            address: 0x2010,
+            source: FrameSource::Scanned,
+            incomplete: Some(Doubt::NoModule { address: 0x9000 }),
+            ..pc
+        };
+        let text = scanned.describe();
+        assert!(text.contains("frame #3 or deeper"), "{text}");
+        assert!(
+            text.contains("conservative scan") && text.contains("0x9000"),
+            "{text}"
+        );
     }
 }

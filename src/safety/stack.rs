@@ -1,0 +1,816 @@
+//! Unwinding the stacks of frozen threads with the CFI (`.eh_frame`) of every mapped module, to
+//! find return addresses into the functions about to be patched (kpatch's consistency model).
+//!
+//! Everything slow happens in [`StackInspector::new`], before the freeze: reading the maps,
+//! opening every module and copying its unwind sections, preallocating the stack buffer. While
+//! the world is frozen a thread costs one `/proc/PID/mem` read of its stack and a walk served
+//! from that copy by `framehop`.
+//!
+//! framehop silently falls back to frame pointers when it has no usable CFI for an address. A
+//! frame-pointer step can skip frames, so before each step the inspector checks (with gimli, on
+//! the same sections) that the address has an FDE framehop can evaluate; when not, the walk is
+//! *incomplete* and the caller scans the rest of the stack conservatively (see `scan`).
+
+use super::scan;
+use crate::log::Log;
+use crate::process::{self, LoadedModule, Mapping, ModuleMap, ProcessError};
+use crate::symbols::LoadSegment;
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, UnwindContext, UnwindSection,
+};
+use object::{Object, ObjectSection, ObjectSegment};
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How much of a stack is copied in the one read per thread: enough for the live part of almost
+/// every stack, small enough to copy in tens of microseconds.
+pub const STACK_CHUNK: u64 = 256 * 1024;
+/// The x86_64 red zone below the stack pointer, copied too: a leaf's first frame may keep its
+/// saved registers there.
+const RED_ZONE: u64 = 128;
+/// A walk longer than this is treated as a loop (and therefore as incomplete).
+const MAX_FRAMES: usize = 4096;
+/// How far the conservative scan reads past the first chunk when a stack mapping is larger.
+const MAX_SCAN: u64 = 8 * 1024 * 1024;
+
+/// Unwind section bytes shared between framehop's module and the inspector's own FDE checks.
+type Bytes = Arc<[u8]>;
+
+/// Why a walk stopped before the outermost frame: what the conservative scan makes up for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Doubt {
+    /// The address is in no known ELF module (anonymous code: a JIT, a jump island).
+    NoModule {
+        /// The code address.
+        address: u64,
+    },
+    /// The module has no `.eh_frame` (or it could not be read).
+    NoCfi {
+        /// The module.
+        module: String,
+        /// The code address.
+        address: u64,
+    },
+    /// The module has CFI, but no FDE covers the address (hand-written code without directives).
+    NoFde {
+        /// The module.
+        module: String,
+        /// The code address.
+        address: u64,
+    },
+    /// A signal frame (glibc's `__restore_rt`): framehop cannot evaluate its CFI, which reads the
+    /// interrupted registers from the `ucontext` on the stack.
+    SignalFrame {
+        /// The module.
+        module: String,
+        /// The code address.
+        address: u64,
+    },
+    /// The CFI rule for the address is one framehop cannot evaluate (a CFA expression, as in
+    /// functions that realign the stack) and it would fall back to frame pointers.
+    Unsupported {
+        /// The module.
+        module: String,
+        /// The code address.
+        address: u64,
+    },
+    /// framehop failed to take the step (unreadable stack memory, a return address of 0...).
+    Unwind {
+        /// The code address of the frame being stepped out of.
+        address: u64,
+        /// framehop's error.
+        error: String,
+    },
+    /// More than `MAX_FRAMES` frames: a loop.
+    TooDeep,
+}
+
+impl fmt::Display for Doubt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Doubt::NoModule { address } => write!(f, "{address:#x} is in no ELF module"),
+            Doubt::NoCfi { module, address } => {
+                write!(f, "{module} has no usable .eh_frame (at {address:#x})")
+            }
+            Doubt::NoFde { module, address } => {
+                write!(f, "no CFI covers {address:#x} in {module}")
+            }
+            Doubt::SignalFrame { module, address } => {
+                write!(f, "signal frame at {address:#x} in {module}")
+            }
+            Doubt::Unsupported { module, address } => {
+                write!(f, "unsupported CFI rule at {address:#x} in {module}")
+            }
+            Doubt::Unwind { address, error } => {
+                write!(f, "unwinding from {address:#x} failed: {error}")
+            }
+            Doubt::TooDeep => write!(f, "more than {MAX_FRAMES} frames"),
+        }
+    }
+}
+
+/// The result of unwinding one thread.
+#[derive(Debug, Clone)]
+pub struct StackWalk {
+    /// Frame addresses: `[0]` is the PC, the others return addresses, innermost first.
+    pub frames: Vec<u64>,
+    /// Why the walk stopped early (`None`: it reached the outermost frame).
+    pub doubt: Option<Doubt>,
+    /// Stack pointer of the last frame reached: the conservative scan starts here.
+    pub last_sp: u64,
+    /// Address of the first byte of the stack copy.
+    pub copy_start: u64,
+    /// Bytes of stack copied in the one read.
+    pub copied: usize,
+    /// Stack reads that fell outside the copy and went to the process directly.
+    pub direct_reads: u32,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// A return address into a guarded function, found on one thread's stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StackHit {
+    /// Index of the guarded range.
+    pub range: usize,
+    /// Frame depth (1 = the innermost return address).
+    pub depth: usize,
+    /// The return address.
+    pub address: u64,
+    /// Whether the conservative scan (rather than the unwind) found it.
+    pub scanned: bool,
+}
+
+/// The CFI sections of one module, as stated in its file (SVMAs).
+struct Cfi {
+    eh_frame: Bytes,
+    eh_frame_svma: u64,
+    eh_frame_hdr: Option<(Bytes, u64)>,
+    text_svma: Option<Range<u64>>,
+    got_svma: Option<Range<u64>>,
+}
+
+impl Cfi {
+    fn bases(&self) -> BaseAddresses {
+        let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_svma);
+        if let Some((_, svma)) = &self.eh_frame_hdr {
+            bases = bases.set_eh_frame_hdr(*svma);
+        }
+        if let Some(text) = &self.text_svma {
+            bases = bases.set_text(text.start);
+        }
+        if let Some(got) = &self.got_svma {
+            bases = bases.set_got(got.start);
+        }
+        bases
+    }
+
+    /// Whether framehop can take a step out of `svma` with this CFI.
+    fn check(&self, svma: u64, ctx: &mut UnwindContext<usize>) -> Result<(), Gap> {
+        let Some((hdr, _)) = &self.eh_frame_hdr else {
+            // framehop indexes a bare .eh_frame itself; trust it (linkers always emit the hdr).
+            return Ok(());
+        };
+        let bases = self.bases();
+        let eh_frame = EhFrame::new(&self.eh_frame[..], LittleEndian);
+        let parsed = EhFrameHdr::new(&hdr[..], LittleEndian)
+            .parse(&bases, 8)
+            .map_err(|_| Gap::NoFde)?;
+        let fde = parsed
+            .table()
+            .ok_or(Gap::NoFde)?
+            .fde_for_address(&eh_frame, &bases, svma, EhFrame::cie_from_offset)
+            .map_err(|_| Gap::NoFde)?;
+        if fde.is_signal_trampoline() {
+            return Err(Gap::SignalFrame);
+        }
+        let row = fde
+            .unwind_info_for_address(&eh_frame, &bases, ctx, svma)
+            .map_err(|_| Gap::Unsupported)?;
+        match row.cfa() {
+            CfaRule::RegisterAndOffset { register, .. }
+                if *register == gimli::X86_64::RSP || *register == gimli::X86_64::RBP =>
+            {
+                Ok(())
+            }
+            _ => Err(Gap::Unsupported),
+        }
+    }
+}
+
+/// What a module's CFI lacks for one address (becomes a [`Doubt`] with the module's name).
+enum Gap {
+    NoFde,
+    SignalFrame,
+    Unsupported,
+}
+
+impl Gap {
+    fn doubt(self, module: String, address: u64) -> Doubt {
+        match self {
+            Gap::NoFde => Doubt::NoFde { module, address },
+            Gap::SignalFrame => Doubt::SignalFrame { module, address },
+            Gap::Unsupported => Doubt::Unsupported { module, address },
+        }
+    }
+}
+
+/// One mapped module as the inspector knows it.
+struct KnownModule {
+    name: String,
+    avma: Range<u64>,
+    bias: u64,
+    cfi: Option<Cfi>,
+}
+
+/// Unwinds frozen threads' stacks. Built before the freeze (all file reading happens here);
+/// while frozen it only reads the target's stacks.
+pub struct StackInspector {
+    pid: i32,
+    mem: File,
+    unwinder: UnwinderX86_64<Bytes>,
+    cache: CacheX86_64,
+    /// Modules in address order.
+    modules: Vec<KnownModule>,
+    /// Readable and writable mappings in address order: where a stack pointer may be.
+    data: Vec<Range<u64>>,
+    /// Whether each lookup address may be stepped out of, remembered across threads and rounds.
+    trust: HashMap<u64, Result<(), Doubt>>,
+    ctx: Box<UnwindContext<usize>>,
+    /// The copy of the current thread's stack, allocated once.
+    buf: Vec<u8>,
+}
+
+impl StackInspector {
+    /// Reads the target's maps and builds an inspector for all its modules (see [`Self::new`]).
+    pub fn for_process(pid: i32, exe: &Path, log: &Log) -> Result<Self, ProcessError> {
+        let maps = process::read_maps(pid)?;
+        let modules = ModuleMap::new(pid, &maps, exe);
+        Self::new(&modules, &maps, log)
+    }
+
+    /// Reads the unwind sections (`.eh_frame`, `.eh_frame_hdr`) of every module in `modules` and
+    /// of the vDSO, and remembers the data mappings of `maps` (to bound each stack copy). Call it
+    /// before freezing: it reads files. A module that cannot be read is kept without CFI (a walk
+    /// reaching it is incomplete and falls back to the conservative scan).
+    pub fn new(modules: &ModuleMap, maps: &[Mapping], log: &Log) -> Result<Self, ProcessError> {
+        let started = Instant::now();
+        let pid = modules.pid();
+        let mem = File::open(format!("/proc/{pid}/mem")).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
+            std::io::ErrorKind::PermissionDenied => {
+                process::permission_denied(pid, "opening /proc/PID/mem".into())
+            }
+            _ => ProcessError::Io {
+                pid,
+                what: "/proc/PID/mem".into(),
+                source: e,
+            },
+        })?;
+        let mut inspector = Self {
+            pid,
+            mem,
+            unwinder: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+            modules: Vec::new(),
+            data: maps
+                .iter()
+                .filter(|m| m.perms.starts_with("rw"))
+                .map(|m| m.start..m.end)
+                .collect(),
+            trust: HashMap::with_capacity(1024),
+            ctx: Box::new(UnwindContext::new()),
+            // Non-zero so every page is touched now, not on the first copy while frozen.
+            buf: vec![0xcc; (STACK_CHUNK + RED_ZONE) as usize],
+        };
+        inspector.data.sort_by_key(|r| r.start);
+        let mut cfi_bytes = 0usize;
+        let mut failed = Vec::new();
+        for module in &modules.modules {
+            let read = File::open(&module.open_path)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    let cache = object::ReadCache::new(f);
+                    read_cfi(&cache)
+                });
+            match read {
+                Ok((segments, cfi)) => {
+                    cfi_bytes += cfi.as_ref().map_or(0, cfi_len);
+                    inspector.add(module, module.bias(&segments), cfi);
+                }
+                Err(why) => {
+                    failed.push(format!("{}: {why}", module.path.display()));
+                    inspector.add(module, module.start, None);
+                }
+            }
+        }
+        if let Some(vdso) = maps.iter().find(|m| m.path == "[vdso]") {
+            let module = LoadedModule {
+                path: "[vdso]".into(),
+                open_path: "".into(),
+                start: vdso.start,
+                end: vdso.end,
+                first_offset: 0,
+            };
+            let image = {
+                let mut image = vec![0; (vdso.end - vdso.start) as usize];
+                inspector
+                    .mem
+                    .read_exact_at(&mut image, vdso.start)
+                    .map(|()| image)
+            };
+            match image
+                .map_err(|e| e.to_string())
+                .and_then(|i| read_cfi(&i[..]))
+            {
+                Ok((segments, cfi)) => inspector.add(&module, module.bias(&segments), cfi),
+                Err(why) => failed.push(format!("[vdso]: {why}")),
+            }
+        }
+        let with_cfi = inspector.modules.iter().filter(|m| m.cfi.is_some()).count();
+        log.step(
+            "check",
+            format!(
+                "unwind tables of {} modules read ({with_cfi} with CFI, {} KiB) in {:.2} ms",
+                inspector.modules.len(),
+                cfi_bytes / 1024,
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
+        );
+        for f in failed {
+            log.step("check", format!("no CFI for {f}"));
+        }
+        Ok(inspector)
+    }
+
+    fn add(&mut self, module: &LoadedModule, bias: u64, cfi: Option<Cfi>) {
+        let name = module.path.display().to_string();
+        if let Some(cfi) = &cfi {
+            let info = ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: cfi.text_svma.clone(),
+                got_svma: cfi.got_svma.clone(),
+                eh_frame_svma: Some(
+                    cfi.eh_frame_svma..cfi.eh_frame_svma + cfi.eh_frame.len() as u64,
+                ),
+                eh_frame: Some(cfi.eh_frame.clone()),
+                eh_frame_hdr_svma: cfi
+                    .eh_frame_hdr
+                    .as_ref()
+                    .map(|(b, svma)| *svma..*svma + b.len() as u64),
+                eh_frame_hdr: cfi.eh_frame_hdr.as_ref().map(|(b, _)| b.clone()),
+                ..Default::default()
+            };
+            self.unwinder.add_module(Module::new(
+                name.clone(),
+                module.start..module.end,
+                bias,
+                info,
+            ));
+        }
+        let at = self
+            .modules
+            .partition_point(|m| m.avma.start < module.start);
+        self.modules.insert(
+            at,
+            KnownModule {
+                name,
+                avma: module.start..module.end,
+                bias,
+                cfi,
+            },
+        );
+    }
+
+    /// The process whose stacks this inspects.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether framehop can step out of the frame at code address `lookup` using CFI.
+    fn trusted(&mut self, lookup: u64) -> Result<(), Doubt> {
+        if let Some(known) = self.trust.get(&lookup) {
+            return known.clone();
+        }
+        let i = self.modules.partition_point(|m| m.avma.start <= lookup);
+        let verdict = match i.checked_sub(1).map(|i| &self.modules[i]) {
+            Some(m) if m.avma.contains(&lookup) => match &m.cfi {
+                None => Err(Doubt::NoCfi {
+                    module: m.name.clone(),
+                    address: lookup,
+                }),
+                Some(cfi) => cfi
+                    .check(lookup.wrapping_sub(m.bias), &mut self.ctx)
+                    .map_err(|gap| gap.doubt(m.name.clone(), lookup)),
+            },
+            _ => Err(Doubt::NoModule { address: lookup }),
+        };
+        self.trust.insert(lookup, verdict.clone());
+        verdict
+    }
+
+    /// The readable-writable mapping holding `sp`, as listed before the freeze.
+    fn data_mapping(&self, sp: u64) -> Option<Range<u64>> {
+        let i = self.data.partition_point(|r| r.start <= sp);
+        let r = self.data.get(i.checked_sub(1)?)?;
+        r.contains(&sp).then(|| r.clone())
+    }
+
+    /// Copies the stack of a thread whose stack pointer is `sp` into `buf`: from just below `sp`
+    /// (the red zone) up to [`STACK_CHUNK`] bytes or the end of its mapping, in one read.
+    /// Returns the address of the first byte copied and the length.
+    fn copy_stack(&mut self, sp: u64) -> (u64, usize) {
+        let mapping = self.data_mapping(sp);
+        let mut base = sp.saturating_sub(RED_ZONE);
+        let mut end = sp.saturating_add(STACK_CHUNK);
+        if let Some(m) = &mapping {
+            base = base.max(m.start);
+            end = end.min(m.end);
+        }
+        let mut len = read_partial(&self.mem, &mut self.buf[..(end - base) as usize], base);
+        if len == 0 && base < sp {
+            // The red zone may lie in an unlisted guard page: start at sp itself.
+            let skip = (sp - base) as usize;
+            len = read_partial(&self.mem, &mut self.buf[skip..(end - base) as usize], sp);
+            self.buf.copy_within(skip..skip + len, 0);
+            base = sp;
+        }
+        (base, len)
+    }
+
+    /// Unwinds a frozen thread with registers `regs`: frames from the PC outwards, using the
+    /// modules' CFI, until the outermost frame or until a step cannot be trusted.
+    pub fn walk(&mut self, regs: &libc::user_regs_struct) -> StackWalk {
+        let started = Instant::now();
+        let (base, len) = self.copy_stack(regs.rsp);
+        let mut frames = vec![regs.rip];
+        let mut uregs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
+        let mut address = FrameAddress::from_instruction_pointer(regs.rip);
+        let mut direct_reads = 0u32;
+        let doubt = loop {
+            if frames.len() > MAX_FRAMES {
+                break Some(Doubt::TooDeep);
+            }
+            let lookup = address.address_for_lookup();
+            if let Err(doubt) = self.trusted(lookup) {
+                break Some(doubt);
+            }
+            let (buf, mem) = (&self.buf[..len], &self.mem);
+            let mut read_stack = |addr: u64| -> Result<u64, ()> {
+                let word = addr
+                    .checked_sub(base)
+                    .and_then(|off| buf.get(off as usize..off as usize + 8));
+                match word {
+                    Some(w) => Ok(u64::from_le_bytes(w.try_into().expect("8 bytes"))),
+                    None => {
+                        direct_reads += 1;
+                        let mut w = [0u8; 8];
+                        mem.read_exact_at(&mut w, addr).map_err(|_| ())?;
+                        Ok(u64::from_le_bytes(w))
+                    }
+                }
+            };
+            match self
+                .unwinder
+                .unwind_frame(address, &mut uregs, &mut self.cache, &mut read_stack)
+            {
+                Ok(Some(ret)) => {
+                    frames.push(ret);
+                    match FrameAddress::from_return_address(ret) {
+                        Some(next) => address = next,
+                        None => break None,
+                    }
+                }
+                Ok(None) => break None,
+                Err(e) => {
+                    break Some(Doubt::Unwind {
+                        address: lookup,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        };
+        StackWalk {
+            frames,
+            doubt,
+            last_sp: uregs.sp(),
+            copy_start: base,
+            copied: len,
+            direct_reads,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Walks a thread and looks for a return address into one of `functions`: first among the
+    /// unwound frames, then, when the walk is incomplete, by scanning the rest of the stack for
+    /// words that return into a function right after a call instruction.
+    pub(crate) fn find_in_stack(
+        &mut self,
+        regs: &libc::user_regs_struct,
+        functions: &[(usize, Range<u64>)],
+    ) -> (StackWalk, Option<StackHit>) {
+        let walk = self.walk(regs);
+        let unwound = walk
+            .frames
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find_map(|(depth, &ret)| {
+                let (range, _) = functions.iter().find(|(_, f)| scan::returns_into(f, ret))?;
+                Some(StackHit {
+                    range: *range,
+                    depth,
+                    address: ret,
+                    scanned: false,
+                })
+            });
+        if unwound.is_some() || walk.doubt.is_none() {
+            return (walk, unwound);
+        }
+        let hit = self.scan(&walk, regs.rsp, functions);
+        (walk, hit)
+    }
+
+    /// The conservative scan of an incomplete walk (whose stack copy is still in `buf`): the
+    /// first stack word above the last frame reached that returns into a function just after a
+    /// call counts as a frame, at least one deeper than the last frame unwound.
+    fn scan(
+        &self,
+        walk: &StackWalk,
+        sp: u64,
+        functions: &[(usize, Range<u64>)],
+    ) -> Option<StackHit> {
+        let ranges: Vec<Range<u64>> = functions.iter().map(|(_, f)| f.clone()).collect();
+        let end = self
+            .data_mapping(sp)
+            .map_or(sp.saturating_add(STACK_CHUNK), |m| m.end)
+            .min(sp.saturating_add(MAX_SCAN));
+        let copy = walk.copy_start..walk.copy_start + walk.copied as u64;
+        let mut at = walk.last_sp.max(sp);
+        let mut extra = Vec::new();
+        while at < end {
+            // The copy made for the walk first, then further reads for a stack larger than it.
+            let piece: &[u8] = if copy.contains(&at) {
+                &self.buf[(at - copy.start) as usize..walk.copied]
+            } else {
+                extra.resize((end - at).min(STACK_CHUNK) as usize, 0);
+                let got = read_partial(&self.mem, &mut extra, at);
+                &extra[..got]
+            };
+            if piece.is_empty() {
+                break;
+            }
+            let hit = scan::candidates(piece, at, &ranges).find(|c| self.call_before(c.value));
+            if let Some(c) = hit {
+                return Some(StackHit {
+                    range: functions[c.function].0,
+                    depth: walk.frames.len(),
+                    address: c.value,
+                    scanned: true,
+                });
+            }
+            at += piece.len() as u64;
+        }
+        None
+    }
+
+    /// Whether the code bytes just before `ret` in the target end with a call instruction.
+    fn call_before(&self, ret: u64) -> bool {
+        let page_start = ret.saturating_sub(1) & !0xfff;
+        let mut bytes = [0u8; scan::MAX_CALL_LEN];
+        let len = scan::MAX_CALL_LEN as u64;
+        if self.mem.read_exact_at(&mut bytes, ret - len).is_ok() {
+            return scan::preceded_by_call(&bytes);
+        }
+        // The bytes before may start on an unreadable page: take those on ret's own page.
+        let n = (ret - page_start).min(len) as usize;
+        let tail = &mut bytes[..n];
+        self.mem.read_exact_at(tail, ret - n as u64).is_ok() && scan::preceded_by_call(tail)
+    }
+}
+
+/// Number of bytes in a module's CFI sections.
+fn cfi_len(cfi: &Cfi) -> usize {
+    cfi.eh_frame.len() + cfi.eh_frame_hdr.as_ref().map_or(0, |(b, _)| b.len())
+}
+
+/// Reads as much of `buf` as is mapped from `addr` on (a stack copy may run into an unmapped
+/// page); returns the number of bytes read.
+fn read_partial(mem: &File, buf: &mut [u8], addr: u64) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match mem.read_at(&mut buf[got..], addr + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// The PT_LOAD segments (for the load bias) and the CFI sections of an ELF image.
+fn read_cfi<'data, R: object::ReadRef<'data>>(
+    data: R,
+) -> Result<(Vec<LoadSegment>, Option<Cfi>), String> {
+    let file = object::File::parse(data).map_err(|e| e.to_string())?;
+    let segments = file
+        .segments()
+        .map(|s| {
+            let (offset, filesz) = s.file_range();
+            LoadSegment {
+                vaddr: s.address(),
+                memsz: s.size(),
+                offset,
+                filesz,
+                executable: matches!(
+                    s.flags(),
+                    object::SegmentFlags::Elf { p_flags, .. } if p_flags.contains(object::elf::PF_X)
+                ),
+            }
+        })
+        .collect();
+    let section = |name: &str| {
+        let s = file.section_by_name(name)?;
+        let data = s.data().ok()?;
+        (!data.is_empty()).then(|| (Bytes::from(data), s.address()))
+    };
+    let svma_range = |name: &str| {
+        let s = file.section_by_name(name)?;
+        Some(s.address()..s.address() + s.size())
+    };
+    let cfi = section(".eh_frame").map(|(eh_frame, eh_frame_svma)| Cfi {
+        eh_frame,
+        eh_frame_svma,
+        eh_frame_hdr: section(".eh_frame_hdr"),
+        text_svma: svma_range(".text"),
+        got_svma: svma_range(".got"),
+    });
+    Ok((segments, cfi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Tracer;
+    use crate::safety::{FrameSource, GuardedRange, find_blocker};
+    use std::process::{Child, Command};
+
+    /// A `sleep` process, killed and reaped on drop.
+    struct Sleeper(Child);
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Starts `sleep` and waits until it is blocked in its (clock_)nanosleep.
+    fn sleeping() -> Sleeper {
+        let child = Sleeper(
+            Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("spawn sleep"),
+        );
+        let pid = child.0.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let syscall =
+                std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            if matches!(syscall.split(' ').next(), Some("35" | "230")) {
+                return child;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sleep never blocked: {syscall:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn frozen(pid: i32) -> (Tracer, libc::user_regs_struct) {
+        let mut tracer = Tracer::new(pid).unwrap();
+        tracer
+            .freeze_all(Instant::now() + Duration::from_secs(5))
+            .unwrap();
+        let regs = tracer.thread(pid).expect("main thread held").regs;
+        (tracer, regs)
+    }
+
+    /// A process blocked in a system call unwinds through libc and its executable to the
+    /// outermost frame (`_start`), and every return address is found again by `find_in_stack`.
+    #[test]
+    fn unwinds_a_sleeping_process_to_its_outermost_frame() {
+        let child = sleeping();
+        let pid = child.0.id() as i32;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        let mut inspector = StackInspector::for_process(pid, &exe, &Log::quiet()).unwrap();
+        let (tracer, regs) = frozen(pid);
+        let walk = inspector.walk(&regs);
+        assert_eq!(walk.doubt, None, "frames {:x?}", walk.frames);
+        assert!(walk.frames.len() >= 4, "frames {:x?}", walk.frames);
+        assert_eq!(walk.frames[0], regs.rip);
+        assert!(walk.copied > 0 && walk.copy_start <= regs.rsp);
+        for (depth, &ret) in walk.frames.iter().enumerate().skip(1) {
+            let functions = [(7, ret - 1..ret)];
+            let (_, hit) = inspector.find_in_stack(&regs, &functions);
+            assert_eq!(
+                hit,
+                Some(StackHit {
+                    range: 7,
+                    depth,
+                    address: ret,
+                    scanned: false
+                })
+            );
+        }
+        // The PC's own function is not "on the stack", nor is any other address.
+        let (_, hit) = inspector.find_in_stack(&regs, &[(0, regs.rip - 1..regs.rip + 1)]);
+        assert_eq!(hit, None);
+        drop(tracer);
+    }
+
+    /// When the walk cannot start (the PC is in no module), the stack is scanned: a real return
+    /// address (it follows a call) is found, marked as scanned.
+    #[test]
+    fn an_unknown_pc_falls_back_to_the_conservative_scan() {
+        let child = sleeping();
+        let pid = child.0.id() as i32;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        let mut inspector = StackInspector::for_process(pid, &exe, &Log::quiet()).unwrap();
+        let (tracer, regs) = frozen(pid);
+        let outer = *inspector.walk(&regs).frames.last().unwrap();
+        let lost = libc::user_regs_struct {
+            rip: 0x1000,
+            ..regs
+        };
+        let walk = inspector.walk(&lost);
+        assert_eq!(walk.doubt, Some(Doubt::NoModule { address: 0x1000 }));
+        assert_eq!(walk.frames, vec![0x1000]);
+        let (_, hit) = inspector.find_in_stack(&lost, &[(3, outer - 1..outer)]);
+        let hit = hit.expect("the scan finds the outermost return address");
+        assert!(hit.scanned && hit.address == outer && hit.range == 3 && hit.depth == 1);
+        drop(tracer);
+    }
+
+    /// `find_blocker` reports a function whose return address is on a frozen thread's stack as
+    /// an unwound frame at the right depth, skipping ranges that have no stack range, and does
+    /// not block on functions that are nowhere on the stack.
+    #[test]
+    fn find_blocker_names_the_function_on_the_stack() {
+        let child = sleeping();
+        let pid = child.0.id() as i32;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        let mut inspector = StackInspector::for_process(pid, &exe, &Log::quiet()).unwrap();
+        let (tracer, regs) = frozen(pid);
+        let frames = inspector.walk(&regs).frames;
+        let ret = frames[2];
+        let ranges = [
+            GuardedRange {
+                bytes: 0x10..0x15,
+                entry_ok: false,
+                function: "slot".into(),
+                stack_range: None,
+            },
+            GuardedRange {
+                bytes: ret - 3..ret + 2,
+                entry_ok: true,
+                function: "caller".into(),
+                stack_range: Some(ret - 3..ret + 40),
+            },
+        ];
+        let blocker = find_blocker(&tracer, &ranges, Some(&mut inspector), &Log::quiet())
+            .expect("the caller's frame is on the stack");
+        assert_eq!(blocker.tid, pid);
+        assert_eq!(blocker.function, "caller");
+        assert_eq!(blocker.source, FrameSource::Unwound);
+        assert_eq!(
+            (blocker.depth, blocker.address, blocker.pc),
+            (2, ret, regs.rip)
+        );
+        assert!(
+            blocker.describe().contains("frame #2"),
+            "{}",
+            blocker.describe()
+        );
+        // Without the inspector only PCs count; a range nowhere on the stack never blocks.
+        assert_eq!(find_blocker(&tracer, &ranges, None, &Log::quiet()), None);
+        let elsewhere = [GuardedRange {
+            stack_range: Some(0x1000..0x2000),
+            ..ranges[1].clone()
+        }];
+        let none = find_blocker(&tracer, &elsewhere, Some(&mut inspector), &Log::quiet());
+        assert_eq!(none, None);
+        drop(tracer);
+    }
+}
