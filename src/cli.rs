@@ -4,8 +4,8 @@
 use clap::{Args, Parser, Subcommand};
 use rpatch::log::Log;
 use rpatch::{
-    AttachOptions, AttachReport, Error, FunctionRequest, RollbackOptions, RollbackReport,
-    RollbackSelection, StatusReport,
+    Allowances, AttachOptions, AttachReport, Error, FunctionRequest, RollbackOptions,
+    RollbackReport, RollbackSelection, StatusReport,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +58,20 @@ struct AttachArgs {
     /// Resolve and check everything, print the plan, change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Patch even while threads have the function on their stack (they return into old code);
+    /// no thread may be executing the bytes being replaced, whatever this says.
+    #[arg(long)]
+    allow_active: bool,
+    /// Patch a process stopped with SIGSTOP (it stays stopped; the load may deadlock if a stopped
+    /// thread holds the loader lock).
+    #[arg(long)]
+    allow_stopped: bool,
+    /// Patch a process running under a seccomp filter (an injected syscall may be forbidden).
+    #[arg(long)]
+    allow_seccomp: bool,
+    /// Load a library that is group/world-writable or owned by another non-root user.
+    #[arg(long)]
+    allow_insecure_lib: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -106,6 +120,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 timeout: seconds(a.timeout),
                 load_timeout: seconds(a.load_timeout),
                 dry_run: a.dry_run,
+                allow: Allowances {
+                    stopped: a.allow_stopped,
+                    seccomp: a.allow_seccomp,
+                    insecure_lib: a.allow_insecure_lib,
+                    active: a.allow_active,
+                },
             };
             (
                 a.common.json,

@@ -113,6 +113,20 @@ pub enum Error {
         /// Time waited.
         timeout_ms: u64,
     },
+    /// A safety policy refuses the operation; a flag overrides it.
+    #[error("{reason}; pass {flag} to proceed anyway")]
+    Refused {
+        /// What is risky.
+        reason: String,
+        /// The overriding flag.
+        flag: &'static str,
+    },
+    /// rpatch cannot patch this target at all.
+    #[error("{reason}")]
+    Unsupported {
+        /// Why.
+        reason: String,
+    },
     /// Memory does not hold what rpatch expects there.
     #[error(
         "{function} at {address:#x} holds {found} where {expected} was expected (changed by something else, or the file on disk differs from the one mapped); nothing was written"
@@ -138,7 +152,7 @@ impl Error {
                 ProcessError::PermissionDenied { .. } => 4,
                 ProcessError::AlreadyTraced { .. } => 5,
                 ProcessError::Exited { .. } => 17,
-                ProcessError::WrongArchitecture { .. } | ProcessError::Stopped { .. } => 19,
+                ProcessError::WrongArchitecture { .. } => 19,
                 _ => 1,
             },
             Error::LibraryMissing { .. } => 6,
@@ -159,6 +173,8 @@ impl Error {
             Error::Busy { .. } => 15,
             Error::UnexpectedBytes { .. } => 16,
             Error::StackedAbove { .. } => 18,
+            Error::Unsupported { .. } => 19,
+            Error::Refused { .. } => 20,
             Error::Symbols(_) => 1,
         }
     }
@@ -183,6 +199,7 @@ impl Error {
             17 => "target_exited",
             18 => "stacked_patch",
             19 => "target_unsupported",
+            20 => "refused",
             _ => "internal",
         }
     }

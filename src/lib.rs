@@ -14,7 +14,7 @@ pub mod symbols;
 
 pub use error::Error;
 pub use patch::{
-    AttachOptions, AttachReport, FunctionRequest, RollbackOptions, RollbackReport,
+    Allowances, AttachOptions, AttachReport, FunctionRequest, RollbackOptions, RollbackReport,
     RollbackSelection, StatusReport,
 };
 

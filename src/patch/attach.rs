@@ -8,11 +8,11 @@ use crate::error::hex;
 use crate::inject::{InjectError, InjectedThread, LoaderFunctions, assess_thread, rank_threads};
 use crate::journal::{Island, Journal, JournalData, JumpMethod, PatchRecord, PatchState, StateDir};
 use crate::log::Log;
-use crate::process::{self, Memory, ModuleMap, ProcessError, Stop, Tracer};
+use crate::process::{self, Memory, ModuleMap, ProcessError, ProcessInfo, Stop, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What to patch.
@@ -30,6 +30,25 @@ pub struct AttachOptions {
     pub load_timeout: Duration,
     /// Stop after planning; touch nothing.
     pub dry_run: bool,
+    /// Safety policies the user chose to override.
+    pub allow: Allowances,
+}
+
+/// Safety refusals a user may override, each with its own flag.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allowances {
+    /// `--allow-stopped`: patch a process stopped by SIGSTOP (nothing else runs while the
+    /// loader works, so a stopped thread holding the loader lock would deadlock the load).
+    pub stopped: bool,
+    /// `--allow-seccomp`: patch a process with seccomp filters (an injected syscall the filter
+    /// does not allow may kill it).
+    pub seccomp: bool,
+    /// `--allow-insecure-lib`: load a library others could have written (it runs with the
+    /// target's privileges).
+    pub insecure_lib: bool,
+    /// `--allow-active`: skip the stack check (the PC check stays): threads with the old function
+    /// on their stack will return into old code.
+    pub active: bool,
 }
 
 /// One applied (or, in a dry run, planned) patch.
@@ -94,9 +113,7 @@ fn summary(p: &PlannedFunction, library: &std::path::Path) -> PatchSummary {
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
     let pid = options.pid;
     let (info, identity) = identify(pid, log)?;
-    if info.state == 'T' {
-        return Err(ProcessError::Stopped { pid }.into());
-    }
+    admit(&info, &options.library, options.allow)?;
     let state = StateDir::from_env()?;
     let mut journal = Journal::open(&state, &identity)?;
     let library = plan::open_library(&options.library)?;
@@ -145,7 +162,12 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     )?;
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
     // intent and the freeze (nothing slow while frozen).
-    let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
+    // --allow-active skips the stack check (the PC check stays).
+    let mut stacks = if options.allow.active {
+        None
+    } else {
+        Some(StackInspector::for_process(pid, &info.exe, log)?)
+    };
     let group = journal.data.next_group();
     let mut records = Vec::new();
     {
@@ -208,7 +230,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     let result = frozen_write(
         &mut tracer,
         &ranges,
-        Some(&mut stacks),
+        stacks.as_mut(),
         options.timeout,
         log,
         |tracer| write_patches(tracer.mem(), &records),
@@ -247,6 +269,79 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         frozen_us: frozen.as_micros() as u64,
         total_ms: log.elapsed_ms(),
     })
+}
+
+/// The safety policies that refuse a target or library unless overridden.
+fn admit(info: &ProcessInfo, library: &Path, allow: Allowances) -> Result<(), Error> {
+    let pid = info.pid;
+    if !info.shadow_stack_threads.is_empty() {
+        return Err(Error::Unsupported {
+            reason: format!(
+                "PID {pid} uses x86 shadow stacks (threads {:?}): an injected call cannot return on them; rpatch cannot patch it",
+                info.shadow_stack_threads
+            ),
+        });
+    }
+    if info.state == 'T' && !allow.stopped {
+        return Err(Error::Refused {
+            reason: format!(
+                "PID {pid} is stopped (SIGSTOP or job control): no other thread can run while the library loads, so a stopped thread holding the loader lock would deadlock it; resume it with kill -CONT {pid}"
+            ),
+            flag: "--allow-stopped",
+        });
+    }
+    if !info.seccomp_threads.is_empty() && !allow.seccomp {
+        return Err(Error::Refused {
+            reason: format!(
+                "PID {pid} runs under a seccomp filter (threads {:?}): the syscalls dlopen and mmap make on its behalf may be forbidden and kill it",
+                info.seccomp_threads
+            ),
+            flag: "--allow-seccomp",
+        });
+    }
+    if !allow.insecure_lib {
+        library_trusted(pid, library)?;
+    }
+    Ok(())
+}
+
+/// A library runs with the target's privileges: refuse one that someone other than root or the
+/// target's owner could have written.
+fn library_trusted(pid: i32, library: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(library) else {
+        return Ok(());
+    }; // reported by Plan
+    let target_uid: u32 = process::status_field(pid, pid, "Uid")
+        .and_then(|v| v.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
+        .unwrap_or(0);
+    let reason = if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by {}",
+            if meta.mode() & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            }
+        ))
+    } else if meta.uid() != 0 && meta.uid() != target_uid {
+        Some(format!(
+            "is owned by uid {}, neither root nor the target's user (uid {target_uid})",
+            meta.uid()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(Error::Refused {
+            reason: format!(
+                "patch library {} {r}: it would run inside PID {pid} with that process's privileges; fix its owner and mode (chmod go-w)",
+                library.display()
+            ),
+            flag: "--allow-insecure-lib",
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The name of a jump method in reports.

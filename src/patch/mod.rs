@@ -7,7 +7,7 @@ mod plan;
 mod rollback;
 mod status;
 
-pub use attach::{AttachOptions, AttachReport, PatchSummary, attach};
+pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
 pub use plan::{FunctionRequest, PlannedFunction};
 pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
 pub use status::{PatchStatus, StatusReport, status};

@@ -67,14 +67,6 @@ pub enum ProcessError {
         /// rpatch's architecture.
         ours: &'static str,
     },
-    /// The whole process is stopped (SIGSTOP / job control): loading a library would wait forever.
-    #[error(
-        "PID {pid} is stopped (SIGSTOP or job control); nothing in it can run a dlopen: resume it with kill -CONT {pid} first"
-    )]
-    Stopped {
-        /// The PID.
-        pid: i32,
-    },
     /// A ptrace request failed.
     #[error("ptrace {op} on thread {tid} failed: {errno}")]
     Ptrace {
@@ -120,6 +112,12 @@ pub struct ProcessInfo {
     pub exe: PathBuf,
     /// Single-letter state of the leader (R, S, D, T, t, Z...).
     pub state: char,
+    /// Threads running under a seccomp filter (`Seccomp: 2`): an injected syscall the filter
+    /// does not expect may kill the whole process.
+    pub seccomp_threads: Vec<i32>,
+    /// Threads with an x86 shadow stack enabled (`x86_Thread_features: shstk`): a call that
+    /// returns to an address the hardware did not push faults.
+    pub shadow_stack_threads: Vec<i32>,
 }
 
 /// Reads `/proc/PID/stat`: (state, start time).
@@ -232,12 +230,25 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    let (mut seccomp_threads, mut shadow_stack_threads) = (Vec::new(), Vec::new());
+    for tid in list_threads(pid)? {
+        if status_field(pid, tid, "Seccomp").as_deref() == Some("2") {
+            seccomp_threads.push(tid);
+        }
+        if status_field(pid, tid, "x86_Thread_features")
+            .is_some_and(|f| f.split_whitespace().any(|w| w == "shstk"))
+        {
+            shadow_stack_threads.push(tid);
+        }
+    }
     Ok(ProcessInfo {
         pid,
         start_time,
         boot_id,
         exe,
         state,
+        seccomp_threads,
+        shadow_stack_threads,
     })
 }
 

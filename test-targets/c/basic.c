@@ -10,6 +10,11 @@
  * compute and compute2 also bump a call counter: "return x+1" alone compiles to 4 bytes
  * (lea 0x1(%rdi),%eax; ret), too short for a 5-byte jump, and these two must be patchable.
  * hot.c is the target for the shortest patchable function. */
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
 #include "common.h"
 
 static volatile long compute_calls, compute2_calls;
@@ -51,8 +56,21 @@ __asm__(".text\n"
         "  ret\n"
         ".size branchy, .-branchy\n");
 
-int main(void) {
+/* `--seccomp`: run under an allow-everything seccomp filter (status shows `Seccomp: 2`), which
+ * rpatch must refuse unless told otherwise. */
+static void install_allow_all_filter(void) {
+    struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog prog = {.len = 1, .filter = allow};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+        perror("seccomp");
+        exit(1);
+    }
+}
+
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1 && strcmp(argv[1], "--seccomp") == 0)
+        install_allow_all_filter();
     announce_ready();
     char line[256];
     while (next_command(line, sizeof line)) {

@@ -65,6 +65,10 @@ pub mod exit {
     pub const TARGET_EXITED: i32 = 17;
     /// A later patch on the same function is still applied.
     pub const LATER_PATCH_APPLIED: i32 = 18;
+    /// The target is of a kind rpatch cannot patch.
+    pub const UNSUPPORTED: i32 = 19;
+    /// A safety policy refused; an --allow-* flag overrides it.
+    pub const REFUSED: i32 = 20;
 }
 
 /// The repository root (the `rpatch` package).
