@@ -42,6 +42,8 @@ pub struct GuardedRange {
 /// Where the address that blocks a thread was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameSource {
+    /// The PC of a context a signal interrupted, read from the signal frame on the stack.
+    Interrupted,
     /// The thread's PC is inside the bytes to be written.
     Pc,
     /// A return address found by unwinding the thread's stack with CFI.
@@ -83,6 +85,10 @@ impl Blocker {
             FrameSource::Pc => format!(
                 "{who} is executing inside {} at {:#x}, in the bytes to be replaced",
                 self.function, self.pc
+            ),
+            FrameSource::Interrupted => format!(
+                "{who} is in a signal handler that interrupted {} at {:#x} (frame #{}), in the bytes to be replaced",
+                self.function, self.address, self.depth
             ),
             FrameSource::Unwound => format!(
                 "{who} has {} on its stack: frame #{} returns to {:#x} (PC {:#x})",
@@ -158,6 +164,22 @@ pub fn find_blocker(
     let mut found = None;
     for t in tracer.threads() {
         let (walk, hit) = stacks.find_in_stack(&t.regs, &functions);
+        // A context interrupted by a signal resumes at its saved PC when the handler returns:
+        // that PC must not be inside the bytes being written either.
+        let interrupted = walk.interrupted.iter().find_map(|&depth| {
+            let pc = walk.frames[depth];
+            let range = ranges.iter().find(|r| pc_blocks(r, pc))?;
+            Some(Blocker {
+                depth,
+                address: pc,
+                source: FrameSource::Interrupted,
+                ..blocker(t.tid, t.regs.rip, range)
+            })
+        });
+        if interrupted.is_some() {
+            found = interrupted;
+            break;
+        }
         let _ = write!(
             summary,
             "; {}: {} frames{} in {} us ({} KiB copied{})",

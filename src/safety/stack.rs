@@ -117,11 +117,23 @@ impl fmt::Display for Doubt {
     }
 }
 
+/// Offsets in an x86_64 `ucontext_t` of the saved rip, rsp and rbp (`uc_mcontext.gregs` starts
+/// at 40; REG_RIP = 16, REG_RSP = 15, REG_RBP = 10), as glibc's sigreturn CFI also says.
+const UC_RIP: u64 = 40 + 16 * 8;
+/// See [`UC_RIP`].
+const UC_RSP: u64 = 40 + 15 * 8;
+/// See [`UC_RIP`].
+const UC_RBP: u64 = 40 + 10 * 8;
+
 /// The result of unwinding one thread.
 #[derive(Debug, Clone)]
 pub struct StackWalk {
-    /// Frame addresses: `[0]` is the PC, the others return addresses, innermost first.
+    /// Frame addresses: `[0]` is the PC, the others return addresses, innermost first — except
+    /// the indices in `interrupted`.
     pub frames: Vec<u64>,
+    /// Indices into `frames` holding the PC of a context interrupted by a signal (read from the
+    /// signal frame's ucontext): an instruction address, not a return address.
+    pub interrupted: Vec<usize>,
     /// Why the walk stopped early (`None`: it reached the outermost frame).
     pub doubt: Option<Doubt>,
     /// Stack pointer of the last frame reached: the conservative scan starts here.
@@ -455,12 +467,25 @@ impl StackInspector {
         let mut uregs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
         let mut address = FrameAddress::from_instruction_pointer(regs.rip);
         let mut direct_reads = 0u32;
+        let mut interrupted = Vec::new();
         let doubt = loop {
             if frames.len() > MAX_FRAMES {
                 break Some(Doubt::TooDeep);
             }
             let lookup = address.address_for_lookup();
             if let Err(doubt) = self.trusted(lookup) {
+                // A signal frame: the handler returns to the sigreturn trampoline, and the
+                // interrupted context is saved in the ucontext on the stack. Continue from there
+                // (framehop cannot evaluate the trampoline's CFI expression).
+                if matches!(doubt, Doubt::SignalFrame { .. })
+                    && let Some((rip, rsp, rbp)) = self.signal_context(uregs.sp(), base, len)
+                {
+                    frames.push(rip);
+                    interrupted.push(frames.len() - 1);
+                    uregs = UnwindRegsX86_64::new(rip, rsp, rbp);
+                    address = FrameAddress::from_instruction_pointer(rip);
+                    continue;
+                }
                 break Some(doubt);
             }
             let (buf, mem) = (&self.buf[..len], &self.mem);
@@ -500,6 +525,7 @@ impl StackInspector {
         };
         StackWalk {
             frames,
+            interrupted,
             doubt,
             last_sp: uregs.sp(),
             copy_start: base,
@@ -524,6 +550,10 @@ impl StackInspector {
             .enumerate()
             .skip(1)
             .find_map(|(depth, &ret)| {
+                // An interrupted PC resumes where it is: only the PC check applies to it.
+                if walk.interrupted.contains(&depth) {
+                    return None;
+                }
                 let (range, _) = functions.iter().find(|(_, f)| scan::returns_into(f, ret))?;
                 Some(StackHit {
                     range: *range,
@@ -580,6 +610,24 @@ impl StackInspector {
             at += piece.len() as u64;
         }
         None
+    }
+
+    /// The interrupted (rip, rsp, rbp) saved in the signal frame whose ucontext starts at `uc`
+    /// (the stack pointer on entry to the sigreturn trampoline), from the stack copy
+    /// (`base`, `len`) or the process.
+    fn signal_context(&self, uc: u64, base: u64, len: usize) -> Option<(u64, u64, u64)> {
+        let word = |off: u64| -> Option<u64> {
+            let addr = uc.checked_add(off)?;
+            let mut w = [0u8; 8];
+            match addr.checked_sub(base) {
+                Some(o) if o + 8 <= len as u64 => {
+                    w.copy_from_slice(&self.buf[o as usize..o as usize + 8])
+                }
+                _ => self.mem.read_exact_at(&mut w, addr).ok()?,
+            }
+            Some(u64::from_le_bytes(w))
+        };
+        Some((word(UC_RIP)?, word(UC_RSP)?, word(UC_RBP)?))
     }
 
     /// Whether the code bytes just before `ret` in the target end with a call instruction.
