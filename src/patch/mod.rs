@@ -15,7 +15,7 @@ pub use status::{PatchStatus, StatusReport, status};
 use crate::Error;
 use crate::journal::TargetIdentity;
 use crate::log::Log;
-use crate::process::{self, ProcessInfo, Tracer};
+use crate::process::{self, ProcessInfo, RealtimeGuard, Tracer};
 use crate::safety::{GuardedRange, StackInspector, find_blocker};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ fn frozen_write(
     let deadline = start + timeout;
     let mut backoff = Duration::from_micros(500);
     loop {
+        // Real-time priority for the frozen window only (dropped at the end of each round).
+        let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
         // A thread gets at least a second to stop even when the overall timeout is short.
         let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));

@@ -7,11 +7,13 @@
 mod maps;
 mod memory;
 mod modules;
+mod priority;
 mod tracer;
 
 pub use maps::{Mapping, gaps, parse_maps};
 pub use memory::{FakeMemory, Memory, ProcMem, WritePath};
 pub use modules::{LoadedModule, ModuleMap};
+pub use priority::RealtimeGuard;
 pub use tracer::{Stop, ThreadState, Tracer};
 
 use std::fs;

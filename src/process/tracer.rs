@@ -197,8 +197,11 @@ impl Tracer {
     }
 
     /// A thread interrupted in one of `EINTR_ONLY_SYSCALLS` would return EINTR to the target
-    /// because of us. When no signal is pending for it (so the EINTR is ours alone), rewind it onto
-    /// its `syscall` instruction so it re-enters the call when resumed.
+    /// because of us. Unless a signal is pending for this very thread (which it alone will take,
+    /// so its EINTR is real), rewind it onto its `syscall` instruction so it re-enters the call
+    /// when resumed. A process-wide pending signal does not count: any thread may take it, and
+    /// when another one does this thread's EINTR would be spurious; when this one does, its
+    /// handler runs and the call is re-entered, as a restartable call would be.
     fn repair_eintr(&self, tid: i32, regs: &mut libc::user_regs_struct) -> bool {
         if regs.rax as i64 != -(libc::EINTR as i64) || !EINTR_ONLY_SYSCALLS.contains(&regs.orig_rax)
         {
@@ -209,7 +212,7 @@ impl Tracer {
                 .and_then(|v| u64::from_str_radix(&v, 16).ok())
                 .unwrap_or(u64::MAX)
         };
-        if (pending("SigPnd") | pending("ShdPnd")) & !pending("SigBlk") != 0 {
+        if pending("SigPnd") & !pending("SigBlk") != 0 {
             return false;
         }
         let mut insn = [0u8; 2];
