@@ -51,13 +51,28 @@ fn cycles_under_a_signal_storm() {
 
     let mut baseline = None;
     for cycle in 1..=20 {
-        rpatch(state.path(), &["attach", &pid, "--lib", lib.to_str().unwrap(), "--func", "compute"])
-            .expect_ok();
+        rpatch(
+            state.path(),
+            &[
+                "attach",
+                &pid,
+                "--lib",
+                lib.to_str().unwrap(),
+                "--func",
+                "compute",
+            ],
+        )
+        .expect_ok();
         assert_eq!(target.cmd("call 5"), "compute 5 500", "cycle {cycle}");
         rpatch(state.path(), &["rollback", &pid]).expect_ok();
         assert_eq!(target.cmd("call 5"), "compute 5 6", "cycle {cycle}");
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap().lines().count();
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap()
+            .lines()
+            .count();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
         match baseline {
             None => baseline = Some((maps, fds)),
             Some(b) => assert_eq!((maps, fds), b, "maps/fds grew by cycle {cycle}"),
@@ -66,8 +81,16 @@ fn cycles_under_a_signal_storm() {
     drop(sender.0.stdin.take());
     line.clear();
     sender_out.read_line(&mut line).unwrap();
-    let sent: u64 = line.trim().strip_prefix("sent ").expect("sent N").parse().unwrap();
-    assert!(sender.0.wait().unwrap().success(), "sender hit a full signal queue");
+    let sent: u64 = line
+        .trim()
+        .strip_prefix("sent ")
+        .expect("sent N")
+        .parse()
+        .unwrap();
+    assert!(
+        sender.0.wait().unwrap().success(),
+        "sender hit a full signal queue"
+    );
     assert!(sent > 0);
     // The last signals may still be queued: wait (bounded) until all are handled.
     let deadline = std::time::Instant::now() + REPLY_TIMEOUT;

@@ -27,11 +27,15 @@ impl RealtimeGuard {
             if policy < 0 || libc::sched_getparam(0, &mut param) != 0 {
                 return Self { previous: None };
             }
-            let fifo = libc::sched_param { sched_priority: FROZEN_PRIORITY };
+            let fifo = libc::sched_param {
+                sched_priority: FROZEN_PRIORITY,
+            };
             if libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) != 0 {
                 return Self { previous: None };
             }
-            Self { previous: Some((policy, param)) }
+            Self {
+                previous: Some((policy, param)),
+            }
         }
     }
 
