@@ -77,6 +77,9 @@ pub enum PatchState {
     Intent,
     /// Written and verified.
     Applied,
+    /// A rollback is about to restore the original bytes (recorded before the freeze); memory
+    /// may hold either (a crash in between).
+    RollingBack,
     /// Undone; memory holds `original` again.
     RolledBack,
     /// The attach that recorded this intent failed before writing.
@@ -183,11 +186,15 @@ impl JournalData {
         self.patches.iter().map(|p| p.group).max().unwrap_or(0) + 1
     }
 
-    /// Patches whose bytes are (or may be) in memory: applied or intent, oldest first.
+    /// Patches whose bytes are (or may be) in memory: applied, intent or rolling back, oldest
+    /// first.
     pub fn live(&self) -> impl Iterator<Item = &PatchRecord> {
-        self.patches
-            .iter()
-            .filter(|p| matches!(p.state, PatchState::Applied | PatchState::Intent))
+        self.patches.iter().filter(|p| {
+            matches!(
+                p.state,
+                PatchState::Applied | PatchState::Intent | PatchState::RollingBack
+            )
+        })
     }
 
     /// The newest live patch at the same write address as `record`, other than itself: the bytes a

@@ -116,6 +116,14 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     admit(&info, &options.library, options.allow)?;
     let state = StateDir::from_env()?;
     let mut journal = Journal::open(&state, &identity)?;
+    // Records an interrupted earlier run left unsettled decide what memory must hold now.
+    let mem = process::ProcMem::open(pid).map_err(|e| ProcessError::Io {
+        pid,
+        what: "/proc/PID/mem".into(),
+        source: e,
+    })?;
+    super::status::reconcile(&mut journal, &mem)?;
+    drop(mem);
     let library = plan::open_library(&options.library)?;
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe);

@@ -82,9 +82,25 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
             });
         }
     }
-    let frozen = frozen_write(&mut tracer, &ranges, None, options.timeout, log, |tracer| {
+    // The rollback intent is durable before anything is stopped: if rpatch dies after writing
+    // memory, the journal still tells what may have happened, and `reconcile` settles it.
+    for r in journal.data.patches.iter_mut() {
+        if selected.iter().any(|s| s.id == r.id) {
+            r.state = PatchState::RollingBack;
+        }
+    }
+    journal.save()?;
+    let result = frozen_write(&mut tracer, &ranges, None, options.timeout, log, |tracer| {
         restore(tracer.mem(), &selected)
-    })?;
+    });
+    let frozen = match result {
+        Ok(frozen) => frozen,
+        Err(e) => {
+            // Nothing, or only part, was restored: memory decides each record's state.
+            super::status::reconcile(&mut journal, tracer.mem())?;
+            return Err(e);
+        }
+    };
     let now = now_secs();
     for r in journal.data.patches.iter_mut() {
         if selected.iter().any(|s| s.id == r.id) {

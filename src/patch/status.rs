@@ -85,25 +85,51 @@ fn slot_intact(mem: &dyn Memory, r: &PatchRecord) -> bool {
     }
 }
 
-/// Settles intent records left by an interrupted attach: applied if memory holds the new bytes,
-/// abandoned if it holds the original. Saves the journal when anything changed.
-pub(crate) fn reconcile(journal: &mut Journal, mem: &ProcMem) -> Result<(), Error> {
-    let mut changed = false;
-    let intents: Vec<PatchRecord> = journal
+/// Settles records left unsettled by an interrupted attach or rollback, from what memory holds:
+/// an attach intent is applied if memory holds its new bytes, abandoned if it holds the original;
+/// a rollback intent is rolled back if memory holds the original, applied if it still holds the
+/// new bytes. Patches stacked at one address are settled newest first (the order a rollback
+/// restores them in). Saves the journal when anything changed.
+pub(crate) fn reconcile(journal: &mut Journal, mem: &dyn Memory) -> Result<(), Error> {
+    let mut unsettled: Vec<PatchRecord> = journal
         .data
         .patches
         .iter()
-        .filter(|r| r.state == PatchState::Intent)
+        .filter(|r| matches!(r.state, PatchState::Intent | PatchState::RollingBack))
         .cloned()
         .collect();
-    for r in intents {
-        let state = match mem.read_vec(r.address, r.new.len()) {
-            Ok(bytes) if bytes == r.new => PatchState::Applied,
-            Ok(bytes) if bytes == r.original => PatchState::Abandoned,
+    unsettled.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let mut changed = false;
+    for r in unsettled {
+        // A rollback restores newest first: under a patch still applied, nothing was restored.
+        let covered = journal
+            .data
+            .patches
+            .iter()
+            .any(|x| x.address == r.address && x.id > r.id && x.state == PatchState::Applied);
+        if covered && r.state == PatchState::RollingBack {
+            if let Some(rec) = journal.data.patches.iter_mut().find(|x| x.id == r.id) {
+                rec.state = PatchState::Applied;
+                changed = true;
+            }
+            continue;
+        }
+        let Ok(bytes) = mem.read_vec(r.address, r.new.len().max(r.original.len())) else {
+            continue;
+        };
+        let holds = |b: &[u8]| bytes.starts_with(b);
+        let settled = match r.state {
+            PatchState::Intent if holds(&r.new) => PatchState::Applied,
+            PatchState::Intent if holds(&r.original) => PatchState::Abandoned,
+            PatchState::RollingBack if holds(&r.new) => PatchState::Applied,
+            PatchState::RollingBack if holds(&r.original) => PatchState::RolledBack,
             _ => continue,
         };
         if let Some(rec) = journal.data.patches.iter_mut().find(|x| x.id == r.id) {
-            rec.state = state;
+            rec.state = settled;
+            if settled == PatchState::RolledBack {
+                rec.rolled_back = Some(super::now_secs());
+            }
             changed = true;
         }
     }
@@ -134,7 +160,7 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
             let (state, active) = match r.state {
                 PatchState::RolledBack => ("rolled_back", false),
                 PatchState::Abandoned => ("abandoned", false),
-                PatchState::Applied | PatchState::Intent => {
+                PatchState::Applied | PatchState::Intent | PatchState::RollingBack => {
                     let top = journal.data.top_of_stack(r.address).map(|t| t.id) == Some(r.id);
                     match observe(&mem, &journal, r) {
                         Observed::Applied => ("applied", top),
