@@ -44,7 +44,7 @@ fn exited_if_gone<T>(pid: i32, result: Result<T, Error>) -> Result<T, Error> {
             e,
             Error::Process(ProcessError::NoSuchProcess { .. } | ProcessError::Exited { .. })
         );
-        let alive = process::read_stat(pid, pid).is_ok_and(|(s, ..)| !matches!(s, 'Z' | 'X' | 'x'));
+        let alive = process::live_task(pid).is_some();
         if alive || benign {
             e
         } else {

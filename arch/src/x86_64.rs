@@ -75,7 +75,7 @@ pub fn jump_destination(code: &[u8], at: u64) -> Option<u64> {
 /// Checks that writing over `patch` (absolute addresses) is safe for the function whose machine
 /// code is `code`, located at `func_addr`: no instruction of the function may branch into
 /// `[func_addr, patch.end)` — the entry marker included, since falling through it reaches the jump
-/// — except the entry itself being reached from outside. Such a branch (a loop head at the entry, a
+/// — except the entry itself being reached from outside, or by a recursive `call`. Such a branch (a loop head at the entry, a
 /// self tail call) would land inside the new jump instruction or re-enter with live loop state.
 ///
 /// Bytes the decoder cannot make sense of (data in text, padding) stop the scan silently: the
@@ -99,9 +99,14 @@ pub fn check_branches(code: &[u8], func_addr: u64, patch: Range<u64>) -> Result<
             },
             _ => None,
         };
+        // A recursive `call` of the function's own entry is an ordinary call: after the patch it
+        // reaches the replacement, as every other call does.
+        let recursive_call = insn.flow_control() == FlowControl::Call
+            && (target == Some(func_addr) || target == Some(patch.start));
         if let Some(target) = target
             && forbidden.contains(&target)
             && !patch.contains(&insn.ip())
+            && !recursive_call
         {
             return Err(Unpatchable::BranchIntoPatch {
                 from: insn.ip(),
@@ -152,6 +157,19 @@ mod tests {
                 target: 0x1000
             }
         );
+    }
+
+    #[test]
+    fn recursive_call_is_fine_but_a_jump_to_the_entry_is_not() {
+        // 0x1000: dec edi ; nop*3 ; call 0x1000 ; ret
+        let call = [0xff, 0xcf, 0x90, 0x90, 0x90, 0xe8, 0xf6, 0xff, 0xff, 0xff, 0xc3];
+        assert!(check_branches(&call, 0x1000, 0x1000..0x1005).is_ok());
+        // 0x1000: dec edi ; nop*3 ; jmp 0x1000 (a loop head or tail call at the entry)
+        let jmp = [0xff, 0xcf, 0x90, 0x90, 0x90, 0xe9, 0xf6, 0xff, 0xff, 0xff];
+        assert!(check_branches(&jmp, 0x1000, 0x1000..0x1005).is_err());
+        // A call into the middle of the overwritten bytes is refused too.
+        let mid = [0xff, 0xcf, 0x90, 0x90, 0x90, 0xe8, 0xf7, 0xff, 0xff, 0xff, 0xc3];
+        assert!(check_branches(&mid, 0x1000, 0x1000..0x1005).is_err());
     }
 
     #[test]

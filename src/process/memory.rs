@@ -76,7 +76,7 @@ impl ProcMem {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(format!("/proc/{pid}/mem"))?;
+            .open(super::proc_dir(pid).join("mem"))?;
         Ok(Self {
             file,
             poke_tid: Cell::new(None),

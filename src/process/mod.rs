@@ -193,9 +193,28 @@ pub fn list_threads(pid: i32) -> Result<Vec<i32>, ProcessError> {
     Ok(tids)
 }
 
+/// A thread of `pid` that has not exited, if any.
+pub fn live_task(pid: i32) -> Option<i32> {
+    list_threads(pid)
+        .ok()?
+        .into_iter()
+        .find(|&tid| read_stat(pid, tid).is_ok_and(|(s, ..)| !matches!(s, 'Z' | 'X' | 'x')))
+}
+
+/// The /proc directory that describes the process's memory: `/proc/PID`, or — when the main
+/// thread has exited while others run, and `/proc/PID/{maps,mem,exe}` of the zombie leader read
+/// empty — the directory of a live thread, which shares the address space.
+pub fn proc_dir(pid: i32) -> PathBuf {
+    let leader_gone = read_stat(pid, pid).is_ok_and(|(s, ..)| matches!(s, 'Z' | 'X' | 'x'));
+    match live_task(pid) {
+        Some(tid) if leader_gone => PathBuf::from(format!("/proc/{pid}/task/{tid}")),
+        _ => PathBuf::from(format!("/proc/{pid}")),
+    }
+}
+
 /// The target's memory map.
 pub fn read_maps(pid: i32) -> Result<Vec<Mapping>, ProcessError> {
-    let path = format!("/proc/{pid}/maps");
+    let path = proc_dir(pid).join("maps").display().to_string();
     let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
     Ok(parse_maps(&text))
 }
@@ -206,12 +225,16 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     if pid <= 0 {
         return Err(ProcessError::NoSuchProcess { pid });
     }
-    let (state, start_time, _) = read_stat(pid, pid)?;
-    if state == 'Z' || state == 'X' {
-        return Err(ProcessError::Exited { pid });
+    let (mut state, start_time, _) = read_stat(pid, pid)?;
+    if matches!(state, 'Z' | 'X' | 'x') {
+        // The main thread may have exited while others run on: that process is alive.
+        let tid = live_task(pid).ok_or(ProcessError::Exited { pid })?;
+        state = read_stat(pid, tid)?.0;
     }
-    let tracer: i32 = status_field(pid, pid, "TracerPid")
-        .and_then(|v| v.parse().ok())
+    let tracer: i32 = list_threads(pid)?
+        .into_iter()
+        .filter_map(|tid| status_field(pid, tid, "TracerPid")?.parse().ok())
+        .find(|&t| t != 0)
         .unwrap_or(0);
     if tracer != 0 && tracer != std::process::id() as i32 {
         let tracer_name = fs::read_to_string(format!("/proc/{tracer}/comm"))
@@ -223,11 +246,10 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
             tracer_name,
         });
     }
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .map_err(|e| map_proc_err(pid, "/proc/PID/exe", e))?;
+    let dir = proc_dir(pid);
+    let exe = fs::read_link(dir.join("exe")).map_err(|e| map_proc_err(pid, "/proc/PID/exe", e))?;
     // Opening mem needs the same access check as PTRACE_ATTACH: fail early with a clear message.
-    fs::File::open(format!("/proc/{pid}/mem"))
-        .map_err(|e| map_proc_err(pid, &format!("/proc/{pid}/mem"), e))?;
+    fs::File::open(dir.join("mem")).map_err(|e| map_proc_err(pid, "/proc/PID/mem", e))?;
     check_architecture(pid)?;
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
@@ -255,7 +277,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
 }
 
 fn check_architecture(pid: i32) -> Result<(), ProcessError> {
-    let path = format!("/proc/{pid}/exe");
+    let path = proc_dir(pid).join("exe").display().to_string();
     let mut header = [0u8; 20];
     let f = fs::File::open(&path).map_err(|e| map_proc_err(pid, &path, e))?;
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut header, 0)
@@ -276,11 +298,6 @@ fn check_architecture(pid: i32) -> Result<(), ProcessError> {
         return Err(ProcessError::WrongArchitecture { pid, arch, ours });
     }
     Ok(())
-}
-
-/// Whether the process still is the one identified (same start time), and alive.
-pub fn still_same(info: &ProcessInfo) -> bool {
-    matches!(read_stat(info.pid, info.pid), Ok((s, t, _)) if t == info.start_time && s != 'Z' && s != 'X')
 }
 
 #[cfg(test)]

@@ -77,7 +77,8 @@ impl ModuleMap {
             let open_path = if std::fs::File::open(&map_file).is_ok() {
                 map_file
             } else {
-                Path::new(&format!("/proc/{pid}/root"))
+                super::proc_dir(pid)
+                    .join("root")
                     .join(path.strip_prefix("/").unwrap_or(&path))
             };
             modules.push(LoadedModule {

@@ -125,11 +125,8 @@ impl Tracer {
             Ok(()) => {}
             Err(Errno::ESRCH) => return Ok(false),
             Err(Errno::EPERM) if thread_is_exiting(self.pid, tid) => {
-                // The kernel refuses to attach to an exiting thread.
-                return if super::list_threads(self.pid).is_ok_and(|t| !t.is_empty())
-                    && super::read_stat(self.pid, self.pid)
-                        .is_ok_and(|(s, ..)| s != 'Z' && s != 'X')
-                {
+                // The kernel refuses to attach to an exiting thread (or a zombie main thread).
+                return if super::live_task(self.pid).is_some() {
                     Ok(false)
                 } else {
                     Err(ProcessError::Exited { pid: self.pid })

@@ -276,7 +276,7 @@ impl StackInspector {
     pub fn new(modules: &ModuleMap, maps: &[Mapping], log: &Log) -> Result<Self, ProcessError> {
         let started = Instant::now();
         let pid = modules.pid();
-        let mem = File::open(format!("/proc/{pid}/mem")).map_err(|e| match e.kind() {
+        let mem = File::open(crate::process::proc_dir(pid).join("mem")).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
             std::io::ErrorKind::PermissionDenied => {
                 process::permission_denied(pid, "opening /proc/PID/mem".into())

@@ -1,0 +1,111 @@
+//! Hostile situations: a main thread that has exited, threads appearing and vanishing during the
+//! freeze, hundreds of threads, a deep recursion of the function on a stack.
+
+mod common;
+
+use common::*;
+
+fn attach(state: &std::path::Path, target: &Target, lib: &str, func: &str, extra: &[&str]) -> Run {
+    let pid = target.pid_arg();
+    let mut args = vec!["attach", &pid, "--lib", lib, "--func", func];
+    args.extend_from_slice(extra);
+    rpatch(state, &args)
+}
+
+/// A process whose main thread has exited (a zombie leader whose /proc/PID/maps, mem and exe read
+/// empty) while a worker runs on is patched and rolled back through the live thread's /proc entries.
+#[test]
+fn main_thread_exited() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("leaderless"), &[]);
+    let lib = t.bin("fix_basic.so");
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+    attach(state.path(), &target, lib.to_str().unwrap(), "compute", &[]).expect_ok();
+    assert_eq!(target.cmd("call 5"), "compute 5 500");
+    let status = rpatch(state.path(), &["status", &target.pid_arg(), "--json"]);
+    status.expect_ok();
+    assert_eq!(status.json()["patches"][0]["state"], "applied");
+    rpatch(state.path(), &["rollback", &target.pid_arg()]).expect_ok();
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+}
+
+/// Threads created and exiting continuously (two spawners, each thread short-lived) do not stop
+/// attach or rollback, and the target keeps spawning afterwards.
+#[test]
+fn threads_created_and_exiting_during_freeze() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("churn"), &[]);
+    let lib = t.bin("fix_basic.so");
+    for _ in 0..5 {
+        attach(state.path(), &target, lib.to_str().unwrap(), "compute", &[]).expect_ok();
+        assert_eq!(target.cmd("call 5"), "compute 5 500");
+        rpatch(state.path(), &["rollback", &target.pid_arg()]).expect_ok();
+        assert_eq!(target.cmd("call 5"), "compute 5 6");
+    }
+    let spawned = |target: &mut Target| -> u64 {
+        target
+            .cmd("spawned")
+            .strip_prefix("spawned ")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = spawned(&mut target);
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while spawned(&mut target) < before + 10 {
+        assert!(std::time::Instant::now() < deadline, "spawning stopped");
+        std::thread::yield_now();
+    }
+    assert_untraced(target.pid());
+}
+
+/// 256 blocked threads: every one is frozen and released; the patch lands and rolls back.
+#[test]
+fn two_hundred_fifty_six_threads() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("many"), &["256"]);
+    assert_eq!(target.cmd("threads"), "threads 256");
+    let lib = t.bin("fix_basic.so");
+    let run = attach(
+        state.path(),
+        &target,
+        lib.to_str().unwrap(),
+        "compute",
+        &["--json"],
+    );
+    run.expect_ok();
+    eprintln!("frozen for {} us with 257 threads", run.json()["frozen_us"]);
+    assert_eq!(target.cmd("call 5"), "compute 5 500");
+    rpatch(state.path(), &["rollback", &target.pid_arg()]).expect_ok();
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+    assert_untraced(target.pid());
+}
+
+/// A thread 2000 frames deep in a recursion of `recurse` blocks the patch (15, naming a frame);
+/// once the recursion has unwound, the patch lands.
+#[test]
+fn deep_recursion_blocks_until_it_returns() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("many"), &["4"]);
+    assert_eq!(target.cmd("deep 2000"), "deep 2000");
+    let lib = t.bin("fix_basic.so");
+    let lib = lib.to_str().unwrap();
+    let message = attach(
+        state.path(),
+        &target,
+        lib,
+        "recurse=compute",
+        &["--timeout", "0.3"],
+    )
+    .expect_error(exit::BUSY)
+    .to_string();
+    assert!(message.contains("recurse"), "{message}");
+    assert_untraced(target.pid());
+    assert_eq!(target.cmd("release"), "released 2000");
+    attach(state.path(), &target, lib, "recurse=compute", &[]).expect_ok();
+    assert_untraced(target.pid());
+}
