@@ -109,3 +109,35 @@ fn deep_recursion_blocks_until_it_returns() {
     attach(state.path(), &target, lib, "recurse=compute", &[]).expect_ok();
     assert_untraced(target.pid());
 }
+
+/// A target in its own mount namespace that cannot see rpatch's state directory (a tmpfs hides
+/// it there, as a container or a private /tmp would) still loads the patch: the library copy is
+/// placed in the target's own file system, reached through /proc/PID/root.
+#[test]
+fn library_path_hidden_in_the_targets_mount_namespace() {
+    let t = build_targets();
+    let state = state_dir();
+    let hide = state.path().to_str().unwrap();
+    let bin = t.bin("basic_pie");
+    let mut target = Target::spawn(
+        "unshare",
+        &[
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs \"$0\" && exec \"$1\"",
+            hide,
+            bin.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+    let lib = t.bin("fix_basic.so");
+    attach(state.path(), &target, lib.to_str().unwrap(), "compute", &[]).expect_ok();
+    assert_eq!(target.cmd("call 5"), "compute 5 500");
+    rpatch(state.path(), &["rollback", &target.pid_arg()]).expect_ok();
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+    assert_untraced(target.pid());
+}

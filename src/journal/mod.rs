@@ -9,7 +9,7 @@
 
 mod store;
 
-pub use store::{Journal, StateDir};
+pub use store::{Journal, StateDir, library_path_in_target};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -85,6 +85,51 @@ impl StateDir {
     }
 }
 
+/// The path under which the target can open the library copy `copy` (content hash `hash`).
+///
+/// The target resolves the path in its own mount namespace: a container, or a service with a
+/// private /tmp, may not see rpatch's state directory. Then the copy is placed, once per
+/// content, in a directory of the target's own file system (reached through /proc/PID/root):
+/// /dev/shm, /tmp or /var/tmp, whichever accepts it.
+pub fn library_path_in_target(pid: i32, copy: &Path, hash: &str) -> Result<PathBuf, JournalError> {
+    let ns = |p: &str| {
+        fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let same_namespace = ns("/proc/self/ns/mnt").is_some()
+        && ns("/proc/self/ns/mnt") == ns(&format!("/proc/{pid}/ns/mnt"));
+    if same_namespace || root.join(copy.strip_prefix("/").unwrap_or(copy)).exists() {
+        return Ok(copy.to_path_buf());
+    }
+    let bytes = fs::read(copy).map_err(io_err(copy))?;
+    let name = format!("rpatch-{hash}.so");
+    let mut last_error = None;
+    for dir in ["dev/shm", "tmp", "var/tmp"] {
+        let inside = root.join(dir).join(&name);
+        if inside.exists() {
+            return Ok(Path::new("/").join(dir).join(&name));
+        }
+        let tmp = root
+            .join(dir)
+            .join(format!(".{name}.{}", std::process::id()));
+        match write_durably(&tmp, &bytes, 0o444)
+            .and_then(|()| fs::rename(&tmp, &inside).map_err(io_err(&inside)))
+        {
+            Ok(()) => return Ok(Path::new("/").join(dir).join(&name)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| JournalError::Io {
+        path: root,
+        source: std::io::Error::other("no writable directory in the target's file system"),
+    }))
+}
+
 /// An open, locked journal. The lock (an exclusive `flock` on `<pid>.lock`) is held until drop so
 /// concurrent rpatch runs against one target queue up instead of interleaving.
 #[derive(Debug)]

@@ -156,6 +156,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     }
 
     let (copy, sha256) = state.library_copy(&options.library)?;
+    let copy = crate::journal::library_path_in_target(pid, &copy, &sha256)?;
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
     let loaded = load(
