@@ -8,25 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
 HZ=${HZ:-1000}
-scripts/install-deps.sh
-cargo build --release --quiet
-make -C test-targets --quiet -j"$(nproc)"
-RPATCH="$PWD/target/release/rpatch"
-LIB="$PWD/test-targets/build/fix_basic.so"
-WORK=$(mktemp -d)
-export RPATCH_STATE_DIR="$WORK/state"
-
-coproc TARGET { exec "$PWD/test-targets/build/sigstorm" 8; }
-TPID=$TARGET_PID
-exec 5<&"${TARGET[0]}" 6>&"${TARGET[1]}"
-cleanup() { { kill -9 "$TPID" ${SPID:-} && wait "$TPID"; } 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-read -r -u 5 ready
+# shellcheck source=scripts/stress-common.sh
+. scripts/stress-common.sh
 ask() { echo "$1" >&6; local reply; read -r -t 30 -u 5 reply || { echo "FAIL: target stopped answering ($1)" >&2; exit 1; }; echo "$reply"; }
 
 mkfifo "$WORK/sender-in"
 "$PWD/test-targets/build/sigsend" "$TPID" "$HZ" <"$WORK/sender-in" >"$WORK/sender-out" &
 SPID=$!
+EXTRA_PIDS=$SPID
 exec 8>"$WORK/sender-in"
 until grep -q sending "$WORK/sender-out" 2>/dev/null; do sleep 0.01; done
 

@@ -8,20 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}
-scripts/install-deps.sh
-cargo build --release --quiet
-make -C test-targets --quiet -j"$(nproc)"
-RPATCH="$PWD/target/release/rpatch"
-LIB="$PWD/test-targets/build/fix_basic.so"
-WORK=$(mktemp -d)
-export RPATCH_STATE_DIR="$WORK/state"
-
-coproc TARGET { exec "$PWD/test-targets/build/sigstorm" 8; }
-TPID=$TARGET_PID
-exec 5<&"${TARGET[0]}" 6>&"${TARGET[1]}"
-cleanup() { { kill -9 "$TPID" && wait "$TPID"; } 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-read -r -u 5 _ready
+# shellcheck source=scripts/stress-common.sh
+. scripts/stress-common.sh
 fail() { echo "FAIL after kill $i ($op at ${delay_us} us): $*" >&2; exit 1; }
 ask() {
   echo "$1" >&6
