@@ -89,9 +89,13 @@ struct RollbackArgs {
     /// With --id: also undo later patches stacked on the same function.
     #[arg(long)]
     cascade: bool,
-    /// Seconds to wait for threads to leave the bytes being restored.
+    /// Seconds to wait for threads to leave the bytes being restored and the replacements.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Roll back even while threads have the replacement on their stack (they finish in it;
+    /// its code stays loaded). No thread may be executing the bytes being restored.
+    #[arg(long)]
+    allow_active: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -140,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 (None, false) => RollbackSelection::Last,
             };
             let options = RollbackOptions {
+                allow_active: r.allow_active,
                 pid: r.pid,
                 selection,
                 cascade: r.cascade,

@@ -141,3 +141,27 @@ fn library_path_hidden_in_the_targets_mount_namespace() {
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     assert_untraced(target.pid());
 }
+
+/// Rollback waits while a thread has the replacement on its stack (15, naming the replacement):
+/// afterwards every call must run the original. `--allow-active` rolls back anyway, and the
+/// thread finishes in the replacement, whose code stays loaded.
+#[test]
+fn rollback_waits_for_threads_inside_the_replacement() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("many"), &["4"]);
+    let lib = t.bin("fix_many.so");
+    attach(state.path(), &target, lib.to_str().unwrap(), "recurse", &[]).expect_ok();
+    assert_eq!(target.cmd("deep 5"), "deep 5");
+    let pid = target.pid_arg();
+    let message = rpatch(state.path(), &["rollback", &pid, "--timeout", "0.3"])
+        .expect_error(exit::BUSY)
+        .to_string();
+    assert!(message.contains("replacement"), "{message}");
+    assert_untraced(target.pid());
+    rpatch(state.path(), &["rollback", &pid, "--allow-active"]).expect_ok();
+    assert_eq!(target.cmd("release"), "released -5");
+    assert_eq!(target.cmd("deep 3"), "deep 3");
+    assert_eq!(target.cmd("release"), "released 3");
+    assert_untraced(target.pid());
+}

@@ -132,6 +132,10 @@ pub struct PatchRecord {
     pub replacement_name: String,
     /// Runtime address of the replacement.
     pub replacement: u64,
+    /// Size of the replacement in bytes (0 in journals written before it was recorded): a
+    /// rollback waits while a thread has the replacement on its stack.
+    #[serde(default)]
+    pub replacement_size: u64,
     /// Library path the user gave.
     pub library: PathBuf,
     /// Content-addressed copy the target actually loaded.

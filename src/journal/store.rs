@@ -97,9 +97,10 @@ pub fn library_path_in_target(pid: i32, copy: &Path, hash: &str) -> Result<PathB
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .ok()
     };
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let dir = crate::process::proc_dir(pid);
+    let root = dir.join("root");
     let same_namespace = ns("/proc/self/ns/mnt").is_some()
-        && ns("/proc/self/ns/mnt") == ns(&format!("/proc/{pid}/ns/mnt"));
+        && ns("/proc/self/ns/mnt") == ns(&dir.join("ns/mnt").to_string_lossy());
     if same_namespace || root.join(copy.strip_prefix("/").unwrap_or(copy)).exists() {
         return Ok(copy.to_path_buf());
     }
@@ -251,6 +252,7 @@ mod tests {
                 new: vec![0xe9, 1, 2, 3, 4],
                 replacement_name: "f".into(),
                 replacement: 0x2000,
+                replacement_size: 16,
                 library: "/l.so".into(),
                 loaded_from: "/s/l.so".into(),
                 library_sha256: "00".into(),

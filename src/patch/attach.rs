@@ -204,6 +204,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
                 new,
                 replacement_name: p.replacement.name.clone(),
                 replacement,
+                replacement_size: p.replacement.size,
                 library: options.library.clone(),
                 loaded_from: copy.clone(),
                 library_sha256: sha256.clone(),

@@ -6,7 +6,7 @@ use crate::error::hex;
 use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
 use crate::log::Log;
 use crate::process::{Memory, ProcessError, Tracer};
-use crate::safety::GuardedRange;
+use crate::safety::{GuardedRange, StackInspector};
 use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -32,8 +32,11 @@ pub struct RollbackOptions {
     pub selection: RollbackSelection,
     /// With `Id`, also undo later patches stacked on the same function.
     pub cascade: bool,
-    /// How long to wait for threads to leave the bytes being restored.
+    /// How long to wait for threads to leave the bytes being restored and the replacements.
     pub timeout: Duration,
+    /// Skip the stack check of the replacements (threads inside one finish in it: its code
+    /// stays loaded). The PC check of the bytes being restored stays.
+    pub allow_active: bool,
 }
 
 /// Result of `rollback`.
@@ -52,7 +55,7 @@ pub struct RollbackReport {
 /// Undoes patches in the target.
 pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
     let pid = options.pid;
-    let (_, identity) = identify(pid, log)?;
+    let (info, identity) = identify(pid, log)?;
     let state = StateDir::from_env()?;
     let mut journal = Journal::open(&state, &identity)?;
     let mut tracer = Tracer::new(pid)?;
@@ -73,6 +76,20 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
             function: r.function.clone(),
             stack_range: None,
         });
+        // Like attach, by default no thread may have the code being switched away from (here
+        // the replacement) on its stack: after the rollback every call runs the original.
+        if !options.allow_active && r.replacement_size > 0 {
+            ranges.push(GuardedRange {
+                bytes: 0..0,
+                entry_ok: true,
+                function: format!(
+                    "{} (replacement in {})",
+                    r.replacement_name,
+                    r.library.display()
+                ),
+                stack_range: Some(r.replacement..r.replacement + r.replacement_size),
+            });
+        }
         if let Some(slot) = r.island_slot {
             ranges.push(GuardedRange {
                 bytes: slot..slot + isa::ISLAND_SLOT_LEN as u64,
@@ -90,9 +107,20 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
         }
     }
     journal.save()?;
-    let result = frozen_write(&mut tracer, &ranges, None, options.timeout, log, |tracer| {
-        restore(tracer.mem(), &selected)
-    });
+    // Unwind tables are read before anything is stopped.
+    let mut stacks = if ranges.iter().any(|r| r.stack_range.is_some()) {
+        Some(StackInspector::for_process(pid, &info.exe, log)?)
+    } else {
+        None
+    };
+    let result = frozen_write(
+        &mut tracer,
+        &ranges,
+        stacks.as_mut(),
+        options.timeout,
+        log,
+        |tracer| restore(tracer.mem(), &selected),
+    );
     let frozen = match result {
         Ok(frozen) => frozen,
         Err(e) => {

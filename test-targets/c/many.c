@@ -3,7 +3,8 @@
  *   call N   -> "compute N R" (R = N+1)
  *   deep D   -> "deep D": a thread has entered recurse() D levels deep and blocks at the bottom
  *   release  -> "released R": the recursion unwinds and returns R (= D)
- *   threads  -> "threads T" (threads started) */
+ *   threads  -> "threads T" (threads started)
+ * With fix_many.so's recurse (which blocks at once and returns -n), `release` gives "released -D". */
 #define _GNU_SOURCE
 #include "common.h"
 #include <pthread.h>
@@ -16,8 +17,10 @@ PATCHABLE int compute(int x) {
     return x + 1;
 }
 
-static int deep_pipe[2], idle_pipe[2];
-static volatile int at_bottom;
+/* Exported (the target is linked with -rdynamic) for fix_many.so's replacement of recurse. */
+int deep_pipe[2];
+volatile int at_bottom;
+static int idle_pipe[2];
 static volatile long result;
 
 PATCHABLE int recurse(int n) {
