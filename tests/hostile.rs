@@ -165,3 +165,25 @@ fn rollback_waits_for_threads_inside_the_replacement() {
     assert_eq!(target.cmd("release"), "released 3");
     assert_untraced(target.pid());
 }
+
+/// A function that is a thread's main loop (only the C library's thread start below it) gets the
+/// specific message: it may never return; --allow-active or patching a callee are the ways out.
+#[test]
+fn a_threads_main_loop_is_named_as_such() {
+    let t = build_targets();
+    let state = state_dir();
+    let target = Target::spawn(t.bin("many"), &["3"]);
+    let lib = t.bin("fix_many.so");
+    let message = attach(
+        state.path(),
+        &target,
+        lib.to_str().unwrap(),
+        "idle",
+        &["--timeout", "0.2"],
+    )
+    .expect_error(exit::BUSY)
+    .to_string();
+    assert!(message.contains("main loop"), "{message}");
+    assert!(message.contains("--allow-active"), "{message}");
+    assert_untraced(target.pid());
+}

@@ -74,6 +74,9 @@ pub struct Blocker {
     /// Why the unwind of this thread stopped before its outermost frame, when it did: a scanned
     /// blocker may be a false alarm, and the message says so.
     pub incomplete: Option<Doubt>,
+    /// Only the C library's thread start lies below the function's frame: it is the thread's
+    /// main loop and may never return, so waiting will not help.
+    pub outermost: bool,
 }
 
 impl Blocker {
@@ -89,6 +92,13 @@ impl Blocker {
             FrameSource::Interrupted => format!(
                 "{who} is in a signal handler that interrupted {} at {:#x} (frame #{}), in the bytes to be replaced",
                 self.function, self.address, self.depth
+            ),
+            FrameSource::Unwound if self.outermost => format!(
+                "{who} has {} on its stack as its outermost function below the C library's thread \
+                 start (frame #{}, returns to {:#x}): it is that thread's main loop and may never \
+                 return; pass --allow-active to patch anyway (that thread keeps running the old \
+                 code) or patch a function it calls instead",
+                self.function, self.depth, self.address
             ),
             FrameSource::Unwound => format!(
                 "{who} has {} on its stack: frame #{} returns to {:#x} (PC {:#x})",
@@ -142,6 +152,7 @@ pub fn find_blocker(
         address: pc,
         source: FrameSource::Pc,
         incomplete: None,
+        outermost: false,
     };
     // PCs first: no memory to read, and the commonest blocker.
     for t in tracer.threads() {
@@ -207,6 +218,7 @@ pub fn find_blocker(
                     FrameSource::Unwound
                 },
                 incomplete: walk.doubt.clone(),
+                outermost: hit.outermost,
                 ..blocker(t.tid, t.regs.rip, range)
             });
             break;

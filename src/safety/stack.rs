@@ -159,6 +159,10 @@ pub(crate) struct StackHit {
     pub address: u64,
     /// Whether the conservative scan (rather than the unwind) found it.
     pub scanned: bool,
+    /// Whether only the C library's thread start lies below the frame (a complete unwind whose
+    /// deeper frames are all in libc or the dynamic loader): the function is the thread's main
+    /// loop and may never return.
+    pub outermost: bool,
 }
 
 /// The CFI sections of one module, as stated in its file (SVMAs).
@@ -276,17 +280,18 @@ impl StackInspector {
     pub fn new(modules: &ModuleMap, maps: &[Mapping], log: &Log) -> Result<Self, ProcessError> {
         let started = Instant::now();
         let pid = modules.pid();
-        let mem = File::open(crate::process::proc_dir(pid).join("mem")).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
-            std::io::ErrorKind::PermissionDenied => {
-                process::permission_denied(pid, "opening /proc/PID/mem".into())
-            }
-            _ => ProcessError::Io {
-                pid,
-                what: "/proc/PID/mem".into(),
-                source: e,
-            },
-        })?;
+        let mem =
+            File::open(crate::process::proc_dir(pid).join("mem")).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
+                std::io::ErrorKind::PermissionDenied => {
+                    process::permission_denied(pid, "opening /proc/PID/mem".into())
+                }
+                _ => ProcessError::Io {
+                    pid,
+                    what: "/proc/PID/mem".into(),
+                    source: e,
+                },
+            })?;
         let mut inspector = Self {
             pid,
             mem,
@@ -405,6 +410,18 @@ impl StackInspector {
     /// The process whose stacks this inspects.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Whether `addr` is code of the C library or the dynamic loader (thread and process start).
+    fn in_c_runtime(&self, addr: u64) -> bool {
+        let i = self.modules.partition_point(|m| m.avma.start <= addr);
+        i.checked_sub(1).map(|i| &self.modules[i]).is_some_and(|m| {
+            let file = m.name.rsplit('/').next().unwrap_or(&m.name);
+            m.avma.contains(&addr)
+                && (file.starts_with("libc.so")
+                    || file.starts_with("libc-")
+                    || file.starts_with("ld-"))
+        })
     }
 
     /// Whether framehop can step out of the frame at code address `lookup` using CFI.
@@ -555,11 +572,16 @@ impl StackInspector {
                     return None;
                 }
                 let (range, _) = functions.iter().find(|(_, f)| scan::returns_into(f, ret))?;
+                let outermost = walk.doubt.is_none()
+                    && walk.frames[depth + 1..]
+                        .iter()
+                        .all(|&a| self.in_c_runtime(a));
                 Some(StackHit {
                     range: *range,
                     depth,
                     address: ret,
                     scanned: false,
+                    outermost,
                 })
             });
         if unwound.is_some() || walk.doubt.is_none() {
@@ -605,6 +627,7 @@ impl StackInspector {
                     depth: walk.frames.len(),
                     address: c.value,
                     scanned: true,
+                    outermost: false,
                 });
             }
             at += piece.len() as u64;

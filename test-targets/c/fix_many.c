@@ -12,3 +12,6 @@ int recurse(int n) {
     }
     return -n;
 }
+
+/* Same signature as many's thread main loop `idle`, for the attach that must refuse it. */
+void *idle(void *arg) { return arg; }
