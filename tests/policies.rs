@@ -97,8 +97,8 @@ fn seccomp_target_is_refused_unless_allowed() {
     assert_untraced(target.pid());
 }
 
-/// A world- or group-writable patch library is refused (20) untouched; --allow-insecure-lib
-/// loads it.
+/// A world- or group-writable patch library, or one owned by another non-root user, is refused
+/// (20) untouched; --allow-insecure-lib loads it.
 #[test]
 fn writable_library_is_refused_unless_allowed() {
     let t = build_targets();
@@ -124,6 +124,12 @@ fn writable_library_is_refused_unless_allowed() {
         assert_eq!(target.cmd("call 5"), "compute 5 6");
         assert_untraced(target.pid());
     }
+    // Not writable by others, but owned by a user who is neither root nor the target's.
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&lib, Some(65534), Some(65534)).unwrap();
+    let message = rpatch(state.path(), &base).expect_error(exit::REFUSED).to_string();
+    assert!(message.contains("owned by uid 65534"), "{message}");
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
     let mut allowed = base.to_vec();
     allowed.push("--allow-insecure-lib");
     rpatch(state.path(), &allowed).expect_ok();
