@@ -5,6 +5,8 @@ use crate::Unpatchable;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, OpKind};
 use std::ops::Range;
 
+pub mod remote_call;
+
 /// `endbr64`: the CET landing pad. It stays in place so indirect calls into the function still land
 /// on a valid target when IBT is enforced; the jump is written after it.
 pub const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
@@ -75,8 +77,9 @@ pub fn jump_destination(code: &[u8], at: u64) -> Option<u64> {
 /// Checks that writing over `patch` (absolute addresses) is safe for the function whose machine
 /// code is `code`, located at `func_addr`: no instruction of the function may branch into
 /// `[func_addr, patch.end)` — the entry marker included, since falling through it reaches the jump
-/// — except the entry itself being reached from outside, or by a recursive `call`. Such a branch (a loop head at the entry, a
-/// self tail call) would land inside the new jump instruction or re-enter with live loop state.
+/// — except the entry itself being reached from outside, or by a recursive `call`. Such a branch
+/// (a loop head at the entry, a self tail call) would land inside the new jump instruction or
+/// re-enter with live loop state.
 ///
 /// Bytes the decoder cannot make sense of (data in text, padding) stop the scan silently: the
 /// branches that matter are in the decoded prefix of a compiler-generated function.
@@ -162,13 +165,17 @@ mod tests {
     #[test]
     fn recursive_call_is_fine_but_a_jump_to_the_entry_is_not() {
         // 0x1000: dec edi ; nop*3 ; call 0x1000 ; ret
-        let call = [0xff, 0xcf, 0x90, 0x90, 0x90, 0xe8, 0xf6, 0xff, 0xff, 0xff, 0xc3];
+        let call = [
+            0xff, 0xcf, 0x90, 0x90, 0x90, 0xe8, 0xf6, 0xff, 0xff, 0xff, 0xc3,
+        ];
         assert!(check_branches(&call, 0x1000, 0x1000..0x1005).is_ok());
         // 0x1000: dec edi ; nop*3 ; jmp 0x1000 (a loop head or tail call at the entry)
         let jmp = [0xff, 0xcf, 0x90, 0x90, 0x90, 0xe9, 0xf6, 0xff, 0xff, 0xff];
         assert!(check_branches(&jmp, 0x1000, 0x1000..0x1005).is_err());
         // A call into the middle of the overwritten bytes is refused too.
-        let mid = [0xff, 0xcf, 0x90, 0x90, 0x90, 0xe8, 0xf7, 0xff, 0xff, 0xff, 0xc3];
+        let mid = [
+            0xff, 0xcf, 0x90, 0x90, 0x90, 0xe8, 0xf7, 0xff, 0xff, 0xff, 0xc3,
+        ];
         assert!(check_branches(&mid, 0x1000, 0x1000..0x1005).is_err());
     }
 

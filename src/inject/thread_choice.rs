@@ -6,8 +6,11 @@
 //! chosen. Return addresses near the top of the stack that point into those (a cheap scan of the
 //! stack) rank a thread last, as does stdio (harmless to dlopen itself, but a constructor that
 //! prints would wait for it).
+//!
+//! The thread's signal mask and dispositions do not matter: the call stub sets its own mask for
+//! the call (synchronous faults unblocked) and nothing relies on a fault reaching rpatch.
 
-use crate::process::{Memory, ModuleMap, ProcMem, status_field};
+use crate::process::{Memory, ModuleMap, ProcMem};
 
 /// A thread considered for the injected call, best first after `rank_threads`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,17 +140,6 @@ fn stack_hazard(modules: &mut ModuleMap, mem: &ProcMem, sp: u64) -> Place {
         .unwrap_or(Place::Harmless)
 }
 
-/// Whether the thread blocks or ignores SIGSEGV: the fault that ends an injected call would then
-/// reset its disposition, so such a thread is never borrowed.
-fn segv_unusable(pid: i32, tid: i32) -> bool {
-    let bit = 1u64 << (libc::SIGSEGV - 1);
-    ["SigBlk", "SigIgn"].iter().any(|key| {
-        status_field(pid, tid, key)
-            .and_then(|v| u64::from_str_radix(&v, 16).ok())
-            .is_some_and(|mask| mask & bit != 0)
-    })
-}
-
 /// Ranks the threads of `pid` for the injected call, best first; `Err` lists why none qualifies.
 pub fn rank_threads(
     modules: &mut ModuleMap,
@@ -158,10 +150,6 @@ pub fn rank_threads(
     let mut out = Vec::new();
     let mut refused = Vec::new();
     for &tid in tids {
-        if segv_unusable(pid, tid) {
-            refused.push(format!("thread {tid} blocks or ignores SIGSEGV"));
-            continue;
-        }
         let candidate = match blocked_in(pid, tid) {
             Some((nr, sp, pc)) => assess(modules, mem, tid, pc, sp, nr >= 0),
             None => Ok(ThreadCandidate {

@@ -480,7 +480,7 @@ fn load(
     let pid = tracer.pid();
     let tid = borrow_thread(tracer, modules, log)?;
     let result = (|| {
-        let mut thread = InjectedThread::begin(tracer, tid, functions)?;
+        let mut thread = InjectedThread::begin(tracer, modules, tid, functions, log)?;
         let handle = thread.dlopen(functions, &copy.to_string_lossy(), timeout)?;
         let l_addr = thread
             .mem()

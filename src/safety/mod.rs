@@ -270,6 +270,7 @@ mod tests {
             address: 0x1003,
             source: FrameSource::Pc,
             incomplete: None,
+            outermost: false,
         };
         let text = pc.describe();
         assert!(

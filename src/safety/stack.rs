@@ -796,13 +796,8 @@ mod tests {
             let functions = [(7, ret - 1..ret)];
             let (_, hit) = inspector.find_in_stack(&regs, &functions);
             assert_eq!(
-                hit,
-                Some(StackHit {
-                    range: 7,
-                    depth,
-                    address: ret,
-                    scanned: false
-                })
+                hit.map(|h| (h.range, h.depth, h.address, h.scanned)),
+                Some((7, depth, ret, false))
             );
         }
         // The PC's own function is not "on the stack", nor is any other address.

@@ -1,0 +1,283 @@
+//! Finding room in the target for the stub: slack bytes to bootstrap from, an address for a new
+//! stub region, or a region a previous rpatch left that can be used again.
+//!
+//! Everything here reads (maps, ELF program headers, memory) and decides; the thread is driven by
+//! `InjectedThread`.
+
+use crate::process::{Mapping, Memory, ModuleMap, gaps};
+use rpatch_arch::x86_64::remote_call::{
+    BOOTSTRAP_LEN, MAGIC_VALUE, PAGE, STACK_SIZE, StubRegion, bootstrap_code, data,
+};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// Bytes after the end of an executable segment up to the end of its last page: mapped with the
+/// segment's permissions but part of no section, so nothing ever executes or reads them. The
+/// bootstrap code borrows them for a moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slack {
+    /// First byte.
+    pub addr: u64,
+    /// What the file holds there (zeros past its end): written back afterwards, so a later check
+    /// of the module against its file finds nothing changed.
+    pub original: Vec<u8>,
+    /// The module, for messages.
+    pub module: PathBuf,
+}
+
+/// The end of the executable segments of `module_names` (tried in that order, then every other
+/// module) with at least `BOOTSTRAP_LEN` bytes of slack, confirmed executable in `maps`.
+pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -> Option<Slack> {
+    let mut order: Vec<_> = modules.modules.clone();
+    // libc first (its symbols are already parsed for the loader functions), then the executable.
+    let rank = |m: &crate::process::LoadedModule| {
+        let name = m.file_name();
+        if name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl") {
+            0
+        } else if Some(m.path.as_path()) == modules.main_executable().map(|e| e.path.as_path()) {
+            1
+        } else {
+            2
+        }
+    };
+    order.sort_by_key(|m| rank(m));
+    let code = bootstrap_code();
+    for module in order {
+        let Ok(index) = modules.symbols(&module) else {
+            continue;
+        };
+        let bias = module.bias(index.load_segments());
+        for seg in index.load_segments() {
+            if !seg.executable || seg.memsz != seg.filesz {
+                continue;
+            }
+            let Some(addr) = bias.checked_add(seg.vaddr + seg.filesz) else {
+                continue;
+            };
+            let end = addr.next_multiple_of(PAGE);
+            if end - addr < BOOTSTRAP_LEN as u64 {
+                continue;
+            }
+            let mapped = maps
+                .iter()
+                .any(|m| m.start <= addr && end <= m.end && m.executable() && m.is_file());
+            if !mapped {
+                continue;
+            }
+            let len = BOOTSTRAP_LEN;
+            let Some(original) = file_bytes(&module.open_path, seg.offset + seg.filesz, len) else {
+                continue;
+            };
+            // Memory must hold the file's bytes, or our own code a killed rpatch left there;
+            // anything else means someone else uses these bytes.
+            let Ok(found) = mem.read_vec(addr, len) else {
+                continue;
+            };
+            if found != original && found != code {
+                continue;
+            }
+            return Some(Slack {
+                addr,
+                original,
+                module: module.path.clone(),
+            });
+        }
+    }
+    None
+}
+
+/// `len` bytes of the file at `offset`, zeros past its end (as the kernel maps them).
+fn file_bytes(path: &std::path::Path, offset: u64, len: usize) -> Option<Vec<u8>> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(buf)
+}
+
+/// Lowest address proposed for a region.
+const MIN_ADDR: u64 = 0x10000;
+
+/// Highest address proposed (the user address space of a 4-level page table).
+const MAX_ADDR: u64 = 0x7fff_ffff_0000;
+
+/// Addresses for a new region of `len` bytes, best first: where the kernel's own top-down
+/// `mmap` would put it, i.e. the top of the highest free gaps below the main stack, one page
+/// below the mapping above; never the gap right below `[stack]` (the main stack grows into it),
+/// nor the bottom gigabyte of the gap above `[heap]` (brk grows into it). Nothing near the
+/// executable, where jump islands must go.
+pub fn region_addresses(maps: &[Mapping], len: u64) -> Vec<u64> {
+    let stack = maps.iter().find(|m| m.path == "[stack]").map(|m| m.start);
+    let heap_end = maps.iter().find(|m| m.path == "[heap]").map(|m| m.end);
+    let mut free: Vec<(u64, u64)> = gaps(maps, MIN_ADDR, MAX_ADDR)
+        .into_iter()
+        .filter(|&(lo, hi)| hi - lo >= len + 2 * PAGE)
+        .filter(|&(_, hi)| stack.is_none_or(|s| hi < s))
+        .collect();
+    free.sort_by_key(|&(_, hi)| std::cmp::Reverse(hi));
+    free.into_iter()
+        .filter_map(|(lo, hi)| {
+            let base = (hi - PAGE - len) & !(PAGE - 1);
+            let clear_of_heap = heap_end.is_none_or(|h| lo != h || base >= lo + (1 << 30));
+            (base >= lo && clear_of_heap).then_some(base)
+        })
+        .take(3)
+        .collect()
+}
+
+/// Whether `maps` shows exactly the region's two mappings: the code page `r-x` and the stack +
+/// data `rw-`, both anonymous, with these bounds (a mapping someone else made there would not
+/// have both).
+pub fn region_mapped(maps: &[Mapping], region: &StubRegion) -> (bool, bool) {
+    let anon = |m: &&Mapping| m.inode == 0 && m.path.is_empty();
+    let code = maps.iter().filter(anon).any(|m| {
+        m.start == region.code() && m.end == region.code() + PAGE && m.perms.starts_with("r-x")
+    });
+    let rw = maps.iter().filter(anon).any(|m| {
+        m.start == region.rw_start()
+            && m.end == region.rw_start() + region.rw_len()
+            && m.perms.starts_with("rw-")
+    });
+    (code, rw)
+}
+
+/// A region a previous rpatch mapped in this target and that is idle (`DONE` = 1, so no thread
+/// is running a call in it), with a data block big enough for `xsave_len`. It is recognised by
+/// its code page holding exactly the stub `stub_for(base)` would write and its data block's
+/// magic.
+pub fn find_idle_region(
+    maps: &[Mapping],
+    mem: &dyn Memory,
+    xsave_len: u64,
+    stub_for: impl Fn(&StubRegion) -> Option<Vec<u8>>,
+) -> Option<StubRegion> {
+    maps.iter()
+        .filter(|m| m.inode == 0 && m.path.is_empty() && m.perms.starts_with("r-x"))
+        .find_map(|m| {
+            let region = StubRegion {
+                base: m.end - PAGE,
+                xsave_len,
+            };
+            let rw = maps.iter().find(|n| n.start == m.end)?;
+            if !(rw.inode == 0 && rw.perms.starts_with("rw-")) {
+                return None;
+            }
+            let data_at = region.data();
+            let magic = mem.read_u64(data_at + data::MAGIC).ok()?;
+            let data_len = mem.read_u64(data_at + data::DATA_LEN).ok()?;
+            let done = mem.read_u64(data_at + data::DONE).ok()?;
+            let fits = data_len >= region.data_len() && rw.end >= data_at + region.data_len();
+            if magic != MAGIC_VALUE || done != 1 || !fits || rw.start > region.rw_start() {
+                return None;
+            }
+            let code = stub_for(&region)?;
+            let found = mem.read_vec(region.code(), code.len()).ok()?;
+            (found == code).then_some(region)
+        })
+}
+
+/// Stack size reported in messages.
+pub const REGION_STACK_KIB: u64 = STACK_SIZE / 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{FakeMemory, parse_maps};
+    use rpatch_arch::x86_64::remote_call::idle_header;
+
+    #[test]
+    fn region_goes_at_the_top_of_the_big_gap_below_the_libraries() {
+        let maps = parse_maps(
+            "555555554000-555555556000 r-xp 0 0:0 1 /bin/app\n\
+             555555556000-555555577000 rw-p 0 0:0 0 [heap]\n\
+             7ffff7d00000-7ffff7f00000 r-xp 0 0:0 2 /lib/libc.so.6\n\
+             7ffffffde000-7ffffffff000 rw-p 0 0:0 0 [stack]\n",
+        );
+        let len = 0x44000;
+        let bases = region_addresses(&maps, len);
+        assert_eq!(bases[0], 0x7ffff7d00000 - PAGE - len);
+        for b in &bases {
+            assert!(
+                *b + len <= 0x7ffffffde000 - PAGE || *b >= 0x7ffffffff000,
+                "{b:#x}"
+            );
+            assert!(
+                !(0x555555577000..0x555555577000 + (1 << 30)).contains(b),
+                "{b:#x} right above the heap"
+            );
+        }
+    }
+
+    #[test]
+    fn region_bounds_must_match_exactly() {
+        let region = StubRegion {
+            base: 0x7000_0000_0000,
+            xsave_len: 2696,
+        };
+        let text = format!(
+            "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
+            region.code(),
+            region.code() + PAGE,
+            region.rw_start(),
+            region.rw_start() + region.rw_len()
+        );
+        assert_eq!(region_mapped(&parse_maps(&text), &region), (true, true));
+        let merged = format!(
+            "{:x}-{:x} r-xp 0 0:0 0 \n",
+            region.code() - PAGE,
+            region.code() + PAGE
+        );
+        assert_eq!(region_mapped(&parse_maps(&merged), &region), (false, false));
+    }
+
+    #[test]
+    fn an_idle_region_with_our_code_is_found_and_a_busy_one_is_not() {
+        let region = StubRegion {
+            base: 0x7000_0000_0000,
+            xsave_len: 1024,
+        };
+        let maps = parse_maps(&format!(
+            "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
+            region.code(),
+            region.code() + PAGE,
+            region.rw_start(),
+            region.rw_start() + region.rw_len()
+        ));
+        let code = vec![0x90u8; 64];
+        let mem = FakeMemory::default();
+        mem.map(region.code(), code.clone());
+        mem.map(region.data(), vec![0; region.data_len() as usize]);
+        mem.write_at(region.data(), &idle_header(region.data_len()))
+            .unwrap();
+        let stub = |_: &StubRegion| Some(code.clone());
+        assert_eq!(
+            find_idle_region(&maps, &mem, 1024, stub),
+            Some(region),
+            "idle region with our code"
+        );
+        assert_eq!(
+            find_idle_region(&maps, &mem, 1024, |_| Some(vec![0xcc; 64])),
+            None,
+            "other code"
+        );
+        assert_eq!(
+            find_idle_region(&maps, &mem, 64 * 1024, stub),
+            None,
+            "XSAVE area too small"
+        );
+        mem.write_at(region.data() + data::DONE, &0u64.to_le_bytes())
+            .unwrap();
+        assert_eq!(
+            find_idle_region(&maps, &mem, 1024, stub),
+            None,
+            "a call runs in it"
+        );
+    }
+}
