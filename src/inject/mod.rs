@@ -263,14 +263,15 @@ fn fp_layout(ptrace_len: usize) -> (FpSave, u64) {
     (FpSave::Xsave, enabled.max(ptrace_len as u64).max(576))
 }
 
-/// ESRCH from ptrace on the borrowed thread, which rpatch holds traced: it can only have vanished
-/// because the whole process is being torn down, so that is what is reported.
+/// ESRCH from ptrace on the borrowed thread, which rpatch holds traced: when the process is gone
+/// it vanished because the process is being torn down, and that is what is reported; otherwise
+/// the request met the thread running, and the error says which request.
 fn exited_if_esrch(pid: i32) -> impl Fn(InjectError) -> InjectError {
     move |e| match e {
         InjectError::Process(ProcessError::Ptrace {
             errno: Errno::ESRCH,
             ..
-        }) => ProcessError::Exited { pid }.into(),
+        }) if process::live_task(pid).is_none() => ProcessError::Exited { pid }.into(),
         e => e,
     }
 }
@@ -1130,15 +1131,31 @@ mod tests {
     }
 
     #[test]
-    fn a_vanished_borrowed_thread_means_the_process_exited() {
+    fn a_vanished_borrowed_thread_means_the_process_exited_only_when_it_did() {
         let esrch = InjectError::from(ProcessError::Ptrace {
             op: "GETREGS",
             tid: 12,
             errno: Errno::ESRCH,
         });
+        let gone = i32::MAX;
+        let alive = std::process::id() as i32;
+        let copy = |e: &InjectError| match e {
+            InjectError::Process(ProcessError::Ptrace { op, tid, errno }) => {
+                InjectError::from(ProcessError::Ptrace {
+                    op,
+                    tid: *tid,
+                    errno: *errno,
+                })
+            }
+            _ => unreachable!(),
+        };
         assert!(matches!(
-            exited_if_esrch(10)(esrch),
-            InjectError::Process(ProcessError::Exited { pid: 10 })
+            exited_if_esrch(alive)(copy(&esrch)),
+            InjectError::Process(ProcessError::Ptrace { .. })
+        ));
+        assert!(matches!(
+            exited_if_esrch(gone)(esrch),
+            InjectError::Process(ProcessError::Exited { pid }) if pid == gone
         ));
         let eperm = InjectError::from(ProcessError::Ptrace {
             op: "GETREGS",
@@ -1146,7 +1163,7 @@ mod tests {
             errno: Errno::EPERM,
         });
         assert!(matches!(
-            exited_if_esrch(10)(eperm),
+            exited_if_esrch(gone)(eperm),
             InjectError::Process(ProcessError::Ptrace { .. })
         ));
     }
