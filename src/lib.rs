@@ -4,6 +4,7 @@
 //! each a pipeline of named phases (see `patch`). The `rpatch` binary is a thin front end.
 
 mod error;
+mod fault;
 pub mod inject;
 pub mod journal;
 pub mod log;

@@ -41,7 +41,6 @@ use rpatch_arch::x86_64::remote_call::{
     self as stub, BOOTSTRAP_FRAME_LEN, BOOTSTRAP_LEN, CallBlock, CallStub, ENTRY_RFLAGS, FpSave,
     PAGE, RED_ZONE, SYS_MMAP, StubRegion, Syscall, data,
 };
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Errors of the injection layer.
@@ -121,29 +120,6 @@ pub enum InjectError {
     /// A process-level failure.
     #[error(transparent)]
     Process(#[from] ProcessError),
-}
-
-/// Test hook: when the environment variable `RPATCH_FAULT` names this point, rpatch kills itself
-/// with SIGKILL here, so tests can prove the target survives rpatch dying at that moment.
-/// `RPATCH_FAULT=NAME:MICROS` first sleeps that long (the target runs on meanwhile), to land the
-/// death anywhere inside what was just started. Points: `bootstrap` (the thread was just resumed
-/// into the slack code), `load-call` (into the stub for `dlopen`), `call` (any other call).
-pub fn fault_point(name: &str) {
-    static FAULT: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    let fault = FAULT.get_or_init(|| {
-        let value = std::env::var("RPATCH_FAULT").ok()?;
-        Some(match value.split_once(':') {
-            Some((point, micros)) => (point.to_string(), micros.parse().unwrap_or(0)),
-            None => (value, 0),
-        })
-    });
-    if let Some((point, micros)) = fault
-        && point == name
-    {
-        std::thread::sleep(Duration::from_micros(*micros));
-        // SAFETY: kill takes no pointers; SIGKILL ends this process at once.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
 }
 
 /// Runtime addresses of the libc functions rpatch calls in the target.
@@ -796,7 +772,7 @@ impl<'t> InjectedThread<'t> {
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a0, a1, a2, a3, a4, a5);
         self.tracer.set_regs(self.tid, regs)?;
         self.cont(0)?;
-        fault_point("bootstrap");
+        crate::fault::point("bootstrap");
         let code = slack.addr..slack.addr + BOOTSTRAP_LEN as u64;
         std::thread::sleep(Duration::from_micros(20));
         self.settle("mmap", &|rip| code.contains(&rip))?;
@@ -911,7 +887,7 @@ impl<'t> InjectedThread<'t> {
         };
         self.tracer.set_regs(self.tid, entry)?;
         self.cont(0)?;
-        fault_point(fault_name);
+        crate::fault::point(fault_name);
 
         let deadline = Instant::now() + call.timeout;
         let mut fault = None;

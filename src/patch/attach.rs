@@ -169,6 +169,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         options.load_timeout,
         log,
     )?;
+    crate::fault::point("loaded");
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
     // intent and the freeze (nothing slow while frozen).
     // --allow-active skips the stack check (the PC check stays).
@@ -226,6 +227,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         "journal",
         format!("intent recorded in {}", journal.path().display()),
     );
+    crate::fault::point("intent");
 
     let ranges: Vec<GuardedRange> = planned
         .iter()
@@ -238,6 +240,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         })
         .collect();
     let result = frozen_write(
+        "",
         &mut tracer,
         &ranges,
         stacks.as_mut(),
@@ -393,6 +396,9 @@ fn write_patches(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error>
     }
     let mut written: Vec<&PatchRecord> = Vec::new();
     let result = records.iter().try_for_each(|r| {
+        if !written.is_empty() {
+            crate::fault::point("write");
+        }
         if let Some(slot) = r.island_slot {
             mem.write_at(slot, &isa::island_slot(r.replacement))
                 .map_err(|e| io(r, e))?;

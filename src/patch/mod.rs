@@ -38,8 +38,10 @@ fn identify(pid: i32, log: &Log) -> Result<(ProcessInfo, TargetIdentity), Error>
 /// Phases 4 to 7: freeze every thread, check no PC is inside `ranges` (and, with `stacks`, no
 /// return address into their functions on any stack), run `write` while frozen, and thaw. When a
 /// thread is in the way, thaw, back off and retry until `timeout`.
-/// Returns how long the world was frozen in the successful round.
+/// Returns how long the world was frozen in the successful round. `fault` prefixes the names
+/// of the fault-injection points reached (`frozen`, `written`, `thawed`; see `fault`).
 fn frozen_write(
+    fault: &str,
     tracer: &mut Tracer,
     ranges: &[GuardedRange],
     mut stacks: Option<&mut StackInspector>,
@@ -64,6 +66,7 @@ fn frozen_write(
             "freeze",
             format!("{} threads stopped", tracer.threads().count()),
         );
+        crate::fault::point(&format!("{fault}frozen"));
         match find_blocker(tracer, ranges, stacks.as_deref_mut(), log) {
             Some(blocker) => {
                 tracer.release_all();
@@ -85,8 +88,12 @@ fn frozen_write(
             None => {
                 tracer.enable_poke_fallback();
                 let result = write(tracer);
+                if result.is_ok() {
+                    crate::fault::point(&format!("{fault}written"));
+                }
                 let write_path = tracer.mem().last_write_path();
                 tracer.release_all();
+                crate::fault::point(&format!("{fault}thawed"));
                 let frozen = frozen_at.elapsed();
                 log.step(
                     "thaw",

@@ -107,6 +107,7 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
         }
     }
     journal.save()?;
+    crate::fault::point("rollback-intent");
     // Unwind tables are read before anything is stopped.
     let mut stacks = if ranges.iter().any(|r| r.stack_range.is_some()) {
         Some(StackInspector::for_process(pid, &info.exe, log)?)
@@ -114,6 +115,7 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
         None
     };
     let result = frozen_write(
+        "rollback-",
         &mut tracer,
         &ranges,
         stacks.as_mut(),
@@ -248,7 +250,10 @@ fn restore(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
         }
         model.insert(r.address, r.original.clone());
     }
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
+        if i == 1 {
+            crate::fault::point("rollback-write");
+        }
         mem.write_at(r.address, &r.original).map_err(|e| io(r, e))?;
         if let Some(slot) = r.island_slot {
             mem.write_at(slot, &[0u8; isa::ISLAND_SLOT_LEN])
