@@ -34,3 +34,43 @@ fn interrupted_pc_in_a_signal_frame_blocks_the_patch() {
     assert_untraced(target.pid());
     assert_eq!(target.cmd("call 4"), "compute 4 5");
 }
+
+/// A thread inside a signal handler (blocked in read() there) is never the one borrowed for the
+/// injected dlopen — the code it interrupted may hold any lock — even though a thread blocked in
+/// a syscall is otherwise preferred: the main thread (in stdio) is borrowed instead.
+#[test]
+fn a_thread_in_a_signal_handler_is_not_borrowed() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("sighandler"), &[]);
+    assert_eq!(target.cmd("trap"), "trapped");
+    let lib = t.bin("fix_basic.so");
+    let pid = target.pid_arg();
+    let run = rpatch(
+        state.path(),
+        &[
+            "attach",
+            &pid,
+            "--lib",
+            lib.to_str().unwrap(),
+            "--func",
+            "compute",
+            "-v",
+        ],
+    );
+    run.expect_ok();
+    let borrowed = run
+        .stderr
+        .lines()
+        .find_map(|l| l.split("borrowing thread ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no borrowing line in:\n{}", run.stderr));
+    assert_eq!(
+        borrowed, pid,
+        "borrowed a thread other than main:\n{}",
+        run.stderr
+    );
+    assert_eq!(target.cmd("call 4"), "compute 4 400");
+    assert_eq!(target.cmd("release"), "released 1");
+    assert_untraced(target.pid());
+}

@@ -31,7 +31,7 @@ mod resume;
 mod thread_choice;
 
 pub use resume::resume_state;
-pub use thread_choice::{ThreadCandidate, assess as assess_thread, rank_threads};
+pub use thread_choice::{ThreadCandidate, assess as assess_thread, assess_stack, rank_threads};
 
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcMem, ProcessError, Stop, Tracer};

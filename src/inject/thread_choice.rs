@@ -11,6 +11,7 @@
 //! the call (synchronous faults unblocked) and nothing relies on a fault reaching rpatch.
 
 use crate::process::{Memory, ModuleMap, ProcMem};
+use crate::safety::StackWalk;
 
 /// A thread considered for the injected call, best first after `rank_threads`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +152,9 @@ pub fn rank_threads(
     let mut refused = Vec::new();
     for &tid in tids {
         let candidate = match blocked_in(pid, tid) {
+            Some((nr, ..)) if VFORK_SYSCALLS.contains(&nr) => Err(format!(
+                "thread {tid} is in vfork/clone (a child may be running on its stack)"
+            )),
             Some((nr, sp, pc)) => assess(modules, mem, tid, pc, sp, nr >= 0),
             None => Ok(ThreadCandidate {
                 tid,
@@ -169,6 +173,35 @@ pub fn rank_threads(
     } else {
         Ok(out)
     }
+}
+
+/// Syscalls in which a thread must not be borrowed: `vfork` (and the `clone`s that may carry
+/// CLONE_VFORK) block the parent while a child runs on the parent's stack and memory.
+const VFORK_SYSCALLS: [i64; 3] = [56, 58, 435];
+
+/// Judges a stopped thread from its unwound stack (exact, unlike the scan): refuses one inside
+/// a signal handler (the interrupted code may hold any lock, and the handler runs on its stack)
+/// or with a frame in the dynamic loader or the allocator.
+pub fn assess_stack(modules: &mut ModuleMap, walk: &StackWalk, tid: i32) -> Result<(), String> {
+    if !walk.interrupted.is_empty() {
+        return Err(format!("thread {tid} is inside a signal handler"));
+    }
+    for (depth, &addr) in walk.frames.iter().enumerate() {
+        // A return address belongs to the call before it.
+        let code = if depth == 0 {
+            addr
+        } else {
+            addr.wrapping_sub(1)
+        };
+        match classify(modules, code) {
+            Place::Loader => {
+                return Err(format!("thread {tid} has the dynamic loader on its stack"));
+            }
+            Place::Allocator => return Err(format!("thread {tid} has the allocator on its stack")),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Judges a thread from its PC and stack pointer (after it was stopped, with exact registers).

@@ -5,7 +5,9 @@ use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{frozen_write, identify, now_secs};
 use crate::Error;
 use crate::error::hex;
-use crate::inject::{InjectError, InjectedThread, LoaderFunctions, assess_thread, rank_threads};
+use crate::inject::{
+    InjectError, InjectedThread, LoaderFunctions, assess_stack, assess_thread, rank_threads,
+};
 use crate::journal::{Island, Journal, JournalData, JumpMethod, PatchRecord, PatchState, StateDir};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcessError, ProcessInfo, Stop, Tracer};
@@ -567,6 +569,11 @@ fn borrow_thread(tracer: &mut Tracer, modules: &mut ModuleMap, log: &Log) -> Res
     let ranked = rank_threads(modules, tracer.mem(), &tids)
         .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
     let mut refused = Vec::new();
+    // Unwinding the candidate's stack tells exactly what it is in the middle of; without unwind
+    // tables the stack scan of `rank_threads` is what decides.
+    let mut stacks = process::read_maps(pid)
+        .ok()
+        .and_then(|maps| StackInspector::new(modules, &maps, log).ok());
     for candidate in ranked {
         if !tracer.seize(candidate.tid, Instant::now() + Duration::from_secs(2))? {
             continue;
@@ -583,8 +590,22 @@ fn borrow_thread(tracer: &mut Tracer, modules: &mut ModuleMap, log: &Log) -> Res
             in_syscall,
         ) {
             Ok(c) if usable => {
-                log.step("load", format!("borrowing thread {} ({})", c.tid, c.why));
-                return Ok(c.tid);
+                let unwound = match stacks.as_mut() {
+                    Some(inspector) => {
+                        assess_stack(modules, &inspector.walk(&state.regs), candidate.tid)
+                    }
+                    None => Ok(()),
+                };
+                match unwound {
+                    Ok(()) => {
+                        log.step("load", format!("borrowing thread {} ({})", c.tid, c.why));
+                        return Ok(c.tid);
+                    }
+                    Err(why) => {
+                        log.step("load", format!("passing over: {why}"));
+                        refused.push(why);
+                    }
+                }
             }
             Ok(_) => refused.push(format!(
                 "thread {} has a signal being delivered",

@@ -13,7 +13,11 @@
 #include <signal.h>
 #include <sys/syscall.h>
 
-PATCHABLE int compute(int x) { return x + 1; }
+PATCHABLE int compute(int x) {
+    static volatile int calls; /* makes it long enough to patch */
+    calls++;
+    return x + 1;
+}
 
 /* sigtrapped: `syscall` is its first instruction; the caller loads tgkill's number and
  * arguments, so the signal is taken with the PC 2 bytes into the function. */
