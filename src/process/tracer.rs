@@ -288,12 +288,22 @@ impl Tracer {
                 Err(e) => return Err(e),
             };
             let mut asked = Vec::new();
+            let mut new = false;
             for &tid in &tids {
-                if !self.threads.contains_key(&tid) && self.seize_and_interrupt(tid)? {
+                if self.threads.contains_key(&tid) {
+                    continue;
+                }
+                if blocked_in_eintr_only_syscall(self.pid, tid) {
+                    // Stopped and repaired at once: between the interrupt and the repair, a
+                    // tracer that dies would leave this thread's call returning EINTR, so that
+                    // window is kept to the few microseconds a sleeping thread takes to stop.
+                    if self.seize_and_interrupt(tid)? {
+                        new |= self.await_stop(tid, deadline)?;
+                    }
+                } else if self.seize_and_interrupt(tid)? {
                     asked.push(tid);
                 }
             }
-            let mut new = false;
             for tid in asked {
                 new |= self.await_stop(tid, deadline)?;
             }
@@ -407,6 +417,14 @@ impl Tracer {
         self.mem
             .set_poke_thread(self.threads.keys().next().map(|t| Pid::from_raw(*t)));
     }
+}
+
+/// Whether a thread is blocked in one of `EINTR_ONLY_SYSCALLS` (from /proc, before any ptrace).
+fn blocked_in_eintr_only_syscall(pid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .is_some_and(|nr| EINTR_ONLY_SYSCALLS.contains(&nr))
 }
 
 /// Whether a thread is gone, a zombie, or dead: an EPERM from PTRACE_SEIZE then means "exiting",
