@@ -105,3 +105,87 @@ fn cycles_under_a_signal_storm() {
     assert_eq!(stat(&stats, "spurious"), 0, "{stats}");
     assert_untraced(target.pid());
 }
+
+/// Short version of scripts/kill-stress.sh: rpatch is SIGKILLed at 12 pseudo-random instants of
+/// attach and rollback against the 8-thread target; after each kill the target is untraced,
+/// answers, and runs exactly what `status` says is applied; `rollback --all` restores it.
+#[test]
+fn random_kills_during_attach_and_rollback() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("sigstorm"), &["8"]);
+    let pid = target.pid_arg();
+    let lib = t.bin("fix_basic.so");
+    let attach = [
+        "attach",
+        &pid,
+        "--lib",
+        lib.to_str().unwrap(),
+        "--func",
+        "compute",
+    ];
+    let rollback = ["rollback", &pid];
+    // How long each takes, to spread the kills over the whole operation.
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        rpatch(state.path(), args).expect_ok();
+        started.elapsed()
+    };
+    let span_attach = timed(&attach);
+    let span_rollback = timed(&rollback);
+    let mut seed = u64::from(std::process::id()) | 1;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..12 {
+        let applied = rpatch(state.path(), &["status", &pid, "--json"])
+            .stdout
+            .contains("\"applied\"");
+        let (args, span): (&[&str], _) = if applied && next() % 2 == 0 {
+            (&rollback, span_rollback)
+        } else {
+            (&attach, span_attach)
+        };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rpatch"))
+            .args(args)
+            .env("RPATCH_STATE_DIR", state.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The random instant of the kill is the experiment, not a synchronisation.
+        std::thread::sleep(span.mul_f64((next() % 1000) as f64 / 1000.0));
+        let _ = child.kill();
+        let _ = child.wait();
+
+        assert_untraced(target.pid());
+        let status = rpatch(state.path(), &["status", &pid, "--json"]);
+        status.expect_ok();
+        assert!(
+            !status.stdout.contains("\"tampered\""),
+            "round {round}: {}",
+            status.stdout
+        );
+        let active = status
+            .stdout
+            .contains("\"state\":\"applied\",\"active\":true");
+        let expected = if active {
+            "compute 5 500"
+        } else {
+            "compute 5 6"
+        };
+        assert_eq!(
+            target.cmd("call 5"),
+            expected,
+            "round {round}: {}",
+            status.stdout
+        );
+    }
+    rpatch(state.path(), &["rollback", &pid, "--all"]);
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+    assert_untraced(target.pid());
+}

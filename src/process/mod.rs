@@ -175,6 +175,12 @@ pub fn status_field(pid: i32, tid: i32, key: &str) -> Option<String> {
     })
 }
 
+/// Whether an `x86_Thread_features` status value (the features enabled for the thread, e.g.
+/// `shstk wrss`) includes the shadow stack.
+fn shadow_stack_enabled(features: &str) -> bool {
+    features.split_whitespace().any(|w| w == "shstk")
+}
+
 /// Thread name (`comm`) of a thread, for messages.
 pub fn thread_name(pid: i32, tid: i32) -> String {
     fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
@@ -259,9 +265,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         if status_field(pid, tid, "Seccomp").as_deref() == Some("2") {
             seccomp_threads.push(tid);
         }
-        if status_field(pid, tid, "x86_Thread_features")
-            .is_some_and(|f| f.split_whitespace().any(|w| w == "shstk"))
-        {
+        if status_field(pid, tid, "x86_Thread_features").is_some_and(|f| shadow_stack_enabled(&f)) {
             shadow_stack_threads.push(tid);
         }
     }
@@ -312,6 +316,14 @@ mod tests {
         assert_eq!(state, 'S');
         assert_eq!(start, 98765);
         assert_eq!(comm, "a) b (c)");
+    }
+
+    #[test]
+    fn shadow_stack_is_read_from_the_enabled_features() {
+        assert!(shadow_stack_enabled("shstk wrss"));
+        assert!(shadow_stack_enabled("wrss shstk"));
+        assert!(!shadow_stack_enabled(""));
+        assert!(!shadow_stack_enabled("wrss"));
     }
 
     #[test]
