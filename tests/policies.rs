@@ -127,7 +127,9 @@ fn writable_library_is_refused_unless_allowed() {
     // Not writable by others, but owned by a user who is neither root nor the target's.
     std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::os::unix::fs::chown(&lib, Some(65534), Some(65534)).unwrap();
-    let message = rpatch(state.path(), &base).expect_error(exit::REFUSED).to_string();
+    let message = rpatch(state.path(), &base)
+        .expect_error(exit::REFUSED)
+        .to_string();
     assert!(message.contains("owned by uid 65534"), "{message}");
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     let mut allowed = base.to_vec();
