@@ -4,8 +4,8 @@
 use clap::{Args, Parser, Subcommand};
 use rpatch::log::Log;
 use rpatch::{
-    Allowances, AttachOptions, AttachReport, Error, FunctionRequest, RollbackOptions,
-    RollbackReport, RollbackSelection, StatusReport,
+    Allowances, AttachOptions, AttachReport, Error, FunctionRequest, ResolveOptions, ResolveReport,
+    RollbackOptions, RollbackReport, RollbackSelection, StatusReport,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +26,9 @@ enum Command {
     Rollback(RollbackArgs),
     /// Show recorded patches, each verified against the target's memory.
     Status(StatusArgs),
+    /// List the functions matching a name, glob (`crate::*::calc`) or substring, with size,
+    /// file:line, signature, generic instance, aliases, clones and inlined copies.
+    Resolve(ResolveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +75,30 @@ struct AttachArgs {
     /// Load a library that is group/world-writable or owned by another non-root user.
     #[arg(long)]
     allow_insecure_lib: bool,
+    /// Patch even when the replacement's DWARF signature differs from the function's.
+    #[arg(long)]
+    force: bool,
+    /// Refuse a function that was inlined into callers (they would keep the old code).
+    #[arg(long)]
+    strict: bool,
+    /// When a name matches several functions (generic instances), patch each of them.
+    #[arg(long)]
+    all_matches: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct ResolveArgs {
+    /// `PID PATTERN`, or `PATTERN` alone with --exe.
+    #[arg(value_name = "PID|PATTERN", num_args = 1..=2, required = true)]
+    args: Vec<String>,
+    /// Search this file instead of a process (addresses as linked).
+    #[arg(long, value_name = "PATH")]
+    exe: Option<PathBuf>,
+    /// Skip the scan for inlined copies (it reads all of the DWARF).
+    #[arg(long)]
+    no_inlined: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -124,6 +151,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 timeout: seconds(a.timeout),
                 load_timeout: seconds(a.load_timeout),
                 dry_run: a.dry_run,
+                force: a.force,
+                strict: a.strict,
+                all_matches: a.all_matches,
                 allow: Allowances {
                     stopped: a.allow_stopped,
                     seccomp: a.allow_seccomp,
@@ -155,6 +185,28 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 rpatch::rollback(&options, &log).map(Output::Rollback),
             )
         }
+        Command::Resolve(r) => {
+            let log = Log::new(r.common.verbose);
+            let (pid, pattern) = match (&r.exe, r.args.as_slice()) {
+                (Some(_), [pattern]) => (None, pattern.clone()),
+                (None, [pid, pattern]) => match pid.parse::<i32>() {
+                    Ok(pid) => (Some(pid), pattern.clone()),
+                    Err(_) => usage(format!("PID must be a number, not {pid:?}")),
+                },
+                (Some(_), _) => usage("with --exe, give only the PATTERN".into()),
+                (None, _) => usage("give PID PATTERN, or --exe PATH PATTERN".into()),
+            };
+            let options = ResolveOptions {
+                pid,
+                exe: r.exe,
+                pattern,
+                inlined: !r.no_inlined,
+            };
+            (
+                r.common.json,
+                rpatch::resolve(&options, &log).map(|r| Output::Resolve(Box::new(r))),
+            )
+        }
         Command::Status(s) => {
             let log = Log::new(s.common.verbose);
             (
@@ -179,6 +231,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Exits with clap's usage error (code 2).
+fn usage(message: String) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
 fn report_error(error: &Error, json: bool) -> anyhow::Result<()> {
     eprintln!("rpatch: error: {error}");
     if json {
@@ -194,6 +254,7 @@ enum Output {
     Attach(Box<AttachReport>),
     Rollback(RollbackReport),
     Status(StatusReport),
+    Resolve(Box<ResolveReport>),
 }
 
 impl Output {
@@ -202,12 +263,14 @@ impl Output {
             Output::Attach(r) => serde_json::to_string(r),
             Output::Rollback(r) => serde_json::to_string(r),
             Output::Status(r) => serde_json::to_string(r),
+            Output::Resolve(r) => serde_json::to_string(r),
         }
     }
 
     fn text(&self) -> String {
         let mut out = String::new();
         match self {
+            Output::Resolve(r) => out += &r.text(),
             Output::Attach(r) if r.dry_run => {
                 out += &format!("dry run: would patch PID {}:\n", r.pid);
                 for p in &r.patches {

@@ -57,6 +57,42 @@ pub enum Error {
         /// Candidates with addresses and locations.
         candidates: String,
     },
+    /// No function matches a `resolve` pattern.
+    #[error("no function matches {pattern} in {place}{hint}")]
+    NoMatch {
+        /// Pattern given.
+        pattern: String,
+        /// Where it was searched (PID or file).
+        place: String,
+        /// ": did you mean a, b?" or a note.
+        hint: String,
+    },
+    /// The replacement's DWARF signature differs from the function's.
+    #[error(
+        "the signature of {function} differs from its replacement's ({differences}):\n  target       {target}\n  replacement  {replacement}\ncalls would pass or return the wrong values; fix the replacement, or pass --force to patch anyway"
+    )]
+    SignatureMismatch {
+        /// Function.
+        function: String,
+        /// Its signature (types with sizes).
+        target: String,
+        /// The replacement's signature.
+        replacement: String,
+        /// What differs.
+        differences: String,
+    },
+    /// `--strict`: the function was inlined into callers that would keep the old code.
+    #[error(
+        "{function} was inlined into {count} place(s) that keep the old code after the patch: {callers}; patch those callers too, or drop --strict to patch the out-of-line copy only"
+    )]
+    InlinedCopies {
+        /// Function.
+        function: String,
+        /// How many inlined copies.
+        count: usize,
+        /// The callers holding them, with call sites.
+        callers: String,
+    },
     /// The function cannot take an entry jump.
     #[error("cannot patch {function}: {reason}")]
     Unpatchable {
@@ -163,7 +199,7 @@ impl Error {
                 | InjectError::CallTimeout { .. },
             ) => 8,
             Error::Inject(_) => 19,
-            Error::FunctionNotFound { .. } => 9,
+            Error::FunctionNotFound { .. } | Error::NoMatch { .. } => 9,
             Error::Ambiguous { .. } => 10,
             Error::Unpatchable { .. } => 11,
             Error::ReplacementMissing { .. } => 12,
@@ -176,6 +212,8 @@ impl Error {
             Error::Unsupported { .. } => 19,
             Error::Refused { .. } => 20,
             Error::Symbols(_) => 1,
+            Error::SignatureMismatch { .. } => 21,
+            Error::InlinedCopies { .. } => 22,
         }
     }
 
@@ -200,6 +238,8 @@ impl Error {
             18 => "stacked_patch",
             19 => "target_unsupported",
             20 => "refused",
+            21 => "signature_mismatch",
+            22 => "inlined_copies",
             _ => "internal",
         }
     }

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod log;
 pub mod patch;
 pub mod process;
+pub mod resolve;
 pub mod safety;
 pub mod symbols;
 
@@ -18,6 +19,8 @@ pub use patch::{
     Allowances, AttachOptions, AttachReport, FunctionRequest, RollbackOptions, RollbackReport,
     RollbackSelection, StatusReport,
 };
+
+pub use resolve::{ResolveOptions, ResolveReport};
 
 use log::Log;
 use process::ProcessError;
@@ -35,6 +38,11 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
 /// Lists recorded patches of `pid`, each verified against memory.
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     exited_if_gone(pid, patch::status(pid, log))
+}
+
+/// Lists the functions matching a pattern in a process or a file (see [`ResolveOptions`]).
+pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Error> {
+    resolve::resolve(options, log)
 }
 
 /// A failure of any kind while the target died under us is reported as the death: whichever

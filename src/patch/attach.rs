@@ -32,6 +32,12 @@ pub struct AttachOptions {
     pub load_timeout: Duration,
     /// Stop after planning; touch nothing.
     pub dry_run: bool,
+    /// `--force`: patch even when the DWARF signatures of function and replacement differ.
+    pub force: bool,
+    /// `--strict`: refuse a function that has inlined copies (they keep the old code).
+    pub strict: bool,
+    /// `--all-matches`: a name matching several functions (generic instances) patches each.
+    pub all_matches: bool,
     /// Safety policies the user chose to override.
     pub allow: Allowances,
 }
@@ -93,6 +99,9 @@ pub struct AttachReport {
     pub frozen_us: u64,
     /// Wall time of the whole operation.
     pub total_ms: f64,
+    /// What the patch will not change or could not check (inlined copies, clones, aliases,
+    /// signatures without DWARF, compiler versions).
+    pub warnings: Vec<String>,
 }
 
 fn summary(p: &PlannedFunction, library: &std::path::Path) -> PatchSummary {
@@ -129,7 +138,22 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     let library = plan::open_library(&options.library)?;
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe);
-    let planned = plan::plan(&mut modules, &library, &options.functions)?;
+    let plan::Plan {
+        functions: planned,
+        warnings,
+    } = plan::plan(
+        &mut modules,
+        &library,
+        &options.functions,
+        plan::Checks {
+            force: options.force,
+            strict: options.strict,
+            all_matches: options.all_matches,
+        },
+    )?;
+    for w in &warnings {
+        eprintln!("rpatch: warning: {w}");
+    }
     for p in &planned {
         log.step(
             "plan",
@@ -154,6 +178,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
                 .collect(),
             frozen_us: 0,
             total_ms: log.elapsed_ms(),
+            warnings,
         });
     }
 
@@ -283,6 +308,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
             .collect(),
         frozen_us: frozen.as_micros() as u64,
         total_ms: log.elapsed_ms(),
+        warnings,
     })
 }
 

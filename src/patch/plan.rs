@@ -4,9 +4,12 @@
 use crate::Error;
 use crate::error::hex;
 use crate::process::{LoadedModule, ModuleMap};
-use crate::symbols::{FunctionSymbol, Resolution, SymbolIndex};
+use crate::symbols::{
+    DebugInfoSource, FunctionSymbol, InlineSite, Pattern, Resolution, Signature, SymbolIndex,
+};
 use rpatch_arch::x86_64 as isa;
 use std::path::Path;
+use std::rc::Rc;
 
 /// One `--func OLD[=NEW]` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,33 @@ pub struct PlannedFunction {
     /// Whether the 14-byte absolute jump (the fallback when no island can be placed) fits: the
     /// function has room for it and no branch of its own targets those bytes.
     pub absolute_fits: bool,
+    /// The function's DWARF signature, when known.
+    pub signature: Option<Signature>,
+    /// The replacement's DWARF signature, when known.
+    pub replacement_signature: Option<Signature>,
+    /// Where the function was inlined (those copies keep the old code); empty when it was not,
+    /// or when the module has no DWARF to tell.
+    pub inlined: Vec<InlineSite>,
+}
+
+/// The checks `plan` makes beyond resolution, and their overrides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checks {
+    /// `--force`: a signature mismatch is a warning, not an error.
+    pub force: bool,
+    /// `--strict`: inlined copies are an error, not a warning.
+    pub strict: bool,
+    /// `--all-matches`: a name matching several functions plans each of them.
+    pub all_matches: bool,
+}
+
+/// The planned functions, and what the user should know about them.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// In request order (a request with `--all-matches` may give several).
+    pub functions: Vec<PlannedFunction>,
+    /// Inlined copies, clones, aliases, unchecked signatures, compiler version differences.
+    pub warnings: Vec<String>,
 }
 
 fn ser_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -109,13 +139,105 @@ pub fn open_library(path: &Path) -> Result<SymbolIndex, Error> {
 struct Located {
     module: LoadedModule,
     function: FunctionSymbol,
-    index: std::rc::Rc<SymbolIndex>,
+    index: Rc<SymbolIndex>,
 }
 
 /// Resolves `name` in the target: the main executable first (a `crate::` path only there), then
-/// every other mapped module.
-fn locate(modules: &mut ModuleMap, name: &str) -> Result<Located, Error> {
+/// every other mapped module. Several functions match only with `all_matches` (else that is an
+/// ambiguity error); a name that matches nothing but generic instances (`app::f` for
+/// `app::f::<u32>` and `app::f::<u64>`) is treated as matching those instances.
+fn locate(modules: &mut ModuleMap, name: &str, all_matches: bool) -> Result<Vec<Located>, Error> {
     let pid = modules.pid();
+    let order = search_order(modules, name);
+    let mut suggestions: Vec<String> = Vec::new();
+    let mut found: Vec<Located> = Vec::new();
+    let main = modules.main_executable().cloned();
+    for module in &order {
+        let Ok(index) = modules.symbols(module) else {
+            continue;
+        };
+        let mut candidates = match index.resolve(name) {
+            Resolution::Found(function) => vec![function],
+            Resolution::Ambiguous(candidates) => candidates,
+            Resolution::NotFound { suggestions: s } => {
+                if suggestions.len() < 5 {
+                    suggestions.extend(s.into_iter().take(5 - suggestions.len()));
+                }
+                Vec::new()
+            }
+        };
+        if candidates.is_empty() {
+            candidates = generic_instances(&index, name);
+        }
+        if candidates.len() > 1 && !all_matches {
+            let bias = module.bias(index.load_segments());
+            let generic = candidates.iter().all(|c| index.details(c).generic);
+            return Err(Error::Ambiguous {
+                name: name.into(),
+                pid,
+                candidates: format!(
+                    "{}; {}",
+                    describe_candidates(&candidates, bias, module),
+                    if generic {
+                        "these are instances of one generic function: name one with its type arguments (app::f::<u32>), or pass --all-matches to patch each"
+                    } else {
+                        "or pass --all-matches to patch each"
+                    }
+                ),
+            });
+        }
+        found.extend(candidates.into_iter().map(|function| Located {
+            module: module.clone(),
+            function,
+            index: index.clone(),
+        }));
+        // The main executable wins: a library's function of the same name is interposed by it.
+        if !found.is_empty()
+            && main
+                .as_ref()
+                .is_some_and(|m| m.path == found[0].module.path)
+        {
+            break;
+        }
+    }
+    let modules_found = {
+        let mut paths: Vec<&std::path::PathBuf> = found.iter().map(|l| &l.module.path).collect();
+        paths.dedup();
+        paths.len()
+    };
+    if found.is_empty() {
+        if let Some(e) = only_inlined(modules, &order, name) {
+            return Err(e);
+        }
+        return Err(Error::FunctionNotFound {
+            name: name.into(),
+            pid,
+            hint: if suggestions.is_empty() {
+                " (searched the executable and every mapped library)".into()
+            } else {
+                format!(": did you mean {}?", suggestions.join(", "))
+            },
+        });
+    }
+    if modules_found > 1 {
+        return Err(Error::Ambiguous {
+            name: name.into(),
+            pid,
+            candidates: found
+                .iter()
+                .map(|l| {
+                    let bias = l.module.bias(l.index.load_segments());
+                    describe_candidates(std::slice::from_ref(&l.function), bias, &l.module)
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    Ok(found)
+}
+
+/// The modules to search for `name`, main executable first.
+fn search_order(modules: &ModuleMap, name: &str) -> Vec<LoadedModule> {
     let main = modules.main_executable().cloned();
     let mut order: Vec<LoadedModule> = main.iter().cloned().collect();
     if !name.starts_with("crate::") {
@@ -127,67 +249,66 @@ fn locate(modules: &mut ModuleMap, name: &str) -> Result<Located, Error> {
                 .cloned(),
         );
     }
-    let mut suggestions: Vec<String> = Vec::new();
-    let mut found: Vec<Located> = Vec::new();
+    order
+}
+
+/// The generic instances of `name` (`name::<...>`), when it names a generic function.
+fn generic_instances(index: &SymbolIndex, name: &str) -> Vec<FunctionSymbol> {
+    if name.contains('<') || !index.has_dwarf() {
+        return Vec::new();
+    }
+    let prefix = format!("{}::<", name.strip_prefix("crate::").unwrap_or(name));
+    index
+        .search(&Pattern::Glob(name.to_string()))
+        .into_iter()
+        .filter(|f| {
+            let n = f.name.as_str();
+            if name.starts_with("crate::") {
+                n.split_once("::")
+                    .is_some_and(|(_, tail)| tail.starts_with(&prefix))
+            } else {
+                n.starts_with(&prefix)
+            }
+        })
+        .collect()
+}
+
+/// For a name with no out-of-line code: the error naming the callers it was inlined into,
+/// when DWARF shows it exists only inlined.
+fn only_inlined(modules: &mut ModuleMap, order: &[LoadedModule], name: &str) -> Option<Error> {
     for module in order {
-        let Ok(index) = modules.symbols(&module) else {
+        let Ok(index) = modules.symbols(module) else {
             continue;
         };
-        match index.resolve(name) {
-            Resolution::Found(function) => {
-                found.push(Located {
-                    module: module.clone(),
-                    function,
-                    index: index.clone(),
-                });
-            }
-            Resolution::Ambiguous(candidates) => {
-                let bias = module.bias(index.load_segments());
-                return Err(Error::Ambiguous {
-                    name: name.into(),
-                    pid,
-                    candidates: describe_candidates(&candidates, bias, &module),
-                });
-            }
-            Resolution::NotFound { suggestions: s } => {
-                if suggestions.len() < 5 {
-                    suggestions.extend(s.into_iter().take(5 - suggestions.len()));
-                }
-            }
+        if !index.has_dwarf() {
+            continue;
         }
-        // The main executable wins: a library's function of the same name is interposed by it.
-        if !found.is_empty()
-            && main
-                .as_ref()
-                .is_some_and(|m| m.path == found[0].module.path)
-        {
-            break;
-        }
+        let (_, only) = index.inline_scan(&[], Some(&Pattern::Exact(name.to_string())));
+        let Some(found) = only.into_iter().next() else {
+            continue;
+        };
+        return Some(Error::Unpatchable {
+            function: found.name.clone(),
+            reason: format!(
+                "it exists only inlined, with no out-of-line copy to redirect (in {}): patch the functions it was inlined into instead: {}",
+                module.file_name(),
+                describe_sites(&found.sites)
+            ),
+        });
     }
-    match found.len() {
-        0 => Err(Error::FunctionNotFound {
-            name: name.into(),
-            pid,
-            hint: if suggestions.is_empty() {
-                " (searched the executable and every mapped library)".into()
-            } else {
-                format!(": did you mean {}?", suggestions.join(", "))
-            },
-        }),
-        1 => Ok(found.pop().expect("one")),
-        _ => Err(Error::Ambiguous {
-            name: name.into(),
-            pid,
-            candidates: found
-                .iter()
-                .map(|l| {
-                    let bias = l.module.bias(l.index.load_segments());
-                    describe_candidates(std::slice::from_ref(&l.function), bias, &l.module)
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
-        }),
-    }
+    None
+}
+
+/// `caller_a (file.c:12), caller_b (file.c:20)`.
+fn describe_sites(sites: &[InlineSite]) -> String {
+    sites
+        .iter()
+        .map(|s| match &s.location {
+            Some(l) => format!("{} (call at {l})", s.caller),
+            None => s.caller.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_candidates(candidates: &[FunctionSymbol], bias: u64, module: &LoadedModule) -> String {
@@ -196,7 +317,7 @@ fn describe_candidates(candidates: &[FunctionSymbol], bias: u64, module: &Loaded
         .map(|c| {
             format!(
                 "{} at {:#x} in {}{}",
-                c.linkage_name.as_deref().unwrap_or(&c.name),
+                c.name,
                 c.address.wrapping_add(bias),
                 module.file_name(),
                 c.location
@@ -209,101 +330,284 @@ fn describe_candidates(candidates: &[FunctionSymbol], bias: u64, module: &Loaded
         .join("; ")
 }
 
-/// Plans every request against the target's modules and the library.
+/// Plans every request against the target's modules and the library, and checks each function
+/// against its replacement (signature), its inlined copies, clones and aliases.
 pub fn plan(
     modules: &mut ModuleMap,
     library: &SymbolIndex,
     requests: &[FunctionRequest],
-) -> Result<Vec<PlannedFunction>, Error> {
+    checks: Checks,
+) -> Result<Plan, Error> {
     let mut planned: Vec<PlannedFunction> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let mut located_all: Vec<(Located, FunctionSymbol, String)> = Vec::new();
     for request in requests {
-        let located = locate(modules, &request.target)?;
-        let replacement = match library.resolve(&request.replacement) {
-            Resolution::Found(f) => f,
-            Resolution::Ambiguous(c) => {
-                return Err(Error::ReplacementMissing {
-                    name: request.replacement.clone(),
-                    library: library.path().into(),
-                    hint: format!(
-                        ": the name is ambiguous there ({}); name one exactly with --func OLD=NEW",
-                        c.iter()
-                            .map(|f| f.linkage_name.clone().unwrap_or_else(|| f.name.clone()))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                });
-            }
-            Resolution::NotFound { suggestions } => {
-                return Err(Error::ReplacementMissing {
-                    name: request.replacement.clone(),
-                    library: library.path().into(),
-                    hint: if suggestions.is_empty() {
-                        ": define it in the library (Rust: #[no_mangle]; C++: same namespace and signature), or name it with --func OLD=NEW".into()
-                    } else {
-                        format!(
-                            ": did you mean {}? (name it with --func OLD=NEW)",
-                            suggestions.join(", ")
-                        )
-                    },
-                });
-            }
-        };
+        let located = locate(modules, &request.target, checks.all_matches)?;
+        let several = located.len() > 1;
+        for l in located {
+            // Each instance of a generic finds its own instance in the library, unless the
+            // request names the replacement explicitly.
+            let replacement_name = if several && request.replacement == request.target {
+                l.function.name.clone()
+            } else {
+                request.replacement.clone()
+            };
+            let replacement = find_replacement(library, &replacement_name)?;
+            located_all.push((l, replacement, request.target.clone()));
+        }
+    }
+
+    // Inlined copies: one scan per module for all its functions.
+    let mut inlined: Vec<Vec<InlineSite>> = vec![Vec::new(); located_all.len()];
+    let mut done: Vec<bool> = vec![false; located_all.len()];
+    for i in 0..located_all.len() {
+        if done[i] {
+            continue;
+        }
+        let path = located_all[i].0.module.path.clone();
+        let group: Vec<usize> = (i..located_all.len())
+            .filter(|&j| located_all[j].0.module.path == path)
+            .collect();
+        let index = located_all[i].0.index.clone();
+        let targets: Vec<FunctionSymbol> = group
+            .iter()
+            .map(|&j| located_all[j].0.function.clone())
+            .collect();
+        let (sites, _) = index.inline_scan(&targets, None);
+        for (&j, s) in group.iter().zip(sites) {
+            inlined[j] = s;
+            done[j] = true;
+        }
+    }
+
+    let mut notes_given: Vec<std::path::PathBuf> = Vec::new();
+    for ((located, replacement, query), inlined) in located_all.into_iter().zip(inlined) {
         let f = &located.function;
-        let bias = located.module.bias(located.index.load_segments());
-        let head = located
-            .index
-            .file_bytes(f.address, (f.size as usize).min(4096))
-            .ok_or_else(|| Error::Unpatchable {
-                function: f.name.clone(),
-                reason: "its code is not backed by the file".into(),
-            })?;
-        let prefix = isa::entry_prefix_len(&head) as u64;
-        let room = f.size.saturating_sub(prefix);
-        if room < isa::JMP_REL32_LEN as u64 {
-            return Err(Error::Unpatchable {
-                function: f.name.clone(),
-                reason: rpatch_arch::Unpatchable::TooSmall {
-                    available: room,
-                    needed: isa::JMP_REL32_LEN as u64,
+        let index = &located.index;
+
+        // Signature.
+        let signature = index.details(f).signature;
+        let replacement_signature = library.details(&replacement).signature;
+        match (&signature, &replacement_signature) {
+            (Some(old), Some(new)) => {
+                if let Some(differences) = old.mismatch(new) {
+                    if !checks.force {
+                        return Err(Error::SignatureMismatch {
+                            function: f.name.clone(),
+                            target: format!("{}{}", f.name, old.render()),
+                            replacement: format!("{}{}", replacement.name, new.render()),
+                            differences,
+                        });
+                    }
+                    warnings.push(format!(
+                        "{}: signature differs from the replacement's ({differences}), patched anyway (--force)",
+                        f.name
+                    ));
                 }
-                .to_string(),
-            });
+            }
+            _ => {
+                let missing: Vec<String> = [
+                    (
+                        signature.is_none(),
+                        &located.module.path,
+                        index.debug_info(),
+                    ),
+                    (
+                        replacement_signature.is_none(),
+                        &library.path().to_path_buf(),
+                        library.debug_info(),
+                    ),
+                ]
+                .into_iter()
+                .filter(|(missing, _, _)| *missing)
+                .map(|(_, path, source)| match source {
+                    DebugInfoSource::Missing { .. } => format!("{} has no DWARF", path.display()),
+                    _ => format!("{} describes no parameters for it", path.display()),
+                })
+                .collect();
+                warnings.push(format!(
+                    "{}: signature not checked ({}); build with -g, or install the debug file (see RPATCH_DEBUG_ROOT)",
+                    f.name,
+                    missing.join(", ")
+                ));
+            }
         }
-        let entry = f.address.wrapping_add(bias);
-        let write_at = entry + prefix;
-        isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64).map_err(
-            |e| Error::Unpatchable {
-                function: f.name.clone(),
-                reason: e.to_string(),
-            },
-        )?;
-        let absolute_fits = room >= isa::JMP_ABS_LEN as u64
-            && isa::check_branches(&head, entry, write_at..write_at + isa::JMP_ABS_LEN as u64)
-                .is_ok();
-        let span = if absolute_fits {
-            isa::JMP_ABS_LEN
-        } else {
-            isa::JMP_REL32_LEN
-        };
-        if planned.iter().any(|p| p.entry == entry) {
-            return Err(Error::Unpatchable {
-                function: f.name.clone(),
-                reason: "named twice in one attach".into(),
-            });
+        if !index.has_dwarf() && !notes_given.contains(&located.module.path) {
+            notes_given.push(located.module.path.clone());
+            warnings.push(format!(
+                "{}: no DWARF: inlined copies of {} cannot be found",
+                located.module.path.display(),
+                f.name
+            ));
         }
-        planned.push(PlannedFunction {
-            query: request.target.clone(),
-            function: f.clone(),
-            module: located.module.path.clone(),
-            entry,
-            write_at,
-            room,
+
+        // Inlined copies.
+        if !inlined.is_empty() {
+            if checks.strict {
+                return Err(Error::InlinedCopies {
+                    function: f.name.clone(),
+                    count: inlined.len(),
+                    callers: describe_sites(&inlined),
+                });
+            }
+            warnings.push(format!(
+                "{} was inlined into {} place(s) that keep the old code: {} (--strict refuses this)",
+                f.name,
+                inlined.len(),
+                describe_sites(&inlined)
+            ));
+        }
+
+        // Clones and aliases.
+        let bias = located.module.bias(index.load_segments());
+        let clones: Vec<String> = index
+            .clones(f)
+            .into_iter()
+            .filter(|c| c.is_entry_point())
+            .map(|c| format!("{} at {:#x}", c.symbol, c.address.wrapping_add(bias)))
+            .collect();
+        if !clones.is_empty() {
+            warnings.push(format!(
+                "{} has compiler clones that callers enter directly and that keep the old code: {}; a clone may take other arguments (constants folded in, parameters dropped): patch its callers, or the clone with a replacement built for its interface (--func 'CLONE=REPLACEMENT')",
+                f.name,
+                clones.join(", ")
+            ));
+        }
+        let aliases = index.aliases(f);
+        if !aliases.is_empty() {
+            warnings.push(format!(
+                "{} at {:#x} is also {}: patching it changes them all",
+                f.name,
+                f.address.wrapping_add(bias),
+                aliases.join(", ")
+            ));
+        }
+
+        // Rust has no stable ABI: both sides should come from one compiler.
+        if let (Some(a), Some(b)) = (index.rustc_version(), library.rustc_version())
+            && a != b
+        {
+            let w = format!(
+                "{} was built by {a}, the patch library by {b}: Rust has no stable ABI, build the patch with the target's compiler",
+                located.module.file_name()
+            );
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+
+        planned.push(prepare(
+            query,
+            &located,
             replacement,
-            file_bytes: head[prefix as usize..prefix as usize + span].to_vec(),
-            absolute_fits,
+            &planned,
+            signature,
+            replacement_signature,
+            inlined,
+        )?);
+    }
+    Ok(Plan {
+        functions: planned,
+        warnings,
+    })
+}
+
+/// Finds the replacement in the library.
+fn find_replacement(library: &SymbolIndex, name: &str) -> Result<FunctionSymbol, Error> {
+    match library.resolve(name) {
+        Resolution::Found(f) => Ok(f),
+        Resolution::Ambiguous(c) => Err(Error::ReplacementMissing {
+            name: name.to_string(),
+            library: library.path().into(),
+            hint: format!(
+                ": the name is ambiguous there ({}); name one exactly with --func OLD=NEW",
+                c.iter()
+                    .map(|f| f.linkage_name.clone().unwrap_or_else(|| f.name.clone()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+        Resolution::NotFound { suggestions } => Err(Error::ReplacementMissing {
+            name: name.to_string(),
+            library: library.path().into(),
+            hint: if suggestions.is_empty() {
+                ": define it in the library (Rust: #[no_mangle]; C++: same namespace and signature), or name it with --func OLD=NEW".into()
+            } else {
+                format!(
+                    ": did you mean {}? (name it with --func OLD=NEW)",
+                    suggestions.join(", ")
+                )
+            },
+        }),
+    }
+}
+
+/// Checks that the function can take an entry jump and computes where it goes.
+fn prepare(
+    query: String,
+    located: &Located,
+    replacement: FunctionSymbol,
+    planned: &[PlannedFunction],
+    signature: Option<Signature>,
+    replacement_signature: Option<Signature>,
+    inlined: Vec<InlineSite>,
+) -> Result<PlannedFunction, Error> {
+    let f = &located.function;
+    let bias = located.module.bias(located.index.load_segments());
+    let head = located
+        .index
+        .file_bytes(f.address, (f.size as usize).min(4096))
+        .ok_or_else(|| Error::Unpatchable {
+            function: f.name.clone(),
+            reason: "its code is not backed by the file".into(),
+        })?;
+    let prefix = isa::entry_prefix_len(&head) as u64;
+    let room = f.size.saturating_sub(prefix);
+    if room < isa::JMP_REL32_LEN as u64 {
+        return Err(Error::Unpatchable {
+            function: f.name.clone(),
+            reason: rpatch_arch::Unpatchable::TooSmall {
+                available: room,
+                needed: isa::JMP_REL32_LEN as u64,
+            }
+            .to_string(),
         });
     }
-    Ok(planned)
+    let entry = f.address.wrapping_add(bias);
+    let write_at = entry + prefix;
+    isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64).map_err(
+        |e| Error::Unpatchable {
+            function: f.name.clone(),
+            reason: e.to_string(),
+        },
+    )?;
+    let absolute_fits = room >= isa::JMP_ABS_LEN as u64
+        && isa::check_branches(&head, entry, write_at..write_at + isa::JMP_ABS_LEN as u64).is_ok();
+    let span = if absolute_fits {
+        isa::JMP_ABS_LEN
+    } else {
+        isa::JMP_REL32_LEN
+    };
+    if planned.iter().any(|p| p.entry == entry) {
+        return Err(Error::Unpatchable {
+            function: f.name.clone(),
+            reason: "named twice in one attach".into(),
+        });
+    }
+    Ok(PlannedFunction {
+        query,
+        function: f.clone(),
+        module: located.module.path.clone(),
+        entry,
+        write_at,
+        room,
+        replacement,
+        file_bytes: head[prefix as usize..prefix as usize + span].to_vec(),
+        absolute_fits,
+        signature,
+        replacement_signature,
+        inlined,
+    })
 }
 
 #[cfg(test)]

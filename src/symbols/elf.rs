@@ -66,6 +66,13 @@ pub(super) struct ElfInfo {
     pub functions_by_address: Vec<u32>,
     /// DWARF sections present in the file, by gimli section id.
     pub dwarf_sections: Vec<(gimli::SectionId, SectionSource)>,
+    /// The file has a `.symtab` (not stripped): local functions are named.
+    pub has_symtab: bool,
+    /// `.gnu_debuglink`: the separate debug file's name and the CRC-32 of its content.
+    pub debuglink: Option<(String, u32)>,
+    /// `.comment` strings: the compilers and linkers that built the file
+    /// (`rustc version 1.95.0 (...)`, `GCC: (Debian 12.2.0-14) 12.2.0`).
+    pub comments: Vec<String>,
 }
 
 /// The gimli sections rpatch reads. Others (frames, locations, macros) are not needed to name
@@ -73,6 +80,7 @@ pub(super) struct ElfInfo {
 const DWARF_SECTIONS: &[gimli::SectionId] = &[
     gimli::SectionId::DebugAbbrev,
     gimli::SectionId::DebugAddr,
+    gimli::SectionId::DebugAranges,
     gimli::SectionId::DebugInfo,
     gimli::SectionId::DebugLine,
     gimli::SectionId::DebugLineStr,
@@ -118,14 +126,11 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<ElfInf
     read_symbols(&file, elf::SHT_DYNSYM, &mut symbols)?;
     read_symbols(&file, elf::SHT_SYMTAB, &mut symbols)?;
     dedup_symbols(&mut symbols);
-
-    let mut functions_by_address: Vec<u32> = symbols
+    let functions_by_address = functions_by_address(&symbols);
+    let has_symtab = file
+        .elf_section_table()
         .iter()
-        .enumerate()
-        .filter(|(_, s)| s.kind == SymKind::Func && s.size > 0)
-        .map(|(i, _)| i as u32)
-        .collect();
-    functions_by_address.sort_by_key(|&i| symbols[i as usize].address);
+        .any(|s| s.sh_type(endian) == elf::SHT_SYMTAB);
 
     let mut dwarf_sections = Vec::new();
     for &id in DWARF_SECTIONS {
@@ -153,6 +158,22 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<ElfInf
         dwarf_sections.push((id, source));
     }
 
+    let debuglink = file
+        .gnu_debuglink()
+        .ok()
+        .flatten()
+        .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc));
+    let comments = file
+        .section_by_name(".comment")
+        .and_then(|s| s.data().ok())
+        .map(|d| {
+            d.split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+
     Ok(ElfInfo {
         architecture: file.architecture(),
         position_independent: header.e_type(endian) == elf::ET_DYN,
@@ -162,7 +183,38 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<ElfInf
         symbols,
         functions_by_address,
         dwarf_sections,
+        has_symtab,
+        debuglink,
+        comments,
     })
+}
+
+/// Indices into `symbols` of functions with a nonzero size, sorted by address.
+pub(super) fn functions_by_address(symbols: &[ElfSym]) -> Vec<u32> {
+    let mut out: Vec<u32> = symbols
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == SymKind::Func && s.size > 0)
+        .map(|(i, _)| i as u32)
+        .collect();
+    out.sort_by_key(|&i| symbols[i as usize].address);
+    out
+}
+
+impl ElfInfo {
+    /// Whether the file carries its own `.debug_info`.
+    pub(super) fn has_dwarf(&self) -> bool {
+        self.dwarf_sections
+            .iter()
+            .any(|(id, _)| *id == gimli::SectionId::DebugInfo)
+    }
+
+    /// Adds the `.symtab` of a separate debug file (same addresses) to a stripped file's symbols.
+    pub(super) fn merge_symbols(&mut self, other: &ElfInfo) {
+        self.symbols.extend(other.symbols.iter().cloned());
+        dedup_symbols(&mut self.symbols);
+        self.functions_by_address = functions_by_address(&self.symbols);
+    }
 }
 
 /// Appends the defined symbols of the table of type `table_type` (`.dynsym` or `.symtab`).
@@ -242,8 +294,16 @@ fn read_symbols<Elf: FileHeader<Endian = Endianness>>(
 }
 
 /// `.symtab` repeats every `.dynsym` entry; keep one of each (the first, from `.dynsym`).
-fn dedup_symbols(symbols: &mut Vec<ElfSym>) {
-    let mut seen = super::hash::FxHashSet::default();
-    seen.reserve(symbols.len());
-    symbols.retain(|s| seen.insert((s.name.clone(), s.version.clone(), s.address, s.kind)));
+pub(super) fn dedup_symbols(symbols: &mut Vec<ElfSym>) {
+    // Keys borrow the names: no string is copied (this runs over every symbol of the file).
+    let keep: Vec<bool> = {
+        let mut seen = super::hash::FxHashSet::default();
+        seen.reserve(symbols.len());
+        symbols
+            .iter()
+            .map(|s| seen.insert((&*s.name, s.version.as_deref(), s.address, s.kind)))
+            .collect()
+    };
+    let mut keep = keep.into_iter();
+    symbols.retain(|_| keep.next().unwrap_or(true));
 }

@@ -1,16 +1,29 @@
-//! ELF symbol tables and DWARF: turn a name a person types into an address range in a file.
+//! ELF symbol tables and DWARF: turn a name a person types into an address range in a file, and
+//! tell what DWARF knows about it (signature, generic instance, inlined copies).
 //!
 //! Owned by the symbols layer; see `SymbolIndex` for the contract the rest of rpatch relies on.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
+mod debuginfo;
+mod details;
 mod dwarf;
 mod elf;
 mod hash;
+mod inline;
 mod names;
+mod pattern;
 #[cfg(test)]
 mod tests;
+
+pub use debuginfo::{DebugInfoSource, debug_roots};
+pub use details::{FunctionDetails, Signature, TypeInfo};
+pub use inline::{InlineSite, InlinedOnly};
+pub use pattern::Pattern;
+
+use hash::FxHashMap;
 
 /// A function found in an ELF file, with addresses as linked (add the load bias for runtime).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +69,28 @@ pub struct LoadSegment {
     pub executable: bool,
 }
 
+/// A compiler clone of a function (`f.constprop.0`, `f.isra.0`, `f.part.0`) or its split-off
+/// cold part (`f.cold`): separate code that callers may enter instead of the function itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CloneSymbol {
+    /// The clone's symbol, e.g. `scale_by.constprop.0`.
+    pub symbol: String,
+    /// `constprop`, `isra`, `part`, `cold`, ...
+    pub kind: String,
+    /// Link-time address.
+    pub address: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl CloneSymbol {
+    /// Whether callers enter this clone instead of the function (all kinds but `.cold`, which
+    /// is only jumped to from inside the function's own code).
+    pub fn is_entry_point(&self) -> bool {
+        self.kind != "cold"
+    }
+}
+
 /// Errors opening or parsing an ELF file.
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
@@ -77,17 +112,118 @@ pub enum SymbolError {
     },
 }
 
+/// The bytes of a file: mapped read-only (zero-copy, pages read on demand and given back after a
+/// streaming pass), or owned for files that cannot be mapped (empty ones).
+pub(crate) enum FileData {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileData::Mapped(m) => m,
+            FileData::Owned(v) => v,
+        }
+    }
+}
+
+impl FileData {
+    /// Maps `path` read-only.
+    ///
+    /// A mapping, unlike a copy, costs no time or memory for the parts never read (most of a
+    /// large file's DWARF). The files rpatch maps are the target's own mapped objects (through
+    /// /proc/PID/map_files: the very inode the process runs), a patch library and debug files:
+    /// a redeploy replaces such files (new inode) rather than rewriting them in place, which
+    /// would crash the target itself.
+    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(FileData::Owned(Vec::new()));
+        }
+        // SAFETY: the mapping is read-only and private to this process; see above for why the
+        // file is not expected to change under it.
+        match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(map) => Ok(FileData::Mapped(map)),
+            Err(_) => std::fs::read(path).map(FileData::Owned),
+        }
+    }
+
+    /// Advice on the whole mapping.
+    fn advise(&self, advice: memmap2::Advice) {
+        if let FileData::Mapped(map) = self {
+            let _ = map.advise(advice);
+        }
+    }
+
+    /// Advice on part of the mapping.
+    fn advise_range(&self, advice: memmap2::Advice, range: std::ops::Range<usize>) {
+        if let FileData::Mapped(map) = self {
+            let (start, len) = page_span(range, map.len());
+            let _ = map.advise_range(advice, start, len);
+        }
+    }
+
+    /// Hints that `range` will be read from start to end soon (read-ahead).
+    pub(crate) fn will_need(&self, range: std::ops::Range<usize>) {
+        if let FileData::Mapped(map) = self {
+            let (start, len) = page_span(range, map.len());
+            let _ = map.advise_range(memmap2::Advice::WillNeed, start, len);
+        }
+    }
+
+    /// Gives the pages of `range` back (they stay in the page cache): a streaming pass over a
+    /// large section keeps the process's resident memory small. Later reads fault them in again.
+    pub(crate) fn release(&self, range: std::ops::Range<usize>) {
+        if let FileData::Mapped(map) = self {
+            // Only whole pages inside the range: the neighbours may still be in use.
+            let start = range.start.next_multiple_of(PAGE);
+            let end = (range.end / PAGE) * PAGE;
+            if end > start && end <= map.len() {
+                // SAFETY: the mapping is read-only and file-backed: MADV_DONTNEED only drops the
+                // page-table entries, and a later read faults the same file content back in, so
+                // no reference into the mapping (held by any thread) observes a change.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+}
+
+const PAGE: usize = 4096;
+
+fn page_span(range: std::ops::Range<usize>, len: usize) -> (usize, usize) {
+    let start = (range.start / PAGE) * PAGE;
+    let end = range.end.min(len);
+    (start, end.saturating_sub(start))
+}
+
 /// Symbol index of one ELF file (executable or shared object).
 ///
-/// Owns the file's bytes, so it can outlive the caller's buffers and be handed between phases.
-/// The symbol tables, segments and header facts are read when the file is opened; DWARF and the
-/// name index are built on first use (`resolve`, `function_containing`), because most files
-/// rpatch opens (libc, the loader) are only asked for a few exported addresses.
+/// Holds a read-only mapping of the file (and of its separate debug file, when the DWARF lives
+/// there), so it can outlive the caller's buffers and be handed between phases. The symbol
+/// tables, segments and header facts are read when the file is opened. DWARF is read lazily:
+/// resolving a name the symbol tables know reads only the one unit describing it; the full name
+/// index (all of DWARF) is built on the first lookup that needs it (a DWARF-only name, a generic
+/// instance, a pattern); the scan for inlined copies streams through all units on every core.
 pub struct SymbolIndex {
     path: PathBuf,
-    data: Vec<u8>,
+    data: FileData,
     info: elf::ElfInfo,
+    /// Separate debug file holding the DWARF, when the file itself has none.
+    debug: Option<debuginfo::DebugFile>,
+    debug_source: DebugInfoSource,
+    sections: OnceCell<dwarf::Sections>,
     dwarf: OnceCell<dwarf::DwarfIndex>,
+    units: OnceCell<dwarf::UnitTable>,
+    unit_cache: RefCell<FxHashMap<u64, Rc<Vec<dwarf::Subprogram>>>>,
     names: OnceCell<names::NameIndex>,
 }
 
@@ -98,28 +234,51 @@ impl std::fmt::Debug for SymbolIndex {
             .field("architecture", &self.info.architecture)
             .field("position_independent", &self.info.position_independent)
             .field("symbols", &self.info.symbols.len())
+            .field("debug_info", &self.debug_source)
             .field("dwarf_loaded", &self.dwarf.get().is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl SymbolIndex {
-    /// Opens and indexes `path` (executable or shared object).
+    /// Opens and indexes `path` (executable or shared object), and finds its separate debug
+    /// file when it has no DWARF of its own (see [`DebugInfoSource`]).
     ///
-    /// Reads the whole file into memory rather than mapping it: a mapped file truncated or
-    /// rewritten in place (a redeploy) would fault or change under rpatch, while a private copy
-    /// keeps every later read (`file_bytes`, DWARF) consistent with what was indexed.
+    /// `path` may be a `/proc/PID/map_files/...` link: the debug file is then looked for
+    /// beside the file it names.
     pub fn open(path: &Path) -> Result<Self, SymbolError> {
-        let data = std::fs::read(path).map_err(|source| SymbolError::Io {
+        let data = FileData::open(path).map_err(|source| SymbolError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let info = elf::parse(path, &data)?;
+        let mut info = elf::parse(path, &data)?;
+        let (debug, debug_source) = if info.has_dwarf() {
+            (None, DebugInfoSource::Embedded)
+        } else {
+            match debuginfo::find(path, &info) {
+                Ok(file) => {
+                    let source = DebugInfoSource::Separate {
+                        path: file.path.clone(),
+                        found_by: file.found_by.to_string(),
+                    };
+                    if !info.has_symtab && file.info.has_symtab {
+                        info.merge_symbols(&file.info);
+                    }
+                    (Some(file), source)
+                }
+                Err(searched) => (None, DebugInfoSource::Missing { searched }),
+            }
+        };
         Ok(SymbolIndex {
             path: path.to_path_buf(),
             data,
             info,
+            debug,
+            debug_source,
+            sections: OnceCell::new(),
             dwarf: OnceCell::new(),
+            units: OnceCell::new(),
+            unit_cache: RefCell::new(FxHashMap::default()),
             names: OnceCell::new(),
         })
     }
@@ -150,40 +309,145 @@ impl SymbolIndex {
         &self.info.segments
     }
 
+    /// Where the DWARF comes from: the file itself, a separate debug file, or nowhere.
+    pub fn debug_info(&self) -> &DebugInfoSource {
+        &self.debug_source
+    }
+
+    /// Whether DWARF is available (embedded or separate): signatures, locations and inlined
+    /// copies can be known.
+    pub fn has_dwarf(&self) -> bool {
+        !matches!(self.debug_source, DebugInfoSource::Missing { .. })
+    }
+
+    /// Whether the file has a full symbol table (local functions named), its own or its debug
+    /// file's.
+    pub fn has_symtab(&self) -> bool {
+        self.info.has_symtab
+    }
+
+    /// Bytes of (uncompressed) `.debug_info`, in the file or its debug file.
+    pub fn debug_info_size(&self) -> u64 {
+        let (_, info) = self.dwarf_file();
+        info.dwarf_sections
+            .iter()
+            .find(|(id, _)| *id == gimli::SectionId::DebugInfo)
+            .map_or(0, |(_, s)| match s {
+                elf::SectionSource::Plain(r) => r.len() as u64,
+                elf::SectionSource::Compressed(c) => c.uncompressed_size,
+            })
+    }
+
+    /// The `.comment` strings: which compilers and linker built the file.
+    pub fn compilers(&self) -> &[String] {
+        &self.info.comments
+    }
+
+    /// The rustc that built the file, e.g. `rustc version 1.95.0 (59807616e 2026-04-14)`.
+    pub fn rustc_version(&self) -> Option<&str> {
+        self.info
+            .comments
+            .iter()
+            .find(|c| c.starts_with("rustc version"))
+            .map(String::as_str)
+    }
+
     /// Resolves a human-typed function name.
     ///
     /// Accepted spellings: raw linkage names, demangled names (Rust without hash; C++ with or
     /// without parameter list), DWARF qualified names (`app::pricing::calc` even for a
     /// `#[no_mangle]` function), Rust generic instances written `app::f::<u32>`, and
-    /// `crate::path` for any crate. Aliases at one address are one function. The first call
-    /// parses DWARF and demangles every symbol; later calls are hash lookups.
+    /// `crate::path` for any crate. Aliases at one address are one function.
+    ///
+    /// A name the symbol tables identify by themselves is answered from them and the one DWARF
+    /// unit describing the function; any other name builds the full name index on first use
+    /// (all of DWARF; later lookups are hash lookups).
     pub fn resolve(&self, query: &str) -> Resolution {
         let query = query.trim();
-        let names = self.names();
-        let hits = names.lookup(query);
-        let mut found: Vec<FunctionSymbol> = hits
-            .into_iter()
-            .map(|(f, name)| {
-                let func = &names.funcs[f as usize];
-                FunctionSymbol {
-                    name,
-                    linkage_name: func.linkage.as_deref().map(str::to_string),
-                    address: func.address,
-                    size: func.size,
-                    location: func.dwarf.and_then(|d| self.location_of(d)),
-                }
-            })
-            .collect();
+        if self.names.get().is_none()
+            && let Some(found) = self.resolve_from_symbols(query)
+        {
+            return Resolution::Found(found);
+        }
+        let mut found = self.lookup_all(query);
         match found.len() {
             0 => Resolution::NotFound {
-                suggestions: names.suggest(query),
+                suggestions: self.suggest(query),
             },
             1 => Resolution::Found(found.remove(0)),
-            _ => {
-                found.sort_by_key(|f| f.address);
-                Resolution::Ambiguous(found)
-            }
+            _ => Resolution::Ambiguous(found),
         }
+    }
+
+    /// Every function `query` names, as `resolve` reads it, sorted by address; a miss is an
+    /// empty list (no suggestions are computed: they cost a pass over every name).
+    pub fn lookup(&self, query: &str) -> Vec<FunctionSymbol> {
+        let query = query.trim();
+        if self.names.get().is_none()
+            && let Some(found) = self.resolve_from_symbols(query)
+        {
+            return vec![found];
+        }
+        self.lookup_all(query)
+    }
+
+    fn lookup_all(&self, query: &str) -> Vec<FunctionSymbol> {
+        let names = self.names();
+        let mut found: Vec<FunctionSymbol> = names
+            .lookup(query)
+            .into_iter()
+            .map(|(f, name)| self.symbol_of(&names.funcs[f as usize], name))
+            .collect();
+        found.sort_by_key(|f| f.address);
+        found
+    }
+
+    /// Up to five existing names close to `query`, best first.
+    pub fn suggest(&self, query: &str) -> Vec<String> {
+        self.names().suggest(query.trim())
+    }
+
+    /// Every function with a name matching `pattern`, sorted by address (see [`Pattern`]).
+    /// Builds the full name index.
+    pub fn search(&self, pattern: &Pattern) -> Vec<FunctionSymbol> {
+        let names = self.names();
+        names
+            .search(pattern)
+            .into_iter()
+            .map(|(f, name)| self.symbol_of(&names.funcs[f as usize], name))
+            .collect()
+    }
+
+    fn symbol_of(&self, func: &names::Func, name: String) -> FunctionSymbol {
+        FunctionSymbol {
+            name,
+            linkage_name: func.linkage.as_deref().map(str::to_string),
+            address: func.address,
+            size: func.size,
+            location: func
+                .dwarf
+                .and_then(|d| self.location_of(&self.dwarf().subprograms[d as usize])),
+        }
+    }
+
+    /// The fast path of `resolve`: only symbols whose raw name contains the query's function
+    /// name are demangled, and only the DWARF unit holding the one match is read. None when the
+    /// symbol tables do not name exactly one function (the full index then decides).
+    fn resolve_from_symbols(&self, query: &str) -> Option<FunctionSymbol> {
+        let (address, shown) = names::match_symbols(&self.info, query)?;
+        let subs = self.subprograms_at(address);
+        let info = &self.info;
+        let by_address = &info.functions_by_address;
+        let start = by_address.partition_point(|&i| info.symbols[i as usize].address < address);
+        let end = by_address.partition_point(|&i| info.symbols[i as usize].address <= address);
+        let described = names::describe(info, &by_address[start..end], &subs);
+        Some(FunctionSymbol {
+            name: shown.unwrap_or(described.display),
+            linkage_name: described.linkage,
+            address,
+            size: described.size,
+            location: subs.first().and_then(|s| self.location_of(s)),
+        })
     }
 
     /// Exact lookup of a defined symbol by its raw linkage name in `.dynsym` or `.symtab`
@@ -211,11 +475,10 @@ impl SymbolIndex {
     /// The function whose `[address, address+size)` contains the link-time address `vaddr`,
     /// for naming where a thread is ("blocked in read", "inside malloc").
     ///
-    /// Uses the symbol tables, then DWARF for code without a symbol. The first call on a file
-    /// with DWARF parses it: call `resolve` beforehand (outside any freeze) to pay that early.
+    /// Uses the symbol tables, then DWARF for code without a symbol (reading only the units
+    /// whose address ranges hold `vaddr`).
     pub fn function_containing(&self, vaddr: u64) -> Option<FunctionSymbol> {
         let info = &self.info;
-        let dwarf = self.dwarf();
         let by_address = &info.functions_by_address;
         let end = by_address.partition_point(|&i| info.symbols[i as usize].address <= vaddr);
         let symbol_hit = by_address[..end]
@@ -226,18 +489,18 @@ impl SymbolIndex {
             .find(|s| vaddr < s.address.saturating_add(s.size));
         let address = match symbol_hit {
             Some(sym) => sym.address,
-            None => dwarf.subprograms[dwarf.containing(vaddr)?].low,
+            None => self.subprogram_containing(vaddr)?.low,
         };
         let start = by_address.partition_point(|&i| info.symbols[i as usize].address < address);
         let end = by_address.partition_point(|&i| info.symbols[i as usize].address <= address);
-        let subs: Vec<u32> = dwarf.at(address).map(|i| i as u32).collect();
-        let described = names::describe(info, &by_address[start..end], dwarf, &subs);
+        let subs = self.subprograms_at(address);
+        let described = names::describe(info, &by_address[start..end], &subs);
         Some(FunctionSymbol {
             name: described.display,
             linkage_name: described.linkage,
             address,
             size: described.size,
-            location: described.dwarf.and_then(|d| self.location_of(d)),
+            location: subs.first().and_then(|s| self.location_of(s)),
         })
     }
 
@@ -258,9 +521,161 @@ impl SymbolIndex {
         })
     }
 
+    /// What DWARF says about the function at `f.address`: its signature (parameter and return
+    /// types with sizes), whether it is a generic instance, its DWARF name. Reads one unit.
+    pub fn details(&self, f: &FunctionSymbol) -> FunctionDetails {
+        let subs = self.subprograms_at(f.address);
+        let Some(sub) = subs.first() else {
+            return FunctionDetails::default();
+        };
+        let (data, info) = self.dwarf_file();
+        let dwarf = dwarf::load(data, info, self.sections());
+        details::of(&dwarf, sub)
+    }
+
+    /// Other names of the code at `f.address` (aliases: identical-code folding, C++ C1/C2 and
+    /// D0/D1/D2 variants, `#[no_mangle]` beside the mangled name), as people write them.
+    pub fn aliases(&self, f: &FunctionSymbol) -> Vec<String> {
+        let info = &self.info;
+        let by_address = &info.functions_by_address;
+        let start = by_address.partition_point(|&i| info.symbols[i as usize].address < f.address);
+        let end = by_address.partition_point(|&i| info.symbols[i as usize].address <= f.address);
+        names::aliases(info, &by_address[start..end], f)
+    }
+
+    /// Compiler clones of `f` (`.constprop.N`, `.isra.N`, `.part.N`, `.cold`), from the symbol
+    /// table: code that callers may enter instead of `f`, which an entry jump in `f` does not
+    /// redirect.
+    pub fn clones(&self, f: &FunctionSymbol) -> Vec<CloneSymbol> {
+        let Some(linkage) = f.linkage_name.as_deref() else {
+            return Vec::new();
+        };
+        names::clones(&self.info, linkage)
+    }
+
+    /// Every place where each of `targets` was inlined (DW_TAG_inlined_subroutine), and the
+    /// functions matching `pattern` that exist only inlined (no out-of-line code). One
+    /// streaming pass over all of `.debug_info`, split across the available cores.
+    pub fn inline_scan(
+        &self,
+        targets: &[FunctionSymbol],
+        pattern: Option<&Pattern>,
+    ) -> (Vec<Vec<InlineSite>>, Vec<InlinedOnly>) {
+        if !self.has_dwarf() {
+            return (vec![Vec::new(); targets.len()], Vec::new());
+        }
+        let keys: Vec<inline::TargetKey> = targets
+            .iter()
+            .map(|f| {
+                let subs = self.subprograms_at(f.address);
+                inline::TargetKey::new(f, &subs, &self.info)
+            })
+            .collect();
+        let (data, info) = self.dwarf_file();
+        let sections = self.sections();
+        let dwarf = dwarf::load(data, info, sections);
+        let file = self.dwarf_data();
+        let others = dwarf::plain_ranges(info, &[]);
+        let everything = dwarf::plain_ranges(info, &[gimli::SectionId::DebugInfo]);
+        let section_base = |id: gimli::SectionId| dwarf::plain_range(info, id).map(|r| r.start);
+        let (info_base, str_base) = (
+            section_base(gimli::SectionId::DebugInfo),
+            section_base(gimli::SectionId::DebugStr),
+        );
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        // Each unit's pages are given back once it is read, and every 16 MiB all the pages
+        // faulted in meanwhile (units reached through cross-unit links, line tables, ranges):
+        // resident memory stays a small fraction of the file. Everything stays in the page
+        // cache, so a page read again costs a minor fault.
+        let release = |id: gimli::SectionId, range: std::ops::Range<usize>| {
+            let base = match id {
+                gimli::SectionId::DebugInfo => info_base,
+                gimli::SectionId::DebugStr => str_base,
+                _ => section_base(id),
+            };
+            if let Some(base) = base {
+                file.release(base + range.start..base + range.end);
+            }
+            if id != gimli::SectionId::DebugInfo {
+                return;
+            }
+            const EVERY: usize = 16 << 20;
+            let before = done.fetch_add(range.len(), std::sync::atomic::Ordering::Relaxed);
+            if (before + range.len()) / EVERY != before / EVERY {
+                // Units read through cross-unit links included.
+                for r in &everything {
+                    file.release(r.clone());
+                }
+            }
+        };
+        if let Some(base) = info_base {
+            let len = gimli::Section::reader(&dwarf.debug_info).len();
+            file.will_need(base..base + len);
+        }
+        // Names and line tables are read here and there: map only the pages read.
+        for r in &others {
+            file.advise_range(memmap2::Advice::Random, r.clone());
+        }
+        let result = inline::scan(&dwarf, &keys, pattern, &release);
+        for r in &others {
+            file.advise_range(memmap2::Advice::Normal, r.clone());
+        }
+        for r in dwarf::plain_ranges(info, &[gimli::SectionId::DebugInfo]) {
+            file.release(r);
+        }
+        result
+    }
+
+    /// The file holding the DWARF (the separate debug file when there is one) and its ELF facts.
+    fn dwarf_file(&self) -> (&[u8], &elf::ElfInfo) {
+        match &self.debug {
+            Some(d) => (&d.data, &d.info),
+            None => (&self.data, &self.info),
+        }
+    }
+
+    fn dwarf_data(&self) -> &FileData {
+        match &self.debug {
+            Some(d) => &d.data,
+            None => &self.data,
+        }
+    }
+
+    fn sections(&self) -> &dwarf::Sections {
+        self.sections.get_or_init(|| {
+            let (data, info) = self.dwarf_file();
+            dwarf::Sections::inflate(data, info)
+        })
+    }
+
     fn dwarf(&self) -> &dwarf::DwarfIndex {
-        self.dwarf
-            .get_or_init(|| dwarf::DwarfIndex::build(&self.data, &self.info))
+        self.dwarf.get_or_init(|| {
+            let (data, info) = self.dwarf_file();
+            if !info.has_dwarf() {
+                return dwarf::DwarfIndex::empty();
+            }
+            dwarf::DwarfIndex::build(&dwarf::load(data, info, self.sections()))
+        })
+    }
+
+    fn units(&self) -> &dwarf::UnitTable {
+        self.units.get_or_init(|| {
+            let (data, info) = self.dwarf_file();
+            if !info.has_dwarf() {
+                return dwarf::UnitTable::default();
+            }
+            // One small read per unit, all over the file: fault in only the page read, not the
+            // neighbours the kernel would map around it.
+            let file = self.dwarf_data();
+            file.advise(memmap2::Advice::Random);
+            let all = dwarf::plain_ranges(info, &[gimli::SectionId::DebugInfo]);
+            let release = || all.iter().for_each(|r| file.release(r.clone()));
+            let table =
+                dwarf::UnitTable::build(&dwarf::load(data, info, self.sections()), &release);
+            file.advise(memmap2::Advice::Normal);
+            release();
+            table
+        })
     }
 
     fn names(&self) -> &names::NameIndex {
@@ -268,9 +683,56 @@ impl SymbolIndex {
             .get_or_init(|| names::NameIndex::build(&self.info, self.dwarf()))
     }
 
-    fn location_of(&self, subprogram: u32) -> Option<String> {
-        let dwarf = self.dwarf();
-        let sub = dwarf.subprograms.get(subprogram as usize)?;
-        dwarf.location(&self.data, &self.info, sub)
+    /// The code-bearing subprograms of the units covering `address` (from the full index when
+    /// it is built, else by scanning just those units, cached).
+    fn unit_subprograms(&self, address: u64) -> Vec<Rc<Vec<dwarf::Subprogram>>> {
+        let (data, info) = self.dwarf_file();
+        if !info.has_dwarf() {
+            return Vec::new();
+        }
+        let offsets = self.units().units_containing(address);
+        let mut out = Vec::new();
+        for offset in offsets {
+            if let Some(subs) = self.unit_cache.borrow().get(&offset) {
+                out.push(subs.clone());
+                continue;
+            }
+            let dwarf = dwarf::load(data, info, self.sections());
+            let subs = Rc::new(dwarf::scan_units(&dwarf, &[offset]));
+            self.unit_cache.borrow_mut().insert(offset, subs.clone());
+            out.push(subs);
+        }
+        out
+    }
+
+    /// DWARF subprograms whose entry is exactly `address`.
+    fn subprograms_at(&self, address: u64) -> Vec<dwarf::Subprogram> {
+        if let Some(index) = self.dwarf.get() {
+            return index.subprograms[index.at(address)].to_vec();
+        }
+        self.unit_subprograms(address)
+            .iter()
+            .flat_map(|subs| subs.iter().filter(|s| s.low == address).cloned())
+            .collect()
+    }
+
+    /// The DWARF subprogram whose entry range contains `vaddr`.
+    fn subprogram_containing(&self, vaddr: u64) -> Option<dwarf::Subprogram> {
+        if let Some(index) = self.dwarf.get() {
+            return index
+                .containing(vaddr)
+                .map(|i| index.subprograms[i].clone());
+        }
+        self.unit_subprograms(vaddr)
+            .iter()
+            .flat_map(|subs| subs.iter())
+            .filter(|s| s.low <= vaddr && vaddr < s.high)
+            .max_by_key(|s| s.low)
+            .cloned()
+    }
+
+    fn location_of(&self, sub: &dwarf::Subprogram) -> Option<String> {
+        let (data, info) = self.dwarf_file();
+        dwarf::location(&dwarf::load(data, info, self.sections()), sub)
     }
 }

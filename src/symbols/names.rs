@@ -9,9 +9,12 @@
 
 use cpp_demangle::DemangleOptions;
 
-use super::dwarf::DwarfIndex;
-use super::elf::ElfInfo;
+use super::CloneSymbol;
+use super::FunctionSymbol;
+use super::dwarf::{DwarfIndex, Subprogram};
+use super::elf::{ElfInfo, SymKind};
 use super::hash::{FxHashMap, FxHashSet};
+use super::pattern::Pattern;
 
 /// How a name was derived. Ordered: when one function carries the same string under several
 /// kinds, the greatest is kept.
@@ -31,7 +34,7 @@ pub(super) enum Kind {
 
 impl Kind {
     /// Whether a match on this kind names one function precisely enough to be shown as typed.
-    fn shown_as_typed(self) -> bool {
+    pub(super) fn shown_as_typed(self) -> bool {
         self >= Kind::Demangled
     }
 }
@@ -59,7 +62,6 @@ pub(super) struct FuncNames {
     pub display: String,
     pub linkage: Option<String>,
     pub size: u64,
-    pub dwarf: Option<u32>,
 }
 
 /// A demangled linkage name.
@@ -148,13 +150,8 @@ fn trim_qualifiers(mut s: &str) -> &str {
 }
 
 /// Collects the names of the function at one address from its symbols (`syms`, indices into
-/// `info.symbols`) and DWARF subprograms (`subs`, indices into `dwarf.subprograms`).
-pub(super) fn describe(
-    info: &ElfInfo,
-    syms: &[u32],
-    dwarf: &DwarfIndex,
-    subs: &[u32],
-) -> FuncNames {
+/// `info.symbols`) and DWARF subprograms (`subs`, those with their entry there).
+pub(super) fn describe(info: &ElfInfo, syms: &[u32], subs: &[Subprogram]) -> FuncNames {
     let mut names: Vec<(String, Kind)> = Vec::new();
     let mut cpp_display = None;
     let mut rust_display: Option<String> = None;
@@ -206,8 +203,7 @@ pub(super) fn describe(
         linkage.get_or_insert_with(|| sym.name.to_string());
         size = size.max(sym.size);
     }
-    for &i in subs {
-        let sub = &dwarf.subprograms[i as usize];
+    for sub in subs {
         if let Some(name) = &sub.name {
             qualified.get_or_insert_with(|| name.to_string());
             names.push((name.to_string(), Kind::Qualified));
@@ -258,20 +254,24 @@ pub(super) fn describe(
         display,
         linkage,
         size,
-        dwarf: subs.first().copied(),
     }
 }
 
 impl NameIndex {
     /// Groups symbols and DWARF subprograms by entry address and indexes all their names.
     pub(super) fn build(info: &ElfInfo, dwarf: &DwarfIndex) -> Self {
-        let mut groups: FxHashMap<u64, (Vec<u32>, Vec<u32>)> = FxHashMap::default();
+        let mut groups: FxHashMap<u64, (Vec<u32>, Option<std::ops::Range<usize>>)> =
+            FxHashMap::default();
         for &i in &info.functions_by_address {
             let address = info.symbols[i as usize].address;
             groups.entry(address).or_default().0.push(i);
         }
-        for (i, sub) in dwarf.subprograms.iter().enumerate() {
-            groups.entry(sub.low).or_default().1.push(i as u32);
+        for sub in &dwarf.subprograms {
+            groups
+                .entry(sub.low)
+                .or_default()
+                .1
+                .get_or_insert_with(|| dwarf.at(sub.low));
         }
         let mut addresses: Vec<u64> = groups.keys().copied().collect();
         addresses.sort_unstable();
@@ -282,7 +282,8 @@ impl NameIndex {
         by_name.reserve(addresses.len() * 3);
         for address in addresses {
             let (syms, subs) = &groups[&address];
-            let described = describe(info, syms, dwarf, subs);
+            let subs = subs.clone().unwrap_or(0..0);
+            let described = describe(info, syms, &dwarf.subprograms[subs.clone()]);
             let index = funcs.len() as u32;
             for (name, kind) in described.names {
                 let entry = by_name.entry(name.into_boxed_str()).or_default();
@@ -296,7 +297,7 @@ impl NameIndex {
                 size: described.size,
                 linkage: described.linkage.map(Into::into),
                 display: described.display.into(),
-                dwarf: described.dwarf,
+                dwarf: (!subs.is_empty()).then_some(subs.start as u32),
             });
         }
         NameIndex { funcs, by_name }
@@ -337,6 +338,23 @@ impl NameIndex {
                 };
                 (f, name)
             })
+            .collect()
+    }
+
+    /// Functions with a name matching `pattern`, each with its display name, sorted by
+    /// address. Mangled spellings are not matched (their demangled forms are).
+    pub(super) fn search(&self, pattern: &Pattern) -> Vec<(u32, String)> {
+        let mut hits: Vec<u32> = Vec::new();
+        for (key, funcs) in &self.by_name {
+            if looks_mangled(key) || !pattern.matches(key) {
+                continue;
+            }
+            hits.extend(funcs.iter().map(|&(f, _)| f));
+        }
+        hits.sort_unstable();
+        hits.dedup();
+        hits.into_iter()
+            .map(|f| (f, self.funcs[f as usize].display.to_string()))
             .collect()
     }
 
@@ -390,7 +408,7 @@ impl NameIndex {
 
 /// A path segment without generic arguments, turbofish or parameter list: the bare function
 /// name people type (`gen` for `gen::<u32>`, `m` for `m(int) const`, `max` for `max<int>`).
-fn base_name(segment: &str) -> &str {
+pub(super) fn base_name(segment: &str) -> &str {
     let end = segment
         .char_indices()
         .skip(1)
@@ -445,4 +463,109 @@ pub(super) fn levenshtein(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// The symbol-table half of `resolve`: the one function the symbol tables name `query`, with
+/// the name to show when the query named it precisely (else its display name is used).
+///
+/// Only symbols whose raw name contains the query's function name are demangled: mangled names
+/// spell every path segment out (`4calc`), so the others cannot match. None when no function or
+/// several match, or when the query is a generic instance (legacy Rust mangling drops generic
+/// arguments): the full index, with DWARF names, then decides.
+pub(super) fn match_symbols(info: &ElfInfo, query: &str) -> Option<(u64, Option<String>)> {
+    if query.contains("::<") || query.is_empty() {
+        return None;
+    }
+    let crate_rest = query.strip_prefix("crate::").filter(|r| !r.is_empty());
+    let base = base_name(last_segment(crate_rest.unwrap_or(query)));
+    if base.is_empty() {
+        return None;
+    }
+    let by_address = &info.functions_by_address;
+    let mut addresses: Vec<u64> = by_address
+        .iter()
+        .map(|&i| &info.symbols[i as usize])
+        .filter(|s| s.name.contains(base))
+        .map(|s| s.address)
+        .collect();
+    addresses.dedup();
+    if addresses.len() > 512 {
+        return None;
+    }
+    let mut hits: Vec<(u64, Kind, String)> = Vec::new();
+    for address in addresses {
+        let start = by_address.partition_point(|&i| info.symbols[i as usize].address < address);
+        let end = by_address.partition_point(|&i| info.symbols[i as usize].address <= address);
+        let described = describe(info, &by_address[start..end], &[]);
+        let best = described
+            .names
+            .into_iter()
+            .filter(|(name, _)| {
+                name == query
+                    || crate_rest.is_some_and(|rest| {
+                        name.split_once("::")
+                            .is_some_and(|(first, tail)| !first.is_empty() && tail == rest)
+                    })
+            })
+            .max_by_key(|(_, kind)| *kind);
+        if let Some((name, kind)) = best {
+            hits.push((address, kind, name));
+        }
+    }
+    match hits.as_slice() {
+        [(address, kind, name)] => Some((*address, kind.shown_as_typed().then(|| name.clone()))),
+        _ => None,
+    }
+}
+
+/// The other names of the code at one address (`syms`: the symbols there), as people write
+/// them; a name that demangles like `f`'s own is shown raw (C++ C1/C2, D1/D2 variants).
+pub(super) fn aliases(info: &ElfInfo, syms: &[u32], f: &FunctionSymbol) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for &i in syms {
+        let sym = &info.symbols[i as usize];
+        if f.linkage_name.as_deref() == Some(&*sym.name) {
+            continue;
+        }
+        let described = describe(info, &[i], &[]);
+        let shown = if described.display == f.name {
+            sym.name.to_string()
+        } else {
+            described.display
+        };
+        if !out.contains(&shown) {
+            out.push(shown);
+        }
+    }
+    out
+}
+
+/// GCC clone suffixes: `f.constprop.0`, `f.isra.0`, `f.part.0`, `f.cold`, and their
+/// combinations (`f.isra.0.cold`).
+const CLONE_KINDS: &[&str] = &["constprop", "isra", "part", "cold", "clone", "specialized"];
+
+/// Compiler clones of the function whose symbol is `linkage`.
+pub(super) fn clones(info: &ElfInfo, linkage: &str) -> Vec<CloneSymbol> {
+    let mut out: Vec<CloneSymbol> = info
+        .symbols
+        .iter()
+        .filter(|s| s.kind == SymKind::Func)
+        .filter_map(|s| {
+            let suffix = s.name.strip_prefix(linkage)?.strip_prefix('.')?;
+            let kind = suffix.split('.').next()?;
+            CLONE_KINDS.contains(&kind).then(|| CloneSymbol {
+                symbol: s.name.to_string(),
+                kind: if suffix.ends_with("cold") {
+                    "cold".to_string()
+                } else {
+                    kind.to_string()
+                },
+                address: s.address,
+                size: s.size,
+            })
+        })
+        .collect();
+    out.sort_by_key(|c| c.address);
+    out.dedup_by_key(|c| c.address);
+    out
 }

@@ -601,7 +601,9 @@ fn timing_phases() {
         .unwrap_or(1);
     for _ in 0..rounds {
         let t = std::time::Instant::now();
-        let dwarf = super::dwarf::DwarfIndex::build(&index.data, &index.info);
+        let (data, info) = index.dwarf_file();
+        let dwarf =
+            super::dwarf::DwarfIndex::build(&super::dwarf::load(data, info, index.sections()));
         let dwarf_time = t.elapsed();
         let t = std::time::Instant::now();
         let names = super::names::NameIndex::build(&index.info, &dwarf);
@@ -618,4 +620,157 @@ fn timing_phases() {
             names.by_name.len(),
         );
     }
+}
+
+const SIG_SOURCE: &str = r#"#include <stddef.h>
+typedef unsigned long my_size;
+struct point { int x, y; };
+__attribute__((noinline)) const char *sig(const char *s, int *const p, my_size n,
+                                          struct point pt, double d[4], ...) {
+    return s + n + *p + pt.x + (int)d[0];
+}
+int main(int argc, char **argv) {
+    int v = argc;
+    double d[4] = {0};
+    struct point pt = {1, 2};
+    return sig(argv[0], &v, 1, pt, d) != 0;
+}
+"#;
+
+/// Signatures read from DWARF name each type as C spells it (pointers, `const` on either side of
+/// the `*`, typedefs, structs, arrays decaying to pointers) with its size, and note `...`.
+#[test]
+fn c_signature_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_source(dir.path(), "sig.c", SIG_SOURCE);
+    let bin = dir.path().join("sig");
+    run(Command::new("gcc")
+        .args(["-g", "-O1"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin));
+    let index = SymbolIndex::open(&bin).unwrap();
+    let f = expect_found(&index, "sig");
+    let details = index.details(&f);
+    assert!(!details.generic && !details.rust);
+    let sig = details.signature.expect("signature");
+    let types: Vec<(String, Option<u64>)> = sig
+        .params
+        .iter()
+        .map(|p| (p.ty.name.clone(), p.ty.size))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("const char *".to_string(), Some(8)),
+            ("int * const".to_string(), Some(8)),
+            ("my_size".to_string(), Some(8)),
+            ("point".to_string(), Some(8)),
+            ("double *".to_string(), Some(8)),
+        ]
+    );
+    assert!(sig.variadic);
+    let returns = sig.returns.clone().unwrap();
+    assert_eq!(
+        (returns.name.as_str(), returns.size),
+        ("const char *", Some(8))
+    );
+    assert_eq!(sig.mismatch(&sig), None);
+    let mut other = sig.clone();
+    other.params[2].ty.size = Some(4);
+    assert!(sig.mismatch(&other).unwrap().contains("parameter 3"));
+}
+
+/// A separate debug file is used only if it is the file's: a debuglink target with another
+/// build-id, or (without build-ids) another CRC, is rejected and the reason recorded.
+#[test]
+fn separate_debug_file_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path(), "prog", &["-g", "-O1", "-Wl,--build-id=none"]);
+    let debug = dir.path().join("prog.debug");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&bin)
+        .arg(&debug));
+    let stripped = dir.path().join("stripped");
+    run(Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(format!("--add-gnu-debuglink={}", debug.display()))
+        .arg(&bin)
+        .arg(&stripped));
+    let index = SymbolIndex::open(&stripped).unwrap();
+    match index.debug_info() {
+        DebugInfoSource::Separate { path, found_by } => {
+            assert_eq!(path, &debug);
+            assert_eq!(found_by, "debuglink");
+        }
+        other => panic!("{other:?}"),
+    }
+    let f = expect_found(&index, "helper");
+    assert!(f.location.unwrap().ends_with("prog.c:8"));
+
+    // Another build's debug file under the linked name: its CRC differs.
+    let other = build_c(dir.path(), "other", &["-g", "-O2", "-Wl,--build-id=none"]);
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&other)
+        .arg(&debug));
+    let index = SymbolIndex::open(&stripped).unwrap();
+    match index.debug_info() {
+        DebugInfoSource::Missing { searched } => {
+            assert!(searched.iter().any(|s| s.contains("CRC")), "{searched:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        index.resolve("helper"),
+        Resolution::NotFound { .. }
+    ));
+}
+
+/// `lookup` answers a miss with an empty list; glob and substring searches find by pattern.
+#[test]
+fn lookup_and_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path(), "prog", &["-g", "-O1"]);
+    let index = SymbolIndex::open(&bin).unwrap();
+    // A name the symbol table knows is answered from it and one DWARF unit: neither the full
+    // DWARF index nor the name index is built.
+    let f = expect_found(&index, "compute");
+    assert!(f.location.is_some());
+    assert!(index.details(&f).signature.is_some());
+    assert!(index.dwarf.get().is_none() && index.names.get().is_none());
+    assert!(index.lookup("no_such_function").is_empty());
+    assert_eq!(index.lookup("compute").len(), 1);
+    let names = |p: Pattern| -> Vec<String> {
+        let mut v: Vec<String> = index.search(&p).into_iter().map(|f| f.name).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(Pattern::parse("*elp*")), ["helper"]);
+    assert_eq!(names(Pattern::Substring("omput".into())), ["compute"]);
+}
+
+/// Several symbols at one address are one function, and each reports the others as aliases.
+#[test]
+fn aliases_at_one_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_source(
+        dir.path(),
+        "alias.c",
+        "__attribute__((noinline)) int compute(int x) { return x * 7 + 1; }\n\
+         int compute_alias(int) __attribute__((alias(\"compute\")));\n\
+         int main(int argc, char **argv) { (void)argv; return compute_alias(argc); }\n",
+    );
+    let bin = dir.path().join("alias");
+    run(Command::new("gcc")
+        .args(["-g", "-O1"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin));
+    let index = SymbolIndex::open(&bin).unwrap();
+    let f = expect_found(&index, "compute");
+    assert_eq!(expect_found(&index, "compute_alias").address, f.address);
+    assert_eq!(index.aliases(&f), ["compute_alias"]);
+    assert!(index.clones(&f).is_empty());
 }

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Benchmark of the symbols layer on a large Rust binary (>= 100 MB of .debug_info):
+#   1. `rpatch resolve --exe BIN NAME --no-inlined`: a name with its size, file:line and
+#      signature (symbol table + unit address ranges + one DWARF unit, zero-copy); warm cache.
+#   2. `rpatch resolve --exe BIN NAME`: the same plus the full scan for inlined copies, which
+#      streams through all of .debug_info on every core; throughput from rpatch's own timer.
+#   3. gdb (`info address NAME`) and addr2line (the function's address) on the same binary.
+# Peak memory of each (maximum resident set size, /usr/bin/time -v) beside the file size.
+#
+# The binary is built here, once, from a crate with many dependencies from crates.io
+# (syn, tokio, cranelift, naga, image, reqwest/rustls, regex, clap, ...) at debug=2: the first
+# run downloads and compiles them (tens of minutes on two cores); later runs reuse the build.
+# Run by hand: scripts/bench-resolve.sh [RUNS]     (RPATCH_BENCH_NO_GDB=1 skips gdb: ~30 s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUNS=${1:-10}
+WORK=${RPATCH_BENCH_DIR:-$ROOT/target/bench-resolve}
+NAME=bigapp::pricing::calc
+command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine; }
+[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
+
+# --- the large binary -------------------------------------------------------------------
+CRATE=$WORK/bigapp
+mkdir -p "$CRATE/src"
+cat >"$CRATE/Cargo.toml.new" <<'EOF'
+[package]
+name = "bigapp"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+syn = { version = "2", features = ["full", "extra-traits", "visit", "visit-mut", "fold", "parsing", "printing"] }
+proc-macro2 = "1"
+quote = "1"
+regex = "1"
+serde = { version = "1", features = ["derive"] }
+serde_json = "1"
+tokio = { version = "1", features = ["full"] }
+clap = { version = "4", features = ["derive"] }
+cranelift-codegen = "0.120"
+cranelift-frontend = "0.120"
+wasmparser = "0.230"
+gimli = "0.31"
+object = "0.36"
+image = "0.25"
+reqwest = { version = "0.12", default-features = false, features = ["blocking", "rustls-tls", "json"] }
+rayon = "1"
+toml = "0.8"
+chrono = "0.4"
+naga = { version = "25", features = ["wgsl-in", "spv-out", "wgsl-out", "msl-out", "hlsl-out", "glsl-out"] }
+
+# Optimised like a release build (so functions get inlined), with full debug info.
+[profile.dev]
+debug = 2
+opt-level = 1
+
+[workspace]
+EOF
+cat >"$CRATE/src/main.rs.new" <<'EOF'
+//! bigapp: uses many large crates so that its DWARF is big; `bigapp::pricing::calc` is the
+//! function the benchmark resolves.
+use std::hint::black_box;
+mod pricing { #[inline(never)] pub fn calc(x: u64) -> u64 { x.wrapping_mul(3) + 1 } }
+struct Id;
+impl syn::fold::Fold for Id {}
+impl syn::visit_mut::VisitMut for Id {}
+fn main() {
+    let src = std::env::args().nth(1).unwrap_or_default();
+    let file: syn::File = syn::parse_str(&src).unwrap_or_else(|_| syn::parse_quote! { fn f() {} });
+    let mut f2 = syn::fold::fold_file(&mut Id, file.clone());
+    syn::visit_mut::visit_file_mut(&mut Id, &mut f2);
+    println!("{:?} {}", file == f2, quote::quote!(#file));
+    println!("{:?}", regex::Regex::new(&src).ok().map(|r| r.is_match("abc")));
+    let v: serde_json::Value = serde_json::from_str(&src).unwrap_or_default();
+    println!("{v}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{:?}", l.local_addr());
+        tokio::fs::read("/etc/hostname").await.ok();
+    });
+    println!("{:?}", clap::Command::new("x").arg(clap::Arg::new("a")).get_matches_from(["x"]));
+    use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, Signature, UserFuncName};
+    use cranelift_codegen::settings::{self, Configurable};
+    let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    sig.params.push(AbiParam::new(types::I64));
+    sig.returns.push(AbiParam::new(types::I64));
+    let mut func = Function::with_name_signature(UserFuncName::user(0, 0), sig);
+    let mut fctx = cranelift_frontend::FunctionBuilderContext::new();
+    {
+        let mut b = cranelift_frontend::FunctionBuilder::new(&mut func, &mut fctx);
+        let blk = b.create_block();
+        b.append_block_params_for_function_params(blk);
+        b.switch_to_block(blk);
+        b.seal_block(blk);
+        let x = b.block_params(blk)[0];
+        let y = b.ins().iadd(x, x);
+        b.ins().return_(&[y]);
+        b.finalize();
+    }
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").unwrap();
+    let isa = cranelift_codegen::isa::lookup_by_name("x86_64").unwrap().finish(settings::Flags::new(flags)).unwrap();
+    let mut ctx = cranelift_codegen::Context::for_function(func);
+    let mut cp = cranelift_codegen::control::ControlPlane::default();
+    println!("{:?}", ctx.compile(&*isa, &mut cp).map(|c| c.code_buffer().len()).ok());
+    for p in wasmparser::Parser::new(0).parse_all(src.as_bytes()) { println!("{:?}", p.is_ok()); }
+    let bytes = std::fs::read("/proc/self/exe").unwrap();
+    let obj = object::File::parse(&*bytes).unwrap();
+    use object::{Object, ObjectSection};
+    if let Some(s) = obj.section_by_name(".debug_info") {
+        let d = gimli::DebugInfo::new(s.data().unwrap(), gimli::LittleEndian);
+        let mut u = d.units();
+        while let Ok(Some(h)) = u.next() { black_box(h); }
+    }
+    if let Ok(img) = image::load_from_memory(src.as_bytes()) {
+        let small = img.resize(16, 16, image::imageops::FilterType::Lanczos3);
+        let mut out = std::io::Cursor::new(Vec::new());
+        for f in [image::ImageFormat::Png, image::ImageFormat::Jpeg, image::ImageFormat::Gif,
+                  image::ImageFormat::Tiff, image::ImageFormat::WebP] {
+            small.write_to(&mut out, f).ok();
+        }
+        println!("{}", out.get_ref().len());
+    }
+    if src.starts_with("http") {
+        println!("{:?}", reqwest::blocking::get(&src).and_then(|r| r.json::<serde_json::Value>()).is_ok());
+    }
+    use rayon::prelude::*;
+    println!("{}", (0..src.len() as u64 + 1000).into_par_iter().map(|x| x * x).sum::<u64>());
+    let t: Result<toml::Value, _> = toml::from_str(&src);
+    println!("{:?}", t.map(|v| toml::to_string(&v).ok()));
+    println!("{}", chrono::Utc::now().to_rfc3339());
+    if let Ok(module) = naga::front::wgsl::parse_str(&src) {
+        let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+        if let Ok(info) = v.validate(&module) {
+            println!("{:?}", naga::back::spv::write_vec(&module, &info, &Default::default(), None).map(|w| w.len()).ok());
+            println!("{:?}", naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty()).ok());
+            println!("{:?}", naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default()).ok().map(|x| x.0));
+            let mut hlsl = String::new();
+            let options = naga::back::hlsl::Options::default();
+            let mut w = naga::back::hlsl::Writer::new(&mut hlsl, &options);
+            println!("{:?}", w.write(&module, &info, None).is_ok());
+        }
+    }
+    println!("{}", pricing::calc(black_box(3)));
+}
+EOF
+for f in Cargo.toml src/main.rs; do
+  cmp -s "$CRATE/$f.new" "$CRATE/$f" 2>/dev/null && rm "$CRATE/$f.new" || mv "$CRATE/$f.new" "$CRATE/$f"
+done
+echo "building the large binary (the first time downloads and compiles ~250 crates)..." >&2
+cargo build --quiet --manifest-path "$CRATE/Cargo.toml" --target-dir "$WORK/target"
+BIN=$WORK/target/debug/bigapp
+
+section_size() { # FILE SECTION -> bytes
+  readelf -SW "$1" | python3 -c '
+import re, sys
+for l in sys.stdin:
+    m = re.match(r"\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+)", l)
+    if m and m.group(1) == sys.argv[1]:
+        print(int(m.group(2), 16)); break
+else:
+    print(0)' "$2"
+}
+INFO=$(section_size "$BIN" .debug_info)
+FILE=$(stat -c %s "$BIN")
+if [ "$INFO" -lt 100000000 ]; then
+  echo "warning: .debug_info is only $((INFO / 1000000)) MB (< 100 MB)" >&2
+fi
+
+cargo build --release --quiet
+RPATCH=$ROOT/target/release/rpatch
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+# Warm the page cache (the targets are about warm runs).
+cat "$BIN" >/dev/null
+"$RPATCH" resolve --exe "$BIN" "$NAME" --json >"$OUT/full.json"
+
+peak_kb() { # CMD... -> maximum resident set size in kB
+  /usr/bin/time -v "$@" 2>"$OUT/time.log" >/dev/null || true
+  awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$OUT/time.log"
+}
+median_ms() { # hyperfine JSON -> median ms
+  python3 -c 'import json,sys; print("%.1f" % (json.load(open(sys.argv[1]))["results"][0]["median"] * 1000))' "$1"
+}
+
+# 1. A name with size, file:line and signature.
+hyperfine -N --warmup 2 --runs "$RUNS" --export-json "$OUT/resolve.json" \
+  "$RPATCH resolve --exe $BIN $NAME --no-inlined --json" >/dev/null
+RESOLVE_MS=$(median_ms "$OUT/resolve.json")
+RESOLVE_KB=$(peak_kb "$RPATCH" resolve --exe "$BIN" "$NAME" --no-inlined --json)
+
+# 2. With the full scan for inlined copies: rpatch's own timer of the scan, and CPU time.
+SCAN_RUNS=$(( RUNS < 5 ? RUNS : 5 ))
+scans=()
+for _ in $(seq 1 "$SCAN_RUNS"); do
+  "$RPATCH" resolve --exe "$BIN" "$NAME" --json >"$OUT/full.json"
+  scans+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timings"]["inline_scan_ms"])' "$OUT/full.json")")
+done
+SCAN_MS=$(printf '%s\n' "${scans[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2)] }')
+SCAN_MBS=$(python3 -c "print('%.0f' % ($INFO / 1e6 / ($SCAN_MS / 1000)))")
+hyperfine -N --warmup 1 --runs "$SCAN_RUNS" --export-json "$OUT/scan.json" \
+  "$RPATCH resolve --exe $BIN $NAME --json" >/dev/null
+FULL_MS=$(median_ms "$OUT/scan.json")
+CPU=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.2f" % (r["user"] + r["system"]))' "$OUT/scan.json")
+FULL_KB=$(peak_kb "$RPATCH" resolve --exe "$BIN" "$NAME" --json)
+INLINED=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["matches"][0]; print(len(m["inlined"] or []))' "$OUT/full.json")
+ADDR=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["matches"][0]["address"])' "$OUT/full.json")
+SIG=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["matches"][0]; print(m["signature_text"], m["location"])' "$OUT/full.json")
+
+# 3. gdb and addr2line on the same binary.
+GDB_MS="n/a"; GDB_KB="n/a"
+if command -v gdb >/dev/null && [ -z "${RPATCH_BENCH_NO_GDB:-}" ]; then
+  t0=$(date +%s%N)
+  gdb -q -batch -ex "info address $NAME" "$BIN" >"$OUT/gdb.log" 2>&1 || true
+  t1=$(date +%s%N)
+  GDB_MS=$(( (t1 - t0) / 1000000 ))
+  GDB_KB=$(peak_kb gdb -q -batch -ex "info address $NAME" "$BIN")
+fi
+A2L_MS="n/a"; A2L_KB="n/a"
+if command -v addr2line >/dev/null; then
+  hyperfine -N --warmup 1 --runs 3 --export-json "$OUT/a2l.json" "addr2line -f -C -i -e $BIN $ADDR" >/dev/null
+  A2L_MS=$(median_ms "$OUT/a2l.json")
+  A2L_KB=$(peak_kb addr2line -f -C -i -e "$BIN" "$ADDR")
+fi
+
+mb() { python3 -c "print('%.0f' % ($1 / 1000))"; }
+echo
+echo "binary: $BIN"
+echo "  file $((FILE / 1000000)) MB, .debug_info $((INFO / 1000000)) MB, $(nproc) cores"
+echo "  $NAME: $SIG, inlined into $INLINED places"
+echo
+printf '| %-58s | %10s | %12s |\n' "operation (warm page cache)" "time" "peak RSS"
+printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..14})"
+printf '| %-58s | %7s ms | %9s MB |\n' "rpatch resolve NAME (size, file:line, signature)" "$RESOLVE_MS" "$(mb "$RESOLVE_KB")"
+printf '| %-58s | %7s ms | %9s MB |\n' "rpatch resolve NAME + inlined-copies scan (whole run)" "$FULL_MS" "$(mb "$FULL_KB")"
+printf '| %-58s | %7s ms | %12s |\n' "  of which the scan: $SCAN_MBS MB/s of .debug_info (CPU ${CPU}s)" "$SCAN_MS" ""
+printf '| %-58s | %7s ms | %9s MB |\n' "gdb -batch -ex 'info address NAME'" "$GDB_MS" "$( [ "$GDB_KB" = n/a ] && echo n/a || mb "$GDB_KB")"
+printf '| %-58s | %7s ms | %9s MB |\n' "addr2line -f -C -i ADDRESS" "$A2L_MS" "$( [ "$A2L_KB" = n/a ] && echo n/a || mb "$A2L_KB")"
+echo
+echo "targets: resolve <= 150 ms; scan >= 200 MB/s on 2 cores; peak memory far below the file size"
+echo "(machine load while measuring: $(cut -d' ' -f1-3 /proc/loadavg))"
