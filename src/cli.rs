@@ -325,8 +325,18 @@ impl Output {
                     out += &format!("PID {}: no patches recorded\n", r.pid);
                 }
                 for p in &r.patches {
+                    let mut notes = String::new();
+                    if p.state == "applied" && !p.active {
+                        notes += "  [superseded]";
+                    }
+                    if p.module_replaced {
+                        notes += "  [module replaced: another build is mapped now]";
+                    }
+                    if p.file_changed_on_disk {
+                        notes += "  [file on disk changed since it was mapped]";
+                    }
                     out += &format!(
-                        "{:>3}  {:<11} {} at {} -> {} ({}, {}){}\n",
+                        "{:>3}  {:<11} {} at {} -> {} ({}, {}){notes}\n",
                         p.id,
                         p.state,
                         p.function,
@@ -334,11 +344,6 @@ impl Output {
                         p.replacement_name,
                         p.library.display(),
                         p.method,
-                        if p.state == "applied" && !p.active {
-                            "  [superseded]"
-                        } else {
-                            ""
-                        }
                     );
                 }
             }

@@ -163,6 +163,22 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The module holding a patched function is no longer the build that was patched.
+    #[error(
+        "{function}: {module} mapped in PID {pid} is build {found}, not build {recorded} that was patched; its code is not what the journal describes, nothing was written"
+    )]
+    ModuleChanged {
+        /// Function.
+        function: String,
+        /// Module path.
+        module: std::path::PathBuf,
+        /// The PID.
+        pid: i32,
+        /// Build-id recorded at attach.
+        recorded: String,
+        /// Build-id mapped now ("none" when the module is no longer mapped).
+        found: String,
+    },
     /// Memory does not hold what rpatch expects there.
     #[error(
         "{function} at {address:#x} holds {found} where {expected} was expected (changed by something else, or the file on disk differs from the one mapped); nothing was written"
@@ -207,7 +223,7 @@ impl Error {
             Error::Journal(JournalError::OtherProcess { .. }) => 14,
             Error::Journal(_) => 1,
             Error::Busy { .. } => 15,
-            Error::UnexpectedBytes { .. } => 16,
+            Error::UnexpectedBytes { .. } | Error::ModuleChanged { .. } => 16,
             Error::StackedAbove { .. } => 18,
             Error::Unsupported { .. } => 19,
             Error::Refused { .. } => 20,

@@ -118,6 +118,10 @@ pub struct PatchRecord {
     pub function: String,
     /// Module (file) that holds the function.
     pub module: PathBuf,
+    /// Build-id (hex) of the module as mapped when patched: rollback and status check the code
+    /// at `address` still belongs to that build.
+    #[serde(default)]
+    pub module_build_id: Option<String>,
     /// Runtime entry address of the function.
     pub function_address: u64,
     /// Runtime address of the first byte written (after a kept `endbr64`).

@@ -246,6 +246,7 @@ mod tests {
                 group: 1,
                 function: "f".into(),
                 module: "/bin/x".into(),
+                module_build_id: Some("ab12".into()),
                 function_address: 0x1000,
                 address: 0x1004,
                 original: vec![0x55, 0x48],

@@ -226,6 +226,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
                 group,
                 function: p.function.name.clone(),
                 module: p.module.clone(),
+                module_build_id: modules.mapped_build_id(&p.module),
                 function_address: p.entry,
                 address: p.write_at,
                 original,

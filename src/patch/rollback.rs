@@ -5,7 +5,7 @@ use crate::Error;
 use crate::error::hex;
 use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
 use crate::log::Log;
-use crate::process::{Memory, ProcessError, Tracer};
+use crate::process::{self, Memory, ModuleMap, ProcessError, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
@@ -61,6 +61,23 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
     let mut tracer = Tracer::new(pid)?;
     super::status::reconcile(&mut journal, tracer.mem())?;
     let selected = select(&journal, options)?;
+    // The code at each address must still be the build that was patched.
+    let maps = process::read_maps(pid)?;
+    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
+    for r in &selected {
+        if let Some(recorded) = &r.module_build_id {
+            let found = modules.mapped_build_id(&r.module);
+            if found.as_ref() != Some(recorded) {
+                return Err(Error::ModuleChanged {
+                    function: r.function.clone(),
+                    module: r.module.clone(),
+                    pid,
+                    recorded: recorded.clone(),
+                    found: found.unwrap_or_else(|| "none".into()),
+                });
+            }
+        }
+    }
     log.step(
         "plan",
         format!(

@@ -5,9 +5,11 @@ use super::identify;
 use crate::Error;
 use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
 use crate::log::Log;
-use crate::process::{Memory, ProcMem, ProcessError};
+use crate::process::{self, Memory, ModuleMap, ProcMem, ProcessError};
 use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// One patch as `status` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +36,13 @@ pub struct PatchStatus {
     /// Whether calls reach this replacement now (false when a later patch on the same function
     /// sits on top of it).
     pub active: bool,
+    /// Build-id of the patched module as mapped at attach.
+    pub module_build_id: Option<String>,
+    /// The module mapped now is another build (or gone): the patch's bytes no longer describe it.
+    pub module_replaced: bool,
+    /// The file on disk at the module's path is another build than the one mapped (rebuilt or
+    /// upgraded since the process started): a restart would run different code.
+    pub file_changed_on_disk: bool,
 }
 
 /// Result of `status`.
@@ -142,9 +151,13 @@ pub(crate) fn reconcile(journal: &mut Journal, mem: &dyn Memory) -> Result<(), E
 /// Reports every recorded patch of `pid`, verified against memory. Reads memory without stopping
 /// the target.
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
-    let (_, identity) = identify(pid, log)?;
+    let (info, identity) = identify(pid, log)?;
     let state = StateDir::from_env()?;
     let exists = state.journal_path(pid).exists();
+    let maps = process::read_maps(pid)?;
+    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
+    // Identity of each patched module: the build mapped now, and the file on disk now.
+    let mut identities: HashMap<PathBuf, (Option<String>, Option<String>)> = HashMap::new();
     let mut journal = Journal::open(&state, &identity)?;
     let mem = ProcMem::open(pid).map_err(|e| ProcessError::Io {
         pid,
@@ -157,6 +170,22 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
         .patches
         .iter()
         .map(|r| {
+            let (mapped, on_disk) = identities
+                .entry(r.module.clone())
+                .or_insert_with(|| {
+                    (
+                        modules.mapped_build_id(&r.module),
+                        modules.disk_build_id(&r.module),
+                    )
+                })
+                .clone();
+            let live = matches!(
+                r.state,
+                PatchState::Applied | PatchState::Intent | PatchState::RollingBack
+            );
+            let module_replaced =
+                live && r.module_build_id.is_some() && mapped != r.module_build_id;
+            let file_changed_on_disk = mapped.is_some() && on_disk != mapped;
             let (state, active) = match r.state {
                 PatchState::RolledBack => ("rolled_back", false),
                 PatchState::Abandoned => ("abandoned", false),
@@ -180,6 +209,9 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
                 island: r.island_slot.map(|s| format!("{s:#x}")),
                 state: state.into(),
                 active,
+                module_build_id: r.module_build_id.clone(),
+                module_replaced,
+                file_changed_on_disk,
             }
         })
         .collect();

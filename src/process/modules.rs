@@ -126,6 +126,21 @@ impl ModuleMap {
             .find(|m| m.file_name().starts_with(prefix))
     }
 
+    /// Build-id (hex) of the module mapped from `path`, read from the mapped file itself (which
+    /// may differ from the file now at that path). `None` when it is not mapped or has none.
+    pub fn mapped_build_id(&mut self, path: &Path) -> Option<String> {
+        let module = self.modules.iter().find(|m| m.path == path)?.clone();
+        self.symbols(&module).ok()?.build_id().map(hex)
+    }
+
+    /// Build-id (hex) of the file at `path` on disk now, as the target sees its file system.
+    pub fn disk_build_id(&self, path: &Path) -> Option<String> {
+        let on_disk = super::proc_dir(self.pid)
+            .join("root")
+            .join(path.strip_prefix("/").unwrap_or(path));
+        SymbolIndex::open(&on_disk).ok()?.build_id().map(hex)
+    }
+
     /// The symbol index of a module, opened once.
     pub fn symbols(&mut self, module: &LoadedModule) -> Result<Rc<SymbolIndex>, SymbolError> {
         if let Some(index) = self.cache.get(&module.path) {
@@ -135,6 +150,10 @@ impl ModuleMap {
         self.cache.insert(module.path.clone(), index.clone());
         Ok(index)
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
