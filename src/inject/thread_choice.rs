@@ -45,6 +45,16 @@ const ALLOCATOR: &[&str] = &[
     "cfree",
 ];
 
+/// The allocator's entry points, and its internals when the symbol table names them
+/// (`_int_malloc`, `malloc_consolidate`, `sysmalloc`, arena and tcache helpers).
+fn is_allocator(name: &str) -> bool {
+    ALLOCATOR.contains(&name)
+        || name.starts_with("_int_")
+        || name.contains("malloc")
+        || name.contains("arena")
+        || name.starts_with("tcache")
+}
+
 fn is_stdio(name: &str) -> bool {
     name.starts_with("_IO_")
         || name.starts_with("__vfprintf")
@@ -98,10 +108,12 @@ fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
         return Place::Harmless;
     };
     let bias = module.bias(index.load_segments());
-    match index.function_containing(addr.wrapping_sub(bias)) {
-        Some(f) if ALLOCATOR.contains(&f.name.as_str()) => Place::Allocator,
-        Some(f) if f.name.starts_with("_dl_") || f.name.starts_with("dl") => Place::Loader,
-        Some(f) if is_stdio(&f.name) => Place::Stdio,
+    // Symbol tables only (the debug file's when installed, with the allocator's internals):
+    // this runs for every word of several stacks, where DWARF would cost tens of milliseconds.
+    match index.symbol_name_containing(addr.wrapping_sub(bias)) {
+        Some(name) if is_allocator(name) => Place::Allocator,
+        Some(name) if name.starts_with("_dl_") || name.starts_with("dl") => Place::Loader,
+        Some(name) if is_stdio(name) => Place::Stdio,
         _ => Place::Harmless,
     }
 }

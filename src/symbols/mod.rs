@@ -504,6 +504,22 @@ impl SymbolIndex {
         })
     }
 
+    /// The raw symbol-table name of the function whose [address, address+size) holds `vaddr`,
+    /// from the symbol tables alone (no DWARF, no demangling): cheap enough to classify many
+    /// stack words, as choosing a thread to borrow does.
+    pub fn symbol_name_containing(&self, vaddr: u64) -> Option<&str> {
+        let info = &self.info;
+        let by_address = &info.functions_by_address;
+        let end = by_address.partition_point(|&i| info.symbols[i as usize].address <= vaddr);
+        by_address[..end]
+            .iter()
+            .rev()
+            .take(64)
+            .map(|&i| &info.symbols[i as usize])
+            .find(|s| vaddr < s.address.saturating_add(s.size))
+            .map(|s| &*s.name)
+    }
+
     /// `len` bytes as stored in the file at link-time address `vaddr`, read through the PT_LOAD
     /// segment's file bytes; None unless the whole range is backed by file content (not .bss).
     /// Lets rpatch check that memory still holds the original code before writing over it.
