@@ -5,13 +5,6 @@ mod common;
 
 use common::*;
 
-fn attach(state: &std::path::Path, target: &Target, lib: &str, func: &str, extra: &[&str]) -> Run {
-    let pid = target.pid_arg();
-    let mut args = vec!["attach", &pid, "--lib", lib, "--func", func];
-    args.extend_from_slice(extra);
-    rpatch(state, &args)
-}
-
 /// A process whose main thread has exited (a zombie leader whose /proc/PID/maps, mem and exe read
 /// empty) while a worker runs on is patched and rolled back through the live thread's /proc entries.
 #[test]
@@ -21,7 +14,7 @@ fn main_thread_exited() {
     let mut target = Target::spawn(t.bin("leaderless"), &[]);
     let lib = t.bin("fix_basic.so");
     assert_eq!(target.cmd("call 5"), "compute 5 6");
-    attach(state.path(), &target, lib.to_str().unwrap(), "compute", &[]).expect_ok();
+    attach(state.path(), target.pid(), &lib, &["compute"], &[]).expect_ok();
     assert_eq!(target.cmd("call 5"), "compute 5 500");
     let status = rpatch(state.path(), &["status", &target.pid_arg(), "--json"]);
     status.expect_ok();
@@ -39,7 +32,7 @@ fn threads_created_and_exiting_during_freeze() {
     let mut target = Target::spawn(t.bin("churn"), &[]);
     let lib = t.bin("fix_basic.so");
     for _ in 0..5 {
-        attach(state.path(), &target, lib.to_str().unwrap(), "compute", &[]).expect_ok();
+        attach(state.path(), target.pid(), &lib, &["compute"], &[]).expect_ok();
         assert_eq!(target.cmd("call 5"), "compute 5 500");
         rpatch(state.path(), &["rollback", &target.pid_arg()]).expect_ok();
         assert_eq!(target.cmd("call 5"), "compute 5 6");
@@ -69,13 +62,7 @@ fn two_hundred_fifty_six_threads() {
     let mut target = Target::spawn(t.bin("many"), &["256"]);
     assert_eq!(target.cmd("threads"), "threads 256");
     let lib = t.bin("fix_basic.so");
-    let run = attach(
-        state.path(),
-        &target,
-        lib.to_str().unwrap(),
-        "compute",
-        &["--json"],
-    );
+    let run = attach(state.path(), target.pid(), &lib, &["compute"], &["--json"]);
     run.expect_ok();
     eprintln!("frozen for {} us with 257 threads", run.json()["frozen_us"]);
     assert_eq!(target.cmd("call 5"), "compute 5 500");
@@ -93,12 +80,11 @@ fn deep_recursion_blocks_until_it_returns() {
     let mut target = Target::spawn(t.bin("many"), &["4"]);
     assert_eq!(target.cmd("deep 2000"), "deep 2000");
     let lib = t.bin("fix_basic.so");
-    let lib = lib.to_str().unwrap();
     let message = attach(
         state.path(),
-        &target,
-        lib,
-        "recurse=compute",
+        target.pid(),
+        &lib,
+        &["recurse=compute"],
         &["--timeout", "0.3"],
     )
     .expect_error(exit::BUSY)
@@ -106,7 +92,7 @@ fn deep_recursion_blocks_until_it_returns() {
     assert!(message.contains("recurse"), "{message}");
     assert_untraced(target.pid());
     assert_eq!(target.cmd("release"), "released 2000");
-    attach(state.path(), &target, lib, "recurse=compute", &[]).expect_ok();
+    attach(state.path(), target.pid(), &lib, &["recurse=compute"], &[]).expect_ok();
     assert_untraced(target.pid());
 }
 
@@ -135,7 +121,7 @@ fn library_path_hidden_in_the_targets_mount_namespace() {
     );
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     let lib = t.bin("fix_basic.so");
-    attach(state.path(), &target, lib.to_str().unwrap(), "compute", &[]).expect_ok();
+    attach(state.path(), target.pid(), &lib, &["compute"], &[]).expect_ok();
     assert_eq!(target.cmd("call 5"), "compute 5 500");
     rpatch(state.path(), &["rollback", &target.pid_arg()]).expect_ok();
     assert_eq!(target.cmd("call 5"), "compute 5 6");
@@ -151,7 +137,7 @@ fn rollback_waits_for_threads_inside_the_replacement() {
     let state = state_dir();
     let mut target = Target::spawn(t.bin("many"), &["4"]);
     let lib = t.bin("fix_many.so");
-    attach(state.path(), &target, lib.to_str().unwrap(), "recurse", &[]).expect_ok();
+    attach(state.path(), target.pid(), &lib, &["recurse"], &[]).expect_ok();
     assert_eq!(target.cmd("deep 5"), "deep 5");
     let pid = target.pid_arg();
     let message = rpatch(state.path(), &["rollback", &pid, "--timeout", "0.3"])
@@ -176,9 +162,9 @@ fn a_threads_main_loop_is_named_as_such() {
     let lib = t.bin("fix_many.so");
     let message = attach(
         state.path(),
-        &target,
-        lib.to_str().unwrap(),
-        "idle",
+        target.pid(),
+        &lib,
+        &["idle"],
         &["--timeout", "0.2"],
     )
     .expect_error(exit::BUSY)

@@ -6,13 +6,6 @@ mod common;
 
 use common::*;
 
-fn attach(state: &std::path::Path, target: &Target, lib: &str, extra: &[&str]) -> Run {
-    let pid = target.pid_arg();
-    let mut args = vec!["attach", &pid, "--lib", lib, "--func", "compute"];
-    args.extend_from_slice(extra);
-    rpatch(state, &args)
-}
-
 /// While another thread holds the dynamic loader's lock (inside a dlopen whose constructor
 /// blocks), the injected dlopen waits without stopping the other threads, and gives up after
 /// --load-timeout with exit 8; the target keeps answering, and once the lock is released a new
@@ -24,15 +17,20 @@ fn loader_lock_held_by_another_thread() {
     let mut target = Target::spawn(t.bin("loaderlock"), &[]);
     assert_eq!(target.cmd("lock"), "locked");
     let lib = t.bin("fix_basic.so");
-    let lib = lib.to_str().unwrap();
-    let message = attach(state.path(), &target, lib, &["--load-timeout", "1"])
-        .expect_error(exit::DLOPEN_FAILED)
-        .to_string();
+    let message = attach(
+        state.path(),
+        target.pid(),
+        &lib,
+        &["compute"],
+        &["--load-timeout", "1"],
+    )
+    .expect_error(exit::DLOPEN_FAILED)
+    .to_string();
     assert!(message.contains("did not return"), "{message}");
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     assert_untraced(target.pid());
     assert_eq!(target.cmd("unlock"), "unlocked 1");
-    attach(state.path(), &target, lib, &[]).expect_ok();
+    attach(state.path(), target.pid(), &lib, &["compute"], &[]).expect_ok();
     assert_eq!(target.cmd("call 5"), "compute 5 500");
     assert_untraced(target.pid());
 }
@@ -46,15 +44,20 @@ fn library_constructor_that_hangs() {
     let state = state_dir();
     let mut target = Target::spawn(t.bin("loaderlock"), &[]);
     let lib = t.bin("blocking_ctor.so");
-    let lib = lib.to_str().unwrap();
-    let message = attach(state.path(), &target, lib, &["--load-timeout", "1"])
-        .expect_error(exit::DLOPEN_FAILED)
-        .to_string();
+    let message = attach(
+        state.path(),
+        target.pid(),
+        &lib,
+        &["compute"],
+        &["--load-timeout", "1"],
+    )
+    .expect_error(exit::DLOPEN_FAILED)
+    .to_string();
     assert!(message.contains("did not return"), "{message}");
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     assert_untraced(target.pid());
     assert_eq!(target.cmd("unlock"), "unlocked 1");
-    attach(state.path(), &target, lib, &[]).expect_ok();
+    attach(state.path(), target.pid(), &lib, &["compute"], &[]).expect_ok();
     assert_eq!(target.cmd("call 5"), "compute 5 500");
     assert_untraced(target.pid());
 }
