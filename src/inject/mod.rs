@@ -989,13 +989,36 @@ impl<'t> InjectedThread<'t> {
         path: &str,
         timeout: Duration,
     ) -> Result<u64, InjectError> {
+        self.dlopen_mode(functions, path, functions.dlopen_mode(), timeout)
+    }
+
+    /// Like [`Self::dlopen`] with `RTLD_NOW | RTLD_GLOBAL`: the library's symbols join the
+    /// global scope, so libraries loaded after it bind their undefined references to them (a
+    /// binding shim defining the target's private symbols for the patch library).
+    pub fn dlopen_global(
+        &mut self,
+        functions: &LoaderFunctions,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u64, InjectError> {
+        let mode = functions.dlopen_mode() | libc::RTLD_GLOBAL as u64;
+        self.dlopen_mode(functions, path, mode, timeout)
+    }
+
+    fn dlopen_mode(
+        &mut self,
+        functions: &LoaderFunctions,
+        path: &str,
+        mode: u64,
+        timeout: Duration,
+    ) -> Result<u64, InjectError> {
         let mut bytes = path.as_bytes().to_vec();
         bytes.push(0);
         let path_addr = self.push(&bytes)?;
         let call = RemoteCall {
             name: "dlopen",
             function: functions.dlopen,
-            args: &[path_addr, functions.dlopen_mode()],
+            args: &[path_addr, mode],
             then_if_zero: functions.dlerror,
             timeout,
         };

@@ -67,7 +67,13 @@ impl StateDir {
         File::open(library)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(io_err(library))?;
-        let hash: String = Sha256::digest(&bytes)
+        self.library_bytes_copy(&bytes)
+    }
+
+    /// Stores `bytes` as `libs/<sha256>.so` (once per content) and returns that path and the
+    /// hash, like [`Self::library_copy`], for a library rpatch generates itself (a binding shim).
+    pub fn library_bytes_copy(&self, bytes: &[u8]) -> Result<(PathBuf, String), JournalError> {
+        let hash: String = Sha256::digest(bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -77,7 +83,7 @@ impl StateDir {
         let dest = libs.join(format!("{hash}.so"));
         if !dest.exists() {
             let tmp = libs.join(format!(".{hash}.{}.tmp", std::process::id()));
-            write_durably(&tmp, &bytes, 0o444)?;
+            write_durably(&tmp, bytes, 0o444)?;
             fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
             sync_dir(&libs)?;
         }

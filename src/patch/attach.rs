@@ -184,12 +184,14 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
 
     let (copy, sha256) = state.library_copy(&options.library)?;
     let copy = crate::journal::library_path_in_target(pid, &copy, &sha256)?;
+    let shim = super::binding::prepare_shim(&state, &mut modules, &options.library, log)?;
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
     let loaded = load(
         &mut tracer,
         &mut modules,
         &functions,
+        shim.as_deref(),
         &copy,
         &planned,
         &journal.data,
@@ -499,13 +501,16 @@ struct Loaded {
     new_islands: Vec<Island>,
 }
 
-/// Phase 3, *Load*: borrow one thread, `dlopen` the library copy, map island pages near the
-/// functions whose replacement is out of `jmp rel32` reach, and give the thread back.
+/// Phase 3, *Load*: borrow one thread, `dlopen` the binding shim (`RTLD_GLOBAL`, when the library
+/// references private symbols of the target, see `binding`) and then the library copy, map island
+/// pages near the functions whose replacement is out of `jmp rel32` reach, and give the thread
+/// back.
 #[allow(clippy::too_many_arguments)]
 fn load(
     tracer: &mut Tracer,
     modules: &mut ModuleMap,
     functions: &LoaderFunctions,
+    shim: Option<&Path>,
     copy: &std::path::Path,
     planned: &[PlannedFunction],
     journal: &JournalData,
@@ -516,6 +521,13 @@ fn load(
     let tid = borrow_thread(tracer, modules, log)?;
     let result = (|| {
         let mut thread = InjectedThread::begin(tracer, modules, tid, functions, log)?;
+        if let Some(shim) = shim {
+            thread.dlopen_global(functions, &shim.to_string_lossy(), timeout)?;
+            log.step(
+                "load",
+                format!("binding shim {} loaded (RTLD_GLOBAL)", shim.display()),
+            );
+        }
         let handle = thread.dlopen(functions, &copy.to_string_lossy(), timeout)?;
         let l_addr = thread
             .mem()

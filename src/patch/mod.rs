@@ -2,9 +2,11 @@
 //! order (DESIGN.md: Identify, Plan, Load, Freeze, Check, Write, Thaw).
 
 mod attach;
+mod binding;
 mod islands;
 mod plan;
 mod rollback;
+mod shim;
 mod status;
 
 pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};

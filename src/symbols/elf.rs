@@ -42,6 +42,8 @@ pub(super) struct ElfSym {
     /// Version preference: 2 for a default (`@@`) or unversioned symbol, 1 for a hidden
     /// (non-default, `@`) version. Non-default versions exist for old binaries only.
     pub version_rank: u8,
+    /// Read from `.dynsym`: the dynamic linker can bind references to it (when global).
+    pub dynamic: bool,
 }
 
 /// Where the bytes of one DWARF section are in the file.
@@ -288,6 +290,7 @@ fn read_symbols<Elf: FileHeader<Endian = Endianness>>(
             kind,
             global: !sym.is_local(),
             version_rank,
+            dynamic: table_type == elf::SHT_DYNSYM,
         });
     }
     Ok(())

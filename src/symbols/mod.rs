@@ -205,6 +205,24 @@ fn page_span(range: std::ops::Range<usize>, len: usize) -> (usize, usize) {
     (start, end.saturating_sub(start))
 }
 
+/// A defined symbol found by [`SymbolIndex::defined_symbols`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedSymbol {
+    /// Raw linkage name in the file.
+    pub name: String,
+    /// Link-time address (st_value).
+    pub address: u64,
+    /// st_size.
+    pub size: u64,
+    /// STT_FUNC (else data: STT_OBJECT or STT_NOTYPE).
+    pub function: bool,
+    /// Global and in `.dynsym`: the dynamic linker binds references to it by itself.
+    pub exported: bool,
+    /// st_value is the object's address; false for an IFUNC (a resolver's address) and TLS
+    /// (an offset in the thread's block), which cannot be bound to one fixed address.
+    pub plain_address: bool,
+}
+
 /// Symbol index of one ELF file (executable or shared object).
 ///
 /// Holds a read-only mapping of the file (and of its separate debug file, when the DWARF lives
@@ -470,6 +488,46 @@ impl SymbolIndex {
             .filter(|s| version.is_none() || s.version.as_deref() == version)
             .max_by_key(|s| (s.global, s.version_rank, std::cmp::Reverse(s.address)))
             .map(|s| s.address)
+    }
+
+    /// Every defined function or data symbol whose raw linkage name is `name`, or, when `name`
+    /// is a Rust path (`crate::module::STATIC`), whose demangled name without hash is that path.
+    ///
+    /// Unlike [`Self::symbol_address`] this keeps local symbols apart and says which ones the
+    /// dynamic linker could bind to: binding a patch library's undefined references to the
+    /// target's private objects must know both (see `patch::binding`). The hash-free Rust path
+    /// lets a patch name a static without the crate hash, which changes with every build.
+    pub fn defined_symbols(&self, name: &str) -> Vec<DefinedSymbol> {
+        // Both manglings spell the last path segment verbatim: only those names are demangled.
+        let last_segment = name.rsplit_once("::").map(|(_, last)| last);
+        self.info
+            .symbols
+            .iter()
+            .filter(|s| {
+                *s.name == *name
+                    || last_segment.is_some_and(|last| s.name.contains(last))
+                        && rustc_demangle::try_demangle(&s.name)
+                            .is_ok_and(|d| format!("{d:#}") == name)
+            })
+            .map(|s| DefinedSymbol {
+                name: s.name.to_string(),
+                address: s.address,
+                size: s.size,
+                function: s.kind == elf::SymKind::Func,
+                exported: s.dynamic && s.global,
+                plain_address: s.kind != elf::SymKind::Other,
+            })
+            .collect()
+    }
+
+    /// The version names the file's defined dynamic symbols carry (`GLIBC_2.34`, ...): a
+    /// library's versions tell which release of it this is without running code in it.
+    pub fn symbol_versions(&self) -> std::collections::BTreeSet<&str> {
+        self.info
+            .symbols
+            .iter()
+            .filter_map(|s| s.version.as_deref())
+            .collect()
     }
 
     /// The function whose `[address, address+size)` contains the link-time address `vaddr`,
