@@ -173,3 +173,43 @@ fn a_threads_main_loop_is_named_as_such() {
     assert!(message.contains("--allow-active"), "{message}");
     assert_untraced(target.pid());
 }
+
+/// Patching an already patched function waits while a thread has the *current replacement* on
+/// its stack (that is the code being switched away from), and succeeds once it has returned.
+#[test]
+fn a_second_patch_waits_for_threads_in_the_first_replacement() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("many"), &["4"]);
+    attach(
+        state.path(),
+        target.pid(),
+        &t.bin("fix_many.so"),
+        &["recurse"],
+        &[],
+    )
+    .expect_ok();
+    assert_eq!(target.cmd("deep 5"), "deep 5");
+    let second = t.bin("fix_basic.so");
+    let message = attach(
+        state.path(),
+        target.pid(),
+        &second,
+        &["recurse=compute"],
+        &["--timeout", "0.3"],
+    )
+    .expect_error(exit::BUSY)
+    .to_string();
+    assert!(message.contains("current replacement"), "{message}");
+    assert_untraced(target.pid());
+    assert_eq!(target.cmd("release"), "released -5");
+    attach(
+        state.path(),
+        target.pid(),
+        &second,
+        &["recurse=compute"],
+        &[],
+    )
+    .expect_ok();
+    assert_untraced(target.pid());
+}

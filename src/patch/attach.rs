@@ -259,7 +259,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     );
     crate::fault::point("intent");
 
-    let ranges: Vec<GuardedRange> = planned
+    let mut ranges: Vec<GuardedRange> = planned
         .iter()
         .zip(&records)
         .map(|(p, r)| GuardedRange {
@@ -269,6 +269,30 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
             stack_range: Some(p.entry..p.entry + p.function.size.max(r.new.len() as u64)),
         })
         .collect();
+    // A function already patched runs its current replacement: that is the code being switched
+    // away from, so no thread may have it on its stack either.
+    for r in &records {
+        for earlier in journal.data.patches.iter().filter(|x| {
+            x.address == r.address
+                && x.id < r.id
+                && x.state == PatchState::Applied
+                && x.replacement_size > 0
+        }) {
+            ranges.push(GuardedRange {
+                bytes: 0..0,
+                entry_ok: true,
+                function: format!(
+                    "{} (current replacement {} from {})",
+                    earlier.function,
+                    earlier.replacement_name,
+                    earlier.library.display()
+                ),
+                stack_range: Some(
+                    earlier.replacement..earlier.replacement + earlier.replacement_size,
+                ),
+            });
+        }
+    }
     let result = frozen_write(
         "",
         &mut tracer,
