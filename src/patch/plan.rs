@@ -22,8 +22,18 @@ pub struct FunctionRequest {
 
 impl FunctionRequest {
     /// Parses `OLD` or `OLD=NEW`.
+    /// The separator is the first `=` that is not part of a C++ operator name (`operator=`,
+    /// `operator==`, `operator<=`, `operator+=`...), so those can be named too.
     pub fn parse(spec: &str) -> Self {
-        match spec.split_once('=') {
+        let in_operator_name = |i: usize| {
+            let before = spec[..i].trim_end_matches(|c| "=!<>+-*/%^&|~".contains(c));
+            before.trim_end().ends_with("operator")
+        };
+        let split = spec
+            .char_indices()
+            .find(|&(i, c)| c == '=' && !in_operator_name(i))
+            .map(|(i, _)| (&spec[..i], &spec[i + 1..]));
+        match split {
             Some((old, new)) => Self {
                 target: old.trim().into(),
                 replacement: new.trim().into(),
@@ -624,5 +634,28 @@ mod tests {
             }
         );
         assert_eq!(FunctionRequest::parse("f").replacement, "f");
+    }
+
+    #[test]
+    fn operator_names_keep_their_equals_signs() {
+        let same = |s: &str| {
+            FunctionRequest::parse(s)
+                == FunctionRequest {
+                    target: s.into(),
+                    replacement: s.into(),
+                }
+        };
+        assert!(same("ns::X::operator="));
+        assert!(same("ns::X::operator=="));
+        assert!(same("ns::X::operator<="));
+        assert!(same("ns::X::operator+="));
+        let r = FunctionRequest::parse("ns::X::operator=(ns::X const&)=fix::assign");
+        assert_eq!(r.target, "ns::X::operator=(ns::X const&)");
+        assert_eq!(r.replacement, "fix::assign");
+        let t = FunctionRequest::parse("ns::f<int>=g");
+        assert_eq!(
+            (t.target.as_str(), t.replacement.as_str()),
+            ("ns::f<int>", "g")
+        );
     }
 }
