@@ -217,6 +217,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     match result {
         Ok(output) => {
+            // What the patch will not change or could not check: on stderr for people (also in
+            // the JSON report for scripts).
+            if let Output::Attach(r) = &output {
+                for w in &r.warnings {
+                    eprintln!("rpatch: warning: {w}");
+                }
+            }
             if json {
                 println!("{}", output.json()?);
             } else {
@@ -287,6 +294,12 @@ impl Output {
                         p.replacement_name,
                         p.library.display()
                     );
+                    if let Some(sig) = &p.signature {
+                        out += &format!("    target       {sig}\n");
+                    }
+                    if let Some(sig) = &p.replacement_signature {
+                        out += &format!("    replacement  {sig}\n");
+                    }
                 }
             }
             Output::Attach(r) => {

@@ -260,6 +260,28 @@ fn dry_run_changes_nothing() {
             .unwrap()
             .contains("compute")
     );
+    // The plan shows both signatures from DWARF, as the text output does.
+    assert_eq!(
+        v["patches"][0]["signature"], "(x: int [4]) -> int [4]",
+        "{v}"
+    );
+    assert_eq!(
+        v["patches"][0]["replacement_signature"], "(x: int [4]) -> int [4]",
+        "{v}"
+    );
+    let text = attach(
+        state.path(),
+        pid,
+        &t.bin("fix_basic.so"),
+        &["compute"],
+        &["--dry-run"],
+    );
+    text.expect_ok();
+    assert!(
+        text.stdout.contains("target       (x: int [4]) -> int [4]"),
+        "{}",
+        text.stdout
+    );
     assert_untraced(pid);
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     assert_nothing_applied(state.path(), pid);

@@ -84,6 +84,10 @@ pub struct PatchSummary {
     pub method: String,
     /// Island slot address (hex) when an island was used.
     pub island: Option<String>,
+    /// The function's signature from DWARF (types with sizes), when known.
+    pub signature: Option<String>,
+    /// The replacement's signature from DWARF, when known.
+    pub replacement_signature: Option<String>,
 }
 
 /// Result of `attach`.
@@ -117,6 +121,8 @@ fn summary(p: &PlannedFunction, library: &std::path::Path) -> PatchSummary {
         library: library.to_path_buf(),
         method: String::new(),
         island: None,
+        signature: p.signature.as_ref().map(|s| s.render()),
+        replacement_signature: p.replacement_signature.as_ref().map(|s| s.render()),
     }
 }
 
@@ -152,7 +158,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         },
     )?;
     for w in &warnings {
-        eprintln!("rpatch: warning: {w}");
+        log.step("plan", format!("warning: {w}"));
     }
     for p in &planned {
         log.step(
