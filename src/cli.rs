@@ -301,6 +301,15 @@ impl Output {
                         out += &format!("    replacement  {sig}\n");
                     }
                 }
+                for b in &r.bindings {
+                    out += &format!(
+                        "  binds {} to {} at {:#x} in {}\n",
+                        b.name,
+                        b.symbol,
+                        b.address,
+                        b.module.display()
+                    );
+                }
             }
             Output::Attach(r) => {
                 for p in &r.patches {

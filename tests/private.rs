@@ -51,6 +51,32 @@ fn c_patch_writes_the_targets_own_private_globals() {
     let pid = target.pid();
     assert_eq!(target.cmd("bump"), "bump 1 1");
 
+    // The plan names every binding before anything is touched.
+    let plan = attach(
+        state.path(),
+        pid,
+        &t.bin("fix_private.so"),
+        &["bump"],
+        &["--dry-run", "--json"],
+    );
+    plan.expect_ok();
+    let json = plan.json();
+    let bound: Vec<&str> = json["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        bound.contains(&"counter") && bound.contains(&"hidden"),
+        "{bound:?}"
+    );
+    assert_eq!(
+        target.cmd("show"),
+        "counters 1 1",
+        "a dry run changes nothing"
+    );
+
     attach_ok(state.path(), pid, &t.bin("fix_private.so"), &["bump"]);
     assert_untraced(pid);
     assert_eq!(

@@ -106,6 +106,8 @@ pub struct AttachReport {
     /// What the patch will not change or could not check (inlined copies, clones, aliases,
     /// signatures without DWARF, compiler versions).
     pub warnings: Vec<String>,
+    /// Private objects of the target the library's references are bound to (see `binding`).
+    pub bindings: Vec<super::binding::Binding>,
 }
 
 fn summary(p: &PlannedFunction, library: &std::path::Path) -> PatchSummary {
@@ -174,6 +176,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
             ),
         );
     }
+    let bindings = super::binding::plan_bindings(&mut modules, &options.library)?;
     if options.dry_run {
         return Ok(AttachReport {
             pid,
@@ -185,12 +188,13 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
             frozen_us: 0,
             total_ms: log.elapsed_ms(),
             warnings,
+            bindings,
         });
     }
 
     let (copy, sha256) = state.library_copy(&options.library)?;
     let copy = crate::journal::library_path_in_target(pid, &copy, &sha256)?;
-    let shim = super::binding::prepare_shim(&state, &mut modules, &options.library, log)?;
+    let shim = super::binding::prepare_shim(&state, pid, &bindings, log)?;
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
     let loaded = load(
@@ -342,6 +346,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         frozen_us: frozen.as_micros() as u64,
         total_ms: log.elapsed_ms(),
         warnings,
+        bindings,
     })
 }
 

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 const MIN_GLIBC: (u32, u32) = (2, 28);
 
 /// One undefined reference of the patch library bound to a private object of the target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Binding {
     /// The name as the patch references it (the shim defines this name).
     pub name: String,
@@ -180,22 +180,30 @@ fn check_libc(modules: &mut ModuleMap, pid: i32) -> Result<(), Error> {
     }
 }
 
-/// Builds, stores and returns (as the target must open it) the binding shim the library at
-/// `library` needs in the target, or `None` when it references no private symbol.
-pub fn prepare_shim(
-    state: &StateDir,
-    modules: &mut ModuleMap,
-    library: &Path,
-    log: &Log,
-) -> Result<Option<PathBuf>, Error> {
-    let pid = modules.pid();
+/// The private objects of the target that the library at `library` references and the loader
+/// would not bind by itself (part of the plan, so `--dry-run` shows them). Refused on a libc
+/// that would relocate the absolute symbols of the shim.
+pub fn plan_bindings(modules: &mut ModuleMap, library: &Path) -> Result<Vec<Binding>, Error> {
     let names = undefined_references(library)?;
     let bindings = find_bindings(modules, &names, library)?;
+    if !bindings.is_empty() {
+        check_libc(modules, modules.pid())?;
+    }
+    Ok(bindings)
+}
+
+/// Builds, stores and returns (as the target must open it) the shim defining `bindings`, or
+/// `None` when there are none.
+pub fn prepare_shim(
+    state: &StateDir,
+    pid: i32,
+    bindings: &[Binding],
+    log: &Log,
+) -> Result<Option<PathBuf>, Error> {
     if bindings.is_empty() {
         return Ok(None);
     }
-    check_libc(modules, pid)?;
-    for b in &bindings {
+    for b in bindings {
         log.step(
             "bind",
             format!(
