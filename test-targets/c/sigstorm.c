@@ -44,8 +44,11 @@ static void check(long rc, long before) {
     }
 }
 
+static volatile int started;
+
 static void *run(void *arg) {
     my_index = (int)(long)arg;
+    __atomic_add_fetch(&started, 1, __ATOMIC_RELAXED);
     for (;;) {
         long before = handled[my_index];
         switch (my_index % 4) {
@@ -97,6 +100,10 @@ int main(int argc, char **argv) {
             return 1;
     }
     pthread_sigmask(SIG_BLOCK, &rt, NULL);
+    /* Ready only once every thread knows its index: a signal handled before that would not be
+     * counted. */
+    while (started < threads)
+        sched_yield();
     announce_ready();
     char line[256];
     while (next_command(line, sizeof line)) {
