@@ -213,3 +213,32 @@ fn a_second_patch_waits_for_threads_in_the_first_replacement() {
     .expect_ok();
     assert_untraced(target.pid());
 }
+
+/// A thread blocked in vfork() cannot be stopped until its child execs or exits: attach waits
+/// for it like for a busy thread and, at --timeout, fails with 15 naming the thread and vfork;
+/// the target is untouched. Once the child has exited, the attach goes through (and the
+/// vforking thread was never the one borrowed for the dlopen).
+#[test]
+fn a_thread_in_vfork_delays_the_freeze() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("vforker"), &[]);
+    assert_eq!(target.cmd("vfork"), "vforked");
+    let lib = t.bin("fix_basic.so");
+    let message = attach(
+        state.path(),
+        target.pid(),
+        &lib,
+        &["compute"],
+        &["--timeout", "0.5"],
+    )
+    .expect_error(exit::BUSY)
+    .to_string();
+    assert!(message.contains("vfork"), "{message}");
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+    assert_untraced(target.pid());
+    assert_eq!(target.cmd("release"), "released");
+    attach(state.path(), target.pid(), &lib, &["compute"], &[]).expect_ok();
+    assert_eq!(target.cmd("call 5"), "compute 5 500");
+    assert_untraced(target.pid());
+}

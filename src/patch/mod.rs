@@ -60,9 +60,35 @@ fn frozen_write(
         let frozen_at = Instant::now();
         // A thread gets at least a second to stop even when the overall timeout is short.
         let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
-        if let Err(e) = tracer.freeze_all(stop_deadline) {
-            tracer.release_all();
-            return Err(e.into());
+        match tracer.freeze_all(stop_deadline) {
+            Ok(()) => {}
+            // A thread in vfork() cannot be stopped until its child execs or exits, usually
+            // within moments: like a busy thread, wait and retry until the timeout.
+            Err(crate::process::ProcessError::InVfork { tid, .. }) => {
+                tracer.release_all();
+                let detail = format!(
+                    "thread {tid} ({}) is in vfork(), waiting for its child to exec or exit, and cannot be stopped until then",
+                    process::thread_name(tracer.pid(), tid)
+                );
+                if Instant::now() + backoff > deadline {
+                    return Err(Error::Busy {
+                        function: "the process".into(),
+                        tid,
+                        thread: process::thread_name(tracer.pid(), tid),
+                        pc: 0,
+                        detail,
+                        timeout_ms: timeout.as_millis() as u64,
+                    });
+                }
+                log.step("freeze", format!("{detail}; retrying"));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => {
+                tracer.release_all();
+                return Err(e.into());
+            }
         }
         log.step(
             "freeze",

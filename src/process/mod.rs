@@ -89,6 +89,15 @@ pub enum ProcessError {
         /// Milliseconds waited.
         ms: u64,
     },
+    /// A thread is blocked in vfork() until its child execs or exits: ptrace cannot stop it
+    /// before then (the wait is not interruptible), so nothing can be frozen. Usually brief.
+    #[error("thread {tid} of PID {pid} is in vfork(), waiting for its child to exec or exit")]
+    InVfork {
+        /// The PID.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+    },
     /// Reading /proc or memory failed.
     #[error("{what} of PID {pid}: {source}")]
     Io {

@@ -289,6 +289,11 @@ impl Tracer {
             };
             let mut asked = Vec::new();
             let mut new = false;
+            // Checked before anything of this round is seized, so that the caller's release
+            // lets every thread go.
+            if let Some(&tid) = tids.iter().find(|&&t| blocked_in_vfork(self.pid, t)) {
+                return Err(ProcessError::InVfork { pid: self.pid, tid });
+            }
             for &tid in &tids {
                 if self.threads.contains_key(&tid) {
                     continue;
@@ -304,8 +309,17 @@ impl Tracer {
                     asked.push(tid);
                 }
             }
+            let mut failure = None;
             for tid in asked {
-                new |= self.await_stop(tid, deadline)?;
+                match self.await_stop(tid, deadline) {
+                    Ok(stopped) => new |= stopped,
+                    // Keep collecting the others' stops: every thread recorded is one the
+                    // caller's release lets go rather than leaving it in its trap.
+                    Err(e) => failure = failure.or(Some(e)),
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             if !new && !tids.is_empty() {
                 // Threads that exited since being stopped are dropped from the set.
@@ -417,6 +431,24 @@ impl Tracer {
         self.mem
             .set_poke_thread(self.threads.keys().next().map(|t| Pid::from_raw(*t)));
     }
+}
+
+/// Whether a thread is blocked in `vfork`, or a `clone` with CLONE_VFORK (posix_spawn), from
+/// /proc: such a thread cannot be stopped until its child execs or exits.
+fn blocked_in_vfork(pid: i32, tid: i32) -> bool {
+    const VFORK: i64 = 58;
+    const CLONE: i64 = 56;
+    const CLONE_VFORK: u64 = 0x4000;
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
+        return false;
+    };
+    let mut fields = text.split_whitespace();
+    let nr: i64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(-1);
+    let flags = fields
+        .next()
+        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
+    nr == VFORK || (nr == CLONE && flags & CLONE_VFORK != 0)
 }
 
 /// Whether a thread is blocked in one of `EINTR_ONLY_SYSCALLS` (from /proc, before any ptrace).

@@ -1,0 +1,76 @@
+/* vforker: a thread blocked in vfork() while its child waits on a pipe — a thread rpatch must
+ * never borrow (a child runs on its stack and memory).
+ *   vfork   -> "vforked": a worker thread called vfork(); its child blocks in read()
+ *   release -> "released": the child exits, the worker returns from vfork
+ *   call N  -> "compute N R" (R = N+1) */
+#define _GNU_SOURCE
+#include "common.h"
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+PATCHABLE int compute(int x) {
+    static volatile int calls;
+    calls++;
+    return x + 1;
+}
+
+static int child_pipe[2];
+static volatile pid_t worker_tid;
+static volatile int returned;
+
+static void *forker(void *arg) {
+    (void)arg;
+    worker_tid = gettid();
+    pid_t child = vfork();
+    if (child == 0) {
+        char c;
+        while (read(child_pipe[0], &c, 1) != 1) {
+        }
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
+    returned = 1;
+    return NULL;
+}
+
+/* Whether thread `tid` is blocked in vfork (first field of /proc/self/task/TID/syscall). */
+static int in_vfork(pid_t tid) {
+    char path[64], buf[64] = {0};
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    return n > 0 && atoi(buf) == SYS_vfork;
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (pipe(child_pipe) != 0)
+        return 1;
+    announce_ready();
+    char line[256];
+    pthread_t t;
+    while (next_command(line, sizeof line)) {
+        long n;
+        if (strcmp(line, "vfork") == 0) {
+            pthread_create(&t, NULL, forker, NULL);
+            while (worker_tid == 0 || !in_vfork(worker_tid))
+                sched_yield();
+            reply("vforked");
+        } else if (strcmp(line, "release") == 0) {
+            if (write(child_pipe[1], "x", 1) != 1)
+                return 1;
+            pthread_join(t, NULL);
+            reply("released");
+        } else if (arg_of(line, "call", &n)) {
+            volatile int in = (int)n;
+            reply("compute %ld %d", n, compute(in));
+        } else {
+            reply("error unknown command: %s", line);
+        }
+    }
+    return 0;
+}
