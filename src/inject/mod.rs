@@ -599,7 +599,7 @@ impl<'t> InjectedThread<'t> {
             let mut regs = self.interrupt(deadline, what, ours)?;
             if !ours(regs.rip) {
                 let pid = self.pid();
-                if resume::repair_eintr(pid, self.tid, self.tracer.mem(), &mut regs) {
+                if process::repair_eintr(pid, self.tid, self.tracer.mem(), &mut regs) {
                     self.tracer.set_regs(self.tid, regs)?;
                 }
                 self.at_rest = regs;

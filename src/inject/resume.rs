@@ -5,7 +5,6 @@
 //! resume the thread themselves, with `orig_rax = -1` (no kernel restart), so the rewind is done
 //! here, once, on the saved registers.
 
-use crate::process::{Memory, status_field};
 use rpatch_arch::x86_64::remote_call::{RFLAGS_TF, ResumeState, SYS_RESTART_SYSCALL};
 
 /// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`: re-execute the same system call.
@@ -14,12 +13,6 @@ const RESTART_SAME: [i64; 3] = [-512, -513, -514];
 /// `-ERESTART_RESTARTBLOCK`: continue through `restart_syscall` (nanosleep, poll with timeout,
 /// futex with timeout...), which resumes with the time left.
 const RESTART_BLOCK: i64 = -516;
-
-/// Syscalls that return plain `-EINTR` when a ptrace interrupt arrives, with no restart code
-/// (x86_64: semop, rt_sigtimedwait, semtimedop, epoll_wait, epoll_pwait, epoll_pwait2). Same list
-/// as the tracer's seize-time repair (`Tracer::repair_eintr`), applied here to the stops rpatch
-/// causes itself between two calls.
-const EINTR_ONLY_SYSCALLS: [u64; 6] = [65, 128, 220, 232, 281, 441];
 
 /// The state the thread must continue from, as if the kernel's syscall restart had run: for a
 /// restart code, `rip` back onto the 2-byte `syscall` and `rax` the number to (re-)issue. The trap
@@ -57,37 +50,6 @@ pub fn resume_state(regs: &libc::user_regs_struct) -> ResumeState {
         rflags: regs.eflags & !RFLAGS_TF,
         rip,
     }
-}
-
-/// An interrupt stop rpatch caused itself made one of `EINTR_ONLY_SYSCALLS` fail with `EINTR`:
-/// unless a signal is pending for this very thread (its EINTR is then real) and provided `rip - 2`
-/// holds a `syscall`, rewind it so the thread re-enters the call. A process-wide pending signal
-/// does not count: another thread may take it, and this one's EINTR would then be spurious.
-/// Returns whether `regs` changed.
-pub fn repair_eintr(
-    pid: i32,
-    tid: i32,
-    mem: &dyn Memory,
-    regs: &mut libc::user_regs_struct,
-) -> bool {
-    if regs.rax as i64 != -(libc::EINTR as i64) || !EINTR_ONLY_SYSCALLS.contains(&regs.orig_rax) {
-        return false;
-    }
-    let mask = |key| {
-        status_field(pid, tid, key)
-            .and_then(|v| u64::from_str_radix(&v, 16).ok())
-            .unwrap_or(u64::MAX)
-    };
-    if mask("SigPnd") & !mask("SigBlk") != 0 {
-        return false;
-    }
-    let mut insn = [0u8; 2];
-    if mem.read_at(regs.rip - 2, &mut insn).is_err() || insn != [0x0f, 0x05] {
-        return false;
-    }
-    regs.rax = regs.orig_rax;
-    regs.rip -= 2;
-    true
 }
 
 #[cfg(test)]
@@ -139,23 +101,5 @@ mod tests {
         assert_eq!(s.rsp, 0x7ffc_1000);
         assert_eq!(s.rbx, 7);
         assert_eq!(s.rflags, 0x246);
-    }
-
-    #[test]
-    fn eintr_repair_needs_an_eintr_only_syscall_and_a_syscall_instruction() {
-        let mem = crate::process::FakeMemory::default();
-        mem.map(0x1000, vec![0x0f, 0x05, 0x90, 0x90]);
-        let me = std::process::id() as i32;
-        // Our own thread has no pending signal.
-        let mut r = regs(0x1002, -4, 232);
-        assert!(repair_eintr(me, me, &mem, &mut r));
-        assert_eq!((r.rip, r.rax), (0x1000, 232));
-        let mut read = regs(0x1002, -4, 0);
-        assert!(
-            !repair_eintr(me, me, &mem, &mut read),
-            "read's EINTR is real"
-        );
-        let mut no_syscall = regs(0x1004, -4, 232);
-        assert!(!repair_eintr(me, me, &mem, &mut no_syscall));
     }
 }

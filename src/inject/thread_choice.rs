@@ -10,7 +10,7 @@
 //! The thread's signal mask and dispositions do not matter: the call stub sets its own mask for
 //! the call (synchronous faults unblocked) and nothing relies on a fault reaching rpatch.
 
-use crate::process::{Memory, ModuleMap, ProcMem};
+use crate::process::{Memory, ModuleMap, ProcMem, blocked_syscall};
 use crate::safety::StackWalk;
 
 /// A thread considered for the injected call, best first after `rank_threads`.
@@ -118,18 +118,6 @@ fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
     }
 }
 
-/// Reads `/proc/PID/task/TID/syscall`: `Some((nr, sp, pc))` when the thread is blocked (nr -1
-/// when blocked outside a syscall), `None` when running.
-fn blocked_in(pid: i32, tid: i32) -> Option<(i64, u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let nr: i64 = fields.first()?.parse().ok()?;
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
-    let sp = hex(fields.get(fields.len().checked_sub(2)?)?)?;
-    let pc = hex(fields.last()?)?;
-    Some((nr, sp, pc))
-}
-
 /// Bytes of stack scanned for return addresses.
 const STACK_SCAN: usize = 1024;
 
@@ -163,11 +151,11 @@ pub fn rank_threads(
     let mut out = Vec::new();
     let mut refused = Vec::new();
     for &tid in tids {
-        let candidate = match blocked_in(pid, tid) {
-            Some((nr, ..)) if VFORK_SYSCALLS.contains(&nr) => Err(format!(
+        let candidate = match blocked_syscall(pid, tid) {
+            Some(b) if b.in_vfork_or_clone() => Err(format!(
                 "thread {tid} is in vfork/clone (a child may be running on its stack)"
             )),
-            Some((nr, sp, pc)) => assess(modules, mem, tid, pc, sp, nr >= 0),
+            Some(b) => assess(modules, mem, tid, b.pc, b.sp, b.nr >= 0),
             None => Ok(ThreadCandidate {
                 tid,
                 tier: 2,
@@ -186,10 +174,6 @@ pub fn rank_threads(
         Ok(out)
     }
 }
-
-/// Syscalls in which a thread must not be borrowed: `vfork` (and the `clone`s that may carry
-/// CLONE_VFORK) block the parent while a child runs on the parent's stack and memory.
-const VFORK_SYSCALLS: [i64; 3] = [56, 58, 435];
 
 /// Judges a stopped thread from its unwound stack (exact, unlike the scan): refuses one inside
 /// a signal handler (the interrupted code may hold any lock, and the handler runs on its stack)

@@ -8,12 +8,14 @@ mod maps;
 mod memory;
 mod modules;
 mod priority;
+mod syscall;
 mod tracer;
 
 pub use maps::{Mapping, gaps, parse_maps};
 pub use memory::{FakeMemory, Memory, ProcMem, WritePath};
 pub use modules::{LoadedModule, ModuleMap};
 pub use priority::RealtimeGuard;
+pub use syscall::{BlockedSyscall, EINTR_ONLY_SYSCALLS, blocked_syscall, repair_eintr};
 pub use tracer::{Stop, ThreadState, Tracer};
 
 use std::fs;

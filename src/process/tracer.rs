@@ -3,7 +3,7 @@
 //! All ptrace requests must come from the thread that attached, so a `Tracer` is used from one
 //! thread only (it is deliberately not `Send`). Its `Drop` detaches every thread it holds.
 
-use super::{Memory, ProcMem, ProcessError, permission_denied, status_field};
+use super::{ProcMem, ProcessError, permission_denied, status_field};
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::unistd::Pid;
@@ -30,17 +30,12 @@ pub struct ThreadState {
     pub tid: i32,
     /// Why it is stopped.
     pub stop: Stop,
-    /// Registers at the stop (after the EINTR repair, see `repair_eintr`).
+    /// Registers at the stop (after the EINTR repair, see `process::repair_eintr`).
     pub regs: libc::user_regs_struct,
 }
 
 /// ELF note type of the x86 XSAVE area, for PTRACE_GETREGSET (not exported by the libc crate).
 const NT_X86_XSTATE: usize = 0x202;
-
-/// Syscalls that return plain `-EINTR` when a ptrace interrupt arrives, with no restart code; they
-/// are rewound so the target never sees an EINTR it did not cause (x86_64 numbers:
-/// semop, rt_sigtimedwait, semtimedop, epoll_wait, epoll_pwait, epoll_pwait2).
-const EINTR_ONLY_SYSCALLS: [u64; 6] = [65, 128, 220, 232, 281, 441];
 
 /// Holds the threads of one process under ptrace.
 pub struct Tracer {
@@ -186,39 +181,11 @@ impl Tracer {
 
     fn record_stop(&mut self, tid: i32, stop: Stop) -> Result<(), ProcessError> {
         let mut regs = ptrace::getregs(Pid::from_raw(tid)).map_err(ptrace_err("GETREGS", tid))?;
-        if stop == Stop::Event && self.repair_eintr(tid, &mut regs) {
+        if stop == Stop::Event && super::repair_eintr(self.pid, tid, &self.mem, &mut regs) {
             ptrace::setregs(Pid::from_raw(tid), regs).map_err(ptrace_err("SETREGS", tid))?;
         }
         self.threads.insert(tid, ThreadState { tid, stop, regs });
         Ok(())
-    }
-
-    /// A thread interrupted in one of `EINTR_ONLY_SYSCALLS` would return EINTR to the target
-    /// because of us. Unless a signal is pending for this very thread (which it alone will take,
-    /// so its EINTR is real), rewind it onto its `syscall` instruction so it re-enters the call
-    /// when resumed. A process-wide pending signal does not count: any thread may take it, and
-    /// when another one does this thread's EINTR would be spurious; when this one does, its
-    /// handler runs and the call is re-entered, as a restartable call would be.
-    fn repair_eintr(&self, tid: i32, regs: &mut libc::user_regs_struct) -> bool {
-        if regs.rax as i64 != -(libc::EINTR as i64) || !EINTR_ONLY_SYSCALLS.contains(&regs.orig_rax)
-        {
-            return false;
-        }
-        let pending = |key| {
-            status_field(self.pid, tid, key)
-                .and_then(|v| u64::from_str_radix(&v, 16).ok())
-                .unwrap_or(u64::MAX)
-        };
-        if pending("SigPnd") & !pending("SigBlk") != 0 {
-            return false;
-        }
-        let mut insn = [0u8; 2];
-        if self.mem.read_at(regs.rip - 2, &mut insn).is_err() || insn != [0x0f, 0x05] {
-            return false;
-        }
-        regs.rax = regs.orig_rax;
-        regs.rip -= 2;
-        true
     }
 
     /// Waits until `tid` is in a ptrace-stop. `Ok(None)` if it exited.
@@ -291,14 +258,17 @@ impl Tracer {
             let mut new = false;
             // Checked before anything of this round is seized, so that the caller's release
             // lets every thread go.
-            if let Some(&tid) = tids.iter().find(|&&t| blocked_in_vfork(self.pid, t)) {
+            if let Some(&tid) = tids
+                .iter()
+                .find(|&&t| super::blocked_syscall(self.pid, t).is_some_and(|b| b.in_vfork()))
+            {
                 return Err(ProcessError::InVfork { pid: self.pid, tid });
             }
             for &tid in &tids {
                 if self.threads.contains_key(&tid) {
                     continue;
                 }
-                if blocked_in_eintr_only_syscall(self.pid, tid) {
+                if super::blocked_syscall(self.pid, tid).is_some_and(|b| b.eintr_only()) {
                     // Stopped and repaired at once: between the interrupt and the repair, a
                     // tracer that dies would leave this thread's call returning EINTR, so that
                     // window is kept to the few microseconds a sleeping thread takes to stop.
@@ -431,32 +401,6 @@ impl Tracer {
         self.mem
             .set_poke_thread(self.threads.keys().next().map(|t| Pid::from_raw(*t)));
     }
-}
-
-/// Whether a thread is blocked in `vfork`, or a `clone` with CLONE_VFORK (posix_spawn), from
-/// /proc: such a thread cannot be stopped until its child execs or exits.
-fn blocked_in_vfork(pid: i32, tid: i32) -> bool {
-    const VFORK: i64 = 58;
-    const CLONE: i64 = 56;
-    const CLONE_VFORK: u64 = 0x4000;
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
-        return false;
-    };
-    let mut fields = text.split_whitespace();
-    let nr: i64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(-1);
-    let flags = fields
-        .next()
-        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
-        .unwrap_or(0);
-    nr == VFORK || (nr == CLONE && flags & CLONE_VFORK != 0)
-}
-
-/// Whether a thread is blocked in one of `EINTR_ONLY_SYSCALLS` (from /proc, before any ptrace).
-fn blocked_in_eintr_only_syscall(pid: i32, tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .is_some_and(|nr| EINTR_ONLY_SYSCALLS.contains(&nr))
 }
 
 /// Whether a thread is gone, a zombie, or dead: an EPERM from PTRACE_SEIZE then means "exiting",
