@@ -1,6 +1,7 @@
 //! Where journals and library copies live on disk, and how they are written durably.
 
 use super::{JournalData, JournalError, TargetIdentity};
+use crate::error::hex;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -73,10 +74,7 @@ impl StateDir {
     /// Stores `bytes` as `libs/<sha256>.so` (once per content) and returns that path and the
     /// hash, like [`Self::library_copy`], for a library rpatch generates itself (a binding shim).
     pub fn library_bytes_copy(&self, bytes: &[u8]) -> Result<(PathBuf, String), JournalError> {
-        let hash: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = hex(&Sha256::digest(bytes));
         let libs = self.root.join("libs");
         fs::create_dir_all(&libs).map_err(io_err(&libs))?;
         fs::set_permissions(&libs, fs::Permissions::from_mode(0o755)).map_err(io_err(&libs))?;

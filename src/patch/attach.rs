@@ -2,7 +2,7 @@
 
 use super::islands::{self, ISLAND_SIZE};
 use super::plan::{self, FunctionRequest, PlannedFunction};
-use super::{frozen_write, identify, now_secs};
+use super::{frozen_write, identify, io, now_secs};
 use crate::Error;
 use crate::error::hex;
 use crate::inject::{
@@ -488,14 +488,6 @@ fn write_patches(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error>
         }
     }
     result
-}
-
-fn io(r: &PatchRecord, e: std::io::Error) -> Error {
-    Error::Process(ProcessError::Io {
-        pid: 0,
-        what: format!("memory of {} at {:#x}", r.function, r.address),
-        source: e,
-    })
 }
 
 /// Where a function's jump goes.

@@ -20,6 +20,7 @@
 
 use super::shim::{self, AbsoluteSymbol};
 use crate::Error;
+use crate::error::hex;
 use crate::journal::{StateDir, library_path_in_target};
 use crate::log::Log;
 use crate::process::{LoadedModule, ModuleMap};
@@ -225,7 +226,7 @@ pub fn prepare_shim(
         })
         .collect();
     // The soname only has to be unique per content; the file name is the content hash anyway.
-    let tag: String = bindings
+    let tag = bindings
         .iter()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             b.name
@@ -235,10 +236,8 @@ pub fn prepare_shim(
                     (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
                 })
         })
-        .to_le_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+        .to_le_bytes();
+    let tag = hex(&tag);
     let bytes = shim::build(&format!("rpatch-bind-{tag}.so"), &symbols);
     let (copy, hash) = state.library_bytes_copy(&bytes)?;
     Ok(Some(library_path_in_target(pid, &copy, &hash)?))

@@ -136,6 +136,15 @@ fn frozen_write(
     }
 }
 
+/// A failed read or write of a patch's bytes in the target, naming the function and address.
+fn io(r: &crate::journal::PatchRecord, e: std::io::Error) -> Error {
+    Error::Process(process::ProcessError::Io {
+        pid: 0,
+        what: format!("memory of {} at {:#x}", r.function, r.address),
+        source: e,
+    })
+}
+
 /// Unix time in seconds, for journal records.
 fn now_secs() -> u64 {
     std::time::SystemTime::now()

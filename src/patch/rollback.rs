@@ -1,11 +1,11 @@
 //! `rollback`: undo patches, newest first, restoring the bytes each one replaced.
 
-use super::{frozen_write, identify, now_secs};
+use super::{frozen_write, identify, io, now_secs};
 use crate::Error;
 use crate::error::hex;
 use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
 use crate::log::Log;
-use crate::process::{self, Memory, ModuleMap, ProcessError, Tracer};
+use crate::process::{self, Memory, ModuleMap, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
@@ -289,12 +289,4 @@ fn restore(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-fn io(r: &PatchRecord, e: std::io::Error) -> Error {
-    Error::Process(ProcessError::Io {
-        pid: 0,
-        what: format!("memory of {} at {:#x}", r.function, r.address),
-        source: e,
-    })
 }

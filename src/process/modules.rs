@@ -2,6 +2,7 @@
 //! its symbols — the one actually mapped, even if the path on disk was replaced since.
 
 use super::Mapping;
+use crate::error::hex;
 use crate::symbols::{LoadSegment, SymbolError, SymbolIndex};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -150,10 +151,6 @@ impl ModuleMap {
         self.cache.insert(module.path.clone(), index.clone());
         Ok(index)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

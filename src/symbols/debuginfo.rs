@@ -13,6 +13,7 @@
 //! A candidate found by build-id must carry the same build-id; one found by debuglink must have
 //! the same build-id when both files have one, else the CRC-32 the link records.
 
+use crate::error::hex;
 use std::path::{Path, PathBuf};
 
 use super::FileData;
@@ -64,10 +65,6 @@ fn debuginfod_caches() -> Vec<PathBuf> {
     std::env::var_os("HOME")
         .map(|h| vec![PathBuf::from(h).join(".cache/debuginfod_client")])
         .unwrap_or_default()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The file a path really names: `/proc/PID/map_files/...` links are followed (the debug file
