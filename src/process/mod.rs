@@ -254,9 +254,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         .find(|&t| t != 0)
         .unwrap_or(0);
     if tracer != 0 && tracer != std::process::id() as i32 {
-        let tracer_name = fs::read_to_string(format!("/proc/{tracer}/comm"))
-            .map(|s| s.trim_end().to_string())
-            .unwrap_or_else(|_| "?".into());
+        let tracer_name = thread_name(tracer, tracer);
         return Err(ProcessError::AlreadyTraced {
             pid,
             tracer,

@@ -132,9 +132,7 @@ impl Tracer {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
                 if tracer != 0 {
-                    let tracer_name = std::fs::read_to_string(format!("/proc/{tracer}/comm"))
-                        .map(|s| s.trim_end().to_string())
-                        .unwrap_or_else(|_| "?".into());
+                    let tracer_name = super::thread_name(tracer, tracer);
                     return Err(ProcessError::AlreadyTraced {
                         pid: self.pid,
                         tracer,
