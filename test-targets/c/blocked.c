@@ -173,24 +173,6 @@ static double now(void) {
 }
 
 /* Is thread `tid` blocked in one of the given system calls? */
-static int in_syscall(pid_t tid, const long *nrs, int count) {
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    int ok = 0;
-    if (fgets(buf, sizeof buf, f)) {
-        char *end;
-        long nr = strtol(buf, &end, 10);
-        if (end != buf)
-            for (int i = 0; i < count; i++)
-                ok |= nr == nrs[i];
-    }
-    fclose(f);
-    return ok;
-}
-
 static const long read_nrs[] = {SYS_read};
 static const long pause_nrs[] = {SYS_pause};
 static const long sleep_nrs[] = {SYS_nanosleep, SYS_clock_nanosleep};
@@ -211,7 +193,7 @@ static int wait_blocked(int who) {
     pid_t tid = tids[who];
     pthread_mutex_unlock(&mu);
     double deadline = now() + 10;
-    while (!in_syscall(tid, nrs, count)) {
+    while (!thread_in_syscall(tid, nrs, count)) {
         if (now() > deadline) {
             fprintf(stderr, "blocked: %s (tid %d) never blocked in its system call\n", names[who],
                     (int)tid);

@@ -46,4 +46,25 @@ static inline int arg_of(const char *line, const char *word, long *n) {
     return end != line + wl + 1 && *end == 0;
 }
 
+/* Whether thread `tid` of this process is blocked in one of the `count` syscalls `nrs` (first
+ * field of /proc/self/task/TID/syscall): how targets wait, without sleeping, until a thread has
+ * reached the state a test needs. */
+static inline int thread_in_syscall(pid_t tid, const long *nrs, int count) {
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ok = 0;
+    if (fgets(buf, sizeof buf, f)) {
+        char *end;
+        long nr = strtol(buf, &end, 10);
+        if (end != buf)
+            for (int i = 0; i < count; i++)
+                ok |= nr == nrs[i];
+    }
+    fclose(f);
+    return ok;
+}
+
 #endif

@@ -65,18 +65,6 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-/* Whether thread `tid` is blocked in read() (first field of /proc/self/task/TID/syscall). */
-static int blocked_in_read(pid_t tid) {
-    char path[64], buf[128] = {0};
-    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    return n > 0 && atoi(buf) == SYS_read;
-}
-
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (pipe(pipe_fds) != 0)
@@ -97,7 +85,7 @@ int main(void) {
             trap_requests++;
             pthread_cond_signal(&cv);
             pthread_mutex_unlock(&mu);
-            while (!in_handler || !blocked_in_read(worker_tid))
+            while (!in_handler || !thread_in_syscall(worker_tid, (const long[]){SYS_read}, 1))
                 sched_yield();
             reply("trapped");
         } else if (strcmp(line, "release") == 0) {

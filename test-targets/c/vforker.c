@@ -34,18 +34,6 @@ static void *forker(void *arg) {
     return NULL;
 }
 
-/* Whether thread `tid` is blocked in vfork (first field of /proc/self/task/TID/syscall). */
-static int in_vfork(pid_t tid) {
-    char path[64], buf[64] = {0};
-    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    return n > 0 && atoi(buf) == SYS_vfork;
-}
-
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (pipe(child_pipe) != 0)
@@ -57,7 +45,7 @@ int main(void) {
         long n;
         if (strcmp(line, "vfork") == 0) {
             pthread_create(&t, NULL, forker, NULL);
-            while (worker_tid == 0 || !in_vfork(worker_tid))
+            while (worker_tid == 0 || !thread_in_syscall(worker_tid, (const long[]){SYS_vfork}, 1))
                 sched_yield();
             reply("vforked");
         } else if (strcmp(line, "release") == 0) {
