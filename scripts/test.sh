@@ -7,4 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --all-targets
+cargo clippy --workspace --all-targets --features fault-injection --quiet -- -D warnings
+# The default build (as released): RPATCH_FAULT must mean nothing to it.
+cargo test --lib --quiet fault
+# Everything, with the fault-injection hook the kill tests need.
+cargo test --workspace --all-targets --features fault-injection

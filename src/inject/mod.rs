@@ -34,6 +34,7 @@ pub use region::Slack;
 pub use resume::resume_state;
 pub use thread_choice::{ThreadCandidate, assess as assess_thread, assess_stack, rank_threads};
 
+use crate::fault::FaultPoint;
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcMem, ProcessError, Stop, Tracer};
 use crate::safety::StackInspector;
@@ -623,8 +624,10 @@ impl<'t> InjectedThread<'t> {
 
     /// The thread is in a signal-delivery stop for `sig` (see the signal guarantee on the type):
     /// a fault raised by rpatch's own code is suppressed and the thread put back; a signal
-    /// arriving while it runs the bootstrap is delivered only after the thread was moved to its
-    /// resume state (abandoning the bootstrap, which is run again); one arriving in the stub's
+    /// arriving while it runs the bootstrap (at its last system call, which unblocks signals, or
+    /// one the mask cannot hold back) is delivered only after the thread was moved to its resume
+    /// state with its own mask (what is left of the bootstrap, or all of it, is run again when
+    /// its mappings are incomplete); one arriving in the stub's
     /// tail after the tracer finished the return for it (the tail only loads the registers of
     /// the resume state); anything else is delivered where the thread is.
     fn pass_signal(&mut self, sig: i32, what: &str, own: &OwnCode) -> Result<(), InjectError> {
@@ -636,6 +639,7 @@ impl<'t> InjectedThread<'t> {
             OwnCode::Bootstrap(code) if code.contains(&regs.rip) => {
                 let moved = self.resume_regs();
                 self.tracer.set_regs(self.tid, moved)?;
+                set_sigmask(self.tid, self.at_rest_mask)?;
                 self.bootstrap_cut_short = true;
             }
             OwnCode::Stub(region)
@@ -916,7 +920,7 @@ impl<'t> InjectedThread<'t> {
             nr: SYS_MMAP,
             args: [region.rw_start(), region.rw_len(), rw, flags, u64::MAX, 0],
         };
-        let frame: Vec<u8> = stub::bootstrap_frame(&stack_and_data, &resume)
+        let frame: Vec<u8> = stub::bootstrap_frame(&stack_and_data, self.at_rest_mask, &resume)
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
@@ -938,9 +942,13 @@ impl<'t> InjectedThread<'t> {
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a0, a1, a2, a3, a4, a5);
         let code = OwnCode::Bootstrap(slack.addr..slack.addr + BOOTSTRAP_LEN as u64);
         self.tracer.set_regs(self.tid, regs)?;
+        // Asynchronous signals wait until the bootstrap's last system call restores the
+        // thread's own mask (from the frame, so also when rpatch dies meanwhile): signals
+        // pending now would otherwise cut every run short on a thread under a signal storm.
+        set_sigmask(self.tid, CALL_BLOCK_MASK | self.at_rest_mask)?;
         self.running_in = code.clone();
         self.cont(0)?;
-        crate::fault::point("bootstrap");
+        crate::fault::point(FaultPoint::Bootstrap);
         std::thread::sleep(Duration::from_micros(20));
         let settled = self.settle("mmap", &code);
         // Back in its own code (or put back after a fault) with no frame returning into the
@@ -1052,19 +1060,23 @@ impl<'t> InjectedThread<'t> {
     /// ends (none lost, none twice); a fault inside the call is suppressed, the thread restored
     /// and the fault reported; on a timeout the thread is left to finish the call by itself.
     pub fn call_with(&mut self, call: &RemoteCall) -> Result<CallOutcome, InjectError> {
-        self.run(call, "call")
+        self.run(call, FaultPoint::Call)
     }
 
-    fn run(&mut self, call: &RemoteCall, fault_name: &str) -> Result<CallOutcome, InjectError> {
+    fn run(
+        &mut self,
+        call: &RemoteCall,
+        fault_point: FaultPoint,
+    ) -> Result<CallOutcome, InjectError> {
         let pid = self.pid();
-        self.run_once(call, fault_name)
+        self.run_once(call, fault_point)
             .map_err(exited_if_esrch(pid))
     }
 
     fn run_once(
         &mut self,
         call: &RemoteCall,
-        fault_name: &str,
+        fault_point: FaultPoint,
     ) -> Result<CallOutcome, InjectError> {
         assert!(call.args.len() <= 6, "register arguments only");
         if self.place != Where::AtRest {
@@ -1108,7 +1120,7 @@ impl<'t> InjectedThread<'t> {
         self.tracer.set_regs(self.tid, entry)?;
         self.running_in = own.clone();
         self.cont(0)?;
-        crate::fault::point(fault_name);
+        crate::fault::point(fault_point);
 
         let deadline = Instant::now() + call.timeout;
         let mut fault = None;
@@ -1255,7 +1267,7 @@ impl<'t> InjectedThread<'t> {
             then_if_zero: functions.dlerror,
             timeout,
         };
-        let outcome = self.run(&call, "load-call")?;
+        let outcome = self.run(&call, FaultPoint::LoadCall)?;
         if outcome.value != 0 {
             return Ok(outcome.value);
         }

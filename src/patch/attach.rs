@@ -7,6 +7,7 @@ use super::{
 };
 use crate::Error;
 use crate::error::hex;
+use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::{
     InjectError, InjectedThread, LoaderFunctions, assess_stack, assess_thread, rank_threads,
 };
@@ -221,7 +222,7 @@ fn attach_once(
         options.load_timeout,
         log,
     )?;
-    crate::fault::point("loaded");
+    crate::fault::point(FaultPoint::Loaded);
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
     // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
@@ -277,7 +278,7 @@ fn attach_once(
         "journal",
         format!("intent recorded in {}", journal.path().display()),
     );
-    crate::fault::point("intent");
+    crate::fault::point(FaultPoint::Intent);
 
     let mut ranges: Vec<GuardedRange> = planned
         .iter()
@@ -315,7 +316,11 @@ fn attach_once(
         }
     }
     let result = frozen_write(
-        "",
+        FrozenPoints {
+            frozen: FaultPoint::Frozen,
+            written: FaultPoint::Written,
+            thawed: FaultPoint::Thawed,
+        },
         &mut tracer,
         &ranges,
         Some(&mut stacks),
@@ -475,7 +480,7 @@ fn write_patches(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error>
     let mut written: Vec<&PatchRecord> = Vec::new();
     let result = records.iter().try_for_each(|r| {
         if !written.is_empty() {
-            crate::fault::point("write");
+            crate::fault::point(FaultPoint::Write);
         }
         if let Some(slot) = r.island_slot {
             mem.write_at(slot, &isa::island_slot(r.replacement))

@@ -16,6 +16,7 @@ pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback}
 pub use status::{PatchStatus, StatusReport, status};
 
 use crate::Error;
+use crate::fault::FrozenPoints;
 use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
 use crate::process::{self, ProcessInfo, RealtimeGuard, Tracer};
@@ -103,10 +104,10 @@ fn retry_while_traced_by_rpatch<T>(
 /// Phases 4 to 7: freeze every thread, check no PC is inside `ranges` (and, with `stacks`, no
 /// return address into their functions on any stack), run `write` while frozen, and thaw. When a
 /// thread is in the way, thaw, back off and retry until `timeout`.
-/// Returns how long the world was frozen in the successful round. `fault` prefixes the names
-/// of the fault-injection points reached (`frozen`, `written`, `thawed`; see `fault`).
+/// Returns how long the world was frozen in the successful round. `fault` names the
+/// fault-injection points reached (see `fault`).
 fn frozen_write(
-    fault: &str,
+    fault: FrozenPoints,
     tracer: &mut Tracer,
     ranges: &[GuardedRange],
     mut stacks: Option<&mut StackInspector>,
@@ -157,7 +158,7 @@ fn frozen_write(
             "freeze",
             format!("{} threads stopped", tracer.threads().count()),
         );
-        crate::fault::point(&format!("{fault}frozen"));
+        crate::fault::point(fault.frozen);
         match find_blocker(tracer, ranges, stacks.as_deref_mut(), log) {
             Some(blocker) => {
                 tracer.release_all();
@@ -180,11 +181,11 @@ fn frozen_write(
                 tracer.enable_poke_fallback();
                 let result = write(tracer);
                 if result.is_ok() {
-                    crate::fault::point(&format!("{fault}written"));
+                    crate::fault::point(fault.written);
                 }
                 let write_path = tracer.mem().last_write_path();
                 tracer.release_all();
-                crate::fault::point(&format!("{fault}thawed"));
+                crate::fault::point(fault.thawed);
                 let frozen = frozen_at.elapsed();
                 log.step(
                     "thaw",

@@ -5,6 +5,7 @@ use super::{
 };
 use crate::Error;
 use crate::error::hex;
+use crate::fault::{FaultPoint, FrozenPoints};
 use crate::journal::{Journal, PatchRecord, PatchState};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, Tracer};
@@ -138,13 +139,17 @@ fn rollback_once(
         }
     }
     journal.save()?;
-    crate::fault::point("rollback-intent");
+    crate::fault::point(FaultPoint::RollbackIntent);
     // Unwind tables are read before anything is stopped. Stacks are unwound even with
     // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
     // being cleared, say), which the PC check covers.
     let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
     let result = frozen_write(
-        "rollback-",
+        FrozenPoints {
+            frozen: FaultPoint::RollbackFrozen,
+            written: FaultPoint::RollbackWritten,
+            thawed: FaultPoint::RollbackThawed,
+        },
         &mut tracer,
         &ranges,
         Some(&mut stacks),
@@ -282,7 +287,7 @@ fn restore(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
     }
     for (i, r) in records.iter().enumerate() {
         if i == 1 {
-            crate::fault::point("rollback-write");
+            crate::fault::point(FaultPoint::RollbackWrite);
         }
         mem.write_at(r.address, &r.original).map_err(|e| io(r, e))?;
         if let Some(slot) = r.island_slot {

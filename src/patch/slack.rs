@@ -4,6 +4,7 @@
 
 use super::frozen_write;
 use crate::Error;
+use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::{InjectError, Slack, SlackLedger};
 use crate::journal::{Journal, SlackRecord};
 use crate::log::Log;
@@ -87,7 +88,11 @@ pub(super) fn repair(
         })
         .collect();
     let result = frozen_write(
-        "slack-",
+        FrozenPoints {
+            frozen: FaultPoint::SlackFrozen,
+            written: FaultPoint::SlackWritten,
+            thawed: FaultPoint::SlackThawed,
+        },
         tracer,
         &ranges,
         Some(stacks),

@@ -163,26 +163,32 @@ pub struct Syscall {
 }
 
 /// Length of [`bootstrap_code`].
-pub const BOOTSTRAP_LEN: usize = 31;
+pub const BOOTSTRAP_LEN: usize = 47;
 
-/// Bytes the bootstrap frame occupies below the red zone: 18 words.
-pub const BOOTSTRAP_FRAME_LEN: u64 = 18 * 8;
+/// Bytes the bootstrap frame occupies below the red zone: 21 words.
+pub const BOOTSTRAP_FRAME_LEN: u64 = 21 * 8;
 
 /// The bootstrap code, run from slack bytes of an executable page with `rsp` at a
-/// [`bootstrap_frame`], `rax` and the argument registers holding the first system call:
+/// [`bootstrap_frame`], `rax` and the argument registers holding the first system call, and
+/// asynchronous signals blocked by the tracer (so nothing but its last system call can deliver
+/// one there):
 ///
 /// ```text
 /// syscall                                   ; first call (registers)
 /// pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9; pop rax
 /// syscall                                   ; second call (frame)
+/// pop rax; pop rdi; mov rsi, rsp; xor edx, edx; mov r10d, 8
+/// syscall                                   ; rt_sigprocmask(SIG_SETMASK, &frame mask, NULL)
+/// pop rdx                                   ; (the mask word)
 /// pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9; pop rax; pop rcx; pop r11
 /// popfq
 /// ret 0x80                                  ; rip from the frame, rsp back above the red zone
 /// ```
 ///
-/// It uses no memory but the frame, so it works before any page of rpatch's exists. Results are
-/// not returned: rpatch reads `/proc/PID/maps` (a result written on the stack would be below the
-/// thread's stack pointer once it resumes, i.e. garbage).
+/// It uses no memory but the frame, so it works before any page of rpatch's exists, and puts
+/// back by itself the signal mask the tracer changed: a thread whose tracer died leaves it with
+/// its own mask. Results are not returned: rpatch reads `/proc/PID/maps` (a result written on
+/// the stack would be below the thread's stack pointer once it resumes, i.e. garbage).
 pub fn bootstrap_code() -> Vec<u8> {
     (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
@@ -191,6 +197,13 @@ pub fn bootstrap_code() -> Vec<u8> {
             a.pop(reg)?;
         }
         a.syscall()?;
+        a.pop(rax)?;
+        a.pop(rdi)?;
+        a.mov(rsi, rsp)?;
+        a.xor(edx, edx)?;
+        a.mov(r10d, 8)?;
+        a.syscall()?;
+        a.pop(rdx)?;
         for reg in [rdi, rsi, rdx, r10, r8, r9, rax, rcx, r11] {
             a.pop(reg)?;
         }
@@ -202,10 +215,11 @@ pub fn bootstrap_code() -> Vec<u8> {
 }
 
 /// The frame [`bootstrap_code`] pops, to be written at `resume.rsp - RED_ZONE -
-/// BOOTSTRAP_FRAME_LEN`: the second system call, then the registers a system call or the pops
-/// change, then `rflags` and `rip`. After `ret 0x80` the stack pointer is `resume.rsp` exactly
-/// and the red zone was never touched.
-pub fn bootstrap_frame(second: &Syscall, resume: &ResumeState) -> [u64; 18] {
+/// BOOTSTRAP_FRAME_LEN`: the second system call, the mask restore (`rt_sigprocmask`,
+/// `SIG_SETMASK`, the thread's own `mask`), then the registers a system call or the pops change,
+/// then `rflags` and `rip`. After `ret 0x80` the stack pointer is `resume.rsp` exactly and the
+/// red zone was never touched.
+pub fn bootstrap_frame(second: &Syscall, mask: u64, resume: &ResumeState) -> [u64; 21] {
     let [a0, a1, a2, a3, a4, a5] = second.args;
     [
         a0,
@@ -215,6 +229,9 @@ pub fn bootstrap_frame(second: &Syscall, resume: &ResumeState) -> [u64; 18] {
         a4,
         a5,
         second.nr,
+        SYS_RT_SIGPROCMASK as u64,
+        SIG_SETMASK as u64,
+        mask,
         resume.rdi,
         resume.rsi,
         resume.rdx,
@@ -649,9 +666,33 @@ mod tests {
         assert_eq!(
             text,
             [
-                "syscall", "pop rdi", "pop rsi", "pop rdx", "pop r10", "pop r8", "pop r9",
-                "pop rax", "syscall", "pop rdi", "pop rsi", "pop rdx", "pop r10", "pop r8",
-                "pop r9", "pop rax", "pop rcx", "pop r11", "popfq", "ret 80h"
+                "syscall",
+                "pop rdi",
+                "pop rsi",
+                "pop rdx",
+                "pop r10",
+                "pop r8",
+                "pop r9",
+                "pop rax",
+                "syscall",
+                "pop rax",
+                "pop rdi",
+                "mov rsi,rsp",
+                "xor edx,edx",
+                "mov r10d,8",
+                "syscall",
+                "pop rdx",
+                "pop rdi",
+                "pop rsi",
+                "pop rdx",
+                "pop r10",
+                "pop r8",
+                "pop r9",
+                "pop rax",
+                "pop rcx",
+                "pop r11",
+                "popfq",
+                "ret 80h"
             ]
         );
     }
@@ -677,16 +718,16 @@ mod tests {
             nr: SYS_MMAP,
             args: [10, 11, 12, 13, 14, 15],
         };
-        let frame = bootstrap_frame(&second, &resume);
+        let frame = bootstrap_frame(&second, 0xabc, &resume);
         assert_eq!(
             frame,
             [
-                10, 11, 12, 13, 14, 15, 9, 5, 4, 3, 8, 6, 7, 1, 2, 9, 0x246, 0x4000
+                10, 11, 12, 13, 14, 15, 9, 14, 2, 0xabc, 5, 4, 3, 8, 6, 7, 1, 2, 9, 0x246, 0x4000
             ]
         );
-        // 17 pops and the ret's own word, then ret's immediate: back to rsp exactly.
+        // 20 pops and the ret's own word, then ret's immediate: back to rsp exactly.
         let frame_at = resume.rsp - RED_ZONE - BOOTSTRAP_FRAME_LEN;
-        assert_eq!(frame_at + 18 * 8 + RED_ZONE, resume.rsp);
+        assert_eq!(frame_at + 21 * 8 + RED_ZONE, resume.rsp);
     }
 
     #[test]
