@@ -445,6 +445,8 @@ pub struct InjectedThread<'t> {
     signalled: bool,
     /// The bootstrap was cut short to deliver a signal (its mappings may be incomplete).
     bootstrap_cut_short: bool,
+    /// Signals delivered after moving the thread out of rpatch's code (for `-v`).
+    signals_moved: u32,
     /// Unwinds the thread's stack, to tell when it is inside a signal handler.
     stacks: Option<&'t mut StackInspector>,
     /// rpatch's code the thread was last sent into.
@@ -512,6 +514,7 @@ impl<'t> InjectedThread<'t> {
             scratch: region.data() + region.scratch_offset(),
             signalled: false,
             bootstrap_cut_short: false,
+            signals_moved: 0,
             stacks,
             running_in: OwnCode::Nothing,
         };
@@ -641,6 +644,7 @@ impl<'t> InjectedThread<'t> {
                 self.tracer.set_regs(self.tid, moved)?;
                 set_sigmask(self.tid, self.at_rest_mask)?;
                 self.bootstrap_cut_short = true;
+                self.signals_moved += 1;
             }
             OwnCode::Stub(region)
                 if region.in_code(regs.rip) && regs.rip >= region.code() + self.stub.tail =>
@@ -655,6 +659,7 @@ impl<'t> InjectedThread<'t> {
                         &(Done::Returning as u64).to_le_bytes(),
                     )
                     .map_err(|e| self.io("stub data", e))?;
+                self.signals_moved += 1;
             }
             _ => {}
         }
@@ -846,12 +851,16 @@ impl<'t> InjectedThread<'t> {
                     log.step(
                         "load",
                         format!(
-                            "call stub mapped at {base:#x} ({} bytes, {} KiB stack), bootstrapped from {} bytes of slack at {:#x} in {}",
+                            "call stub mapped at {base:#x} ({} bytes, {} KiB stack), bootstrapped from {} bytes of slack at {:#x} in {}{}",
                             self.region.len(),
                             region::REGION_STACK_KIB,
                             BOOTSTRAP_LEN,
                             slack.addr,
-                            slack.module.display()
+                            slack.module.display(),
+                            match std::mem::take(&mut self.signals_moved) {
+                                0 => String::new(),
+                                n => format!("; {n} signal(s) arriving in it delivered at the thread's own code"),
+                            }
                         ),
                     );
                     return Ok(());
