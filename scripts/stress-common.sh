@@ -102,7 +102,7 @@ slack_restored() {
   python3 - "$TPID" "$1" <<'PY'
 import re, sys
 pid, log = sys.argv[1], open(sys.argv[2]).read()
-m = re.search(r"bootstrapped from (\d+) bytes of slack at (0x[0-9a-f]+) in (\S+)", log)
+m = re.search(r"bootstrapped from (\d+) bytes of slack at (0x[0-9a-f]+) in ([^\s;]+)", log)
 if not m:
     sys.exit(0)  # a reused stub region needs no bootstrap
 n, addr, path = int(m[1]), int(m[2], 16), m[3]

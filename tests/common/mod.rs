@@ -944,7 +944,8 @@ pub fn assert_slack_restored(pid: u32, verbose: &str) -> bool {
     let rest = &line[line.find("bootstrapped from ").expect("bootstrap line") + 18..];
     let len: usize = rest.split_whitespace().next().unwrap().parse().unwrap();
     let after = &rest[rest.find("slack at ").unwrap() + 9..];
-    let (addr, path) = after.split_once(" in ").expect("ADDR in PATH");
+    let (addr, rest) = after.split_once(" in ").expect("ADDR in PATH");
+    let path = rest.split([';', ' ']).next().expect("PATH");
     let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address");
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let (start, offset) = maps
