@@ -212,7 +212,9 @@ impl Error {
             Error::Inject(
                 InjectError::DlopenFailed { .. }
                 | InjectError::CallFaulted { .. }
-                | InjectError::CallTimeout { .. },
+                | InjectError::CallTimeout { .. }
+                | InjectError::CallAborted { .. }
+                | InjectError::InSignalHandler { .. },
             ) => 8,
             Error::Inject(InjectError::Journal(_)) => 1,
             Error::Inject(_) => 19,

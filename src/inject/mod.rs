@@ -76,6 +76,37 @@ pub enum InjectError {
         /// Why each thread was passed over.
         reasons: String,
     },
+    /// The borrowed thread exited (the process lives on) before any call was made: another
+    /// thread can be borrowed.
+    #[error("thread {tid} of PID {pid} exited while rpatch prepared it for the load")]
+    ThreadExited {
+        /// The PID.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+    },
+    /// The borrowed thread exited in the middle of an injected call (a library constructor that
+    /// ended its thread).
+    #[error("thread {tid} exited during the injected call to {function}")]
+    CallAborted {
+        /// Function called.
+        function: String,
+        /// Thread.
+        tid: i32,
+    },
+    /// A signal delivered at the end of an injected call left the borrowed thread in a handler
+    /// that did not return in time; no further call was made.
+    #[error(
+        "thread {tid} of PID {pid} stayed in a signal handler after the injected call to {function}; the calls made so far stand, nothing was patched"
+    )]
+    InSignalHandler {
+        /// The PID.
+        pid: i32,
+        /// Thread.
+        tid: i32,
+        /// The call after which it happened.
+        function: String,
+    },
     /// The code and stack the remote calls run on could not be set up.
     #[error("cannot map rpatch's call stub in PID {pid}: {reason}; the target was not changed")]
     NoStubRegion {
@@ -598,9 +629,19 @@ impl<'t> InjectedThread<'t> {
     fn poll_stop(&mut self) -> Result<Option<Stop>, InjectError> {
         match self.tracer.wait_stop(self.tid, Instant::now()) {
             Ok(Some(stop)) => Ok(Some(stop)),
-            Ok(None) => Err(ProcessError::Exited { pid: self.pid() }.into()),
+            Ok(None) => Err(self.vanished()),
             Err(ProcessError::StopTimeout { .. }) => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The borrowed thread is gone: the process exited, or (it lives on) just this thread.
+    fn vanished(&self) -> InjectError {
+        let pid = self.pid();
+        if process::live_task(pid).is_some() {
+            InjectError::ThreadExited { pid, tid: self.tid }
+        } else {
+            ProcessError::Exited { pid }.into()
         }
     }
 
@@ -690,7 +731,7 @@ impl<'t> InjectedThread<'t> {
                     }
                     match self.tracer.wait_stop(self.tid, deadline)? {
                         Some(stop) => stop,
-                        None => return Err(ProcessError::Exited { pid: self.pid() }.into()),
+                        None => return Err(self.vanished()),
                     }
                 }
             };
@@ -725,7 +766,7 @@ impl<'t> InjectedThread<'t> {
     fn ask_to_stop(&self) -> Result<(), InjectError> {
         match nix::sys::ptrace::interrupt(Pid::from_raw(self.tid)) {
             Ok(()) => Ok(()),
-            Err(Errno::ESRCH) => Err(ProcessError::Exited { pid: self.pid() }.into()),
+            Err(Errno::ESRCH) => Err(self.vanished()),
             Err(errno) => Err(ProcessError::Ptrace {
                 op: "INTERRUPT",
                 tid: self.tid,
@@ -1012,7 +1053,7 @@ impl<'t> InjectedThread<'t> {
     /// After a call during which a signal was delivered (at the call's end, where the stub
     /// restored the mask), the thread may be in that signal's handler: let it run until it has
     /// returned from it, so the next call starts where the thread was, not inside the handler.
-    fn leave_signal_handlers(&mut self) -> Result<(), InjectError> {
+    fn leave_signal_handlers(&mut self, after: &str) -> Result<(), InjectError> {
         if !self.signalled {
             return Ok(());
         }
@@ -1028,12 +1069,10 @@ impl<'t> InjectedThread<'t> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(InjectError::NoSafeThread {
+                return Err(InjectError::InSignalHandler {
                     pid: self.pid(),
-                    reasons: format!(
-                        "thread {} stays in a signal handler that arrived during the load",
-                        self.tid
-                    ),
+                    tid: self.tid,
+                    function: after.to_string(),
                 });
             }
             self.run_for_a_moment()?;
@@ -1078,8 +1117,16 @@ impl<'t> InjectedThread<'t> {
         fault_point: FaultPoint,
     ) -> Result<CallOutcome, InjectError> {
         let pid = self.pid();
+        let tid = self.tid;
         self.run_once(call, fault_point)
             .map_err(exited_if_esrch(pid))
+            .map_err(|e| match e {
+                InjectError::ThreadExited { .. } => InjectError::CallAborted {
+                    function: call.name.to_string(),
+                    tid,
+                },
+                e => e,
+            })
     }
 
     fn run_once(
@@ -1200,7 +1247,7 @@ impl<'t> InjectedThread<'t> {
                 address,
             });
         }
-        self.leave_signal_handlers()?;
+        self.leave_signal_handlers(call.name)?;
         Ok(CallOutcome { value, then_value })
     }
 

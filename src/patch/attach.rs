@@ -211,17 +211,33 @@ fn attach_once(
     let shim = super::binding::prepare_shim(&state, pid, &bindings, log)?;
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
-    let loaded = load(
-        &mut tracer,
-        &mut modules,
-        &functions,
-        shim.as_deref(),
-        &copy,
-        &planned,
-        &mut journal,
-        options.load_timeout,
-        log,
-    )?;
+    // No thread may be fit to borrow right now (all in signal handlers, the allocator, the
+    // loader), or the one borrowed may exit before the first call: both pass, so retry until
+    // --timeout like a busy function.
+    let mut backoff = Duration::from_millis(1);
+    let loaded = loop {
+        let attempt = load(
+            &mut tracer,
+            &mut modules,
+            &functions,
+            shim.as_deref(),
+            &copy,
+            &planned,
+            &mut journal,
+            options.load_timeout,
+            log,
+        );
+        match attempt {
+            Err(Error::Inject(
+                e @ (InjectError::NoSafeThread { .. } | InjectError::ThreadExited { .. }),
+            )) if Instant::now() + backoff < deadline => {
+                log.step("load", format!("{e}; retrying"));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            attempt => break attempt?,
+        }
+    };
     crate::fault::point(FaultPoint::Loaded);
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
