@@ -34,7 +34,8 @@ pub mod pricing {
 /// Formats a reply line through a closure kept out of line (`webapp::format_with::{{closure}}`).
 #[inline(never)]
 fn format_with(n: u64) -> String {
-    let render: &dyn Fn(u64) -> String = black_box(&|n: u64| format!("quote {n} {}\n", pricing::quote(n)));
+    let render: &dyn Fn(u64) -> String =
+        black_box(&|n: u64| format!("quote {n} {}\n", pricing::quote(n)));
     render(n)
 }
 
@@ -78,7 +79,9 @@ fn main() {
         eprintln!("webapp: cannot listen on 127.0.0.1:{port}: {e}");
         std::process::exit(1);
     });
-    listener.set_nonblocking(true).expect("non-blocking listener");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
     let port = listener.local_addr().expect("local address").port();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))

@@ -37,12 +37,19 @@ fn usage() -> ! {
 }
 
 /// One response: status code and body.
-fn exchange(reader: &mut BufReader<TcpStream>, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+fn exchange(
+    reader: &mut BufReader<TcpStream>,
+    host: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     reader.get_mut().write_all(request.as_bytes())?;
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
@@ -53,7 +60,10 @@ fn exchange(reader: &mut BufReader<TcpStream>, host: &str, path: &str) -> std::i
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed in headers"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed in headers",
+            ));
         }
         let header = line.trim_end();
         if header.is_empty() {
@@ -80,13 +90,25 @@ fn main() {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()),
-            "--expect" => expected.push(args.next().unwrap_or_else(|| usage()).trim_end().to_string()),
-            "--connections" => connections = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--expect" => expected.push(
+                args.next()
+                    .unwrap_or_else(|| usage())
+                    .trim_end()
+                    .to_string(),
+            ),
+            "--connections" => {
+                connections = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             _ if url.is_none() && arg.starts_with("http://") => url = Some(arg),
             _ => usage(),
         }
     }
-    let (Some(url), Some(seconds)) = (url, seconds) else { usage() };
+    let (Some(url), Some(seconds)) = (url, seconds) else {
+        usage()
+    };
     if expected.is_empty() {
         usage();
     }
@@ -105,7 +127,8 @@ fn main() {
     let expected = Arc::new(expected);
     let workers: Vec<_> = (0..connections.max(1))
         .map(|_| {
-            let (tally, expected, host, path) = (tally.clone(), expected.clone(), host.clone(), path.clone());
+            let (tally, expected, host, path) =
+                (tally.clone(), expected.clone(), host.clone(), path.clone());
             std::thread::spawn(move || {
                 let mut conn: Option<BufReader<TcpStream>> = None;
                 while Instant::now() < deadline {
@@ -124,15 +147,19 @@ fn main() {
                         },
                     };
                     match exchange(reader, &host, &path) {
-                        Ok((200, body)) => match expected.iter().position(|b| *b == body.trim_end()) {
-                            Some(i) => {
-                                tally.per_body[i].fetch_add(1, Ordering::Relaxed);
+                        Ok((200, body)) => {
+                            match expected.iter().position(|b| *b == body.trim_end()) {
+                                Some(i) => {
+                                    tally.per_body[i].fetch_add(1, Ordering::Relaxed);
+                                }
+                                None => tally.problem(
+                                    &tally.unexpected,
+                                    format!("unexpected body {body:?}"),
+                                ),
                             }
-                            None => tally.problem(&tally.unexpected, format!("unexpected body {body:?}")),
-                        },
-                        Ok((status, body)) => {
-                            tally.problem(&tally.unexpected, format!("status {status}, body {body:?}"))
                         }
+                        Ok((status, body)) => tally
+                            .problem(&tally.unexpected, format!("status {status}, body {body:?}")),
                         Err(e) => {
                             tally.problem(&tally.errors, format!("socket error: {e}"));
                             conn = None;
@@ -145,11 +172,19 @@ fn main() {
     for w in workers {
         w.join().expect("webcheck worker");
     }
-    let counts: Vec<u64> = tally.per_body.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let counts: Vec<u64> = tally
+        .per_body
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
     let total: u64 = counts.iter().sum();
     let unexpected = tally.unexpected.load(Ordering::Relaxed);
     let errors = tally.errors.load(Ordering::Relaxed);
-    let per_body: Vec<String> = expected.iter().zip(&counts).map(|(b, n)| format!("{n} x {b:?}")).collect();
+    let per_body: Vec<String> = expected
+        .iter()
+        .zip(&counts)
+        .map(|(b, n)| format!("{n} x {b:?}"))
+        .collect();
     println!(
         "webcheck: {} responses, {}, {unexpected} unexpected, {errors} errors",
         total + unexpected,
