@@ -26,7 +26,9 @@ mod pricing {
 fn answer(stream: TcpStream) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut request = String::new();
-    reader.read_line(&mut request)?;
+    if reader.read_line(&mut request)? == 0 {
+        return Ok(()); // a connection without a request (a readiness check)
+    }
     // The headers are read and ignored up to the blank line.
     let mut header = String::new();
     while reader.read_line(&mut header)? > 2 {
