@@ -424,7 +424,7 @@ impl Collector {
 
     /// What was read, once the pipe's writers are all gone, or after `grace` (a process outside
     /// the killed group may still hold the pipe open).
-    pub fn join(self, grace: Duration) -> Captured {
+    pub fn join(&self, grace: Duration) -> Captured {
         self.done.recv_timeout(grace).unwrap_or_default()
     }
 }

@@ -69,8 +69,10 @@ pub struct RehearseOptions {
     pub expect_after: Option<Regex>,
     /// Attach/rollback cycles (at least 1).
     pub cycles: u32,
-    /// A shell command run from readiness to the end beside everything; it must end by itself
-    /// after the last cycle and exit 0.
+    /// A shell command run from readiness to the end beside everything; it must still run when
+    /// the last rollback ends, then end by itself and exit 0. Besides `RPATCH_TARGET_PID` it gets
+    /// `RPATCH_CYCLES_DONE`: a file that exists once the last rollback is done (a load may run
+    /// until then).
     pub load: Option<String>,
     /// How long to wait for the load command once the cycles are done.
     pub load_timeout: Duration,
@@ -172,6 +174,23 @@ struct Patched {
 struct Load {
     group: Group,
     output: Collector,
+    /// Directory holding the `cycles-done` marker (removed on drop).
+    marker_dir: PathBuf,
+    /// Whether it was still running when the last rollback ended.
+    covered: bool,
+}
+
+impl Load {
+    /// The file that exists once the last cycle's rollback is done (`RPATCH_CYCLES_DONE`).
+    fn marker(&self) -> PathBuf {
+        self.marker_dir.join("cycles-done")
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.marker_dir);
+    }
 }
 
 struct Rehearsal<'a> {
@@ -253,6 +272,15 @@ impl<'a> Rehearsal<'a> {
                 None => self.run_step(i),
             };
             self.record(i, began, outcome);
+            let step = &self.report.steps[i];
+            if step.kind == StepKind::Rollback
+                && step.cycle == Some(self.options.cycles)
+                && step.status == StepStatus::Passed
+                && let Some(load) = &mut self.load
+            {
+                load.covered = !load.group.has_exited();
+                let _ = std::fs::write(load.marker(), b"");
+            }
             progress(&self.report.steps[i]);
         }
     }
@@ -570,7 +598,17 @@ impl<'a> Rehearsal<'a> {
     }
 
     fn start_load(&mut self, load: &str) -> Result<(), Problem> {
+        let marker_dir = std::env::temp_dir().join(format!(
+            "rpatch-rehearse-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir(&marker_dir)
+            .map_err(|e| Problem::Error(format!("cannot create {}: {e}", marker_dir.display())))?;
         let mut command = self.shell(load);
+        command.env("RPATCH_CYCLES_DONE", marker_dir.join("cycles-done"));
         let pipe = child::merged_output(&mut command)
             .map_err(|e| Problem::Error(format!("cannot create a pipe: {e}")))?;
         let group = Group::spawn(&mut command);
@@ -580,10 +618,13 @@ impl<'a> Rehearsal<'a> {
                 self.load = Some(Load {
                     group,
                     output: Collector::start(pipe, LOAD_OUTPUT_CAP),
+                    marker_dir,
+                    covered: false,
                 });
                 Ok(())
             }
             Err(e) => {
+                let _ = std::fs::remove_dir_all(&marker_dir);
                 // Reported on the load step itself, which the rehearsal does not reach.
                 let message = format!("cannot start the load command: {e}");
                 if let Some(i) = self
@@ -735,7 +776,7 @@ impl<'a> Rehearsal<'a> {
         let Some(mut load) = self.load.take() else {
             return Err(Problem::Error("the load was not started".into()));
         };
-        let ended_early = load.group.has_exited();
+        let ended_early = !load.covered;
         let deadline = Instant::now() + self.options.load_timeout;
         let woke = wait(&self.signals, &[load.group.exit_fd()], Some(deadline));
         let status = load.group.finish();
@@ -752,7 +793,7 @@ impl<'a> Rehearsal<'a> {
                 describe_status(status)
             ))),
             Wake::Ready(_) if ended_early => Err(Problem::Failed(format!(
-                "the load ended ({}) before the last cycle did: make it last longer than the cycles",
+                "the load ended ({}) before the last rollback did: make it last longer than the cycles (or until $RPATCH_CYCLES_DONE exists)",
                 describe_status(status)
             ))),
             Wake::Ready(_) => Ok(Done {

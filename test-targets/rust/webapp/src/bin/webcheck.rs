@@ -1,8 +1,9 @@
 //! webcheck: a second HTTP client for load rehearsals, which checks what wrk does not read.
 //!
-//! `webcheck URL --seconds S --expect BODY [--expect BODY...] [--connections C]`: C keep-alive
-//! connections (default 2) to URL (`http://127.0.0.1:PORT/PATH`), one request after another,
-//! for S seconds. Every response must be 200 with a body equal to one of the BODY values
+//! `webcheck URL --seconds S [--until FILE] --expect BODY [--expect BODY...] [--connections C]`:
+//! C keep-alive connections (default 2) to URL (`http://127.0.0.1:PORT/PATH`), one request after
+//! another, for S seconds or until FILE exists (`rpatch rehearse` names the file that appears
+//! when its last rollback is done in `RPATCH_CYCLES_DONE`), whichever comes first. Every response must be 200 with a body equal to one of the BODY values
 //! (trailing whitespace ignored). Prints `webcheck: N responses, <count per BODY>, U unexpected,
 //! E errors` and exits 1 when there was any unexpected response or socket error, or none at all.
 
@@ -31,7 +32,7 @@ impl Tally {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: webcheck http://127.0.0.1:PORT/PATH --seconds S --expect BODY [--expect BODY...] [--connections C]"
+        "usage: webcheck http://127.0.0.1:PORT/PATH --seconds S [--until FILE] --expect BODY [--expect BODY...] [--connections C]"
     );
     std::process::exit(2);
 }
@@ -86,10 +87,12 @@ fn main() {
     let mut seconds: Option<f64> = None;
     let mut expected: Vec<String> = Vec::new();
     let mut connections = 2usize;
+    let mut until: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()),
+            "--until" => until = args.next().map(Into::into),
             "--expect" => expected.push(
                 args.next()
                     .unwrap_or_else(|| usage())
@@ -125,13 +128,20 @@ fn main() {
     });
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let expected = Arc::new(expected);
+    let until = Arc::new(until);
     let workers: Vec<_> = (0..connections.max(1))
         .map(|_| {
-            let (tally, expected, host, path) =
-                (tally.clone(), expected.clone(), host.clone(), path.clone());
+            let (tally, expected, host, path, until) = (
+                tally.clone(),
+                expected.clone(),
+                host.clone(),
+                path.clone(),
+                until.clone(),
+            );
             std::thread::spawn(move || {
                 let mut conn: Option<BufReader<TcpStream>> = None;
-                while Instant::now() < deadline {
+                let done = || until.as_deref().is_some_and(|f| f.exists());
+                while Instant::now() < deadline && !done() {
                     let reader = match &mut conn {
                         Some(r) => r,
                         None => match TcpStream::connect(&host) {
