@@ -216,6 +216,57 @@ fn check_report(report: &Value, junit: &Junit) {
     }
 }
 
+/// Runs `scripts/check-schemas.sh ARGS` (check-jsonschema, offline); returns whether it passed
+/// and what it printed.
+fn check_schemas(args: &[&str]) -> (bool, String) {
+    let out = Command::new(common::repo_root().join("scripts/check-schemas.sh"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/check-schemas.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "check-schemas.sh could not run (scripts/install-deps.sh installs check-jsonschema): {text}"
+    );
+    (out.status.success(), text)
+}
+
+/// Asserts that a `--json` report validates against docs/schemas/rehearse.schema.json.
+#[track_caller]
+fn assert_report_matches_schema(stdout: &str) {
+    let dir = state_dir();
+    let path = dir.path().join("report.json");
+    std::fs::write(&path, stdout).expect("write report");
+    let (ok, text) = check_schemas(&["--report", path.to_str().unwrap()]);
+    assert!(ok, "report does not match its schema: {text}\n{stdout}");
+}
+
+/// The example pipelines in docs/ci/ are valid GitHub Actions and GitLab CI files (the
+/// validators' vendored schemas, offline), and the same validation rejects a broken workflow
+/// and a report missing its schema version.
+#[test]
+fn example_pipelines_match_their_schemas() {
+    let (ok, text) = check_schemas(&[]);
+    assert!(ok, "{text}");
+    let dir = state_dir();
+    let broken = dir.path().join("broken.yml");
+    std::fs::write(&broken, "on: push\njobs:\n  rehearse:\n    steps: run\n").unwrap();
+    let (ok, text) = check_schemas(&["--github", broken.to_str().unwrap()]);
+    assert!(!ok, "a broken workflow passed: {text}");
+    let (ok, text) = check_schemas(&["--gitlab", broken.to_str().unwrap()]);
+    assert!(!ok, "a broken GitLab file passed: {text}");
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, r#"{"passed": true, "steps": []}"#).unwrap();
+    let (ok, text) = check_schemas(&["--report", report.to_str().unwrap()]);
+    assert!(!ok, "an incomplete report passed: {text}");
+}
+
 /// Processes (not zombies) whose process group is one of `groups`.
 fn live_in_groups(groups: &[i32]) -> Vec<(i32, i32, String)> {
     let mut found = Vec::new();
@@ -296,6 +347,7 @@ fn demo_patch_rehearses_cleanly() {
     check_report(&report, &junit);
     assert_eq!(report["passed"], true);
     assert!(report["error"].is_null(), "{report}");
+    assert_report_matches_schema(&run.stdout);
     // start, ready, probe, 3 x (attach, probe, rollback, probe), alive, stop.
     assert_eq!(junit.declared, (17, 0, 0, 0), "{:?}", junit.cases);
     assert_eq!(junit.outcome("cycle 3: probe patched"), "passed");
@@ -326,6 +378,7 @@ fn expectation_mismatch_exits_24_with_a_junit_failure() {
     run.expect_error(REHEARSAL_FAILED);
     assert_eq!(code, REHEARSAL_FAILED);
     assert_eq!(report["error"]["kind"], "rehearsal_failed", "{report}");
+    assert_report_matches_schema(&run.stdout);
     let junit = Junit::read(&r.junit);
     check_report(&report, &junit);
     let (name, message) = junit.only_failure();
@@ -449,6 +502,7 @@ fn attach_errors_keep_their_exit_code() {
     run.expect_error(common::exit::NOT_FOUND);
     assert_eq!(code, common::exit::NOT_FOUND);
     assert_eq!(report["error"]["kind"], "function_not_found", "{report}");
+    assert_report_matches_schema(&run.stdout);
     let junit = Junit::read(&r.junit);
     check_report(&report, &junit);
     assert_eq!(junit.only_failure().0, "cycle 1: attach");
