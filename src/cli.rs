@@ -435,11 +435,14 @@ fn rehearse(r: RehearseArgs) -> anyhow::Result<i32> {
             } else {
                 print!("{}", report.summary());
             }
-            if let Some(signal) = interrupted {
-                // Ended by the signal, as a shell or CI runner expects: after the report.
+            if let Some(signal) = interrupted
+                && let Ok(signal) = nix::sys::signal::Signal::try_from(*signal)
+            {
+                // Ended by the signal, as a shell or CI runner expects, after the report (the
+                // rehearsal put back the signal's disposition: normally, to terminate).
                 use std::io::Write;
                 std::io::stdout().flush()?;
-                let _ = signal_hook::low_level::emulate_default_handler(*signal);
+                let _ = nix::sys::signal::raise(signal);
             }
             Ok(error.exit_code())
         }

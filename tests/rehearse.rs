@@ -567,7 +567,7 @@ struct Background {
 }
 
 impl Background {
-    /// Starts a demo rehearsal that would run practically forever (100000 cycles) beside a load
+    /// Starts a demo rehearsal that runs for minutes (500 cycles) beside a load
     /// that sleeps.
     fn start(load: &str) -> Background {
         let t = build_targets();
@@ -578,7 +578,7 @@ impl Background {
         args.extend(
             [
                 "--cycles",
-                "100000",
+                "500",
                 "--load",
                 load,
                 "--load-timeout",

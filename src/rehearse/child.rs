@@ -11,12 +11,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,64 +23,113 @@ use std::time::{Duration, Instant};
 /// SIGHUP (the terminal went away).
 pub const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
+/// Write end of the self-pipe the handler writes to (-1 when no [`Signals`] is installed).
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// The first stop signal received while a [`Signals`] is installed (0: none).
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+/// Whether a [`Signals`] is installed (one at a time: the handler's state is global).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    // Only async-signal-safe work: atomics and write(2), with errno preserved.
+    let _ = CAUGHT.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    let fd = WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: __errno_location returns this thread's errno slot; write(2) gets a valid
+        // one-byte buffer; the pipe is non-blocking, so a full pipe cannot block the handler.
+        unsafe {
+            let errno = *libc::__errno_location();
+            let _ = libc::write(fd, [1u8].as_ptr().cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
 /// While alive, SIGTERM, SIGINT and SIGHUP no longer end the process: they are recorded and wake
 /// [`wait`] through a self-pipe, so that the rehearsal can kill and reap what it started first.
+/// Dropping it restores the dispositions it found.
 pub struct Signals {
-    wake: UnixStream,
-    caught: Arc<AtomicUsize>,
-    ids: Vec<signal_hook::SigId>,
+    read: OwnedFd,
+    /// Kept open while the handler may write to it.
+    _write: OwnedFd,
+    previous: Vec<(Signal, nix::sys::signal::SigAction)>,
 }
 
 impl Signals {
-    /// Installs the handlers (removed on drop).
+    /// Installs the handlers (one `Signals` at a time in a process).
     pub fn install() -> io::Result<Signals> {
-        let (wake, write) = UnixStream::pair()?;
-        wake.set_nonblocking(true)?;
-        let caught = Arc::new(AtomicUsize::new(0));
-        let mut signals = Signals {
-            wake,
-            caught,
-            ids: Vec::new(),
+        if INSTALLED.swap(true, Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "a rehearsal is already running in this process",
+            ));
+        }
+        let (read, write) = match nix::unistd::pipe2(
+            nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                INSTALLED.store(false, Ordering::SeqCst);
+                return Err(e.into());
+            }
         };
-        for signal in STOP_SIGNALS {
-            // The flag first: actions run in registration order, so the flag is set by the time
-            // the pipe wakes the waiter.
-            signals.ids.push(signal_hook::flag::register_usize(
-                signal,
-                Arc::clone(&signals.caught),
-                signal as usize,
-            )?);
-            signals.ids.push(signal_hook::low_level::pipe::register(
-                signal,
-                write.try_clone()?,
-            )?);
+        CAUGHT.store(0, Ordering::SeqCst);
+        WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        let mut signals = Signals {
+            read,
+            _write: write,
+            previous: Vec::new(),
+        };
+        let mut mask = nix::sys::signal::SigSet::empty();
+        for s in STOP_SIGNALS
+            .iter()
+            .filter_map(|&s| Signal::try_from(s).ok())
+        {
+            mask.add(s);
+        }
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_stop_signal),
+            nix::sys::signal::SaFlags::SA_RESTART,
+            mask,
+        );
+        for s in STOP_SIGNALS
+            .iter()
+            .filter_map(|&s| Signal::try_from(s).ok())
+        {
+            // SAFETY: the handler only touches atomics and calls write(2) (async-signal-safe);
+            // the previous action is kept and put back on drop.
+            let previous = unsafe { nix::sys::signal::sigaction(s, &action) }?;
+            signals.previous.push((s, previous));
         }
         Ok(signals)
     }
 
     /// The first stop signal received, if any.
     pub fn caught(&self) -> Option<i32> {
-        match self.caught.load(Ordering::SeqCst) {
+        match CAUGHT.load(Ordering::SeqCst) {
             0 => None,
-            s => Some(s as i32),
+            s => Some(s),
         }
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
+        self.read.as_fd()
     }
 
     fn drain(&self) {
         let mut buf = [0u8; 64];
-        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        while matches!(nix::unistd::read(&self.read, &mut buf), Ok(n) if n > 0) {}
     }
 }
 
 impl Drop for Signals {
     fn drop(&mut self) {
-        for id in self.ids.drain(..) {
-            signal_hook::low_level::unregister(id);
+        for (s, previous) in self.previous.drain(..) {
+            // SAFETY: puts back the action that was installed before `install`.
+            let _ = unsafe { nix::sys::signal::sigaction(s, &previous) };
         }
+        // The pipe's descriptors close after this body, once the handler no longer sees them.
+        WAKE_FD.store(-1, Ordering::SeqCst);
+        INSTALLED.store(false, Ordering::SeqCst);
     }
 }
 

@@ -12,7 +12,7 @@ mod junit;
 mod report;
 
 pub use report::{
-    Counts, ErrorSummary, RehearseReport, SCHEMA_VERSION, Step, StepKind, StepStatus,
+    Counts, ErrorSummary, Expectation, RehearseReport, SCHEMA_VERSION, Step, StepKind, StepStatus,
     TargetSummary, step_line,
 };
 
@@ -297,11 +297,9 @@ impl<'a> Rehearsal<'a> {
             StepKind::Start => self.start(),
             StepKind::Ready => self.ready(),
             StepKind::Probe => {
-                let patched = step.name.contains("patched");
-                let expect = if patched {
-                    self.options.expect_after.as_ref()
-                } else {
-                    self.options.expect_before.as_ref()
+                let expect = match step.expect {
+                    Some(Expectation::After) => self.options.expect_after.as_ref(),
+                    _ => self.options.expect_before.as_ref(),
                 };
                 let n = step.probe.unwrap_or(1);
                 let options = self.options;
@@ -846,6 +844,10 @@ impl<'a> Rehearsal<'a> {
             if let Some(p) = outside {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), Signal::SIGKILL);
             }
+            // A signal that came after the last check still interrupts the rehearsal.
+            if self.failure.is_none() {
+                return Err(Problem::Interrupted(s));
+            }
             return Ok(Done {
                 message: format!("killed (rehearse got {})", signal_name(s)),
                 ..Done::default()
@@ -918,57 +920,56 @@ impl<'a> Rehearsal<'a> {
 /// The steps of a rehearsal, in order, all `skipped` until they run.
 fn plan_steps(o: &RehearseOptions) -> Vec<Step> {
     let mut steps = vec![
-        Step::planned("start target".into(), StepKind::Start, None, None),
-        Step::planned("ready".into(), StepKind::Ready, None, None),
+        Step::planned("start target".into(), StepKind::Start, None),
+        Step::planned("ready".into(), StepKind::Ready, None),
     ];
-    let probe_name = |n: usize, when: &str| {
-        if o.probes.len() == 1 {
-            format!("probe {when}")
-        } else {
-            format!("probe {n} {when}")
-        }
-    };
-    let probes = |steps: &mut Vec<Step>, cycle: Option<u32>, when: &str| {
+    let probes = |steps: &mut Vec<Step>, cycle: Option<u32>, expect: Expectation| {
+        let when = match (cycle, expect) {
+            (None, _) => "before patch",
+            (Some(_), Expectation::After) => "patched",
+            (Some(_), Expectation::Before) => "rolled back",
+        };
         for n in 1..=o.probes.len() {
-            let name = match cycle {
-                Some(c) => format!("cycle {c}: {}", probe_name(n, when)),
-                None => probe_name(n, when),
+            let probe = if o.probes.len() == 1 {
+                format!("probe {when}")
+            } else {
+                format!("probe {n} {when}")
             };
-            steps.push(Step::planned(name, StepKind::Probe, cycle, Some(n)));
+            let name = match cycle {
+                Some(c) => format!("cycle {c}: {probe}"),
+                None => probe,
+            };
+            let mut step = Step::planned(name, StepKind::Probe, cycle);
+            step.probe = Some(n);
+            step.expect = Some(expect);
+            steps.push(step);
         }
     };
-    probes(&mut steps, None, "before patch");
+    probes(&mut steps, None, Expectation::Before);
     for c in 1..=o.cycles.max(1) {
+        let cycle = Some(c);
         steps.push(Step::planned(
             format!("cycle {c}: attach"),
             StepKind::Attach,
-            Some(c),
-            None,
+            cycle,
         ));
-        probes(&mut steps, Some(c), "patched");
+        probes(&mut steps, cycle, Expectation::After);
         steps.push(Step::planned(
             format!("cycle {c}: rollback"),
             StepKind::Rollback,
-            Some(c),
-            None,
+            cycle,
         ));
-        probes(&mut steps, Some(c), "rolled back");
+        probes(&mut steps, cycle, Expectation::Before);
     }
     if o.load.is_some() {
-        steps.push(Step::planned("load".into(), StepKind::Load, None, None));
+        steps.push(Step::planned("load".into(), StepKind::Load, None));
     }
     steps.push(Step::planned(
         "target alive and untraced".into(),
         StepKind::Alive,
         None,
-        None,
     ));
-    steps.push(Step::planned(
-        "stop target".into(),
-        StepKind::Stop,
-        None,
-        None,
-    ));
+    steps.push(Step::planned("stop target".into(), StepKind::Stop, None));
     steps
 }
 

@@ -30,6 +30,16 @@ pub enum StepKind {
     Stop,
 }
 
+/// Which expectation a probe's output is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expectation {
+    /// `--expect-before`: the patch is not applied (before the first attach, after each rollback).
+    Before,
+    /// `--expect-after`: the patch is applied.
+    After,
+}
+
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +66,8 @@ pub struct Step {
     pub cycle: Option<u32>,
     /// Probe number (1-based) for probe steps.
     pub probe: Option<usize>,
+    /// Probe steps: the expectation their output is matched against.
+    pub expect: Option<Expectation>,
     /// Outcome.
     pub status: StepStatus,
     /// Wall time of the step in milliseconds (0 when skipped).
@@ -75,12 +87,13 @@ pub struct Step {
 
 impl Step {
     /// A step not run yet.
-    pub fn planned(name: String, kind: StepKind, cycle: Option<u32>, probe: Option<usize>) -> Step {
+    pub fn planned(name: String, kind: StepKind, cycle: Option<u32>) -> Step {
         Step {
             name,
             kind,
             cycle,
-            probe,
+            probe: None,
+            expect: None,
             status: StepStatus::Skipped,
             time_ms: 0.0,
             message: None,
