@@ -718,3 +718,43 @@ fn sigkill_of_rehearse_takes_target_and_load_along() {
     r.child.wait().expect("reap rehearse");
     assert_no_group_left(&groups);
 }
+
+/// `--pid-file`: TARGET is a shell that starts the service in the background, writes its pid
+/// and exits at once (as a daemon's launcher does); rehearse patches the process the file
+/// names, finds the launcher's exit no failure, and stops the service at the end.
+#[test]
+fn pid_file_names_the_process_to_patch() {
+    let t = build_targets();
+    let port = free_port();
+    let r = Rehearsal::new();
+    let pid_file = r.state.path().join("service.pid");
+    let mut args = demo_args(port, "^calc 7 7000$");
+    args.extend(["--pid-file".into(), pid_file.display().to_string()]);
+    let launcher = format!(
+        "'{}' --http {port} </dev/null >/dev/null 2>&1 & echo $! > '{}'",
+        t.calcapp().display(),
+        pid_file.display()
+    );
+    let (code, report, run) = r.run(&strs(&args), &["/bin/sh", "-c", &launcher]);
+    run.expect_ok();
+    assert_eq!(code, 0);
+    let junit = Junit::read(&r.junit);
+    check_report(&report, &junit);
+    let started = report["target"]["pid"].as_i64().unwrap();
+    let patched = report["target"]["patched_pid"].as_i64().unwrap();
+    let written: i64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(patched, written);
+    assert_ne!(patched, started, "{report}");
+    assert_eq!(
+        report["target"]["ended"], "exit 0",
+        "the launcher exits by itself"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{patched}/exe")).exists(),
+        "the patched service was not stopped"
+    );
+}

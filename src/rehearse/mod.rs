@@ -96,6 +96,12 @@ pub fn rehearse(
     log: &Log,
     progress: &mut dyn FnMut(&Step),
 ) -> Result<RehearseReport, Error> {
+    if options.command.is_empty() {
+        return Err(environment("options", "no TARGET command given".into()));
+    }
+    if options.cycles == 0 {
+        return Err(environment("options", "--cycles must be at least 1".into()));
+    }
     let signals = Signals::install().map_err(|e| environment("signals", e.to_string()))?;
     if let Some(path) = &options.junit {
         // Fail before starting anything when the report could not be written at the end.
@@ -579,11 +585,21 @@ impl<'a> Rehearsal<'a> {
             found.push("no readiness condition given: ready at once".into());
         }
         if let Some(command) = &o.load {
-            self.start_load(command)?;
-            found.push(format!(
-                "load started (pid {})",
-                self.load.as_ref().map_or(0, |l| l.group.pid())
-            ));
+            match self.start_load(command) {
+                Ok(pid) => found.push(format!("load started (pid {pid})")),
+                Err(message) => {
+                    // The target is ready; the load step itself could not run (and ends it).
+                    if let Some(i) = self
+                        .report
+                        .steps
+                        .iter()
+                        .position(|s| s.kind == StepKind::Load)
+                    {
+                        self.record(i, Instant::now(), Err(Problem::Error(message)));
+                    }
+                    found.push("the load could not start".into());
+                }
+            }
         }
         Ok(Done {
             message: format!(
@@ -595,7 +611,8 @@ impl<'a> Rehearsal<'a> {
         })
     }
 
-    fn start_load(&mut self, load: &str) -> Result<(), Problem> {
+    /// Starts the load command; returns its pid, or why it could not start.
+    fn start_load(&mut self, load: &str) -> Result<i32, String> {
         let marker_dir = std::env::temp_dir().join(format!(
             "rpatch-rehearse-{}-{}",
             std::process::id(),
@@ -604,38 +621,26 @@ impl<'a> Rehearsal<'a> {
                 .map_or(0, |d| d.as_nanos())
         ));
         std::fs::create_dir(&marker_dir)
-            .map_err(|e| Problem::Error(format!("cannot create {}: {e}", marker_dir.display())))?;
+            .map_err(|e| format!("cannot create {}: {e}", marker_dir.display()))?;
         let mut command = self.shell(load);
         command.env("RPATCH_CYCLES_DONE", marker_dir.join("cycles-done"));
-        let pipe = child::merged_output(&mut command)
-            .map_err(|e| Problem::Error(format!("cannot create a pipe: {e}")))?;
-        let group = Group::spawn(&mut command);
+        let started = child::merged_output(&mut command)
+            .and_then(|pipe| Group::spawn(&mut command).map(|group| (pipe, group)));
         drop(command);
-        match group {
-            Ok(group) => {
+        match started {
+            Ok((pipe, group)) => {
+                let pid = group.pid();
                 self.load = Some(Load {
                     group,
                     output: Collector::start(pipe, LOAD_OUTPUT_CAP),
                     marker_dir,
                     covered: false,
                 });
-                Ok(())
+                Ok(pid)
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&marker_dir);
-                // Reported on the load step itself, which the rehearsal does not reach.
-                let message = format!("cannot start the load command: {e}");
-                if let Some(i) = self
-                    .report
-                    .steps
-                    .iter()
-                    .position(|s| s.kind == StepKind::Load)
-                {
-                    self.record(i, Instant::now(), Err(Problem::Error(message.clone())));
-                }
-                Err(Problem::Failed(format!(
-                    "ready, but the load could not start: {message}"
-                )))
+                Err(format!("cannot start the load command: {e}"))
             }
         }
     }
