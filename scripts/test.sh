@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite: installs what it needs, then lint, format check, unit and integration tests,
-# and the CI patch rehearsal (scripts/ci-rehearsal.sh).
+# and the patch rehearsals (scripts/ci-rehearsal.sh, scripts/load-rehearsal.sh).
 # Integration tests spawn real processes from test-targets/ and patch them with the real binary,
 # so they need ptrace rights over their own children (root, or ptrace_scope 0/1).
 set -euo pipefail
@@ -9,5 +9,7 @@ scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --all-targets
-# The CI rehearsal of docs/ci/, with the rpatch the tests just built.
+# The CI rehearsal of docs/ci/, and 10 cycles on an HTTP server under load, with the rpatch the
+# tests just built.
 RPATCH="$PWD/target/debug/rpatch" scripts/ci-rehearsal.sh
+RPATCH="$PWD/target/debug/rpatch" scripts/load-rehearsal.sh
