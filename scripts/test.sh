@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --all-targets
+cargo clippy --workspace --all-targets --features fault-injection --quiet -- -D warnings
+# The default build (as released): RPATCH_FAULT must mean nothing to it.
+cargo test --lib --quiet fault
+# Everything, with the fault-injection hook the kill tests need.
+cargo test --workspace --all-targets --features fault-injection
 # The CI rehearsal of docs/ci/, and 10 cycles on an HTTP server under load, with the rpatch the
 # tests just built.
 RPATCH="$PWD/target/debug/rpatch" scripts/ci-rehearsal.sh

@@ -579,6 +579,13 @@ impl Output {
                         p.method,
                     );
                 }
+                for left in &r.slack_left {
+                    out += &format!(
+                        "bootstrap code left at {} in the slack of {} by an interrupted run: harmless, restored by the next attach or rollback\n",
+                        left.address,
+                        left.module.display()
+                    );
+                }
             }
         }
         out

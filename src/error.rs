@@ -231,6 +231,7 @@ impl Error {
                 | InjectError::CallFaulted { .. }
                 | InjectError::CallTimeout { .. },
             ) => 8,
+            Error::Inject(InjectError::Journal(_)) => 1,
             Error::Inject(_) => 19,
             Error::FunctionNotFound { .. } | Error::NoMatch { .. } => 9,
             Error::Ambiguous { .. } => 10,

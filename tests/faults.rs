@@ -126,3 +126,43 @@ fn rollback_killed_at_every_point() {
         restore_all(&mut target, state.path(), point);
     }
 }
+
+/// Bootstrap code a killed run left in slack bytes (killed right after resuming the thread into
+/// it) is reported by `status`, and restored by the next operation with every thread stopped —
+/// also when that run is killed in turn at each point of the restore: nothing is left
+/// half-done, and a later rollback finishes it.
+#[test]
+fn slack_left_by_a_killed_bootstrap_is_restored_later() {
+    let t = build_targets();
+    let lib = t.bin("fix_basic.so");
+    for point in ["slack-frozen", "slack-written", "slack-thawed"] {
+        let state = state_dir();
+        let mut target = Target::spawn(t.bin("basic_pie"), &[]);
+        let pid = target.pid_arg();
+        let attach = [
+            "attach",
+            &pid,
+            "--lib",
+            lib.to_str().unwrap(),
+            "--func",
+            "compute",
+        ];
+        killed_at(state.path(), "bootstrap", &attach);
+        let status = rpatch(state.path(), &["status", &pid, "--json"]);
+        status.expect_ok();
+        let left = status.json()["slack_left"].as_array().unwrap().len();
+        assert_eq!(left, 1, "{point}: {}", status.stdout);
+        killed_at(state.path(), point, &attach);
+        assert_consistent(&mut target, state.path(), point);
+        restore_all(&mut target, state.path(), point);
+        let status = rpatch(state.path(), &["status", &pid, "--json"]);
+        assert_eq!(
+            status.json()["slack_left"],
+            serde_json::json!([]),
+            "{point}: {}",
+            status.stdout
+        );
+        assert_eq!(target.cmd("call 5"), "compute 5 6", "{point}");
+        assert_untraced(target.pid());
+    }
+}

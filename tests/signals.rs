@@ -74,3 +74,37 @@ fn a_thread_in_a_signal_handler_is_not_borrowed() {
     assert_eq!(target.cmd("release"), "released 1");
     assert_untraced(target.pid());
 }
+
+/// The borrowed thread's whole FP/vector state survives the injected calls: four threads hold a
+/// pattern in ymm0-15 (and, with AVX-512, zmm16-31 and k1-k7) and an unusual MXCSR across a
+/// blocking read(); over five attach/rollback cycles, each followed by reads returning in every
+/// thread, no thread ever finds a register changed.
+#[test]
+fn vector_registers_survive_the_injected_calls() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("fpkeep"), &["4"]);
+    let lib = t.bin("fix_basic.so");
+    let mut released = 0;
+    for cycle in 1..=5 {
+        attach(state.path(), target.pid(), &lib, &["compute"], &[]).expect_ok();
+        assert_eq!(target.cmd("call 5"), "compute 5 500", "cycle {cycle}");
+        assert_eq!(target.cmd("release 4"), "released 4");
+        rollback(state.path(), target.pid(), &[]).expect_ok();
+        assert_eq!(target.cmd("release 4"), "released 4");
+        released += 8;
+    }
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    let stats = loop {
+        let stats = target.cmd("stats");
+        if stats.contains(&format!("checked={released} ")) || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::yield_now();
+    };
+    assert!(
+        stats.contains(&format!("checked={released} corrupted=0")),
+        "{stats}"
+    );
+    assert_untraced(target.pid());
+}

@@ -30,17 +30,21 @@ mod region;
 mod resume;
 mod thread_choice;
 
+pub use region::Slack;
 pub use resume::resume_state;
 pub use thread_choice::{ThreadCandidate, assess as assess_thread, assess_stack, rank_threads};
 
+use crate::fault::FaultPoint;
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcMem, ProcessError, Stop, Tracer};
+use crate::safety::StackInspector;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use rpatch_arch::x86_64::remote_call::{
-    self as stub, BOOTSTRAP_FRAME_LEN, BOOTSTRAP_LEN, CallBlock, CallStub, ENTRY_RFLAGS, FpSave,
-    PAGE, RED_ZONE, SYS_MMAP, StubRegion, Syscall, data,
+    self as stub, BOOTSTRAP_FRAME_LEN, BOOTSTRAP_LEN, CallBlock, CallStub, Done, ENTRY_RFLAGS,
+    FpSave, PAGE, RED_ZONE, SYS_MMAP, StubRegion, Syscall, data,
 };
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// Errors of the injection layer.
@@ -120,6 +124,9 @@ pub enum InjectError {
     /// A process-level failure.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// The journal record of bytes about to be written could not be made durable.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// Runtime addresses of the libc functions rpatch calls in the target.
@@ -215,6 +222,10 @@ pub const CALL_BLOCK_MASK: u64 = {
     mask
 };
 
+/// How many times the bootstrap is run before giving up (a run is retried when the kernel
+/// refuses the address, or when a signal cut it short).
+const BOOTSTRAP_ATTEMPTS: usize = 8;
+
 /// How long the bootstrap and the return to the thread's own code may take: both are a few
 /// instructions and system calls that never block.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -222,21 +233,41 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a thread found in the allocator or loader after the bootstrap is given to leave it.
 const SAFE_POINT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How this machine's FP/vector state is saved by the stub, and the size of the save area: the
-/// XSAVE size of the enabled features (CPUID leaf 0xD), at least what ptrace reports for the
-/// thread. `ptrace_len` is the length of the thread's NT_X86_XSTATE regset.
-fn fp_layout(ptrace_len: usize) -> (FpSave, u64) {
+/// XSAVE component 18, AMX tile data: dynamically enabled per process (the kernel faults a
+/// thread that touches it without permission), so never saved or restored by the stub.
+const XFEATURE_TILE_DATA: u64 = 1 << 18;
+
+/// How this machine's FP/vector state is saved by the stub: XSAVE of every component the kernel
+/// enabled in XCR0 (but AMX tile data), in the standard format whose size CPUID leaf 0xD gives;
+/// FXSAVE where the OS has not enabled XSAVE.
+fn fp_layout() -> FpSave {
     use std::arch::x86_64::__cpuid_count;
     // SAFETY: CPUID exists on every x86_64 CPU and only reads identification registers. (The
     // intrinsic is safe from Rust 1.94 on; `unsafe` keeps the MSRV building.)
     #[allow(unused_unsafe)]
     let cpuid = |leaf, sub_leaf| unsafe { __cpuid_count(leaf, sub_leaf) };
-    // CPUID.1:ECX bit 27: OSXSAVE, the kernel enabled XSAVE.
+    // CPUID.1:ECX bit 27: OSXSAVE, the kernel enabled XSAVE (and XGETBV).
     if cpuid(1, 0).ecx & (1 << 27) == 0 {
-        return (FpSave::Fxsave, 512);
+        return FpSave::Fxsave;
     }
-    let enabled = u64::from(cpuid(0xd, 0).ebx);
-    (FpSave::Xsave, enabled.max(ptrace_len as u64).max(576))
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 reads XCR0; it exists because OSXSAVE is set. It touches no
+    // memory and only the named registers.
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags));
+    }
+    let features = ((u64::from(hi) << 32) | u64::from(lo)) & !XFEATURE_TILE_DATA;
+    // Components 0 and 1 (x87, SSE) live in the legacy area; each other one at the offset and
+    // with the size CPUID.(0xD, i) gives for the standard format.
+    let size = (2..64)
+        .filter(|i| features & (1u64 << i) != 0)
+        .map(|i| {
+            let leaf = cpuid(0xd, i);
+            u64::from(leaf.ebx) + u64::from(leaf.eax)
+        })
+        .fold(stub::XSAVE_MIN, u64::max);
+    FpSave::Xsave { features, size }
 }
 
 /// ESRCH from ptrace on the borrowed thread, which rpatch holds traced: when the process is gone
@@ -346,11 +377,53 @@ enum Where {
     Broken,
 }
 
+/// rpatch's code the borrowed thread may be running, which decides what a signal stop means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnCode {
+    /// None: the thread runs its own code (waiting for a safe point, or being stopped).
+    Nothing,
+    /// The bootstrap in slack bytes, which are restored afterwards.
+    Bootstrap(Range<u64>),
+    /// The stub's code page, which never changes while the region exists.
+    Stub(StubRegion),
+}
+
+impl OwnCode {
+    fn contains(&self, pc: u64) -> bool {
+        match self {
+            OwnCode::Nothing => false,
+            OwnCode::Bootstrap(code) => code.contains(&pc),
+            OwnCode::Stub(region) => region.in_code(pc),
+        }
+    }
+}
+
+/// Where the bytes rpatch writes into a module's slack are recorded, durably, before they are
+/// written: a run that dies, or gives up, before it can prove no thread will come back into
+/// them leaves them in place with a record that a later run settles (see `patch`).
+pub trait SlackLedger {
+    /// The bootstrap is about to be written at `slack` (or found there, left by a killed run).
+    fn will_write(&mut self, slack: &Slack) -> Result<(), InjectError>;
+    /// The slack holds the file's bytes again.
+    fn restored(&mut self, slack: &Slack);
+}
+
 /// A thread borrowed for remote calls.
 ///
 /// Between calls the thread is stopped at its own code. During a call it runs rpatch's stub,
 /// which restores it by itself; dropping the guard (after an error or a panic) only makes sure
 /// the thread is stopped so the tracer can let it go, wherever it is.
+///
+/// **The signal guarantee.** Every signal the thread receives while borrowed reaches rpatch as
+/// a ptrace signal-delivery stop before any handler runs, and [`Self::pass_signal`] decides
+/// where it is delivered, so that no signal frame ever returns into bytes rpatch restores or
+/// rewrites: a thread in the bootstrap (slack bytes restored afterwards) or in the stub's tail
+/// (past the restore of its own signal mask, about to leave through the data block) is first
+/// moved to its resume state, so the handler returns into the thread's own code. Elsewhere in
+/// the stub a frame may point into its code page: that page never changes, and the data block
+/// is rewritten only once the call is over and the thread seen back in its own code (see
+/// [`rpatch_arch::x86_64::remote_call`]). No signal is lost, duplicated or re-sent: the kernel's
+/// own siginfo is delivered.
 pub struct InjectedThread<'t> {
     tracer: &'t mut Tracer,
     tid: i32,
@@ -367,22 +440,37 @@ pub struct InjectedThread<'t> {
     place: Where,
     /// Next free byte of the scratch area in the data block.
     scratch: u64,
+    /// A signal was delivered since the thread was last judged at a safe point: it may be in a
+    /// handler now, where no call may start.
+    signalled: bool,
+    /// The bootstrap was cut short to deliver a signal (its mappings may be incomplete).
+    bootstrap_cut_short: bool,
+    /// Signals delivered after moving the thread out of rpatch's code (for `-v`).
+    signals_moved: u32,
+    /// Unwinds the thread's stack, to tell when it is inside a signal handler.
+    stacks: Option<&'t mut StackInspector>,
+    /// rpatch's code the thread was last sent into.
+    running_in: OwnCode,
 }
 
 impl<'t> InjectedThread<'t> {
     /// Borrows `tid`, which the tracer holds stopped in an interrupt stop, and makes sure the
     /// stub region exists: an idle one left by an earlier rpatch is reused, else one is mapped
     /// through the bootstrap (which lets the thread run its own code for a moment; it is then
-    /// re-checked with `assess_thread` and given time to leave the allocator or loader).
+    /// re-checked and given time to leave the allocator, the loader or a signal handler).
+    /// `stacks`, when given, unwinds the thread to tell whether it is in a signal handler.
     pub fn begin(
         tracer: &'t mut Tracer,
         modules: &mut ModuleMap,
         tid: i32,
         functions: &LoaderFunctions,
+        ledger: &mut dyn SlackLedger,
+        stacks: Option<&'t mut StackInspector>,
         log: &Log,
     ) -> Result<Self, InjectError> {
         let pid = tracer.pid();
-        Self::start(tracer, modules, tid, functions, log).map_err(exited_if_esrch(pid))
+        Self::start(tracer, modules, tid, functions, ledger, stacks, log)
+            .map_err(exited_if_esrch(pid))
     }
 
     fn start(
@@ -390,6 +478,8 @@ impl<'t> InjectedThread<'t> {
         modules: &mut ModuleMap,
         tid: i32,
         functions: &LoaderFunctions,
+        ledger: &mut dyn SlackLedger,
+        stacks: Option<&'t mut StackInspector>,
         log: &Log,
     ) -> Result<Self, InjectError> {
         let pid = tracer.pid();
@@ -399,7 +489,8 @@ impl<'t> InjectedThread<'t> {
             .clone();
         let at_rest_xstate = tracer.get_xstate(tid)?;
         let at_rest_mask = get_sigmask(tid)?;
-        let (fp, xsave_len) = fp_layout(at_rest_xstate.len());
+        let fp = fp_layout();
+        let xsave_len = fp.area_len();
         let maps = live_maps(pid)?;
         let reusable = region::find_idle_region(&maps, tracer.mem(), xsave_len, |r| {
             stub::call_stub(r, fp).ok().map(|s| s.code)
@@ -421,6 +512,11 @@ impl<'t> InjectedThread<'t> {
             at_rest_mask,
             place: Where::AtRest,
             scratch: region.data() + region.scratch_offset(),
+            signalled: false,
+            bootstrap_cut_short: false,
+            signals_moved: 0,
+            stacks,
+            running_in: OwnCode::Nothing,
         };
         match reusable {
             Some(r) => log.step(
@@ -428,7 +524,7 @@ impl<'t> InjectedThread<'t> {
                 format!("reusing the call stub at {:#x} ({} bytes)", r.base, r.len()),
             ),
             None => {
-                thread.bootstrap(modules, log)?;
+                thread.bootstrap(modules, ledger, log)?;
                 thread.wait_for_safe_point(modules)?;
             }
         }
@@ -514,19 +610,74 @@ impl<'t> InjectedThread<'t> {
         Ok(())
     }
 
+    /// The thread's registers at its resume state (the kernel's syscall restart applied, see
+    /// [`resume_state`]), ready to be set with ptrace: `orig_rax` = -1 so the kernel applies no
+    /// restart of its own.
+    fn resume_regs(&self) -> libc::user_regs_struct {
+        let r = resume_state(&self.at_rest);
+        let mut regs = self.at_rest;
+        (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (r.rax, r.rbx, r.rcx, r.rdx);
+        (regs.rsi, regs.rdi, regs.rbp, regs.rsp) = (r.rsi, r.rdi, r.rbp, r.rsp);
+        (regs.r8, regs.r9, regs.r10, regs.r11) = (r.r8, r.r9, r.r10, r.r11);
+        (regs.r12, regs.r13, regs.r14, regs.r15) = (r.r12, r.r13, r.r14, r.r15);
+        (regs.eflags, regs.rip) = (r.rflags, r.rip);
+        regs.orig_rax = u64::MAX;
+        regs
+    }
+
+    /// The thread is in a signal-delivery stop for `sig` (see the signal guarantee on the type):
+    /// a fault raised by rpatch's own code is suppressed and the thread put back; a signal
+    /// arriving while it runs the bootstrap (at its last system call, which unblocks signals, or
+    /// one the mask cannot hold back) is delivered only after the thread was moved to its resume
+    /// state with its own mask (what is left of the bootstrap, or all of it, is run again when
+    /// its mappings are incomplete); one arriving in the stub's
+    /// tail after the tracer finished the return for it (the tail only loads the registers of
+    /// the resume state); anything else is delivered where the thread is.
+    fn pass_signal(&mut self, sig: i32, what: &str, own: &OwnCode) -> Result<(), InjectError> {
+        let regs = self.tracer.get_regs(self.tid)?;
+        if own.contains(regs.rip) && self.raised_here(sig) {
+            return Err(self.put_back(what, sig, regs.rip));
+        }
+        match own {
+            OwnCode::Bootstrap(code) if code.contains(&regs.rip) => {
+                let moved = self.resume_regs();
+                self.tracer.set_regs(self.tid, moved)?;
+                set_sigmask(self.tid, self.at_rest_mask)?;
+                self.bootstrap_cut_short = true;
+                self.signals_moved += 1;
+            }
+            OwnCode::Stub(region)
+                if region.in_code(regs.rip) && regs.rip >= region.code() + self.stub.tail =>
+            {
+                // Errno, FP state, flags, stack and mask are the thread's own already.
+                let moved = self.resume_regs();
+                self.tracer.set_regs(self.tid, moved)?;
+                self.tracer
+                    .mem()
+                    .write_at(
+                        region.data() + data::DONE,
+                        &(Done::Returning as u64).to_le_bytes(),
+                    )
+                    .map_err(|e| self.io("stub data", e))?;
+                self.signals_moved += 1;
+            }
+            _ => {}
+        }
+        self.signalled = true;
+        self.cont(sig)
+    }
+
     /// Stops the running thread and returns its registers. A stop already reported is taken as
     /// is; only a thread with none pending gets a PTRACE_INTERRUPT (one sent to a thread that is
     /// already stopped would stop it again right after the next PTRACE_CONT, before it runs a
     /// single instruction: in a SIGSTOPped process, where every resume is followed by a group-stop
-    /// trap, the thread would never run at all). Signals reported before the stop are delivered
-    /// (the thread is in its own code or in code that copes with handlers), except a fault at an
-    /// address `ours` claims: rpatch's own code faulted, and the thread is put back with ptrace
-    /// (`Err(CallFaulted)`).
+    /// trap, the thread would never run at all). Signals reported before the stop go through
+    /// [`Self::pass_signal`].
     fn interrupt(
         &mut self,
         deadline: Instant,
         what: &str,
-        ours: &dyn Fn(u64) -> bool,
+        own: &OwnCode,
     ) -> Result<libc::user_regs_struct, InjectError> {
         let mut asked = false;
         loop {
@@ -545,13 +696,7 @@ impl<'t> InjectedThread<'t> {
             };
             match stop {
                 Stop::Event => break,
-                Stop::Signal(sig) => {
-                    let regs = self.tracer.get_regs(self.tid)?;
-                    if ours(regs.rip) && self.raised_here(sig) {
-                        return Err(self.put_back(what, sig, regs.rip));
-                    }
-                    self.tracer.cont(self.tid, sig)?;
-                }
+                Stop::Signal(sig) => self.pass_signal(sig, what, own)?,
                 Stop::Suppressed => self.tracer.cont(self.tid, 0)?,
             }
         }
@@ -590,14 +735,16 @@ impl<'t> InjectedThread<'t> {
         }
     }
 
-    /// Waits until the thread runs its own code again (its PC not in `ours`), stops it there and
-    /// records that state as the one the next call resumes.
-    fn settle(&mut self, what: &str, ours: &dyn Fn(u64) -> bool) -> Result<(), InjectError> {
+    /// Waits until the thread runs its own code again (its PC not in `own`), stops it there and
+    /// records that state as the one the next call resumes. With the signal guarantee, a thread
+    /// whose PC left `own` has no frame that returns into the bootstrap, nor into the stub after
+    /// `DONE`.
+    fn settle(&mut self, what: &str, own: &OwnCode) -> Result<(), InjectError> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         let mut pause = Duration::from_micros(20);
         loop {
-            let mut regs = self.interrupt(deadline, what, ours)?;
-            if !ours(regs.rip) {
+            let mut regs = self.interrupt(deadline, what, own)?;
+            if !own.contains(regs.rip) {
                 let pid = self.pid();
                 if process::repair_eintr(pid, self.tid, self.tracer.mem(), &mut regs) {
                     self.tracer.set_regs(self.tid, regs)?;
@@ -657,24 +804,38 @@ impl<'t> InjectedThread<'t> {
     }
 
     /// Maps the stub region with the bootstrap code in some slack bytes, and writes the stub.
-    fn bootstrap(&mut self, modules: &mut ModuleMap, log: &Log) -> Result<(), InjectError> {
+    /// A bootstrap cut short by a signal is run again at the same address (its system calls
+    /// fail harmlessly for what is already mapped).
+    fn bootstrap(
+        &mut self,
+        modules: &mut ModuleMap,
+        ledger: &mut dyn SlackLedger,
+        log: &Log,
+    ) -> Result<(), InjectError> {
         let pid = self.pid();
         let refused = |reason: String| InjectError::NoStubRegion { pid, reason };
         let mut tried = Vec::new();
-        for _ in 0..3 {
+        let mut again = None;
+        for _ in 0..BOOTSTRAP_ATTEMPTS {
             let maps = self.maps()?;
             let slack = region::find_slack(modules, &maps, self.tracer.mem()).ok_or_else(|| {
                 refused(format!(
                     "no executable segment of a mapped file has {BOOTSTRAP_LEN} unused bytes at its end to bootstrap from"
                 ))
             })?;
-            let base = region::region_addresses(&maps, self.region.len())
-                .into_iter()
-                .find(|b| !tried.contains(b))
-                .ok_or_else(|| refused("no free address range for it".into()))?;
-            tried.push(base);
+            let base = match again.take() {
+                Some(base) => base,
+                None => {
+                    let base = region::region_addresses(&maps, self.region.len())
+                        .into_iter()
+                        .find(|b| !tried.contains(b))
+                        .ok_or_else(|| refused("no free address range for it".into()))?;
+                    tried.push(base);
+                    base
+                }
+            };
             self.region.base = base;
-            self.run_bootstrap(&slack, &maps)?;
+            self.run_bootstrap(&slack, &maps, ledger)?;
             let maps = self.maps()?;
             match region::region_mapped(&maps, &self.region) {
                 (true, true) => {
@@ -690,15 +851,28 @@ impl<'t> InjectedThread<'t> {
                     log.step(
                         "load",
                         format!(
-                            "call stub mapped at {base:#x} ({} bytes, {} KiB stack), bootstrapped from {} bytes of slack at {:#x} in {}",
+                            "call stub mapped at {base:#x} ({} bytes, {} KiB stack), bootstrapped from {} bytes of slack at {:#x} in {}{}",
                             self.region.len(),
                             region::REGION_STACK_KIB,
                             BOOTSTRAP_LEN,
                             slack.addr,
-                            slack.module.display()
+                            slack.module.display(),
+                            match std::mem::take(&mut self.signals_moved) {
+                                0 => String::new(),
+                                n => format!("; {n} signal(s) arriving in it delivered at the thread's own code"),
+                            }
                         ),
                     );
                     return Ok(());
+                }
+                mapped if std::mem::take(&mut self.bootstrap_cut_short) => {
+                    log.step(
+                        "load",
+                        format!(
+                            "a signal interrupted the bootstrap ({mapped:?} mapped at {base:#x}); delivered at the thread's own code, running it again"
+                        ),
+                    );
+                    again = Some(base);
                 }
                 mapped => log.step(
                     "load",
@@ -707,7 +881,7 @@ impl<'t> InjectedThread<'t> {
             }
         }
         Err(refused(format!(
-            "the kernel refused every address tried ({})",
+            "the kernel refused every address tried ({}), or signals kept interrupting the bootstrap",
             tried
                 .iter()
                 .map(|b| format!("{b:#x}"))
@@ -718,11 +892,13 @@ impl<'t> InjectedThread<'t> {
 
     /// One run of the bootstrap code from `slack`: mmap the code page and the stack + data of
     /// `self.region`, then back to the thread's own code, which rpatch waits for before putting
-    /// the slack bytes back.
+    /// the slack bytes back. The bytes are recorded in `ledger` before they are written; when the
+    /// thread cannot be seen back in its own code they stay, recorded, for a later run.
     fn run_bootstrap(
         &mut self,
-        slack: &region::Slack,
+        slack: &Slack,
         maps: &[process::Mapping],
+        ledger: &mut dyn SlackLedger,
     ) -> Result<(), InjectError> {
         let pid = self.pid();
         let resume = resume_state(&self.at_rest);
@@ -753,7 +929,7 @@ impl<'t> InjectedThread<'t> {
             nr: SYS_MMAP,
             args: [region.rw_start(), region.rw_len(), rw, flags, u64::MAX, 0],
         };
-        let frame: Vec<u8> = stub::bootstrap_frame(&stack_and_data, &resume)
+        let frame: Vec<u8> = stub::bootstrap_frame(&stack_and_data, self.at_rest_mask, &resume)
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
@@ -761,7 +937,10 @@ impl<'t> InjectedThread<'t> {
             .mem()
             .write_at(frame_at, &frame)
             .map_err(|e| self.io("bootstrap frame on the thread's stack", e))?;
-        self.write_text(slack.addr, &stub::bootstrap_code(), "slack bytes")?;
+        ledger.will_write(slack)?;
+        if !slack.leftover {
+            self.write_text(slack.addr, &stub::bootstrap_code(), "slack bytes")?;
+        }
         let mut regs = self.at_rest;
         regs.rip = slack.addr;
         regs.rsp = frame_at;
@@ -770,46 +949,102 @@ impl<'t> InjectedThread<'t> {
         regs.rax = code_page.nr;
         let [a0, a1, a2, a3, a4, a5] = code_page.args;
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a0, a1, a2, a3, a4, a5);
+        let code = OwnCode::Bootstrap(slack.addr..slack.addr + BOOTSTRAP_LEN as u64);
         self.tracer.set_regs(self.tid, regs)?;
+        // Asynchronous signals wait until the bootstrap's last system call restores the
+        // thread's own mask (from the frame, so also when rpatch dies meanwhile): signals
+        // pending now would otherwise cut every run short on a thread under a signal storm.
+        set_sigmask(self.tid, CALL_BLOCK_MASK | self.at_rest_mask)?;
+        self.running_in = code.clone();
         self.cont(0)?;
-        crate::fault::point("bootstrap");
-        let code = slack.addr..slack.addr + BOOTSTRAP_LEN as u64;
+        crate::fault::point(FaultPoint::Bootstrap);
         std::thread::sleep(Duration::from_micros(20));
-        self.settle("mmap", &|rip| code.contains(&rip))?;
-        // The thread is out: the slack gets the file's bytes back.
-        self.write_text(slack.addr, &slack.original, "slack bytes")
+        let settled = self.settle("mmap", &code);
+        // Back in its own code (or put back after a fault) with no frame returning into the
+        // slack: it gets the file's bytes back — unless a killed run left our code there, which
+        // some other thread may still be running; that is restored only with every thread
+        // stopped and checked (see `patch`).
+        let out = matches!(self.place, Where::AtRest | Where::Broken);
+        if out && !slack.leftover {
+            self.write_text(slack.addr, &slack.original, "slack bytes")?;
+            ledger.restored(slack);
+        }
+        settled
     }
 
     /// After the bootstrap the thread ran its own code for a moment and may now be inside the
-    /// allocator or the loader, where a `dlopen` would deadlock on a lock it holds itself: let it
-    /// run on until it is somewhere safe.
+    /// allocator, the loader or a signal handler, where a `dlopen` could deadlock on a lock held
+    /// by the code it interrupted: let it run on until it is somewhere safe.
     fn wait_for_safe_point(&mut self, modules: &mut ModuleMap) -> Result<(), InjectError> {
         let deadline = Instant::now() + SAFE_POINT_TIMEOUT;
         loop {
             let regs = self.at_rest;
             let in_syscall = (regs.orig_rax as i64) >= 0;
-            match assess_thread(
+            let verdict = assess_thread(
                 modules,
                 self.tracer.mem(),
                 self.tid,
                 regs.rip,
                 regs.rsp,
                 in_syscall,
-            ) {
-                Ok(_) => return Ok(()),
+            )
+            .map(|_| ())
+            .and_then(|()| match self.stacks.as_deref_mut() {
+                Some(inspector) => assess_stack(modules, &inspector.walk(&regs), self.tid),
+                None => Ok(()),
+            });
+            match verdict {
+                Ok(()) => {
+                    self.signalled = false;
+                    return Ok(());
+                }
                 Err(why) if Instant::now() >= deadline => {
                     return Err(InjectError::NoSafeThread {
                         pid: self.pid(),
                         reasons: why,
                     });
                 }
-                Err(_) => {
-                    self.cont(0)?;
-                    std::thread::sleep(Duration::from_millis(1));
-                    self.settle("safe point", &|_| false)?;
-                }
+                Err(_) => self.run_for_a_moment()?,
             }
         }
+    }
+
+    /// After a call during which a signal was delivered (at the call's end, where the stub
+    /// restored the mask), the thread may be in that signal's handler: let it run until it has
+    /// returned from it, so the next call starts where the thread was, not inside the handler.
+    fn leave_signal_handlers(&mut self) -> Result<(), InjectError> {
+        if !self.signalled {
+            return Ok(());
+        }
+        let deadline = Instant::now() + SAFE_POINT_TIMEOUT;
+        loop {
+            let regs = self.at_rest;
+            let in_handler = match self.stacks.as_deref_mut() {
+                Some(inspector) => !inspector.walk(&regs).interrupted.is_empty(),
+                None => false,
+            };
+            if !in_handler {
+                self.signalled = false;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(InjectError::NoSafeThread {
+                    pid: self.pid(),
+                    reasons: format!(
+                        "thread {} stays in a signal handler that arrived during the load",
+                        self.tid
+                    ),
+                });
+            }
+            self.run_for_a_moment()?;
+        }
+    }
+
+    /// Lets the thread run its own code for about a millisecond and stops it again.
+    fn run_for_a_moment(&mut self) -> Result<(), InjectError> {
+        self.cont(0)?;
+        std::thread::sleep(Duration::from_millis(1));
+        self.settle("safe point", &OwnCode::Nothing)
     }
 
     /// Calls `function(args...)` in the thread and returns its `rax` (see [`Self::call_with`]).
@@ -834,19 +1069,23 @@ impl<'t> InjectedThread<'t> {
     /// ends (none lost, none twice); a fault inside the call is suppressed, the thread restored
     /// and the fault reported; on a timeout the thread is left to finish the call by itself.
     pub fn call_with(&mut self, call: &RemoteCall) -> Result<CallOutcome, InjectError> {
-        self.run(call, "call")
+        self.run(call, FaultPoint::Call)
     }
 
-    fn run(&mut self, call: &RemoteCall, fault_name: &str) -> Result<CallOutcome, InjectError> {
+    fn run(
+        &mut self,
+        call: &RemoteCall,
+        fault_point: FaultPoint,
+    ) -> Result<CallOutcome, InjectError> {
         let pid = self.pid();
-        self.run_once(call, fault_name)
+        self.run_once(call, fault_point)
             .map_err(exited_if_esrch(pid))
     }
 
     fn run_once(
         &mut self,
         call: &RemoteCall,
-        fault_name: &str,
+        fault_point: FaultPoint,
     ) -> Result<CallOutcome, InjectError> {
         assert!(call.args.len() <= 6, "register arguments only");
         if self.place != Where::AtRest {
@@ -859,6 +1098,7 @@ impl<'t> InjectedThread<'t> {
             });
         }
         let region = self.region;
+        let own = OwnCode::Stub(region);
         let mut args = [0u64; 6];
         args[..call.args.len()].copy_from_slice(call.args);
         let block = CallBlock {
@@ -868,6 +1108,7 @@ impl<'t> InjectedThread<'t> {
             then_if_zero: call.then_if_zero.unwrap_or(0),
             block_mask: CALL_BLOCK_MASK,
             resume: resume_state(&self.at_rest),
+            fp: self.fp,
         };
         let mut bytes = block.encode(region.data_len());
         // A zeroed XSAVE header: XSAVE writes only XSTATE_BV, XRSTOR wants the rest zero.
@@ -886,8 +1127,9 @@ impl<'t> InjectedThread<'t> {
             regs
         };
         self.tracer.set_regs(self.tid, entry)?;
+        self.running_in = own.clone();
         self.cont(0)?;
-        crate::fault::point(fault_name);
+        crate::fault::point(fault_point);
 
         let deadline = Instant::now() + call.timeout;
         let mut fault = None;
@@ -907,7 +1149,7 @@ impl<'t> InjectedThread<'t> {
                     self.tracer.set_regs(self.tid, regs)?;
                     self.cont(0)?;
                 }
-                Some(Stop::Signal(sig)) => self.cont(sig)?,
+                Some(Stop::Signal(sig)) => self.pass_signal(sig, call.name, &own)?,
                 Some(Stop::Event | Stop::Suppressed) => self.cont(0)?,
                 None => {}
             }
@@ -916,7 +1158,7 @@ impl<'t> InjectedThread<'t> {
                 .mem()
                 .read_u64(region.data() + data::DONE)
                 .map_err(|e| self.io("stub data", e))?;
-            if done == 1 {
+            if done != Done::Running as u64 {
                 break;
             }
             if Instant::now() >= deadline {
@@ -929,7 +1171,16 @@ impl<'t> InjectedThread<'t> {
                 std::thread::sleep(Duration::from_micros(20));
             }
         }
-        self.settle(call.name, &|rip| region.in_code(rip))?;
+        self.settle(call.name, &own)?;
+        // Back in its own code, out of the tail: the region is free for the next call (and,
+        // marked settled, for a later rpatch).
+        self.tracer
+            .mem()
+            .write_at(
+                region.data() + data::DONE,
+                &(Done::Settled as u64).to_le_bytes(),
+            )
+            .map_err(|e| self.io("stub data", e))?;
         let read = |offset| {
             self.tracer
                 .mem()
@@ -949,6 +1200,7 @@ impl<'t> InjectedThread<'t> {
                 address,
             });
         }
+        self.leave_signal_handlers()?;
         Ok(CallOutcome { value, then_value })
     }
 
@@ -960,7 +1212,8 @@ impl<'t> InjectedThread<'t> {
             tid: self.tid,
             ms: call.timeout.as_millis() as u64,
         };
-        let stopped = self.interrupt(Instant::now() + SETTLE_TIMEOUT, call.name, &|_| false);
+        let own = self.running_in.clone();
+        let stopped = self.interrupt(Instant::now() + SETTLE_TIMEOUT, call.name, &own);
         match stopped {
             Ok(_) => timeout,
             Err(e) => e,
@@ -975,7 +1228,8 @@ impl<'t> InjectedThread<'t> {
             // Wherever it is now, the call (or bootstrap) in progress owns the thread: no
             // further call may start, and the stub (or the bootstrap frame) brings it back.
             let pid = self.pid();
-            self.interrupt(Instant::now() + SETTLE_TIMEOUT, "restore", &|_| false)
+            let own = self.running_in.clone();
+            self.interrupt(Instant::now() + SETTLE_TIMEOUT, "restore", &own)
                 .map_err(exited_if_esrch(pid))?;
         }
         Ok(())
@@ -1022,7 +1276,7 @@ impl<'t> InjectedThread<'t> {
             then_if_zero: functions.dlerror,
             timeout,
         };
-        let outcome = self.run(&call, "load-call")?;
+        let outcome = self.run(&call, FaultPoint::LoadCall)?;
         if outcome.value != 0 {
             return Ok(outcome.value);
         }
@@ -1120,12 +1374,20 @@ mod tests {
         }
     }
 
+    /// The stub saves exactly what this machine's kernel enabled (but AMX tile data), in an
+    /// area at least as large as the x87/SSE legacy area plus the XSAVE header.
     #[test]
-    fn fp_area_covers_what_ptrace_reports() {
-        let (fp, len) = fp_layout(9000);
-        match fp {
-            FpSave::Xsave => assert!(len >= 9000),
-            FpSave::Fxsave => assert_eq!(len, 512),
+    fn fp_layout_follows_the_enabled_components() {
+        match fp_layout() {
+            FpSave::Xsave { features, size } => {
+                assert_eq!(features & 0b11, 0b11, "x87 and SSE are always enabled");
+                assert_eq!(features & XFEATURE_TILE_DATA, 0);
+                assert!(size >= stub::XSAVE_MIN);
+                if features & 0b100 != 0 {
+                    assert!(size >= 832, "AVX state follows the header");
+                }
+            }
+            FpSave::Fxsave => {}
         }
     }
 

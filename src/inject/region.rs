@@ -6,7 +6,7 @@
 
 use crate::process::{Mapping, Memory, ModuleMap, gaps};
 use rpatch_arch::x86_64::remote_call::{
-    BOOTSTRAP_LEN, MAGIC_VALUE, PAGE, STACK_SIZE, StubRegion, bootstrap_code, data,
+    BOOTSTRAP_LEN, Done, MAGIC_VALUE, PAGE, STACK_SIZE, StubRegion, bootstrap_code, data,
 };
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -23,6 +23,11 @@ pub struct Slack {
     pub original: Vec<u8>,
     /// The module, for messages.
     pub module: PathBuf,
+    /// The slack already holds the bootstrap code, left by an rpatch that was killed (or gave
+    /// up) before it could restore it: a thread of that run may still be inside it or have a
+    /// frame returning into it, so it is used as is and restored only with every thread
+    /// stopped and checked.
+    pub leftover: bool,
 }
 
 /// The end of the executable segments of `module_names` (tried in that order, then every other
@@ -78,6 +83,7 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
             }
             return Some(Slack {
                 addr,
+                leftover: found != original,
                 original,
                 module: module.path.clone(),
             });
@@ -148,8 +154,9 @@ pub fn region_mapped(maps: &[Mapping], region: &StubRegion) -> (bool, bool) {
     (code, rw)
 }
 
-/// A region a previous rpatch mapped in this target and that is idle (`DONE` = 1, so no thread
-/// is running a call in it), with a data block big enough for `xsave_len`. It is recognised by
+/// A region a previous rpatch mapped in this target and that is idle (`DONE` = settled: its
+/// tracer saw the last call's thread back in its own code, so no thread runs in it or has a frame
+/// returning into it), with a data block big enough for `xsave_len`. It is recognised by
 /// its code page holding exactly the stub `stub_for(base)` would write and its data block's
 /// magic.
 pub fn find_idle_region(
@@ -174,7 +181,11 @@ pub fn find_idle_region(
             let data_len = mem.read_u64(data_at + data::DATA_LEN).ok()?;
             let done = mem.read_u64(data_at + data::DONE).ok()?;
             let fits = data_len >= region.data_len() && rw.end >= data_at + region.data_len();
-            if magic != MAGIC_VALUE || done != 1 || !fits || rw.start > region.rw_start() {
+            if magic != MAGIC_VALUE
+                || done != Done::Settled as u64
+                || !fits
+                || rw.start > region.rw_start()
+            {
                 return None;
             }
             let code = stub_for(&region)?;
@@ -278,6 +289,13 @@ mod tests {
             find_idle_region(&maps, &mem, 1024, stub),
             None,
             "a call runs in it"
+        );
+        mem.write_at(region.data() + data::DONE, &1u64.to_le_bytes())
+            .unwrap();
+        assert_eq!(
+            find_idle_region(&maps, &mem, 1024, stub),
+            None,
+            "a thread is about to return from it, unseen by a tracer"
         );
     }
 }

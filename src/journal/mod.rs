@@ -9,7 +9,7 @@
 
 mod store;
 
-pub use store::{Journal, StateDir, library_path_in_target};
+pub use store::{Journal, StateDir, TargetLock, library_path_in_target};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -158,6 +158,24 @@ pub struct PatchRecord {
     pub rolled_back: Option<u64>,
 }
 
+/// Bootstrap code rpatch wrote into slack bytes after a module's code (see `inject`), recorded
+/// before it is written and removed once memory holds the file's bytes again. A record that
+/// stays means a run died, or could not prove that no thread would come back into the code,
+/// before restoring it: a later run restores it with every thread stopped and checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlackRecord {
+    /// First byte.
+    pub address: u64,
+    /// The file's bytes there.
+    #[serde(with = "hex_bytes")]
+    pub original: Vec<u8>,
+    /// The bootstrap code written over them.
+    #[serde(with = "hex_bytes")]
+    pub code: Vec<u8>,
+    /// The module, for messages.
+    pub module: PathBuf,
+}
+
 /// The whole journal file of one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalData {
@@ -171,6 +189,9 @@ pub struct JournalData {
     /// Every patch ever made to this process, oldest first.
     #[serde(default)]
     pub patches: Vec<PatchRecord>,
+    /// Bootstrap code in slack bytes not yet seen restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slack: Vec<SlackRecord>,
 }
 
 impl JournalData {
@@ -181,6 +202,7 @@ impl JournalData {
             identity,
             islands: Vec::new(),
             patches: Vec::new(),
+            slack: Vec::new(),
         }
     }
 

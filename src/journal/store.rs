@@ -135,8 +135,33 @@ pub fn library_path_in_target(pid: i32, copy: &Path, hash: &str) -> Result<PathB
     }))
 }
 
-/// An open, locked journal. The lock (an exclusive `flock` on `<pid>.lock`) is held until drop so
-/// concurrent rpatch runs against one target queue up instead of interleaving.
+/// The exclusive lock on one target's journal (an `flock` on `<pid>.lock`): every rpatch run on
+/// a target takes it before anything else, so concurrent runs queue up instead of interleaving
+/// or seeing each other's ptrace.
+#[derive(Debug)]
+pub struct TargetLock {
+    pid: i32,
+    file: File,
+}
+
+impl StateDir {
+    /// Takes the lock of `pid`'s journal, waiting while another run holds it.
+    pub fn lock(&self, pid: i32) -> Result<TargetLock, JournalError> {
+        let lock_path = self.journal_path(pid).with_extension("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        file.lock().map_err(io_err(&lock_path))?;
+        Ok(TargetLock { pid, file })
+    }
+}
+
+/// An open, locked journal. The lock is held until drop so concurrent rpatch runs against one
+/// target queue up instead of interleaving.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -147,18 +172,20 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (or starts) the journal of `identity.pid`, refusing one that belongs to another
-    /// process with the same PID.
+    /// process with the same PID. Takes the target's lock first.
     pub fn open(state: &StateDir, identity: &TargetIdentity) -> Result<Self, JournalError> {
+        let lock = state.lock(identity.pid)?;
+        Self::open_locked(lock, state, identity)
+    }
+
+    /// Like [`Self::open`], with the target's lock already taken.
+    pub fn open_locked(
+        lock: TargetLock,
+        state: &StateDir,
+        identity: &TargetIdentity,
+    ) -> Result<Self, JournalError> {
+        assert_eq!(lock.pid, identity.pid, "the lock of another target");
         let path = state.journal_path(identity.pid);
-        let lock_path = path.with_extension("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
         let data = match fs::read(&path) {
             Ok(bytes) => {
                 let data: JournalData =
@@ -187,7 +214,7 @@ impl Journal {
         };
         Ok(Self {
             path,
-            _lock: lock,
+            _lock: lock.file,
             data,
         })
     }

@@ -2,13 +2,16 @@
 
 use super::islands::{self, ISLAND_SIZE};
 use super::plan::{self, FunctionRequest, PlannedFunction};
-use super::{frozen_write, identify, io, now_secs};
+use super::{
+    frozen_write, identify, io, lock_target, now_secs, retry_while_traced_by_rpatch, wait_untraced,
+};
 use crate::Error;
 use crate::error::hex;
+use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::{
     InjectError, InjectedThread, LoaderFunctions, assess_stack, assess_thread, rank_threads,
 };
-use crate::journal::{Island, Journal, JournalData, JumpMethod, PatchRecord, PatchState, StateDir};
+use crate::journal::{Island, Journal, JournalData, JumpMethod, PatchRecord, PatchState};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcessError, ProcessInfo, Stop, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
@@ -131,10 +134,21 @@ fn summary(p: &PlannedFunction, library: &std::path::Path) -> PatchSummary {
 /// Replaces the requested functions in the target with the library's versions.
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
     let pid = options.pid;
+    let deadline = Instant::now() + options.timeout;
+    retry_while_traced_by_rpatch(pid, deadline, log, || attach_once(options, deadline, log))
+}
+
+fn attach_once(
+    options: &AttachOptions,
+    deadline: Instant,
+    log: &Log,
+) -> Result<AttachReport, Error> {
+    let pid = options.pid;
+    let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
+    wait_untraced(pid, deadline, log)?;
     admit(&info, &options.library, options.allow)?;
-    let state = StateDir::from_env()?;
-    let mut journal = Journal::open(&state, &identity)?;
+    let mut journal = Journal::open_locked(lock, &state, &identity)?;
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
     let mem = process::ProcMem::open(pid).map_err(|e| ProcessError::Io {
         pid,
@@ -204,19 +218,16 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         shim.as_deref(),
         &copy,
         &planned,
-        &journal.data,
+        &mut journal,
         options.load_timeout,
         log,
     )?;
-    crate::fault::point("loaded");
+    crate::fault::point(FaultPoint::Loaded);
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
-    // intent and the freeze (nothing slow while frozen).
-    // --allow-active skips the stack check (the PC check stays).
-    let mut stacks = if options.allow.active {
-        None
-    } else {
-        Some(StackInspector::for_process(pid, &info.exe, log)?)
-    };
+    // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
+    // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
+    // skips only the return-address check.
+    let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
     let group = journal.data.next_group();
     let mut records = Vec::new();
     {
@@ -267,7 +278,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         "journal",
         format!("intent recorded in {}", journal.path().display()),
     );
-    crate::fault::point("intent");
+    crate::fault::point(FaultPoint::Intent);
 
     let mut ranges: Vec<GuardedRange> = planned
         .iter()
@@ -276,12 +287,13 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
             bytes: r.address..r.address + r.new.len() as u64,
             entry_ok: true,
             function: r.function.clone(),
-            stack_range: Some(p.entry..p.entry + p.function.size.max(r.new.len() as u64)),
+            stack_range: (!options.allow.active)
+                .then(|| p.entry..p.entry + p.function.size.max(r.new.len() as u64)),
         })
         .collect();
     // A function already patched runs its current replacement: that is the code being switched
     // away from, so no thread may have it on its stack either.
-    for r in &records {
+    for r in records.iter().filter(|_| !options.allow.active) {
         for earlier in journal.data.patches.iter().filter(|x| {
             x.address == r.address
                 && x.id < r.id
@@ -304,10 +316,14 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
         }
     }
     let result = frozen_write(
-        "",
+        FrozenPoints {
+            frozen: FaultPoint::Frozen,
+            written: FaultPoint::Written,
+            thawed: FaultPoint::Thawed,
+        },
         &mut tracer,
         &ranges,
-        stacks.as_mut(),
+        Some(&mut stacks),
         options.timeout,
         log,
         |tracer| write_patches(tracer.mem(), &records),
@@ -329,6 +345,7 @@ pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error>
     let saved = journal.save();
     let frozen = result?;
     saved?;
+    super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
     Ok(AttachReport {
         pid,
         dry_run: false,
@@ -463,7 +480,7 @@ fn write_patches(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error>
     let mut written: Vec<&PatchRecord> = Vec::new();
     let result = records.iter().try_for_each(|r| {
         if !written.is_empty() {
-            crate::fault::point("write");
+            crate::fault::point(FaultPoint::Write);
         }
         if let Some(slot) = r.island_slot {
             mem.write_at(slot, &isa::island_slot(r.replacement))
@@ -540,14 +557,28 @@ fn load(
     shim: Option<&Path>,
     copy: &std::path::Path,
     planned: &[PlannedFunction],
-    journal: &JournalData,
+    journal: &mut Journal,
     timeout: Duration,
     log: &Log,
 ) -> Result<Loaded, Error> {
     let pid = tracer.pid();
-    let tid = borrow_thread(tracer, modules, log)?;
+    // Unwinding tells exactly what a thread is in the middle of (a signal handler, the loader);
+    // without unwind tables the stack scan of `rank_threads` is what decides.
+    let mut stacks = process::read_maps(pid)
+        .ok()
+        .and_then(|maps| StackInspector::new(modules, &maps, log).ok());
+    let tid = borrow_thread(tracer, modules, stacks.as_mut(), log)?;
     let result = (|| {
-        let mut thread = InjectedThread::begin(tracer, modules, tid, functions, log)?;
+        let mut ledger = super::slack::JournalLedger::new(journal);
+        let mut thread = InjectedThread::begin(
+            tracer,
+            modules,
+            tid,
+            functions,
+            &mut ledger,
+            stacks.as_mut(),
+            log,
+        )?;
         if let Some(shim) = shim {
             thread.dlopen_global(functions, &shim.to_string_lossy(), timeout)?;
             log.step(
@@ -568,8 +599,8 @@ fn load(
             "load",
             format!("{} loaded, l_addr {l_addr:#x}", copy.display()),
         );
-        let mut islands = journal.islands.clone();
-        let mut reserved = journal.slots_in_use();
+        let mut islands = journal.data.islands.clone();
+        let mut reserved = journal.data.slots_in_use();
         let mut new_islands = Vec::new();
         let mut placements = Vec::new();
         for p in planned {
@@ -629,17 +660,17 @@ fn load(
 
 /// Seizes the best thread for the injected call (see `inject::rank_threads`), re-checking it with
 /// its exact registers once stopped.
-fn borrow_thread(tracer: &mut Tracer, modules: &mut ModuleMap, log: &Log) -> Result<i32, Error> {
+fn borrow_thread(
+    tracer: &mut Tracer,
+    modules: &mut ModuleMap,
+    mut stacks: Option<&mut StackInspector>,
+    log: &Log,
+) -> Result<i32, Error> {
     let pid = tracer.pid();
     let tids = process::list_threads(pid)?;
     let ranked = rank_threads(modules, tracer.mem(), &tids)
         .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
     let mut refused = Vec::new();
-    // Unwinding the candidate's stack tells exactly what it is in the middle of; without unwind
-    // tables the stack scan of `rank_threads` is what decides.
-    let mut stacks = process::read_maps(pid)
-        .ok()
-        .and_then(|maps| StackInspector::new(modules, &maps, log).ok());
     for candidate in ranked {
         if !tracer.seize(candidate.tid, Instant::now() + Duration::from_secs(2))? {
             continue;
@@ -656,7 +687,7 @@ fn borrow_thread(tracer: &mut Tracer, modules: &mut ModuleMap, log: &Log) -> Res
             in_syscall,
         ) {
             Ok(c) if usable => {
-                let unwound = match stacks.as_mut() {
+                let unwound = match stacks.as_deref_mut() {
                     Some(inspector) => {
                         assess_stack(modules, &inspector.walk(&state.regs), candidate.tid)
                     }

@@ -7,6 +7,7 @@ mod islands;
 mod plan;
 mod rollback;
 mod shim;
+mod slack;
 mod status;
 
 pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
@@ -15,7 +16,8 @@ pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback}
 pub use status::{PatchStatus, StatusReport, status};
 
 use crate::Error;
-use crate::journal::TargetIdentity;
+use crate::fault::FrozenPoints;
+use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
 use crate::process::{self, ProcessInfo, RealtimeGuard, Tracer};
 use crate::safety::{GuardedRange, StackInspector, find_blocker};
@@ -37,13 +39,75 @@ fn identify(pid: i32, log: &Log) -> Result<(ProcessInfo, TargetIdentity), Error>
     Ok((info, identity))
 }
 
+/// Takes the lock of `pid`'s journal before anything else is read about the target (so
+/// concurrent runs queue up here), after checking the process exists and may be inspected (no
+/// lock file is made for a PID that names nothing, and a user without access hears that first).
+fn lock_target(pid: i32) -> Result<(StateDir, TargetLock), Error> {
+    process::check_access(pid)?;
+    let state = StateDir::from_env()?;
+    let lock = state.lock(pid)?;
+    Ok((state, lock))
+}
+
+/// The name every rpatch process has: a tracer of that name is another run (another state
+/// directory, another user, or inside a container), which lets the target go within moments.
+const RPATCH_COMM: &str = "rpatch";
+
+/// Waits until no other process traces `pid`: while the tracer is another rpatch, until
+/// `deadline`; any other tracer (a debugger, strace) is reported at once.
+fn wait_untraced(pid: i32, deadline: Instant, log: &Log) -> Result<(), Error> {
+    let mut logged = false;
+    loop {
+        let Some((tracer, tracer_name)) = process::tracer_of(pid)? else {
+            return Ok(());
+        };
+        if tracer_name != RPATCH_COMM || Instant::now() >= deadline {
+            return Err(process::ProcessError::AlreadyTraced {
+                pid,
+                tracer,
+                tracer_name,
+            }
+            .into());
+        }
+        if !logged {
+            log.step(
+                "identify",
+                format!("PID {pid} is traced by another rpatch (PID {tracer}); waiting"),
+            );
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `operation` (which traces `pid`) again while it fails because another rpatch started
+/// tracing the target between the check and the first PTRACE_SEIZE (runs with different state
+/// directories do not share a lock), until `deadline`.
+fn retry_while_traced_by_rpatch<T>(
+    pid: i32,
+    deadline: Instant,
+    log: &Log,
+    mut operation: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    loop {
+        match operation() {
+            Err(Error::Process(process::ProcessError::AlreadyTraced { tracer_name, .. }))
+                if tracer_name == RPATCH_COMM && Instant::now() < deadline =>
+            {
+                wait_untraced(pid, deadline, log)?;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Phases 4 to 7: freeze every thread, check no PC is inside `ranges` (and, with `stacks`, no
 /// return address into their functions on any stack), run `write` while frozen, and thaw. When a
 /// thread is in the way, thaw, back off and retry until `timeout`.
-/// Returns how long the world was frozen in the successful round. `fault` prefixes the names
-/// of the fault-injection points reached (`frozen`, `written`, `thawed`; see `fault`).
+/// Returns how long the world was frozen in the successful round. `fault` names the
+/// fault-injection points reached (see `fault`).
 fn frozen_write(
-    fault: &str,
+    fault: FrozenPoints,
     tracer: &mut Tracer,
     ranges: &[GuardedRange],
     mut stacks: Option<&mut StackInspector>,
@@ -94,7 +158,7 @@ fn frozen_write(
             "freeze",
             format!("{} threads stopped", tracer.threads().count()),
         );
-        crate::fault::point(&format!("{fault}frozen"));
+        crate::fault::point(fault.frozen);
         match find_blocker(tracer, ranges, stacks.as_deref_mut(), log) {
             Some(blocker) => {
                 tracer.release_all();
@@ -117,11 +181,11 @@ fn frozen_write(
                 tracer.enable_poke_fallback();
                 let result = write(tracer);
                 if result.is_ok() {
-                    crate::fault::point(&format!("{fault}written"));
+                    crate::fault::point(fault.written);
                 }
                 let write_path = tracer.mem().last_write_path();
                 tracer.release_all();
-                crate::fault::point(&format!("{fault}thawed"));
+                crate::fault::point(fault.thawed);
                 let frozen = frozen_at.elapsed();
                 log.step(
                     "thaw",
@@ -138,9 +202,14 @@ fn frozen_write(
 
 /// A failed read or write of a patch's bytes in the target, naming the function and address.
 fn io(r: &crate::journal::PatchRecord, e: std::io::Error) -> Error {
+    io_at(&r.function, r.address, e)
+}
+
+/// A failed read or write of the target's memory at `address`, in what `owner` names.
+fn io_at(owner: &str, address: u64, e: std::io::Error) -> Error {
     Error::Process(process::ProcessError::Io {
         pid: 0,
-        what: format!("memory of {} at {:#x}", r.function, r.address),
+        what: format!("memory of {owner} at {address:#x}"),
         source: e,
     })
 }

@@ -1,9 +1,12 @@
 //! `rollback`: undo patches, newest first, restoring the bytes each one replaced.
 
-use super::{frozen_write, identify, io, now_secs};
+use super::{
+    frozen_write, identify, io, lock_target, now_secs, retry_while_traced_by_rpatch, wait_untraced,
+};
 use crate::Error;
 use crate::error::hex;
-use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
+use crate::fault::{FaultPoint, FrozenPoints};
+use crate::journal::{Journal, PatchRecord, PatchState};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
@@ -11,6 +14,7 @@ use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
+use std::time::Instant;
 
 /// Which patches to undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +59,20 @@ pub struct RollbackReport {
 /// Undoes patches in the target.
 pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
     let pid = options.pid;
+    let deadline = Instant::now() + options.timeout;
+    retry_while_traced_by_rpatch(pid, deadline, log, || rollback_once(options, deadline, log))
+}
+
+fn rollback_once(
+    options: &RollbackOptions,
+    deadline: Instant,
+    log: &Log,
+) -> Result<RollbackReport, Error> {
+    let pid = options.pid;
+    let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
-    let state = StateDir::from_env()?;
-    let mut journal = Journal::open(&state, &identity)?;
+    wait_untraced(pid, deadline, log)?;
+    let mut journal = Journal::open_locked(lock, &state, &identity)?;
     let mut tracer = Tracer::new(pid)?;
     super::status::reconcile(&mut journal, tracer.mem())?;
     let selected = select(&journal, options)?;
@@ -124,18 +139,20 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
         }
     }
     journal.save()?;
-    crate::fault::point("rollback-intent");
-    // Unwind tables are read before anything is stopped.
-    let mut stacks = if ranges.iter().any(|r| r.stack_range.is_some()) {
-        Some(StackInspector::for_process(pid, &info.exe, log)?)
-    } else {
-        None
-    };
+    crate::fault::point(FaultPoint::RollbackIntent);
+    // Unwind tables are read before anything is stopped. Stacks are unwound even with
+    // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
+    // being cleared, say), which the PC check covers.
+    let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
     let result = frozen_write(
-        "rollback-",
+        FrozenPoints {
+            frozen: FaultPoint::RollbackFrozen,
+            written: FaultPoint::RollbackWritten,
+            thawed: FaultPoint::RollbackThawed,
+        },
         &mut tracer,
         &ranges,
-        stacks.as_mut(),
+        Some(&mut stacks),
         options.timeout,
         log,
         |tracer| restore(tracer.mem(), &selected),
@@ -156,6 +173,7 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
         }
     }
     journal.save()?;
+    super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
     Ok(RollbackReport {
         pid,
         rolled_back: selected.iter().map(|r| r.id).collect(),
@@ -269,7 +287,7 @@ fn restore(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
     }
     for (i, r) in records.iter().enumerate() {
         if i == 1 {
-            crate::fault::point("rollback-write");
+            crate::fault::point(FaultPoint::RollbackWrite);
         }
         mem.write_at(r.address, &r.original).map_err(|e| io(r, e))?;
         if let Some(slot) = r.island_slot {

@@ -3,7 +3,7 @@
 use super::attach::method_name;
 use super::identify;
 use crate::Error;
-use crate::journal::{Journal, PatchRecord, PatchState, StateDir};
+use crate::journal::{Journal, PatchRecord, PatchState};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcMem, ProcessError};
 use rpatch_arch::x86_64 as isa;
@@ -45,6 +45,17 @@ pub struct PatchStatus {
     pub file_changed_on_disk: bool,
 }
 
+/// Bootstrap code an earlier run left in a module's slack bytes (it died, or could not prove no
+/// thread would come back into it): harmless where it is, restored by the next attach or rollback
+/// once no thread runs it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlackLeft {
+    /// First byte (hex).
+    pub address: String,
+    /// Module whose slack holds it.
+    pub module: PathBuf,
+}
+
 /// Result of `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -54,6 +65,8 @@ pub struct StatusReport {
     pub journal: Option<std::path::PathBuf>,
     /// Every patch ever recorded, oldest first.
     pub patches: Vec<PatchStatus>,
+    /// Bootstrap code left in slack bytes, verified in memory.
+    pub slack_left: Vec<SlackLeft>,
 }
 
 /// What memory says about a live record.
@@ -142,7 +155,9 @@ pub(crate) fn reconcile(journal: &mut Journal, mem: &dyn Memory) -> Result<(), E
             changed = true;
         }
     }
-    if changed {
+    let slack_before = journal.data.slack.len();
+    super::slack::settle(journal, mem);
+    if changed || journal.data.slack.len() != slack_before {
         journal.save()?;
     }
     Ok(())
@@ -151,14 +166,14 @@ pub(crate) fn reconcile(journal: &mut Journal, mem: &dyn Memory) -> Result<(), E
 /// Reports every recorded patch of `pid`, verified against memory. Reads memory without stopping
 /// the target.
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
+    let (state, lock) = super::lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
-    let state = StateDir::from_env()?;
     let exists = state.journal_path(pid).exists();
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe);
     // Identity of each patched module: the build mapped now, and the file on disk now.
     let mut identities: HashMap<PathBuf, (Option<String>, Option<String>)> = HashMap::new();
-    let mut journal = Journal::open(&state, &identity)?;
+    let mut journal = Journal::open_locked(lock, &state, &identity)?;
     let mem = ProcMem::open(pid).map_err(|e| ProcessError::Io {
         pid,
         what: "/proc/PID/mem".into(),
@@ -215,9 +230,19 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
             }
         })
         .collect();
+    let slack_left = journal
+        .data
+        .slack
+        .iter()
+        .map(|r| SlackLeft {
+            address: format!("{:#x}", r.address),
+            module: r.module.clone(),
+        })
+        .collect();
     Ok(StatusReport {
         pid,
         journal: exists.then(|| journal.path().to_path_buf()),
         patches,
+        slack_left,
     })
 }

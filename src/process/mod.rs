@@ -248,19 +248,6 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         let tid = live_task(pid).ok_or(ProcessError::Exited { pid })?;
         state = read_stat(pid, tid)?.0;
     }
-    let tracer: i32 = list_threads(pid)?
-        .into_iter()
-        .filter_map(|tid| status_field(pid, tid, "TracerPid")?.parse().ok())
-        .find(|&t| t != 0)
-        .unwrap_or(0);
-    if tracer != 0 && tracer != std::process::id() as i32 {
-        let tracer_name = thread_name(tracer, tracer);
-        return Err(ProcessError::AlreadyTraced {
-            pid,
-            tracer,
-            tracer_name,
-        });
-    }
     let dir = proc_dir(pid);
     let exe = fs::read_link(dir.join("exe")).map_err(|e| map_proc_err(pid, "/proc/PID/exe", e))?;
     // Opening mem needs the same access check as PTRACE_ATTACH: fail early with a clear message.
@@ -287,6 +274,26 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         seccomp_threads,
         shadow_stack_threads,
     })
+}
+
+/// Whether rpatch may inspect `pid` at all: the process exists and its memory can be opened
+/// (the same access check as PTRACE_ATTACH), with the error a user needs when not.
+pub fn check_access(pid: i32) -> Result<(), ProcessError> {
+    if pid <= 0 {
+        return Err(ProcessError::NoSuchProcess { pid });
+    }
+    fs::File::open(proc_dir(pid).join("mem")).map_err(|e| map_proc_err(pid, "/proc/PID/mem", e))?;
+    Ok(())
+}
+
+/// Another process tracing a thread of `pid` (its id and name), if any: ptrace allows one
+/// tracer per thread.
+pub fn tracer_of(pid: i32) -> Result<Option<(i32, String)>, ProcessError> {
+    let tracer = list_threads(pid)?
+        .into_iter()
+        .filter_map(|tid| status_field(pid, tid, "TracerPid")?.parse::<i32>().ok())
+        .find(|&t| t != 0 && t != std::process::id() as i32);
+    Ok(tracer.map(|t| (t, thread_name(t, t))))
 }
 
 fn check_architecture(pid: i32) -> Result<(), ProcessError> {

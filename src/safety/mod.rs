@@ -133,10 +133,10 @@ pub fn pc_blocks(range: &GuardedRange, pc: u64) -> bool {
 }
 
 /// Phase 5, *Check*: the first frozen thread that blocks the write, if any. Every PC is checked
-/// against the bytes to be written; then, with a `stacks` inspector and for the ranges that have
-/// a `stack_range`, every thread's stack is unwound and its return addresses are checked against
-/// the whole function (conservatively when the unwind stops early). Prints the per-thread unwind
-/// times with `-v`.
+/// against the bytes to be written; then, with a `stacks` inspector, every thread's stack is
+/// unwound: the PCs of contexts interrupted by signals are checked like PCs, and for the ranges
+/// that have a `stack_range` the return addresses are checked against the whole function
+/// (conservatively when the unwind stops early). Prints the per-thread unwind times with `-v`.
 pub fn find_blocker(
     tracer: &Tracer,
     ranges: &[GuardedRange],
@@ -161,20 +161,28 @@ pub fn find_blocker(
             return Some(blocker(t.tid, pc, r));
         }
     }
+    // Every stack is unwound even when no range asks for the return-address check: a context
+    // a signal interrupted resumes at its saved PC, which must not be in the bytes either.
     let stacks = stacks?;
     let functions: Vec<(usize, Range<u64>)> = ranges
         .iter()
         .enumerate()
         .filter_map(|(i, r)| Some((i, r.stack_range.clone()?)))
         .collect();
-    if functions.is_empty() {
-        return None;
-    }
+    // Where a PC must not resume, for the conservative scan of incomplete walks.
+    let resumes: Vec<(usize, Range<u64>)> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let first_unsafe = r.bytes.start + u64::from(r.entry_ok);
+            (i, first_unsafe..r.bytes.end.max(first_unsafe))
+        })
+        .collect();
     let started = Instant::now();
     let mut summary = String::new();
     let mut found = None;
     for t in tracer.threads() {
-        let (walk, hit) = stacks.find_in_stack(&t.regs, &functions);
+        let (walk, hit) = stacks.find_in_stack(&t.regs, &functions, &resumes);
         // A context interrupted by a signal resumes at its saved PC when the handler returns:
         // that PC must not be inside the bytes being written either.
         let interrupted = walk.interrupted.iter().find_map(|&depth| {
@@ -212,10 +220,10 @@ pub fn find_blocker(
             found = Some(Blocker {
                 depth: hit.depth,
                 address: hit.address,
-                source: if hit.scanned {
-                    FrameSource::Scanned
-                } else {
-                    FrameSource::Unwound
+                source: match (hit.interrupted, hit.scanned) {
+                    (true, _) => FrameSource::Interrupted,
+                    (false, true) => FrameSource::Scanned,
+                    (false, false) => FrameSource::Unwound,
                 },
                 incomplete: walk.doubt.clone(),
                 outermost: hit.outermost,

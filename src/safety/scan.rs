@@ -64,6 +64,22 @@ pub struct Candidate {
     pub function: usize,
 }
 
+/// The first 8-byte-aligned word of `stack` (whose first byte is at address `base`) that lies
+/// inside one of `ranges` (tagged with a caller's index): `(slot address, tag, word)`.
+pub fn words_in(
+    stack: &[u8],
+    base: u64,
+    ranges: &[(usize, Range<u64>)],
+) -> Option<(u64, usize, u64)> {
+    let skip = (base.wrapping_neg() & 7) as usize;
+    let words = stack.get(skip..).unwrap_or(&[]).chunks_exact(8);
+    words.enumerate().find_map(|(i, word)| {
+        let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let (tag, _) = ranges.iter().find(|(_, r)| r.contains(&value))?;
+        Some((base + skip as u64 + 8 * i as u64, *tag, value))
+    })
+}
+
 /// The 8-byte-aligned words of `stack` (whose first byte is at address `base`) that would return
 /// into one of `functions`, innermost (lowest address) first. The call-instruction test is left to
 /// the caller, which reads the code bytes before each candidate from the target.

@@ -163,6 +163,9 @@ pub(crate) struct StackHit {
     /// deeper frames are all in libc or the dynamic loader): the function is the thread's main
     /// loop and may never return.
     pub outermost: bool,
+    /// The word is not a return address but lies inside bytes about to be written (the scan
+    /// found a word a context interrupted by a signal may resume at).
+    pub interrupted: bool,
 }
 
 /// The CFI sections of one module, as stated in its file (SVMAs).
@@ -559,6 +562,7 @@ impl StackInspector {
         &mut self,
         regs: &libc::user_regs_struct,
         functions: &[(usize, Range<u64>)],
+        resumes: &[(usize, Range<u64>)],
     ) -> (StackWalk, Option<StackHit>) {
         let walk = self.walk(regs);
         let unwound = walk
@@ -582,23 +586,27 @@ impl StackInspector {
                     address: ret,
                     scanned: false,
                     outermost,
+                    interrupted: false,
                 })
             });
         if unwound.is_some() || walk.doubt.is_none() {
             return (walk, unwound);
         }
-        let hit = self.scan(&walk, regs.rsp, functions);
+        let hit = self.scan(&walk, regs.rsp, functions, resumes);
         (walk, hit)
     }
 
     /// The conservative scan of an incomplete walk (whose stack copy is still in `buf`): the
     /// first stack word above the last frame reached that returns into a function just after a
-    /// call counts as a frame, at least one deeper than the last frame unwound.
+    /// call counts as a frame, at least one deeper than the last frame unwound; so does a word
+    /// inside `resumes` (bytes about to be written), which a signal frame beyond the walk may
+    /// hold as the PC its context resumes at.
     fn scan(
         &self,
         walk: &StackWalk,
         sp: u64,
         functions: &[(usize, Range<u64>)],
+        resumes: &[(usize, Range<u64>)],
     ) -> Option<StackHit> {
         let ranges: Vec<Range<u64>> = functions.iter().map(|(_, f)| f.clone()).collect();
         let end = self
@@ -620,14 +628,23 @@ impl StackInspector {
             if piece.is_empty() {
                 break;
             }
-            let hit = scan::candidates(piece, at, &ranges).find(|c| self.call_before(c.value));
-            if let Some(c) = hit {
+            let returns = scan::candidates(piece, at, &ranges)
+                .find(|c| self.call_before(c.value))
+                .map(|c| (c.slot, functions[c.function].0, c.value, false));
+            let resumed = scan::words_in(piece, at, resumes)
+                .map(|(slot, range, value)| (slot, range, value, true));
+            let first = match (returns, resumed) {
+                (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+                (a, b) => a.or(b),
+            };
+            if let Some((_, range, address, interrupted)) = first {
                 return Some(StackHit {
-                    range: functions[c.function].0,
+                    range,
                     depth: walk.frames.len(),
-                    address: c.value,
+                    address,
                     scanned: true,
                     outermost: false,
+                    interrupted,
                 });
             }
             at += piece.len() as u64;
@@ -794,14 +811,14 @@ mod tests {
         assert!(walk.copied > 0 && walk.copy_start <= regs.rsp);
         for (depth, &ret) in walk.frames.iter().enumerate().skip(1) {
             let functions = [(7, ret - 1..ret)];
-            let (_, hit) = inspector.find_in_stack(&regs, &functions);
+            let (_, hit) = inspector.find_in_stack(&regs, &functions, &[]);
             assert_eq!(
                 hit.map(|h| (h.range, h.depth, h.address, h.scanned)),
                 Some((7, depth, ret, false))
             );
         }
         // The PC's own function is not "on the stack", nor is any other address.
-        let (_, hit) = inspector.find_in_stack(&regs, &[(0, regs.rip - 1..regs.rip + 1)]);
+        let (_, hit) = inspector.find_in_stack(&regs, &[(0, regs.rip - 1..regs.rip + 1)], &[]);
         assert_eq!(hit, None);
         drop(tracer);
     }
@@ -823,7 +840,7 @@ mod tests {
         let walk = inspector.walk(&lost);
         assert_eq!(walk.doubt, Some(Doubt::NoModule { address: 0x1000 }));
         assert_eq!(walk.frames, vec![0x1000]);
-        let (_, hit) = inspector.find_in_stack(&lost, &[(3, outer - 1..outer)]);
+        let (_, hit) = inspector.find_in_stack(&lost, &[(3, outer - 1..outer)], &[]);
         let hit = hit.expect("the scan finds the outermost return address");
         assert!(hit.scanned && hit.address == outer && hit.range == 3 && hit.depth == 1);
         drop(tracer);

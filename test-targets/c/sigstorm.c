@@ -1,9 +1,12 @@
-/* sigstorm: THREADS threads (argv[1], default 8) under a storm of queued real-time signals, to
- * check that attaching and rolling back lose, duplicate or spuriously interrupt nothing.
- * Threads cycle through roles: busy (calls compute() in a loop), reader (read() on a pipe),
- * sleeper (nanosleep 1 ms), epoller (epoll_wait on an eventfd, 5 ms timeout).
- * Every thread handles SIGRTMIN+1 and counts it. A blocking call that fails with EINTR while its
- * thread handled no signal during the call is *spurious* (someone else interrupted it).
+/* sigstorm [THREADS [SLOW_MS]]: THREADS worker threads (default 8) under a storm of queued
+ * real-time signals, to check that attaching and rolling back lose, duplicate or spuriously
+ * interrupt nothing. Workers cycle through roles: busy (calls compute() in a loop), reader
+ * (read() on a pipe), sleeper (nanosleep 1 ms), epoller (epoll_wait on an eventfd, 5 ms timeout).
+ * Every thread, the main thread included, handles SIGRTMIN+1 (at once) and SIGRTMIN+2 (after
+ * sleeping SLOW_MS milliseconds, default 0, so a signal that lands while rpatch runs code in the
+ * thread keeps its frame on the stack for that long) and counts both. A blocking call that fails
+ * with EINTR while its thread handled no signal during the call is *spurious* (someone else
+ * interrupted it).
  *
  *   stats  -> "stats handled=H spurious=S busy_calls=C spurious_read=R spurious_nanosleep=N
  *              spurious_epoll=E"
@@ -31,10 +34,45 @@ static volatile long busy_calls;
 static __thread int my_index = -1;
 static int pipe_fds[2], efd, epfd;
 
+static long handler_ms;
+
 static void on_rt(int sig) {
-    (void)sig;
+    int saved = errno;
+    if (sig == SIGRTMIN + 2 && handler_ms > 0) {
+        struct timespec ts = {handler_ms / 1000, (handler_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
     if (my_index >= 0)
         handled[my_index]++;
+    errno = saved;
+}
+
+/* The main thread takes signals too: its command reads retry on EINTR (stdio's fgets would
+ * report the interruption as end of input). Reads one line into buf; 0 on EOF or "quit". */
+static int next_command_retrying(char *buf, size_t len) {
+    static char pending[512];
+    static size_t have;
+    for (;;) {
+        char *nl = memchr(pending, '\n', have);
+        if (nl) {
+            size_t n = (size_t)(nl - pending);
+            size_t copy = n < len - 1 ? n : len - 1;
+            memcpy(buf, pending, copy);
+            buf[copy] = 0;
+            memmove(pending, nl + 1, have - n - 1);
+            have -= n + 1;
+            return strcmp(buf, "quit") != 0;
+        }
+        if (have == sizeof pending)
+            have = 0; /* an overlong line: dropped */
+        ssize_t got = read(0, pending + have, sizeof pending - have);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return 0;
+        have += (size_t)got;
+    }
 }
 
 static void check(long rc, long before) {
@@ -81,7 +119,8 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     int threads = argc > 1 ? atoi(argv[1]) : 8;
-    if (threads < 1 || threads > MAX_THREADS)
+    handler_ms = argc > 2 ? atol(argv[2]) : 0;
+    if (threads < 1 || threads >= MAX_THREADS)
         return 2;
     if (pipe(pipe_fds) != 0 || (efd = eventfd(0, 0)) < 0 || (epfd = epoll_create1(0)) < 0)
         return 1;
@@ -90,27 +129,24 @@ int main(int argc, char **argv) {
     struct sigaction sa = {.sa_handler = on_rt};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGRTMIN + 1, &sa, NULL);
-    /* The main thread only talks to the test: signals go to the workers. */
-    sigset_t rt;
-    sigemptyset(&rt);
-    sigaddset(&rt, SIGRTMIN + 1);
+    sigaction(SIGRTMIN + 2, &sa, NULL);
+    my_index = threads; /* the main thread's counter */
     for (long i = 0; i < threads; i++) {
         pthread_t t;
         if (pthread_create(&t, NULL, run, (void *)i) != 0)
             return 1;
     }
-    pthread_sigmask(SIG_BLOCK, &rt, NULL);
     /* Ready only once every thread knows its index: a signal handled before that would not be
      * counted. */
     while (started < threads)
         sched_yield();
     announce_ready();
     char line[256];
-    while (next_command(line, sizeof line)) {
+    while (next_command_retrying(line, sizeof line)) {
         long n;
         if (strcmp(line, "stats") == 0) {
             long total = 0;
-            for (int i = 0; i < threads; i++)
+            for (int i = 0; i <= threads; i++)
                 total += handled[i];
             reply("stats handled=%ld spurious=%ld busy_calls=%ld spurious_read=%ld spurious_nanosleep=%ld "
                   "spurious_epoll=%ld",

@@ -753,10 +753,11 @@ fn describe_tasks(pid: u32) -> String {
 /// process is alive.
 ///
 /// A thread that has just been detached may need a moment to be scheduled out of its stop, so a
-/// stopped state is re-checked (yielding) for up to a second before failing; a tracer is not.
+/// stopped state is re-checked (yielding) for up to ten seconds before failing; a tracer is not.
 #[track_caller]
 pub fn assert_untraced(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(1);
+    // Generous: on a loaded machine a detached thread may wait long for a CPU.
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ts = tasks(pid);
         assert!(!ts.is_empty(), "process {pid} has no threads (gone?)");
@@ -820,4 +821,158 @@ pub fn dead_pid() -> u32 {
         "pid {pid} was reused at once"
     );
     pid
+}
+
+/// A busy loop per CPU (`sh -c 'while :; do :; done'`), as on a shared, loaded CI machine: the
+/// tests that prove rpatch safe under load run beside them. Killed and reaped on drop.
+pub struct CpuHogs(Vec<Child>);
+
+impl CpuHogs {
+    /// One hog per available CPU.
+    pub fn start() -> CpuHogs {
+        let n = thread::available_parallelism().map_or(2, |n| n.get());
+        CpuHogs(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("start a CPU hog")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for hog in &mut self.0 {
+            let _ = hog.kill();
+            let _ = hog.wait();
+        }
+    }
+}
+
+/// A signal-sending helper from test-targets (`sigsend PID HZ`, `sigontrace PID`): started and
+/// waited for until it announces itself; [`SignalSender::finish`] stops it and returns how many
+/// signals it queued. Killed and reaped on drop.
+pub struct SignalSender {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl SignalSender {
+    /// Starts `tool` with `args` and waits for its first line, `announce`.
+    pub fn start(tool: &Path, args: &[&str], announce: &str) -> SignalSender {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", tool.display()));
+        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line)
+            .expect("read the sender's first line");
+        assert_eq!(line.trim(), announce, "{}", tool.display());
+        SignalSender { child, out }
+    }
+
+    /// Stops sending (closes its stdin) and returns the number of signals queued; fails the
+    /// test when a queue was ever full (a signal not sent cannot be counted).
+    pub fn finish(mut self) -> u64 {
+        drop(self.child.stdin.take());
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read `sent N`");
+        let sent = line
+            .trim()
+            .strip_prefix("sent ")
+            .unwrap_or_else(|| panic!("expected `sent N`, got {line:?}"))
+            .parse()
+            .expect("a number");
+        let status = self.child.wait().expect("wait for the sender");
+        assert!(status.success(), "the sender hit a full signal queue");
+        sent
+    }
+}
+
+impl Drop for SignalSender {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `key=value` field of a `sigstorm` stats line.
+pub fn stat(stats: &str, key: &str) -> u64 {
+    let field = stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {stats:?}"));
+    field.parse().unwrap()
+}
+
+/// Waits (bounded) until a `sigstorm` target has handled `sent` signals (the last ones may still
+/// be queued or inside a slow handler) and returns its stats line, asserting none was lost or
+/// handled twice and no call saw an EINTR it did not cause.
+#[track_caller]
+pub fn assert_signals_accounted(target: &mut Target, sent: u64) -> String {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let stats = loop {
+        let stats = target.cmd("stats");
+        if stat(&stats, "handled") >= sent || Instant::now() > deadline {
+            break stats;
+        }
+        thread::yield_now();
+    };
+    assert_eq!(stat(&stats, "handled"), sent, "{stats}");
+    assert_eq!(stat(&stats, "spurious"), 0, "{stats}");
+    stats
+}
+
+/// Asserts that the slack bytes rpatch bootstrapped from (named in its `-v` output: "bootstrapped
+/// from N bytes of slack at ADDR in PATH") hold the module file's bytes again in `pid`'s memory.
+/// Returns whether a bootstrap was reported at all (a reused stub region needs none).
+#[track_caller]
+pub fn assert_slack_restored(pid: u32, verbose: &str) -> bool {
+    let Some(line) = verbose.lines().find(|l| l.contains("bytes of slack at ")) else {
+        return false;
+    };
+    let rest = &line[line.find("bootstrapped from ").expect("bootstrap line") + 18..];
+    let len: usize = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let after = &rest[rest.find("slack at ").unwrap() + 9..];
+    let (addr, rest) = after.split_once(" in ").expect("ADDR in PATH");
+    let path = rest.split([';', ' ']).next().expect("PATH");
+    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let (start, offset) = maps
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (lo, hi) = f.next()?.split_once('-')?;
+            let (lo, hi) = (
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+            );
+            let offset = u64::from_str_radix(f.nth(1)?, 16).ok()?;
+            (lo <= addr && addr + len as u64 <= hi && l.ends_with(path.trim()))
+                .then_some((lo, offset))
+        })
+        .unwrap_or_else(|| panic!("no mapping of {path} holds {addr:#x}"));
+    let mut in_memory = vec![0u8; len];
+    let mem = File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut in_memory, addr).expect("read slack");
+    let file = File::open(path.trim()).expect("open module");
+    let mut on_disk = vec![0u8; len];
+    let at = addr - start + offset;
+    let got = std::os::unix::fs::FileExt::read_at(&file, &mut on_disk, at).unwrap_or(0);
+    on_disk[got..].fill(0); // past the file's end the kernel maps zeros
+    assert_eq!(
+        in_memory, on_disk,
+        "the slack at {addr:#x} in {path} does not hold the file's bytes"
+    );
+    true
 }

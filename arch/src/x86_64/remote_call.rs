@@ -13,9 +13,18 @@
 //! * [`call_stub`] runs in the code page of a [`StubRegion`], on the region's own stack: it saves
 //!   the FP/vector state (XSAVE), blocks signals, saves `errno`, calls the function (and a second
 //!   one when the first returns 0: `dlerror` after a failed `dlopen`), then restores `errno`, the
-//!   FP state, flags, the stack pointer, the signal mask (on the thread's own stack, so a signal
-//!   that arrived meanwhile is delivered as if at the original instruction), every general
-//!   register, sets `DONE` and jumps back through memory, needing no register.
+//!   FP state, flags, the stack pointer, the signal mask, every general register, sets `DONE`
+//!   and jumps back through memory, needing no register.
+//!
+//! **Signals and the stub.** A signal delivered while the PC is in the stub leaves a frame on the
+//! thread's stack that returns into it. Before the thread's own mask is restored that is
+//! harmless: the code page never changes, and nothing rewrites the data block until the call is
+//! over (`DONE`) and the tracer has seen the thread back in its own code (`Done::Settled`). From
+//! the mask restore on (the stub's [`CallStub::tail`]) a signal is pending-deliverable with the
+//! PC in rpatch's code: the tracer, which sees every signal before its handler runs, finishes
+//! the return for the thread first (the registers it would load) so the frame points at the
+//! thread's own code. With no tracer (a killed rpatch) such a frame still finds the data block
+//! intact, since only a settled region is ever reused.
 //!
 //! Everything here is pure (encodings and layouts) and unit-tested by decoding the bytes.
 
@@ -154,26 +163,32 @@ pub struct Syscall {
 }
 
 /// Length of [`bootstrap_code`].
-pub const BOOTSTRAP_LEN: usize = 31;
+pub const BOOTSTRAP_LEN: usize = 47;
 
-/// Bytes the bootstrap frame occupies below the red zone: 18 words.
-pub const BOOTSTRAP_FRAME_LEN: u64 = 18 * 8;
+/// Bytes the bootstrap frame occupies below the red zone: 21 words.
+pub const BOOTSTRAP_FRAME_LEN: u64 = 21 * 8;
 
 /// The bootstrap code, run from slack bytes of an executable page with `rsp` at a
-/// [`bootstrap_frame`], `rax` and the argument registers holding the first system call:
+/// [`bootstrap_frame`], `rax` and the argument registers holding the first system call, and
+/// asynchronous signals blocked by the tracer (so nothing but its last system call can deliver
+/// one there):
 ///
 /// ```text
 /// syscall                                   ; first call (registers)
 /// pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9; pop rax
 /// syscall                                   ; second call (frame)
+/// pop rax; pop rdi; mov rsi, rsp; xor edx, edx; mov r10d, 8
+/// syscall                                   ; rt_sigprocmask(SIG_SETMASK, &frame mask, NULL)
+/// pop rdx                                   ; (the mask word)
 /// pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9; pop rax; pop rcx; pop r11
 /// popfq
 /// ret 0x80                                  ; rip from the frame, rsp back above the red zone
 /// ```
 ///
-/// It uses no memory but the frame, so it works before any page of rpatch's exists. Results are
-/// not returned: rpatch reads `/proc/PID/maps` (a result written on the stack would be below the
-/// thread's stack pointer once it resumes, i.e. garbage).
+/// It uses no memory but the frame, so it works before any page of rpatch's exists, and puts
+/// back by itself the signal mask the tracer changed: a thread whose tracer died leaves it with
+/// its own mask. Results are not returned: rpatch reads `/proc/PID/maps` (a result written on
+/// the stack would be below the thread's stack pointer once it resumes, i.e. garbage).
 pub fn bootstrap_code() -> Vec<u8> {
     (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
@@ -182,6 +197,13 @@ pub fn bootstrap_code() -> Vec<u8> {
             a.pop(reg)?;
         }
         a.syscall()?;
+        a.pop(rax)?;
+        a.pop(rdi)?;
+        a.mov(rsi, rsp)?;
+        a.xor(edx, edx)?;
+        a.mov(r10d, 8)?;
+        a.syscall()?;
+        a.pop(rdx)?;
         for reg in [rdi, rsi, rdx, r10, r8, r9, rax, rcx, r11] {
             a.pop(reg)?;
         }
@@ -193,10 +215,11 @@ pub fn bootstrap_code() -> Vec<u8> {
 }
 
 /// The frame [`bootstrap_code`] pops, to be written at `resume.rsp - RED_ZONE -
-/// BOOTSTRAP_FRAME_LEN`: the second system call, then the registers a system call or the pops
-/// change, then `rflags` and `rip`. After `ret 0x80` the stack pointer is `resume.rsp` exactly
-/// and the red zone was never touched.
-pub fn bootstrap_frame(second: &Syscall, resume: &ResumeState) -> [u64; 18] {
+/// BOOTSTRAP_FRAME_LEN`: the second system call, the mask restore (`rt_sigprocmask`,
+/// `SIG_SETMASK`, the thread's own `mask`), then the registers a system call or the pops change,
+/// then `rflags` and `rip`. After `ret 0x80` the stack pointer is `resume.rsp` exactly and the
+/// red zone was never touched.
+pub fn bootstrap_frame(second: &Syscall, mask: u64, resume: &ResumeState) -> [u64; 21] {
     let [a0, a1, a2, a3, a4, a5] = second.args;
     [
         a0,
@@ -206,6 +229,9 @@ pub fn bootstrap_frame(second: &Syscall, resume: &ResumeState) -> [u64; 18] {
         a4,
         a5,
         second.nr,
+        SYS_RT_SIGPROCMASK as u64,
+        SIG_SETMASK as u64,
+        mask,
         resume.rdi,
         resume.rsi,
         resume.rdx,
@@ -227,9 +253,8 @@ pub mod data {
     pub const MAGIC: u64 = 0x00;
     /// Length of the data block, so a later rpatch knows whether its XSAVE area fits.
     pub const DATA_LEN: u64 = 0x08;
-    /// 0 while a call is armed or running, 1 once the thread is back in its own state (the last
-    /// store before the jump back). A region whose `DONE` is 0 may be owned by a thread still
-    /// running a call of a killed rpatch and is never reused.
+    /// [`Done`](super::Done): who owns the region. Only a region whose tracer saw the last call's
+    /// thread back in its own code (`Settled`) is ever reused.
     pub const DONE: u64 = 0x10;
     /// Function to call.
     pub const FUNCTION: u64 = 0x18;
@@ -251,8 +276,10 @@ pub mod data {
     pub const BLOCK_MASK: u64 = 0x80;
     /// The thread's own signal mask (stored by the stub's first `rt_sigprocmask`).
     pub const OLD_MASK: u64 = 0x88;
+    /// The XSAVE feature mask (`edx:eax` of `xsave64`/`xrstor64`).
+    pub const XFEATURES: u64 = 0x90;
     /// The resume state, 18 words in [`ResumeState::words`](super::ResumeState::words) order.
-    pub const SAVED: u64 = 0x90;
+    pub const SAVED: u64 = 0x98;
     /// The XSAVE (or FXSAVE) area, 64-byte aligned; the header block ends here.
     pub const XSAVE: u64 = 0x140;
 }
@@ -260,16 +287,48 @@ pub mod data {
 // The saved registers end before the XSAVE area, which is 64-byte aligned as XSAVE requires.
 const _: () = assert!(data::SAVED + 18 * 8 <= data::XSAVE && data::XSAVE.is_multiple_of(64));
 
-/// `"rpatchS1"`: the value at [`data::MAGIC`].
-pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"rpatchS1");
+/// `"rpatchS2"`: the value at [`data::MAGIC`] (layout 2: the XSAVE mask in the data block, and
+/// the [`Done`] states).
+pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"rpatchS2");
+
+/// The [`data::DONE`] word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Done {
+    /// A call is armed or running: the region belongs to that thread.
+    Running = 0,
+    /// The stub finished the call and is jumping back (or the tracer finished the return).
+    Returning = 1,
+    /// The tracer saw the thread back in its own code: the region is free.
+    Settled = 2,
+}
+
+/// Size of the FXSAVE legacy area plus the XSAVE header: the smallest XSAVE state.
+pub const XSAVE_MIN: u64 = 576;
 
 /// How the stub saves the FP/vector state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FpSave {
-    /// `xsave64`/`xrstor64` of every enabled component (`edx:eax = -1`).
-    Xsave,
+    /// `xsave64`/`xrstor64` of the components in `features` (`edx:eax`, read from the data
+    /// block), a standard-format state of `size` bytes.
+    Xsave {
+        /// XSAVE feature mask (a subset of XCR0).
+        features: u64,
+        /// Standard-format size of those components (at least [`XSAVE_MIN`]).
+        size: u64,
+    },
     /// `fxsave64`/`fxrstor64` (x87 and SSE only), for CPUs or kernels without XSAVE.
     Fxsave,
+}
+
+impl FpSave {
+    /// Bytes the data block reserves for the state.
+    pub fn area_len(&self) -> u64 {
+        match self {
+            FpSave::Xsave { size, .. } => *size,
+            FpSave::Fxsave => 512,
+        }
+    }
 }
 
 /// The memory rpatch maps once per target for its calls:
@@ -345,6 +404,10 @@ pub struct CallStub {
     /// Offset of the restore path, where rpatch sends a thread whose call faulted (rsp = stack
     /// top): it restores errno, FP state, flags, stack, mask and registers like a normal return.
     pub restore: u64,
+    /// Offset of the tail: everything from the end of the system call that restores the thread's
+    /// own signal mask on. A signal stop with the PC here may not be delivered where it is: the
+    /// tracer first loads the registers the tail would (see the module documentation).
+    pub tail: u64,
 }
 
 /// An assembler for the stub whose data operands are RIP-relative to the region's data block.
@@ -408,24 +471,27 @@ impl StubAsm {
         self.a.syscall()
     }
 
-    /// `edx:eax = -1` then `xsave64`/`fxsave64` (or the restores) on the area.
+    /// `edx:eax` = the feature mask, then `xsave64`/`fxsave64` (or the restores) on the area.
     fn fp(&mut self, fp: FpSave, save: bool) -> Result<(), IcedError> {
         let code = match (fp, save) {
-            (FpSave::Xsave, true) => Code::Xsave64_mem,
-            (FpSave::Xsave, false) => Code::Xrstor64_mem,
+            (FpSave::Xsave { .. }, true) => Code::Xsave64_mem,
+            (FpSave::Xsave { .. }, false) => Code::Xrstor64_mem,
             (FpSave::Fxsave, true) => Code::Fxsave64_m512byte,
             (FpSave::Fxsave, false) => Code::Fxrstor64_m512byte,
         };
-        if fp == FpSave::Xsave {
-            self.a.mov(eax, -1)?;
-            self.a.mov(edx, -1)?;
+        if let FpSave::Xsave { .. } = fp {
+            for (reg, offset) in [(Register::EAX, 0), (Register::EDX, 4)] {
+                let m = self.mem(data::XFEATURES + offset);
+                self.add(Instruction::with2(Code::Mov_r32_rm32, reg, m))?;
+            }
         }
         self.on_mem(code, data::XSAVE)
     }
 }
 
 /// Encodes the main stub for `region` (see the module documentation for what it does, and
-/// [`data`] for the block it works on).
+/// [`data`] for the block it works on). The code depends on the kind of FP save only, not on the
+/// feature mask, which is data.
 pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError> {
     let saved = |index: u64| data::SAVED + 8 * index;
     let mut s = StubAsm {
@@ -436,6 +502,7 @@ pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError>
     let mut call_function = s.a.create_label();
     let mut restore = s.a.create_label();
     let mut errno_done = s.a.create_label();
+    let mut tail = s.a.create_label();
 
     // Entry: rsp = stack top (16-byte aligned), rflags = ENTRY_RFLAGS, other registers anything.
     s.a.set_label(&mut entry)?;
@@ -479,17 +546,21 @@ pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError>
     // From here on nothing changes the flags: mov, lea and syscall (whose sysret restores them).
     s.on_mem(Code::Push_rm64, saved(16))?;
     s.a.popfq()?;
-    // Back on the thread's own stack before the mask is restored: a signal pending since the
-    // call began is delivered now, with its frame below the red zone of the original stack
-    // pointer, as if it had arrived at the original instruction (a thread running on its
-    // sigaltstack stays on it).
+    // Back on the thread's own stack before the mask is restored. A signal pending since the
+    // call began is delivered at the end of that system call: the tracer moves the thread to its
+    // resume state before letting it be (the tail).
     s.load(rsp, saved(7))?;
     s.set_mask(data::OLD_MASK, None)?;
+    s.a.set_label(&mut tail)?;
     for (reg, index) in GPRS {
         s.load(reg, saved(index))?;
     }
     let m = s.mem(data::DONE);
-    s.add(Instruction::with2(Code::Mov_rm64_imm32, m, 1u32))?;
+    s.add(Instruction::with2(
+        Code::Mov_rm64_imm32,
+        m,
+        Done::Returning as u32,
+    ))?;
     s.on_mem(Code::Jmp_rm64, saved(17))?;
 
     let result = s.a.assemble_options(
@@ -498,6 +569,7 @@ pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError>
     )?;
     let entry = result.label_ip(&entry)? - region.code();
     let restore = result.label_ip(&restore)? - region.code();
+    let tail = result.label_ip(&tail)? - region.code();
     let mut code = result.inner.code_buffer;
     assert!(code.len() < PAGE as usize, "the stub fits its page");
     code.resize(PAGE as usize, 0xcc);
@@ -505,6 +577,7 @@ pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError>
         code,
         entry,
         restore,
+        tail,
     })
 }
 
@@ -523,6 +596,8 @@ pub struct CallBlock {
     pub block_mask: u64,
     /// Where and how the thread resumes afterwards.
     pub resume: ResumeState,
+    /// How the FP state is saved (its feature mask goes into the block).
+    pub fp: FpSave,
 }
 
 impl CallBlock {
@@ -542,6 +617,9 @@ impl CallBlock {
         put(data::ERRNO_LOCATION, self.errno_location);
         put(data::THEN, self.then_if_zero);
         put(data::BLOCK_MASK, self.block_mask);
+        if let FpSave::Xsave { features, .. } = self.fp {
+            put(data::XFEATURES, features);
+        }
         for (i, word) in self.resume.words().iter().enumerate() {
             put(data::SAVED + 8 * i as u64, *word);
         }
@@ -549,12 +627,13 @@ impl CallBlock {
     }
 }
 
-/// The header of an idle region (no call armed, `DONE` = 1), written when a region is created.
+/// The header of an idle region (no call armed, `DONE` = settled), written when a region is
+/// created.
 pub fn idle_header(data_len: u64) -> Vec<u8> {
     let mut out = vec![0u8; data::XSAVE as usize];
     out[..8].copy_from_slice(&MAGIC_VALUE.to_le_bytes());
     out[data::DATA_LEN as usize..][..8].copy_from_slice(&data_len.to_le_bytes());
-    out[data::DONE as usize..][..8].copy_from_slice(&1u64.to_le_bytes());
+    out[data::DONE as usize..][..8].copy_from_slice(&(Done::Settled as u64).to_le_bytes());
     out
 }
 
@@ -574,6 +653,11 @@ mod tests {
         xsave_len: 2696,
     };
 
+    const XSAVE: FpSave = FpSave::Xsave {
+        features: 0x2e7,
+        size: 2696,
+    };
+
     #[test]
     fn bootstrap_code_is_the_documented_sequence() {
         let code = bootstrap_code();
@@ -582,9 +666,33 @@ mod tests {
         assert_eq!(
             text,
             [
-                "syscall", "pop rdi", "pop rsi", "pop rdx", "pop r10", "pop r8", "pop r9",
-                "pop rax", "syscall", "pop rdi", "pop rsi", "pop rdx", "pop r10", "pop r8",
-                "pop r9", "pop rax", "pop rcx", "pop r11", "popfq", "ret 80h"
+                "syscall",
+                "pop rdi",
+                "pop rsi",
+                "pop rdx",
+                "pop r10",
+                "pop r8",
+                "pop r9",
+                "pop rax",
+                "syscall",
+                "pop rax",
+                "pop rdi",
+                "mov rsi,rsp",
+                "xor edx,edx",
+                "mov r10d,8",
+                "syscall",
+                "pop rdx",
+                "pop rdi",
+                "pop rsi",
+                "pop rdx",
+                "pop r10",
+                "pop r8",
+                "pop r9",
+                "pop rax",
+                "pop rcx",
+                "pop r11",
+                "popfq",
+                "ret 80h"
             ]
         );
     }
@@ -610,16 +718,16 @@ mod tests {
             nr: SYS_MMAP,
             args: [10, 11, 12, 13, 14, 15],
         };
-        let frame = bootstrap_frame(&second, &resume);
+        let frame = bootstrap_frame(&second, 0xabc, &resume);
         assert_eq!(
             frame,
             [
-                10, 11, 12, 13, 14, 15, 9, 5, 4, 3, 8, 6, 7, 1, 2, 9, 0x246, 0x4000
+                10, 11, 12, 13, 14, 15, 9, 14, 2, 0xabc, 5, 4, 3, 8, 6, 7, 1, 2, 9, 0x246, 0x4000
             ]
         );
-        // 17 pops and the ret's own word, then ret's immediate: back to rsp exactly.
+        // 20 pops and the ret's own word, then ret's immediate: back to rsp exactly.
         let frame_at = resume.rsp - RED_ZONE - BOOTSTRAP_FRAME_LEN;
-        assert_eq!(frame_at + 18 * 8 + RED_ZONE, resume.rsp);
+        assert_eq!(frame_at + 21 * 8 + RED_ZONE, resume.rsp);
     }
 
     #[test]
@@ -647,6 +755,7 @@ mod tests {
                 rip: 0xb0,
                 ..Default::default()
             },
+            fp: XSAVE,
         };
         let bytes = block.encode(0x5000);
         let word = |off: u64| u64::from_le_bytes(bytes[off as usize..][..8].try_into().unwrap());
@@ -659,12 +768,13 @@ mod tests {
         assert_eq!(word(data::ERRNO_LOCATION), 0x2222);
         assert_eq!(word(data::THEN), 0x3333);
         assert_eq!(word(data::BLOCK_MASK), 0xfff0);
+        assert_eq!(word(data::XFEATURES), 0x2e7);
         assert_eq!(word(data::SAVED), 0xa0);
         assert_eq!(word(data::SAVED + 17 * 8), 0xb0);
         assert_eq!(word(data::ERRNO_PTR), 0);
         let idle = idle_header(0x5000);
         assert_eq!(&idle[..8], &MAGIC_VALUE.to_le_bytes());
-        assert_eq!(idle[data::DONE as usize], 1);
+        assert_eq!(idle[data::DONE as usize], Done::Settled as u8);
     }
 
     /// The name of the data-block slot at `offset`, for readable expectations.
@@ -680,6 +790,8 @@ mod tests {
             (data::ERRNO_VALUE, "ERRNO_VALUE"),
             (data::BLOCK_MASK, "BLOCK_MASK"),
             (data::OLD_MASK, "OLD_MASK"),
+            (data::XFEATURES, "XFEATURES"),
+            (data::XFEATURES + 4, "XFEATURES_HI"),
             (data::XSAVE, "XSAVE"),
         ];
         if let Some((_, name)) = names.iter().find(|(o, _)| *o == offset) {
@@ -710,7 +822,7 @@ mod tests {
     /// restored in the documented order and the last instruction jumps through `saved rip`.
     #[test]
     fn call_stub_decodes_to_the_intended_instructions() {
-        for fp in [FpSave::Xsave, FpSave::Fxsave] {
+        for fp in [XSAVE, FpSave::Fxsave] {
             let stub = call_stub(&REGION, fp).unwrap();
             assert_eq!(stub.code.len() as u64, PAGE);
             assert_eq!(stub.entry, 0);
@@ -724,8 +836,8 @@ mod tests {
                 .position(|i| i.ip() == REGION.code() + stub.restore)
                 .expect("the restore label is on an instruction boundary");
             let (fp_mask, save, rstor): (&[&str], _, _) = match fp {
-                FpSave::Xsave => (
-                    &["mov eax,0FFFFFFFFh", "mov edx,0FFFFFFFFh"],
+                FpSave::Xsave { .. } => (
+                    &["mov XFEATURES", "mov XFEATURES_HI"],
                     "xsave64 XSAVE",
                     "xrstor64 XSAVE",
                 ),
@@ -805,7 +917,9 @@ mod tests {
                 match text[index].as_str() {
                     "mov ARG0" => "->call",
                     _ if index == restore => "->restore",
-                    _ if text[index].starts_with("mov eax") || text[index].contains("rstor") => {
+                    _ if text[index].starts_with("mov XFEATURES")
+                        || text[index].contains("rstor") =>
+                    {
                         "->fp"
                     }
                     other => panic!("branch to {other}"),
@@ -826,6 +940,16 @@ mod tests {
                 })
                 .collect();
             assert_eq!(got, want, "{fp:?}");
+            // The tail starts right after the system call that restores the thread's mask.
+            let tail = insns
+                .iter()
+                .position(|i| i.ip() == REGION.code() + stub.tail)
+                .expect("the tail label is on an instruction boundary");
+            assert_eq!(text[tail - 1], "syscall");
+            assert_eq!(text[tail - 4], "lea OLD_MASK");
+            assert_eq!(text[tail..].len(), 17, "15 registers, DONE, the jump");
+            let done = text.iter().position(|t| t == "mov DONE").unwrap();
+            assert_eq!(insns[done].immediate32(), Done::Returning as u32);
 
             // rax..r15 but rsp restored, each once, from its own slot.
             let restored: Vec<(Register, String)> = insns[insns.len() - 17..insns.len() - 2]
@@ -871,9 +995,13 @@ mod tests {
             base: 0x5555_0000_0000,
             ..REGION
         };
+        let fewer_features = FpSave::Xsave {
+            features: 0x7,
+            size: 832,
+        };
         assert_eq!(
-            call_stub(&REGION, FpSave::Xsave).unwrap().code,
-            call_stub(&other, FpSave::Xsave).unwrap().code
+            call_stub(&REGION, XSAVE).unwrap().code,
+            call_stub(&other, fewer_features).unwrap().code
         );
     }
 }
