@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: installs what it needs, then lint, format check, unit and integration tests.
+# The test suite: installs what it needs, then lint, format check, unit and integration tests,
+# and the patch rehearsals (scripts/ci-rehearsal.sh, scripts/load-rehearsal.sh).
 # Integration tests spawn real processes from test-targets/ and patch them with the real binary,
 # so they need ptrace rights over their own children (root, or ptrace_scope 0/1).
 set -euo pipefail
@@ -12,3 +13,7 @@ cargo clippy --workspace --all-targets --features fault-injection --quiet -- -D 
 cargo test --lib --quiet fault
 # Everything, with the fault-injection hook the kill tests need.
 cargo test --workspace --all-targets --features fault-injection
+# The CI rehearsal of docs/ci/, and 10 cycles on an HTTP server under load, with the rpatch the
+# tests just built.
+RPATCH="$PWD/target/debug/rpatch" scripts/ci-rehearsal.sh
+RPATCH="$PWD/target/debug/rpatch" scripts/load-rehearsal.sh

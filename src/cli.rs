@@ -3,10 +3,13 @@
 
 use clap::{Args, Parser, Subcommand};
 use rpatch::log::Log;
+use rpatch::rehearse::StepStatus;
 use rpatch::{
-    Allowances, AttachOptions, AttachReport, Error, FunctionRequest, ResolveOptions, ResolveReport,
-    RollbackOptions, RollbackReport, RollbackSelection, StatusReport,
+    Allowances, AttachOptions, AttachReport, Error, FunctionRequest, RehearseOptions,
+    ResolveOptions, ResolveReport, RollbackOptions, RollbackReport, RollbackSelection,
+    StatusReport,
 };
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +32,11 @@ enum Command {
     /// List the functions matching a name, glob (`crate::*::calc`) or substring, with size,
     /// file:line, signature, generic instance, aliases, clones and inlined copies.
     Resolve(ResolveArgs),
+    /// Rehearse a patch for CI: start TARGET, wait until it is ready, run probes before, while
+    /// and after the patch is applied, attach and roll back N times beside an optional load,
+    /// check the target survived, stop it; every step reported (text, --json, --junit).
+    /// Exit 24 when a check fails; attach and rollback errors keep their own codes.
+    Rehearse(Box<RehearseArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +94,97 @@ struct AttachArgs {
     all_matches: bool,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Probes and the load run as `sh -c CMD` with RPATCH_TARGET_PID set to the patched process. \
+Every process rehearse starts is the leader of its own process group and is killed with it; a \
+process that leaves the group (setsid) or is started by one (its children) may survive rehearse \
+being killed with SIGKILL. A C program's stdout into a pipe is block-buffered: for --ready-line, \
+run it under `stdbuf -oL`."
+)]
+struct RehearseArgs {
+    /// Patch library (a shared object: C/C++ -shared -fPIC, Rust cdylib).
+    #[arg(long)]
+    lib: PathBuf,
+    /// Function to replace: NAME, or NAME=REPLACEMENT when the library names it differently.
+    #[arg(long = "func", required = true, value_name = "NAME[=REPLACEMENT]")]
+    funcs: Vec<String>,
+    /// Seconds each attach and rollback waits for threads to leave the functions.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Seconds the library's loading in the target may take (attach's --load-timeout).
+    #[arg(long, default_value_t = 10.0)]
+    lib_load_timeout: f64,
+    /// As for attach (and rollback: threads may finish in the replacement).
+    #[arg(long)]
+    allow_active: bool,
+    /// As for attach.
+    #[arg(long)]
+    allow_stopped: bool,
+    /// As for attach.
+    #[arg(long)]
+    allow_seccomp: bool,
+    /// As for attach.
+    #[arg(long)]
+    allow_insecure_lib: bool,
+    /// As for attach: patch despite a signature difference, or a closure or async body.
+    #[arg(long)]
+    force: bool,
+    /// As for attach: refuse a function with inlined copies.
+    #[arg(long)]
+    strict: bool,
+    /// As for attach: a name matching several functions patches each.
+    #[arg(long)]
+    all_matches: bool,
+    /// Ready once a line of TARGET's output (stdout or stderr) matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    ready_line: Option<String>,
+    /// Ready once a TCP connection to this port on loopback (127.0.0.1 or [::1]) is accepted.
+    #[arg(long, value_name = "PORT")]
+    ready_port: Option<u16>,
+    /// Seconds readiness may take.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    ready_timeout: f64,
+    /// Patch the process whose pid TARGET writes to FILE (a daemon's worker), not TARGET itself.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// A check (`sh -c CMD`) run before the first attach, after each attach and after each
+    /// rollback: it must exit 0 and its stdout match --expect-before / --expect-after.
+    #[arg(long = "probe", value_name = "CMD")]
+    probes: Vec<String>,
+    /// Seconds one probe may run before it is killed and fails.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    probe_timeout: f64,
+    /// Regex every probe's stdout must match while the patch is not applied (`^`/`$` match at
+    /// line boundaries).
+    #[arg(long, value_name = "REGEX", requires = "probes")]
+    expect_before: Option<String>,
+    /// Regex every probe's stdout must match while the patch is applied.
+    #[arg(long, value_name = "REGEX", requires = "probes")]
+    expect_after: Option<String>,
+    /// Attach/rollback cycles.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    cycles: u32,
+    /// A load (`sh -c CMD`, e.g. `wrk -d 20s ...`) run from readiness to the end beside
+    /// everything: it must end by itself after the last cycle and exit 0.
+    #[arg(long, value_name = "CMD")]
+    load: Option<String>,
+    /// Seconds to wait for the load to end after the last cycle.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    load_timeout: f64,
+    /// Seconds TARGET may take to exit after SIGTERM at the end before it gets SIGKILL.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    stop_timeout: f64,
+    /// Write the steps as a JUnit XML report to FILE (also when the rehearsal fails).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+    /// The target command and its arguments.
+    #[arg(last = true, required = true, value_name = "TARGET [ARGS]")]
+    command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +306,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 rpatch::resolve(&options, &log).map(|r| Output::Resolve(Box::new(r))),
             )
         }
+        Command::Rehearse(r) => return rehearse(*r),
         Command::Status(s) => {
             let log = Log::new(s.common.verbose);
             (
@@ -233,6 +333,117 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Err(error) => {
             report_error(&error, json)?;
+            Ok(error.exit_code())
+        }
+    }
+}
+
+/// Compiles a regex given on the command line, or exits with a usage error.
+fn regex(flag: &str, pattern: Option<&str>, multi_line: bool) -> Option<regex::Regex> {
+    let pattern = pattern?;
+    match regex::RegexBuilder::new(pattern)
+        .multi_line(multi_line)
+        .build()
+    {
+        Ok(re) => Some(re),
+        Err(e) => usage(format!("{flag} {pattern:?} is not a valid regex: {e}")),
+    }
+}
+
+/// `rpatch rehearse`: progress on stderr as each step ends, the report on stdout.
+fn rehearse(r: RehearseArgs) -> anyhow::Result<i32> {
+    let log = Log::new(r.common.verbose);
+    let options = RehearseOptions {
+        command: r.command,
+        patch: AttachOptions {
+            pid: 0,
+            library: r.lib,
+            functions: r.funcs.iter().map(|f| FunctionRequest::parse(f)).collect(),
+            timeout: seconds(r.timeout),
+            load_timeout: seconds(r.lib_load_timeout),
+            dry_run: false,
+            force: r.force,
+            strict: r.strict,
+            all_matches: r.all_matches,
+            allow: Allowances {
+                stopped: r.allow_stopped,
+                seccomp: r.allow_seccomp,
+                insecure_lib: r.allow_insecure_lib,
+                active: r.allow_active,
+            },
+        },
+        ready_line: regex("--ready-line", r.ready_line.as_deref(), false),
+        ready_port: r.ready_port,
+        ready_timeout: seconds(r.ready_timeout),
+        pid_file: r.pid_file,
+        probes: r.probes,
+        probe_timeout: seconds(r.probe_timeout),
+        expect_before: regex("--expect-before", r.expect_before.as_deref(), true),
+        expect_after: regex("--expect-after", r.expect_after.as_deref(), true),
+        cycles: r.cycles,
+        load: r.load,
+        load_timeout: seconds(r.load_timeout),
+        stop_timeout: seconds(r.stop_timeout),
+        junit: r.junit,
+    };
+    let json = r.common.json;
+    let result = rpatch::rehearse(&options, &log, &mut |step| {
+        eprintln!("rpatch: rehearse: {}", rpatch::rehearse::step_line(step));
+        let failed = !matches!(step.status, StepStatus::Passed | StepStatus::Skipped);
+        if let Some(output) = step.output.as_deref().filter(|_| failed) {
+            let lines: Vec<&str> = output.lines().collect();
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("  | {l}");
+            }
+        }
+    });
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.summary());
+            }
+            Ok(0)
+        }
+        Err(error) => {
+            let Error::RehearsalFailed {
+                report: Some(report),
+                interrupted,
+                ..
+            } = &error
+            else {
+                report_error(&error, json)?;
+                return Ok(error.exit_code());
+            };
+            eprintln!("rpatch: error: {error}");
+            if !report.target.log.is_empty() {
+                // The end of the target's output; the report has up to 64 KiB of it.
+                let lines: Vec<&str> = report.target.log.lines().collect();
+                let shown = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "rpatch: the target's output (last {} of {} lines):",
+                    shown.len(),
+                    lines.len()
+                );
+                for l in shown {
+                    eprintln!("  | {l}");
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string(report)?);
+            } else {
+                print!("{}", report.summary());
+            }
+            if let Some(signal) = interrupted
+                && let Ok(signal) = nix::sys::signal::Signal::try_from(*signal)
+            {
+                // Ended by the signal, as a shell or CI runner expects, after the report (the
+                // rehearsal put back the signal's disposition: normally, to terminate).
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                let _ = nix::sys::signal::raise(signal);
+            }
             Ok(error.exit_code())
         }
     }

@@ -3,6 +3,7 @@
 use crate::inject::InjectError;
 use crate::journal::JournalError;
 use crate::process::ProcessError;
+use crate::rehearse::RehearseReport;
 use crate::symbols::SymbolError;
 use std::path::PathBuf;
 
@@ -193,6 +194,22 @@ pub enum Error {
         /// Found bytes (hex).
         found: String,
     },
+    /// `rehearse`: a step did not pass (a probe, an expectation, the load, the target died or
+    /// was not ready), or an attach or rollback inside the rehearsal failed.
+    #[error("rehearsal failed at step '{step}': {message}")]
+    RehearsalFailed {
+        /// The step that failed (`ready`, `cycle 2: probe patched`, `load`...).
+        step: String,
+        /// What was wrong.
+        message: String,
+        /// The attach or rollback error that failed the step: the rehearsal exits with its code
+        /// and kind.
+        cause: Option<Box<Error>>,
+        /// The signal (SIGTERM, SIGINT, SIGHUP) that interrupted the rehearsal, if one did.
+        interrupted: Option<i32>,
+        /// The full report (also in the JUnit file); None when the rehearsal could not start.
+        report: Option<Box<RehearseReport>>,
+    },
 }
 
 impl Error {
@@ -233,6 +250,8 @@ impl Error {
             Error::Symbols(_) => 1,
             Error::SignatureMismatch { .. } => 21,
             Error::InlinedCopies { .. } => 22,
+            Error::RehearsalFailed { cause: Some(c), .. } => c.exit_code(),
+            Error::RehearsalFailed { .. } => 24,
         }
     }
 
@@ -259,6 +278,7 @@ impl Error {
             20 => "refused",
             21 => "signature_mismatch",
             22 => "inlined_copies",
+            24 => "rehearsal_failed",
             _ => "internal",
         }
     }

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod log;
 pub mod patch;
 pub mod process;
+pub mod rehearse;
 pub mod resolve;
 pub mod safety;
 pub mod symbols;
@@ -20,6 +21,7 @@ pub use patch::{
     RollbackSelection, StatusReport,
 };
 
+pub use rehearse::{RehearseOptions, RehearseReport};
 pub use resolve::{ResolveOptions, ResolveReport};
 
 use log::Log;
@@ -38,6 +40,17 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
 /// Lists recorded patches of `pid`, each verified against memory.
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     exited_if_gone(pid, patch::status(pid, log))
+}
+
+/// Rehearses a patch on a target it starts: probes before, while and after the patch is applied,
+/// attach/rollback cycles beside an optional load, a JUnit report (see [`RehearseOptions`] and
+/// [`rehearse::rehearse`], which this calls). Call it from the main thread.
+pub fn rehearse(
+    options: &RehearseOptions,
+    log: &Log,
+    progress: &mut dyn FnMut(&rehearse::Step),
+) -> Result<RehearseReport, Error> {
+    rehearse::rehearse(options, log, progress)
 }
 
 /// Lists the functions matching a pattern in a process or a file (see [`ResolveOptions`]).

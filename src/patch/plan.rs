@@ -5,7 +5,8 @@ use crate::Error;
 use crate::error::hex;
 use crate::process::{LoadedModule, ModuleMap};
 use crate::symbols::{
-    DebugInfoSource, FunctionSymbol, InlineSite, Pattern, Resolution, Signature, SymbolIndex,
+    DebugInfoSource, FunctionDetails, FunctionSymbol, InlineSite, Pattern, Resolution, Signature,
+    SymbolIndex,
 };
 use rpatch_arch::x86_64 as isa;
 use std::path::Path;
@@ -355,6 +356,17 @@ pub fn plan(
         let located = locate(modules, &request.target, checks.all_matches)?;
         let several = located.len() > 1;
         for l in located {
+            // A closure or async body, or a function returning one, cannot be swapped for a
+            // plain function: refused before anything else is looked at.
+            if let Some(reason) = refusal(&l.function, &l.index.details(&l.function)) {
+                if !checks.force {
+                    return Err(Error::Refused {
+                        reason,
+                        flag: "--force",
+                    });
+                }
+                warnings.push(format!("{reason}; patched anyway (--force)"));
+            }
             // Each instance of a generic finds its own instance in the library, unless the
             // request names the replacement explicitly.
             let replacement_name = if several && request.replacement == request.target {
@@ -522,6 +534,153 @@ pub fn plan(
     })
 }
 
+/// What the compiler generated a body for, whose layout its callers share with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Generated {
+    /// A closure: its captured variables are laid out by the function that creates it.
+    Closure,
+    /// An async fn or block (or another coroutine): a state machine its callers allocate and
+    /// poll.
+    Async,
+    /// A legacy-mangled `{{closure}}` without DWARF to tell which of the two.
+    ClosureOrAsync,
+}
+
+/// Classifies one path segment as rustc names generated items: `{{closure}}` (legacy symbol
+/// demangling), `{closure#0}` / `{async_fn#0}` / `{async_block#0}` / `{coroutine#0}`... (v0
+/// demangling and DWARF), and with `env`, their types (`{closure_env#0}`, `{async_fn_env#0}`).
+/// Other braced segments (`{impl#0}`, `{extern#0}`, `{constant#0}`) are not generated bodies.
+fn generated_segment(segment: &str, env: bool) -> Option<Generated> {
+    if !env && segment == "{{closure}}" {
+        return Some(Generated::ClosureOrAsync);
+    }
+    let (kind, number) = segment
+        .strip_prefix('{')?
+        .strip_suffix('}')?
+        .split_once('#')?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let kind = if env {
+        kind.strip_suffix("_env")?
+    } else {
+        kind
+    };
+    if kind == "closure" {
+        Some(Generated::Closure)
+    } else if ["async", "gen", "coroutine"]
+        .iter()
+        .any(|k| kind.starts_with(k))
+        || kind.ends_with("_closure")
+    {
+        Some(Generated::Async)
+    } else {
+        None
+    }
+}
+
+/// The last segment of a Rust path, generic arguments left out: `b` for `a::b::<T>`, and
+/// `{closure#0}` for `f::{closure#0}<u32>`; `::` inside `<...>` does not split.
+fn last_segment(path: &str) -> &str {
+    let mut segments: Vec<&str> = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    let bytes = path.as_bytes();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'<' => depth += 1,
+            b'>' => depth -= 1,
+            b':' if depth == 0 && i > start && bytes.get(i + 1) == Some(&b':') => {
+                segments.push(&path[start..i]);
+                start = i + 2;
+            }
+            _ => {}
+        }
+    }
+    segments.push(&path[start.min(path.len())..]);
+    let last = segments
+        .into_iter()
+        .rev()
+        .find(|s| !s.starts_with('<') && !s.is_empty())
+        .unwrap_or("");
+    // `name<T>` (a DWARF name of a generic instance): the name alone.
+    last.find('<').map_or(last, |i| &last[..i]).trim()
+}
+
+/// Every braced token (`{async_fn_env#0}`) inside a type name.
+fn braced_tokens(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('{').filter_map(|(i, _)| {
+        let end = name[i..].find('}')?;
+        Some(&name[i..=i + end])
+    })
+}
+
+/// Why `f` must not be redirected to a plain replacement (see [`generated_code`]), from its DWARF
+/// details when there are any.
+fn refusal(f: &FunctionSymbol, details: &FunctionDetails) -> Option<String> {
+    let signature = details.signature.as_ref();
+    generated_code(
+        &f.name,
+        details.dwarf_name.as_deref(),
+        signature
+            .and_then(|s| s.params.first())
+            .map(|p| p.ty.name.as_str()),
+        signature
+            .and_then(|s| s.returns.as_ref())
+            .map(|t| t.name.as_str()),
+    )
+}
+
+/// Why the function `name` must not be redirected to a plain replacement, when it is the body of
+/// a closure or of an async fn/block, or returns a closure or future type: its callers allocate,
+/// lay out and resume that exact type, which a replacement from another build cannot reproduce.
+/// `dwarf_name`, the first parameter's type and the return type come from DWARF when there is
+/// any; without it the demangled symbol name still shows closure and async bodies.
+fn generated_code(
+    name: &str,
+    dwarf_name: Option<&str>,
+    first_param: Option<&str>,
+    returns: Option<&str>,
+) -> Option<String> {
+    // The body itself: named by its last path segment (a plain fn nested in a closure is not one).
+    let by_dwarf = dwarf_name.and_then(|n| generated_segment(last_segment(n), false));
+    let body = by_dwarf.or_else(|| match generated_segment(last_segment(name), false)? {
+        // `{{closure}}` names closures and async bodies alike: an async body takes its state as
+        // `Pin<&mut {async_fn_env#0}>`, a closure its captures as `&{closure_env#0}`.
+        Generated::ClosureOrAsync => Some(
+            first_param
+                .and_then(|t| braced_tokens(t).find_map(|t| generated_segment(t, true)))
+                .unwrap_or(Generated::ClosureOrAsync),
+        ),
+        other => Some(other),
+    });
+    let instead = "patch a plain function it calls instead (move the code to change into an #[inline(never)] fn and patch that)";
+    if let Some(kind) = body {
+        let what = match kind {
+            Generated::Closure => {
+                "a closure body: its captured variables are laid out by the function that creates the closure"
+            }
+            Generated::Async => {
+                "the body of an async fn or block: a state machine that its callers allocate and poll with the layout of this build"
+            }
+            Generated::ClosureOrAsync => {
+                "a closure or async body: its state is laid out by the code that creates it"
+            }
+        };
+        return Some(format!(
+            "{name} is {what}, which a replacement cannot reproduce; {instead}"
+        ));
+    }
+    let returns = returns?;
+    let kind = braced_tokens(returns).find_map(|t| generated_segment(t, true))?;
+    let what = match kind {
+        Generated::Closure => "a closure",
+        _ => "the state machine of an async fn or block (its future)",
+    };
+    Some(format!(
+        "{name} returns {returns}, {what}: its callers allocate that exact type and then run its code, and a replacement's would differ in size and layout; {instead}"
+    ))
+}
+
 /// Finds the replacement in the library.
 fn find_replacement(library: &SymbolIndex, name: &str) -> Result<FunctionSymbol, Error> {
     match library.resolve(name) {
@@ -656,6 +815,109 @@ mod tests {
         assert_eq!(
             (t.target.as_str(), t.replacement.as_str()),
             ("ns::f<int>", "g")
+        );
+    }
+
+    /// `generated_code` for a symbol name alone (no DWARF).
+    fn by_name(name: &str) -> Option<String> {
+        generated_code(name, None, None, None)
+    }
+
+    #[test]
+    fn last_segments_skip_generic_arguments() {
+        assert_eq!(last_segment("a::b::c"), "c");
+        assert_eq!(last_segment("app::f::{closure#0}<u32>"), "{closure#0}");
+        assert_eq!(last_segment("calcgen::calc::widen::<u32>"), "widen");
+        assert_eq!(
+            last_segment("core::ops::FnOnce::call_once::<app::f::{closure_env#0}, (u64)>"),
+            "call_once"
+        );
+        assert_eq!(last_segment("<app::T as core::ops::Fn<()>>::call"), "call");
+        assert_eq!(last_segment("compute"), "compute");
+    }
+
+    #[test]
+    fn closure_and_async_bodies_are_recognised() {
+        // By symbol only (no DWARF): legacy and v0 demangling.
+        for name in [
+            "app::f::{{closure}}",
+            "app::handle::{{closure}}",
+            "app::f::{closure#0}",
+            "app::handle::{async_fn#0}",
+            "app::main::{async_block#3}",
+            "app::g::{coroutine#0}",
+            "app::h::{async_closure#1}",
+        ] {
+            assert!(by_name(name).is_some(), "{name}");
+        }
+        // A plain fn nested in a closure, methods in impl blocks, generics: not generated bodies.
+        for name in [
+            "app::main::{{closure}}::helper",
+            "app::{impl#0}::method",
+            "app::f::<app::g::{closure_env#0}>",
+            "app::pricing::quote",
+        ] {
+            assert!(by_name(name).is_none(), "{name}");
+        }
+        // `{{closure}}`: DWARF's first parameter tells a closure from an async body.
+        let closure = generated_code(
+            "app::f::{{closure}}",
+            None,
+            Some("&app::f::{closure_env#0}"),
+            Some("String"),
+        )
+        .unwrap();
+        assert!(closure.contains("is a closure body"), "{closure}");
+        let body = generated_code(
+            "app::handle::{{closure}}",
+            None,
+            Some("Pin<&mut app::handle::{async_fn_env#0}>"),
+            Some("Poll<u64>"),
+        )
+        .unwrap();
+        assert!(body.contains("async fn or block"), "{body}");
+        // The DWARF name decides when there is one.
+        let named = generated_code(
+            "app::x::{{closure}}",
+            Some("app::x::{async_block#0}"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(named.contains("async fn or block"), "{named}");
+    }
+
+    #[test]
+    fn functions_returning_futures_or_closures_are_recognised() {
+        let future = generated_code(
+            "app::handle",
+            Some("app::handle"),
+            Some("u64"),
+            Some("{async_fn_env#0}"),
+        )
+        .unwrap();
+        assert!(future.contains("returns {async_fn_env#0}"), "{future}");
+        assert!(future.contains("#[inline(never)]"), "{future}");
+        let boxed = generated_code(
+            "app::make",
+            None,
+            None,
+            Some("alloc::boxed::Box<app::make::{closure_env#0}>"),
+        )
+        .unwrap();
+        assert!(boxed.contains("a closure"), "{boxed}");
+        assert!(
+            generated_code("app::quote", Some("app::quote"), Some("u64"), Some("u64")).is_none()
+        );
+        assert!(
+            generated_code(
+                "app::run",
+                None,
+                Some("Pin<&mut app::main::{async_block_env#0}>"),
+                Some("()")
+            )
+            .is_none(),
+            "a function taking a future is a plain function"
         );
     }
 }
