@@ -632,11 +632,16 @@ impl Background {
         }
     }
 
-    /// The process groups of rehearse's children (target, load, probe) right now.
+    /// The process groups of rehearse's children (target, load, probe) right now: each child
+    /// leads its own group (a child caught between fork and its setpgid, still in the test's
+    /// group, is not one of them yet).
     fn child_groups(&self) -> Vec<i32> {
         let me = self.child.id() as i32;
         let mut groups = Vec::new();
         for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
@@ -648,7 +653,7 @@ impl Background {
                 fields[1].parse::<i32>().unwrap_or(0),
                 fields[2].parse::<i32>().unwrap_or(0),
             );
-            if ppid == me && !groups.contains(&pgrp) {
+            if ppid == me && pgrp == pid && !groups.contains(&pgrp) {
                 groups.push(pgrp);
             }
         }
