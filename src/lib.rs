@@ -5,6 +5,7 @@
 
 mod error;
 mod fault;
+pub mod files;
 pub mod inject;
 pub mod journal;
 pub mod log;
