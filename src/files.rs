@@ -56,9 +56,8 @@ impl Root {
     /// start time compared with `start_time` (when given), so a PID reused since it was
     /// identified is refused rather than giving another process's root.
     pub fn of_process(pid: i32, start_time: Option<u64>) -> io::Result<Self> {
-        let proc_dir = crate::process::proc_dir(pid);
         let dir = nix::fcntl::open(
-            &proc_dir,
+            &PathBuf::from(format!("/proc/{pid}")),
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
@@ -74,11 +73,18 @@ impl Root {
                 ));
             }
         }
-        // `root` is a magic link: following it here (rpatch's own lookup of /proc, not a path
-        // the target chose) yields the target's root directory in its mount namespace.
+        // `root` is a magic link: following it here (rpatch's own lookup in /proc, not a path
+        // the target chose) yields the target's root directory in its mount namespace. A
+        // leader that has exited has none: a live thread's, reached through the same checked
+        // directory, is the process's.
+        let proc_dir = crate::process::proc_dir(pid);
+        let relative = proc_dir
+            .strip_prefix(format!("/proc/{pid}"))
+            .unwrap_or(Path::new(""))
+            .join("root");
         let root = openat(
             &dir,
-            "root",
+            &relative,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;

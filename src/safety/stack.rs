@@ -312,7 +312,20 @@ impl StackInspector {
         let mut cfi_bytes = 0usize;
         let mut failed = Vec::new();
         for module in &modules.modules {
-            let read = File::open(&module.open_path)
+            // The target's file, checked to be the mapped inode; read on demand (never mapped:
+            // its owner may truncate it), and no larger than rpatch reads from such files.
+            let read = modules
+                .open(module)
+                .and_then(|f| {
+                    let cap = crate::files::max_file_size();
+                    match f.metadata()?.len() {
+                        len if len > cap => Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{len} bytes, over the {cap}-byte cap"),
+                        )),
+                        _ => Ok(f),
+                    }
+                })
                 .map_err(|e| e.to_string())
                 .and_then(|f| {
                     let cache = object::ReadCache::new(f);
@@ -336,6 +349,7 @@ impl StackInspector {
                 start: vdso.start,
                 end: vdso.end,
                 first_offset: 0,
+                ..Default::default()
             };
             let image = {
                 let mut image = vec![0; (vdso.end - vdso.start) as usize];
