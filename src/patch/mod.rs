@@ -3,6 +3,7 @@
 
 mod attach;
 mod binding;
+mod delivery;
 mod islands;
 mod plan;
 mod rollback;
@@ -10,6 +11,7 @@ mod shim;
 mod status;
 
 pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
+pub use delivery::DeliveryError;
 pub use plan::{FunctionRequest, PlannedFunction};
 pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
 pub use status::{PatchStatus, StatusReport, status};

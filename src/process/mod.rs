@@ -8,6 +8,7 @@ mod maps;
 mod memory;
 mod modules;
 mod priority;
+pub mod seccomp;
 mod syscall;
 mod tracer;
 
