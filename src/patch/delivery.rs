@@ -131,7 +131,7 @@ pub enum DeliveryError {
     },
     /// The memfd or file rpatch prepared is not what it must be (someone else's object in its
     /// place, or changed while written).
-    #[error("the {what} copy prepared in PID {pid} {reason}; nothing was loaded")]
+    #[error("the {what} copy rpatch prepared in PID {pid} {reason}; nothing was loaded")]
     CopyTampered {
         /// The PID.
         pid: i32,
@@ -773,8 +773,12 @@ fn check_fresh_memfd(ours: &File, name: &str, sealed_exec: bool) -> Result<(), S
         .map_err(|e| format!("cannot be examined ({e})"))?;
     if !meta.file_type().is_file() || meta.nlink() != 0 || meta.len() != 0 {
         return Err(format!(
-            "is not a fresh memfd (regular {}, links {}, size {})",
-            meta.file_type().is_file(),
+            "was replaced: its descriptor now holds {} with {} link(s) and {} bytes, not the empty memfd rpatch created (another thread of the target reused the number)",
+            if meta.file_type().is_file() {
+                "a regular file"
+            } else {
+                "something other than a regular file"
+            },
             meta.nlink(),
             meta.len()
         ));
