@@ -7,7 +7,7 @@ mod delivery;
 mod islands;
 mod plan;
 mod rollback;
-mod shim;
+pub mod shim;
 mod status;
 
 pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};

@@ -382,6 +382,44 @@ impl StackInspector {
         Ok(inspector)
     }
 
+    /// An inspector over modules given as ELF images, each mapped at a start address (bias:
+    /// start minus its first segment's page), with `mem` standing for the process's memory (read
+    /// at the address as offset) and `data` its stack-holding mappings. What the fuzz target for
+    /// the unwinder drives with hostile CFI and stacks; nothing is read from any process.
+    #[doc(hidden)]
+    pub fn from_images(mem: File, images: &[(String, u64, &[u8])], data: Vec<Range<u64>>) -> Self {
+        let mut inspector = Self {
+            pid: 0,
+            mem,
+            unwinder: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+            modules: Vec::new(),
+            data,
+            trust: HashMap::new(),
+            ctx: Box::new(UnwindContext::new()),
+            buf: vec![0; (STACK_CHUNK + RED_ZONE) as usize],
+        };
+        inspector.data.sort_by_key(|r| r.start);
+        for (name, start, image) in images {
+            let Ok((segments, cfi)) = read_cfi(*image) else {
+                continue;
+            };
+            let span = segments
+                .iter()
+                .map(|s| s.vaddr.saturating_add(s.memsz))
+                .max()
+                .unwrap_or(0x1000);
+            let module = LoadedModule {
+                path: name.into(),
+                start: *start,
+                end: start.saturating_add(span.min(1 << 32)),
+                ..Default::default()
+            };
+            inspector.add(&module, module.bias(&segments), cfi);
+        }
+        inspector
+    }
+
     fn add(&mut self, module: &LoadedModule, bias: u64, cfi: Option<Cfi>) {
         let name = module.path.display().to_string();
         if let Some(cfi) = &cfi {
