@@ -84,7 +84,12 @@ impl ModuleMap {
         let mut modules: Vec<LoadedModule> = Vec::new();
         for m in maps.iter().filter(|m| m.is_file()) {
             let path = m.file_path();
-            if let Some(existing) = modules.iter_mut().find(|x| x.path == path) {
+            // One module per mapped file: two copies of a library (two memfds of one content
+            // have one name) are two modules.
+            if let Some(existing) = modules
+                .iter_mut()
+                .find(|x| x.path == path && x.dev == m.dev && x.inode == m.inode)
+            {
                 existing.start = existing.start.min(m.start);
                 existing.end = existing.end.max(m.end);
                 if m.start == existing.start {
@@ -234,6 +239,23 @@ impl ModuleMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_copies_under_one_name_are_two_modules() {
+        let maps = crate::process::parse_maps(
+            "7f0000000000-7f0000001000 r--p 00000000 00:01 11 /memfd:rpatch:ab (deleted)\n\
+             7f0000001000-7f0000002000 r-xp 00001000 00:01 11 /memfd:rpatch:ab (deleted)\n\
+             7f1000000000-7f1000001000 r--p 00000000 00:01 12 /memfd:rpatch:ab (deleted)\n\
+             7f1000001000-7f1000002000 r-xp 00001000 00:01 12 /memfd:rpatch:ab (deleted)\n",
+        );
+        let me = std::process::id() as i32;
+        let map = ModuleMap::new(me, &maps, Path::new("/nonexistent"));
+        assert_eq!(map.modules.len(), 2);
+        assert_eq!(map.modules[0].end, 0x7f00_0000_2000);
+        assert!(map.modules.iter().all(|m| !m.named));
+        // A memfd is never looked up by name: without its map_files entry it cannot be opened.
+        assert!(map.open(&map.modules[0]).is_err());
+    }
 
     #[test]
     fn bias_of_pie_and_fixed_executables() {
