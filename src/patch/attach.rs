@@ -572,8 +572,10 @@ fn load(
     let tid = borrow_thread(tracer, modules, log)?;
     let result = (|| {
         // With seccomp filters (--allow-seccomp), what the load calls is checked against the
-        // borrowed thread's filters while it is stopped, before anything runs in it.
-        let seccomp_tid = (!info.seccomp_threads.is_empty()).then_some(tid);
+        // borrowed thread's filters (it makes the calls) while it is stopped, before anything
+        // runs in it.
+        let filtered = process::status_field(pid, tid, "Seccomp").as_deref() == Some("2");
+        let seccomp_tid = filtered.then_some(tid);
         let mut delivery = Delivery::prepare(pid, info.start_time, modules, seccomp_tid, log)?;
         let payload = Payload {
             what: "patch library",

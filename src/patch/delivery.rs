@@ -36,7 +36,7 @@
 
 use crate::Error;
 use crate::files::{self, Root};
-use crate::inject::{InjectedThread, LoaderFunctions};
+use crate::inject::{InjectError, InjectedThread, LoaderFunctions};
 use crate::journal::{JournalData, LoadedObject};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcessError, seccomp};
@@ -590,7 +590,18 @@ impl Delivery {
         };
         // The mapping keeps the memfd alive: the descriptor is not needed any more.
         close_remote(thread, fd);
-        let handle = handle?;
+        let handle = match handle {
+            // The target could not open or map the memfd (a /proc that is not its own, a
+            // security module denying executable memfd mappings): nothing ran, the
+            // fresh-directory route may do.
+            Err(InjectError::DlopenFailed { message, .. })
+                if message.contains("cannot open shared object file")
+                    || message.contains("failed to map segment") =>
+            {
+                return Ok(Err(format!("dlopen of {path} failed: {message}")));
+            }
+            handle => handle?,
+        };
         let l_addr = self.check_loaded(thread, handle, payload, &path, dev, inode)?;
         Ok(Ok(Loaded {
             object: LoadedObject { dev, inode, l_addr },
