@@ -245,7 +245,7 @@ impl Delivery {
                     }
                     log.step(
                         "load",
-                        format!("seccomp: {} filter(s) of thread {tid} allow what the load calls", filters.len()),
+                        format!("seccomp: {} filter(s) of thread {tid} kill none of the calls the load makes", filters.len()),
                     );
                 }
                 // Not root, or no CONFIG_CHECKPOINT_RESTORE: --allow-seccomp accepted the risk.
