@@ -8,7 +8,9 @@
 #
 # Needs a nightly toolchain and cargo-fuzz (installed here when missing). Seeds come from the
 # test targets; the corpus grows in fuzz/corpus/TARGET, crashes land in fuzz/artifacts/TARGET
-# (then: `cargo +nightly fuzz run TARGET ARTIFACT` reproduces one; turn it into a unit test).
+# (`cargo +nightly fuzz run TARGET ARTIFACT` reproduces one). A crash becomes a regression test
+# by copying the input into fuzz/regressions/TARGET/: `cargo test` replays every file there
+# through the same code (src/fuzzing.rs).
 # libFuzzer runs with a 1 GiB malloc limit and 10 s per input: a hostile file must neither
 # make rpatch allocate without bound nor hang it. Prints executions and coverage per target;
 # exits non-zero if any target found a crash.

@@ -1,20 +1,7 @@
-//! A journal file as it may be found in the state directory: parsing never panics, the
-//! queries over it hold, and what parses writes back to the same data.
+//! A journal file: parsing never panics, the queries over it hold, what parses writes back to
+//! the same data.
+//! The body is `rpatch::fuzzing::journal_json`, which the unit tests also run on every input kept in
+//! `fuzz/regressions/journal_json/`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use rpatch::journal::JournalData;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(journal) = serde_json::from_slice::<JournalData>(data) else {
-        return;
-    };
-    let _ = (journal.next_id(), journal.next_group(), journal.slots_in_use());
-    for r in journal.live().take(64) {
-        let top = journal.top_of_stack(r.address).expect("a live record is on its stack");
-        assert!(top.id >= r.id);
-    }
-    let text = serde_json::to_vec(&journal).expect("serialises");
-    let again: JournalData = serde_json::from_slice(&text).expect("reparses");
-    assert_eq!(again, journal);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rpatch::fuzzing::journal_json(data));

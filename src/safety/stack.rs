@@ -200,11 +200,29 @@ impl Cfi {
         let parsed = EhFrameHdr::new(&hdr[..], LittleEndian)
             .parse(&bases, 8)
             .map_err(|_| Gap::NoFde)?;
-        let fde = parsed
-            .table()
-            .ok_or(Gap::NoFde)?
-            .fde_for_address(&eh_frame, &bases, svma, EhFrame::cie_from_offset)
+        // gimli's `fde_for_address`, step by step: it subtracts the table's `.eh_frame` pointer
+        // from the FDE pointer unchecked, which a hostile `.eh_frame_hdr` makes overflow (found
+        // by fuzzing). An FDE before `.eh_frame` is no FDE; framehop then never looks it up.
+        // framehop looks addresses up 32 bits relative to the module: one beyond is not its.
+        if svma > u64::from(u32::MAX) {
+            return Err(Gap::NoFde);
+        }
+        let table = parsed.table().ok_or(Gap::NoFde)?;
+        let fde_ptr = table.lookup(svma, &bases).map_err(|_| Gap::NoFde)?;
+        let (Ok(fde_at), Ok(eh_frame_at)) = (fde_ptr.direct(), parsed.eh_frame_ptr().direct())
+        else {
+            return Err(Gap::NoFde);
+        };
+        if fde_at < eh_frame_at {
+            return Err(Gap::NoFde);
+        }
+        let offset = table.pointer_to_offset(fde_ptr).map_err(|_| Gap::NoFde)?;
+        let fde = eh_frame
+            .fde_from_offset(&bases, offset, EhFrame::cie_from_offset)
             .map_err(|_| Gap::NoFde)?;
+        if !fde.contains(svma) {
+            return Err(Gap::NoFde);
+        }
         if fde.is_signal_trampoline() {
             return Err(Gap::SignalFrame);
         }
