@@ -260,9 +260,16 @@ mod hex_bytes {
         if text.len() % 2 != 0 {
             return Err(serde::de::Error::custom("odd-length hex string"));
         }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
+        // By bytes: a non-ASCII character must be an error, not a slice inside it (found by
+        // fuzzing).
+        let digit = |b: u8| {
+            (b as char)
+                .to_digit(16)
+                .ok_or_else(|| serde::de::Error::custom("not a hex digit"))
+        };
+        text.as_bytes()
+            .chunks_exact(2)
+            .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
             .collect()
     }
 }
