@@ -779,14 +779,17 @@ fn read_cfi<'data, R: object::ReadRef<'data>>(
             }
         })
         .collect();
+    // Sections whose address range would wrap (a hostile header; found by fuzzing) count as
+    // missing.
     let section = |name: &str| {
         let s = file.section_by_name(name)?;
         let data = s.data().ok()?;
+        s.address().checked_add(data.len() as u64)?;
         (!data.is_empty()).then(|| (Bytes::from(data), s.address()))
     };
     let svma_range = |name: &str| {
         let s = file.section_by_name(name)?;
-        Some(s.address()..s.address() + s.size())
+        Some(s.address()..s.address().checked_add(s.size())?)
     };
     let cfi = section(".eh_frame").map(|(eh_frame, eh_frame_svma)| Cfi {
         eh_frame,
