@@ -12,6 +12,8 @@ command -v curl >/dev/null || need+=(curl)     # rehearsal probes
 command -v wrk >/dev/null || need+=(wrk)       # scripts/load-rehearsal.sh
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v objcopy >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install these packages first (as root): ${need[*]}" >&2

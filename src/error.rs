@@ -2,6 +2,7 @@
 
 use crate::inject::InjectError;
 use crate::journal::JournalError;
+use crate::patch::DeliveryError;
 use crate::process::ProcessError;
 use crate::rehearse::RehearseReport;
 use crate::symbols::SymbolError;
@@ -22,6 +23,10 @@ pub enum Error {
     /// A module of the target could not be parsed.
     #[error(transparent)]
     Symbols(#[from] SymbolError),
+    /// The library could not be handed to the target safely, or the loader returned another
+    /// object than the copy prepared.
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
     /// The patch library cannot be read.
     #[error("cannot read patch library {path}: {reason}: check the path and its permissions")]
     LibraryMissing {
@@ -235,6 +240,8 @@ impl Error {
             ) => 8,
             Error::Inject(InjectError::Journal(_)) => 1,
             Error::Inject(_) => 19,
+            Error::Delivery(DeliveryError::SeccompKills { .. }) => 19,
+            Error::Delivery(_) => 8,
             Error::FunctionNotFound { .. } | Error::NoMatch { .. } => 9,
             Error::Ambiguous { .. } => 10,
             Error::Unpatchable { .. } => 11,

@@ -5,6 +5,9 @@
 
 mod error;
 mod fault;
+pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inject;
 pub mod journal;
 pub mod log;

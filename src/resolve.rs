@@ -193,6 +193,7 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
                 start: 0,
                 end: 0,
                 first_offset: 0,
+                ..Default::default()
             };
             vec![(module, Rc::new(index), 0)]
         }

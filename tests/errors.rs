@@ -66,10 +66,10 @@ fn permission_denied() {
     }
     let t = build_targets();
     let state = state_dir();
-    // nobody must be able to use the state dir, so that the only obstacle is the target.
-    let mut perms = std::fs::metadata(state.path()).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
-    std::fs::set_permissions(state.path(), perms).unwrap();
+    // nobody gets a state dir of its own (root refuses one others can write), so that the only
+    // obstacle is the target.
+    let nobody_state = state_dir();
+    std::os::unix::fs::chown(nobody_state.path(), Some(65534), Some(65534)).unwrap();
 
     let mut target = basic();
     let lib = t.bin("fix_basic.so");
@@ -81,7 +81,7 @@ fn permission_denied() {
             "--clear-groups",
             "--",
         ],
-        state.path(),
+        nobody_state.path(),
         &[
             "attach",
             &target.pid_arg(),

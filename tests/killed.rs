@@ -71,12 +71,11 @@ fn signal_masks(pid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Waits until the target has `n` distinct library copies from the state dir mapped: proof that
+/// Waits until the target has `n` distinct library copies (sealed memfds) mapped: proof that
 /// a dlopen rpatch started before dying ran to its end on its own.
 #[track_caller]
-fn wait_loaded(pid: u32, state: &Path, n: usize) {
-    let libs = state.join("libs");
-    let libs = libs.to_str().unwrap();
+fn wait_loaded(pid: u32, n: usize) {
+    let libs = "/memfd:rpatch:";
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
@@ -155,7 +154,7 @@ fn killed_during_dlopen_blocked_target_survives() {
         let fresh = fresh_copy(&lib, libs.path(), n);
         let fault = format!("load-call:{micros}");
         attach_killed(state.path(), target.pid(), &fresh, "compute", &fault);
-        wait_loaded(target.pid(), state.path(), n + 1);
+        wait_loaded(target.pid(), n + 1);
         blocked_unharmed(&mut target);
         assert_eq!(signal_masks(target.pid()), masks, "after a kill at {fault}");
     }

@@ -20,15 +20,15 @@ fn exported(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Files in the state directory's library store.
-fn stored_libraries(state: &Path) -> usize {
-    std::fs::read_dir(state.join("libs"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".so"))
-                .count()
-        })
-        .unwrap_or(0)
+/// Library copies (sealed memfds, by inode) rpatch loaded into the process.
+fn loaded_copies(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let inodes: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter(|l| l.contains("/memfd:rpatch:"))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    inodes.len()
 }
 
 /// C: `fix_private.so`'s `bump` adds to `extern int counter` (a plain global of the target) and
@@ -80,7 +80,7 @@ fn c_patch_writes_the_targets_own_private_globals() {
     attach_ok(state.path(), pid, &t.bin("fix_private.so"), &["bump"]);
     assert_untraced(pid);
     assert_eq!(
-        stored_libraries(state.path()),
+        loaded_copies(pid),
         2,
         "the patch library and its binding shim"
     );
@@ -94,11 +94,7 @@ fn c_patch_writes_the_targets_own_private_globals() {
     attach_ok(state.path(), pid, &t.bin("fix_private.so"), &["bump"]);
     assert_eq!(target.cmd("bump"), "bump 302 3002");
     assert_eq!(target.cmd("show"), "counters 302 3002");
-    assert_eq!(
-        stored_libraries(state.path()),
-        2,
-        "same contents, same files"
-    );
+    assert_eq!(loaded_copies(pid), 2, "same contents, same copies");
     assert_untraced(pid);
 }
 

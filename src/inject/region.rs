@@ -70,7 +70,10 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
                 continue;
             }
             let len = BOOTSTRAP_LEN;
-            let Some(original) = file_bytes(&module.open_path, seg.offset + seg.filesz, len) else {
+            let Ok(file) = modules.open(&module) else {
+                continue;
+            };
+            let Some(original) = file_bytes(&file, seg.offset + seg.filesz, len) else {
                 continue;
             };
             // Memory must hold the file's bytes, or our own code a killed rpatch left there;
@@ -93,8 +96,7 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
 }
 
 /// `len` bytes of the file at `offset`, zeros past its end (as the kernel maps them).
-fn file_bytes(path: &std::path::Path, offset: u64, len: usize) -> Option<Vec<u8>> {
-    let file = std::fs::File::open(path).ok()?;
+fn file_bytes(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut filled = 0;
     while filled < len {

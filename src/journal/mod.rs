@@ -9,7 +9,7 @@
 
 mod store;
 
-pub use store::{Journal, StateDir, TargetLock, library_path_in_target};
+pub use store::{Journal, StateDir, TargetLock};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -52,6 +52,17 @@ pub enum JournalError {
         recorded_boot: String,
         /// Start time of the live process.
         actual_start: u64,
+    },
+    /// As root, the state directory (or a directory above it) could be written by someone else,
+    /// who could then write the journals that decide what rpatch writes into processes.
+    #[error(
+        "state directory {path} {reason}: root's journals must be writable by root only; fix the owner and mode (chown root, chmod go-w) or set RPATCH_STATE_DIR to a safe directory"
+    )]
+    UnsafeStateDir {
+        /// The directory found unsafe.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -142,7 +153,8 @@ pub struct PatchRecord {
     pub replacement_size: u64,
     /// Library path the user gave.
     pub library: PathBuf,
-    /// Content-addressed copy the target actually loaded.
+    /// The name the target's `dlopen` was given: `/proc/self/fd/N` of a sealed memfd, or a file
+    /// in a fresh directory rpatch made and removed again. Only for people: nothing opens it.
     pub loaded_from: PathBuf,
     /// SHA-256 of the library content.
     pub library_sha256: String,
@@ -156,6 +168,22 @@ pub struct PatchRecord {
     pub created: u64,
     /// Unix time (seconds) of the rollback.
     pub rolled_back: Option<u64>,
+    /// The loaded copy of the library (none in journals written before it was recorded): a
+    /// later attach of the same content reuses it if it is still mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<LoadedObject>,
+}
+
+/// The identity of a library copy loaded in the target, as its mappings show it (its name,
+/// `/memfd:... (deleted)`, says nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedObject {
+    /// Device of the loaded file (`st_dev` encoding).
+    pub dev: u64,
+    /// Inode of the loaded file.
+    pub inode: u64,
+    /// Load bias (`l_addr` of its link map).
+    pub l_addr: u64,
 }
 
 /// Bootstrap code rpatch wrote into slack bytes after a module's code (see `inject`), recorded
@@ -254,9 +282,16 @@ mod hex_bytes {
         if text.len() % 2 != 0 {
             return Err(serde::de::Error::custom("odd-length hex string"));
         }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
+        // By bytes: a non-ASCII character must be an error, not a slice inside it (found by
+        // fuzzing).
+        let digit = |b: u8| {
+            (b as char)
+                .to_digit(16)
+                .ok_or_else(|| serde::de::Error::custom("not a hex digit"))
+        };
+        text.as_bytes()
+            .chunks_exact(2)
+            .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
             .collect()
     }
 }

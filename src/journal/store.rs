@@ -1,12 +1,23 @@
-//! Where journals and library copies live on disk, and how they are written durably.
+//! Where journals live on disk, and how they are written durably.
+//!
+//! Root's journals decide what rpatch writes into processes (a rollback restores the bytes a
+//! journal holds), so a state directory someone else could write is refused (see
+//! [`StateDir::at`]), and every file in it is opened relative to the directory's fd, never
+//! following a symlink; temporary files are created exclusively.
 
 use super::{JournalData, JournalError, TargetIdentity};
-use crate::error::hex;
-use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use crate::files;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
@@ -15,14 +26,22 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     }
 }
 
+fn errno_err(path: &Path) -> impl FnOnce(Errno) -> JournalError + '_ {
+    move |e| JournalError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+/// The largest journal file rpatch reads.
+const MAX_JOURNAL_SIZE: u64 = 64 << 20;
+
 /// The state directory: `$RPATCH_STATE_DIR`, else `/var/lib/rpatch` for root, else
-/// `$XDG_STATE_HOME/rpatch` (default `~/.local/state/rpatch`).
-///
-/// Journals are private (0600). The directory itself is 0711 and `libs/` is 0755, because the
-/// *target* opens the library copy with its own credentials, which may not be rpatch's.
+/// `$XDG_STATE_HOME/rpatch` (default `~/.local/state/rpatch`). Mode 0700; journals 0600.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    dir: Arc<OwnedFd>,
 }
 
 impl StateDir {
@@ -41,11 +60,20 @@ impl StateDir {
         Self::at(root)
     }
 
-    /// A state directory at `root`, created if missing.
+    /// A state directory at `root`, created (0700) if missing.
+    ///
+    /// As root, the directory must be owned by root and writable by no one else, and so must
+    /// every directory above it, except that a sticky directory owned by root (`/tmp`) may be
+    /// world-writable: nobody else can rename or remove what root owns in it. This is checked
+    /// on the directories as opened, one component at a time without following symlinks, before
+    /// anything is created or chmod-ed.
     pub fn at(root: PathBuf) -> Result<Self, JournalError> {
-        fs::create_dir_all(&root).map_err(io_err(&root))?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o711)).map_err(io_err(&root))?;
-        Ok(Self { root })
+        let strict = nix::unistd::geteuid().is_root();
+        let dir = open_checked(&root, strict)?;
+        Ok(Self {
+            root,
+            dir: Arc::new(dir),
+        })
     }
 
     /// The directory path.
@@ -53,86 +81,198 @@ impl StateDir {
         &self.root
     }
 
-    /// Journal file of a PID.
+    /// Journal file of a PID (for messages; files are opened relative to the directory fd).
     pub fn journal_path(&self, pid: i32) -> PathBuf {
         self.root.join(format!("{pid}.json"))
     }
 
-    /// Copies `library` to `libs/<sha256>.so` (once per content) and returns that path and the hash.
-    ///
-    /// glibc's dlopen returns the already-loaded object when the file identity (device, inode)
-    /// matches, so a rebuilt library at the same path would silently never load; a copy named by
-    /// content loads each new content exactly once, and cannot change between hashing and loading.
-    pub fn library_copy(&self, library: &Path) -> Result<(PathBuf, String), JournalError> {
-        let mut bytes = Vec::new();
-        File::open(library)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(io_err(library))?;
-        self.library_bytes_copy(&bytes)
+    /// Opens `name` in the directory for reading, `None` when it does not exist. A symlink, a
+    /// FIFO or a directory there is an error.
+    fn read_file(&self, name: &str, cap: u64) -> Result<Option<Vec<u8>>, JournalError> {
+        let path = self.root.join(name);
+        let fd = match openat(
+            self.dir.as_fd(),
+            name,
+            files::READ_FLAGS | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(errno_err(&path)(e)),
+        };
+        let file = files::regular(File::from(fd)).map_err(io_err(&path))?;
+        files::read_capped(&file, cap)
+            .map(Some)
+            .map_err(io_err(&path))
     }
 
-    /// Stores `bytes` as `libs/<sha256>.so` (once per content) and returns that path and the
-    /// hash, like [`Self::library_copy`], for a library rpatch generates itself (a binding shim).
-    pub fn library_bytes_copy(&self, bytes: &[u8]) -> Result<(PathBuf, String), JournalError> {
-        let hash = hex(&Sha256::digest(bytes));
-        let libs = self.root.join("libs");
-        fs::create_dir_all(&libs).map_err(io_err(&libs))?;
-        fs::set_permissions(&libs, fs::Permissions::from_mode(0o755)).map_err(io_err(&libs))?;
-        let dest = libs.join(format!("{hash}.so"));
-        if !dest.exists() {
-            let tmp = libs.join(format!(".{hash}.{}.tmp", std::process::id()));
-            write_durably(&tmp, bytes, 0o444)?;
-            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-            sync_dir(&libs)?;
+    /// Replaces `name` in the directory with `bytes`, atomically and durably: an exclusively
+    /// created temporary file, fsync, rename over `name`, fsync of the directory.
+    fn replace_file(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), JournalError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = self.root.join(name);
+        let (tmp, fd) = loop {
+            let tmp = format!(
+                ".{name}.{}.{}.tmp",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            match openat(
+                self.dir.as_fd(),
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            ) {
+                Ok(fd) => break (tmp, fd),
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(errno_err(&self.root.join(&tmp))(e)),
+            }
+        };
+        let mut file = File::from(fd);
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&path))
+            .and_then(|()| {
+                renameat(self.dir.as_fd(), tmp.as_str(), self.dir.as_fd(), name)
+                    .map_err(errno_err(&path))
+            });
+        if written.is_err() {
+            let _ = unlinkat(self.dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return written;
         }
-        Ok((dest, hash))
+        nix::unistd::fsync(self.dir.as_fd()).map_err(errno_err(&self.root))
+    }
+
+    /// Opens (creating it, 0600) the lock file `name` in the directory.
+    fn lock_file(&self, name: &str) -> Result<File, JournalError> {
+        let path = self.root.join(name);
+        let fd = openat(
+            self.dir.as_fd(),
+            name,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(errno_err(&path))?;
+        files::regular(File::from(fd)).map_err(io_err(&path))
     }
 }
 
-/// The path under which the target can open the library copy `copy` (content hash `hash`).
-///
-/// The target resolves the path in its own mount namespace: a container, or a service with a
-/// private /tmp, may not see rpatch's state directory. Then the copy is placed, once per
-/// content, in a directory of the target's own file system (reached through /proc/PID/root):
-/// /dev/shm, /tmp or /var/tmp, whichever accepts it.
-pub fn library_path_in_target(pid: i32, copy: &Path, hash: &str) -> Result<PathBuf, JournalError> {
-    let ns = |p: &str| {
-        fs::metadata(p)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .ok()
-    };
-    let dir = crate::process::proc_dir(pid);
-    let root = dir.join("root");
-    let same_namespace = ns("/proc/self/ns/mnt").is_some()
-        && ns("/proc/self/ns/mnt") == ns(&dir.join("ns/mnt").to_string_lossy());
-    if same_namespace || root.join(copy.strip_prefix("/").unwrap_or(copy)).exists() {
-        return Ok(copy.to_path_buf());
-    }
-    let bytes = fs::read(copy).map_err(io_err(copy))?;
-    let name = format!("rpatch-{hash}.so");
-    let mut last_error = None;
-    for dir in ["dev/shm", "tmp", "var/tmp"] {
-        let inside = root.join(dir).join(&name);
-        if inside.exists() {
-            return Ok(Path::new("/").join(dir).join(&name));
-        }
-        let tmp = root
-            .join(dir)
-            .join(format!(".{name}.{}", std::process::id()));
-        match write_durably(&tmp, &bytes, 0o444)
-            .and_then(|()| fs::rename(&tmp, &inside).map_err(io_err(&inside)))
-        {
-            Ok(()) => return Ok(Path::new("/").join(dir).join(&name)),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                last_error = Some(e);
+/// Opens the directory `root`, creating what is missing (0700), one component at a time from
+/// `/` with `O_NOFOLLOW` (a symlink met on the way is refused); with `strict`, every directory
+/// on the way must be safe for root (see [`StateDir::at`]). The directory itself ends up 0700.
+fn open_checked(root: &Path, strict: bool) -> Result<OwnedFd, JournalError> {
+    let absolute = std::path::absolute(root).map_err(io_err(root))?;
+    // Symlinks in the part that exists are resolved first; what is walked is the real path.
+    let (existing, missing) = split_existing(&absolute);
+    let mut path = std::fs::canonicalize(&existing).map_err(io_err(&existing))?;
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir =
+        nix::fcntl::open("/", dir_flags, Mode::empty()).map_err(errno_err(Path::new("/")))?;
+    let names: Vec<PathBuf> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(PathBuf::from(n)),
+            _ => None,
+        })
+        .chain(missing.iter().map(PathBuf::from))
+        .collect();
+    let last = names.len();
+    check_dir(&dir, Path::new("/"), strict, last == 0)?;
+    path = PathBuf::from("/");
+    for (i, name) in names.iter().enumerate() {
+        path.push(name);
+        let next = match openat(&dir, name, dir_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                match mkdirat(&dir, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(errno_err(&path)(e)),
+                }
+                openat(&dir, name, dir_flags, Mode::empty()).map_err(|e| refusal(&path, e))?
             }
+            Err(e) => return Err(refusal(&path, e)),
+        };
+        check_dir(&next, &path, strict, i + 1 == last)?;
+        dir = next;
+    }
+    let mine = fstat(&dir).map_err(errno_err(&path))?.st_uid == nix::unistd::geteuid().as_raw();
+    if mine {
+        fchmod(&dir, Mode::from_bits_truncate(0o700)).map_err(errno_err(&path))?;
+    }
+    Ok(dir)
+}
+
+/// A symlink swapped in while walking (ELOOP, ENOTDIR) is a refusal, anything else an I/O error.
+fn refusal(path: &Path, e: Errno) -> JournalError {
+    match e {
+        Errno::ELOOP | Errno::ENOTDIR => JournalError::UnsafeStateDir {
+            path: path.to_path_buf(),
+            reason: "is a symlink or not a directory".into(),
+        },
+        e => errno_err(path)(e),
+    }
+}
+
+/// The longest prefix of `path` that exists, and the names below it that do not.
+fn split_existing(path: &Path) -> (PathBuf, Vec<std::ffi::OsString>) {
+    let mut existing = path.to_path_buf();
+    let mut missing = Vec::new();
+    while std::fs::symlink_metadata(&existing).is_err() {
+        match (
+            existing.file_name().map(OsStr::to_os_string),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                missing.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => break,
         }
     }
-    Err(last_error.unwrap_or_else(|| JournalError::Io {
-        path: root,
-        source: std::io::Error::other("no writable directory in the target's file system"),
-    }))
+    missing.reverse();
+    (existing, missing)
+}
+
+/// Whether root may keep its journals in (`is_state_dir`) or under the directory `fd`.
+fn check_dir(
+    fd: &OwnedFd,
+    path: &Path,
+    strict: bool,
+    is_state_dir: bool,
+) -> Result<(), JournalError> {
+    if !strict {
+        return Ok(());
+    }
+    let st = fstat(fd).map_err(errno_err(path))?;
+    let unsafe_dir = |reason: String| JournalError::UnsafeStateDir {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if st.st_uid != 0 {
+        return Err(unsafe_dir(format!(
+            "is owned by uid {}, not root",
+            st.st_uid
+        )));
+    }
+    let writable = st.st_mode & 0o022;
+    let sticky = st.st_mode & 0o1000 != 0;
+    if writable != 0 && (is_state_dir || !sticky) {
+        return Err(unsafe_dir(format!(
+            "is writable by {} (mode {:o})",
+            if writable & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// The exclusive lock on one target's journal (an `flock` on `<pid>.lock`): every rpatch run on
@@ -147,15 +287,9 @@ pub struct TargetLock {
 impl StateDir {
     /// Takes the lock of `pid`'s journal, waiting while another run holds it.
     pub fn lock(&self, pid: i32) -> Result<TargetLock, JournalError> {
-        let lock_path = self.journal_path(pid).with_extension("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        file.lock().map_err(io_err(&lock_path))?;
+        let lock_name = format!("{pid}.lock");
+        let file = self.lock_file(&lock_name)?;
+        file.lock().map_err(io_err(&self.root.join(&lock_name)))?;
         Ok(TargetLock { pid, file })
     }
 }
@@ -165,6 +299,7 @@ impl StateDir {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    state: StateDir,
     _lock: File,
     /// The journal content; change it, then `save`.
     pub data: JournalData,
@@ -186,8 +321,8 @@ impl Journal {
     ) -> Result<Self, JournalError> {
         assert_eq!(lock.pid, identity.pid, "the lock of another target");
         let path = state.journal_path(identity.pid);
-        let data = match fs::read(&path) {
-            Ok(bytes) => {
+        let data = match state.read_file(&format!("{}.json", identity.pid), MAX_JOURNAL_SIZE)? {
+            Some(bytes) => {
                 let data: JournalData =
                     serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
                         path: path.clone(),
@@ -207,13 +342,11 @@ impl Journal {
                 }
                 data
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                JournalData::new(identity.clone())
-            }
-            Err(e) => return Err(io_err(&path)(e)),
+            None => JournalData::new(identity.clone()),
         };
         Ok(Self {
             path,
+            state: state.clone(),
             _lock: lock.file,
             data,
         })
@@ -227,29 +360,9 @@ impl Journal {
     /// Writes the journal atomically and durably (temp file, fsync, rename, fsync directory).
     pub fn save(&self) -> Result<(), JournalError> {
         let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
-        let tmp = self.path.with_extension("json.tmp");
-        write_durably(&tmp, &text, 0o600)?;
-        fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
-        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+        let name = format!("{}.json", self.data.identity.pid);
+        self.state.replace_file(&name, &text, 0o600)
     }
-}
-
-fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), JournalError> {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.write_all(bytes).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -293,6 +406,7 @@ mod tests {
                 state: PatchState::Applied,
                 created: 0,
                 rolled_back: None,
+                loaded: None,
             });
             j.save().unwrap();
         }
@@ -306,19 +420,96 @@ mod tests {
         ));
     }
 
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     #[test]
-    fn library_copy_is_content_addressed() {
+    fn root_refuses_a_state_dir_others_can_write_before_changing_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the strict checks apply to root only");
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        // Group- or world-writable state dir: refused, and left as it was (no chmod first).
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        for m in [0o777, 0o770, 0o1777] {
+            set_mode(&open, m);
+            let e = StateDir::at(open.clone()).unwrap_err();
+            assert!(matches!(e, JournalError::UnsafeStateDir { .. }), "{e}");
+            assert_eq!(mode(&open), m);
+        }
+        // Owned by someone else.
+        let theirs = base.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        set_mode(&theirs, 0o700);
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        assert!(matches!(
+            StateDir::at(theirs.clone()),
+            Err(JournalError::UnsafeStateDir { .. })
+        ));
+        // A world-writable ancestor that is not sticky: even a fresh directory under it is
+        // refused (anyone could rename it away and put their own in its place).
+        let parent = base.path().join("parent");
+        std::fs::create_dir(&parent).unwrap();
+        set_mode(&parent, 0o777);
+        assert!(matches!(
+            StateDir::at(parent.join("state")),
+            Err(JournalError::UnsafeStateDir { .. })
+        ));
+        assert!(!parent.join("state").exists(), "created before checking");
+        // Sticky and root-owned (like /tmp): fine; the state dir itself ends up 0700.
+        set_mode(&parent, 0o1777);
+        let state = StateDir::at(parent.join("state")).unwrap();
+        assert_eq!(mode(state.path()), 0o700);
+        // An existing root-owned 0755 dir is accepted and tightened.
+        let old = base.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        set_mode(&old, 0o755);
+        StateDir::at(old.clone()).unwrap();
+        assert_eq!(mode(&old), 0o700);
+    }
+
+    #[test]
+    fn files_in_the_state_dir_are_never_reached_through_symlinks() {
         let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
         let state = StateDir::at(dir.path().join("s")).unwrap();
-        let lib = dir.path().join("a.so");
-        fs::write(&lib, b"one").unwrap();
-        let (p1, h1) = state.library_copy(&lib).unwrap();
-        let (p2, _) = state.library_copy(&lib).unwrap();
-        assert_eq!(p1, p2);
-        fs::write(&lib, b"two").unwrap();
-        let (p3, h3) = state.library_copy(&lib).unwrap();
-        assert_ne!(p1, p3);
-        assert_ne!(h1, h3);
-        assert_eq!(fs::read(p1).unwrap(), b"one");
+        std::os::unix::fs::symlink(&victim, state.path().join("42.json")).unwrap();
+        std::os::unix::fs::symlink(&victim, state.path().join("42.lock")).unwrap();
+        assert!(Journal::open(&state, &identity(7)).is_err());
+        std::fs::remove_file(state.path().join("42.lock")).unwrap();
+        assert!(Journal::open(&state, &identity(7)).is_err());
+        std::fs::remove_file(state.path().join("42.json")).unwrap();
+        nix::unistd::mkfifo(
+            &state.path().join("42.json"),
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert!(Journal::open(&state, &identity(7)).is_err(), "FIFO read");
+        std::fs::remove_file(state.path().join("42.json")).unwrap();
+        let j = Journal::open(&state, &identity(7)).unwrap();
+        j.save().unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(
+            std::fs::symlink_metadata(state.path().join("42.json"))
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 }

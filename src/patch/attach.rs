@@ -1,5 +1,6 @@
 //! `attach`: load a patch library into the target and redirect functions to it.
 
+use super::delivery::{Delivery, Loaded, Payload};
 use super::islands::{self, ISLAND_SIZE};
 use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{
@@ -206,9 +207,9 @@ fn attach_once(
         });
     }
 
-    let (copy, sha256) = state.library_copy(&options.library)?;
-    let copy = crate::journal::library_path_in_target(pid, &copy, &sha256)?;
-    let shim = super::binding::prepare_shim(&state, pid, &bindings, log)?;
+    // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
+    let library_bytes = read_library(&options.library)?;
+    let shim = super::binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
     // No thread may be fit to borrow right now (all in signal handlers, the allocator, the
@@ -220,8 +221,9 @@ fn attach_once(
             &mut tracer,
             &mut modules,
             &functions,
+            &info,
             shim.as_deref(),
-            &copy,
+            &library_bytes,
             &planned,
             &mut journal,
             options.load_timeout,
@@ -238,6 +240,11 @@ fn attach_once(
             attempt => break attempt?,
         }
     };
+    let sha256 = Payload {
+        what: "patch library",
+        bytes: &library_bytes,
+    }
+    .sha256();
     crate::fault::point(FaultPoint::Loaded);
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
@@ -249,7 +256,11 @@ fn attach_once(
     {
         let ids = journal.data.next_id()..;
         for (id, (p, &placement)) in ids.zip(planned.iter().zip(&loaded.placements)) {
-            let replacement = loaded.l_addr.wrapping_add(p.replacement.address);
+            let replacement = loaded
+                .library
+                .object
+                .l_addr
+                .wrapping_add(p.replacement.address);
             let new: Vec<u8> = match placement {
                 Placement::Direct => isa::jmp_rel32(p.write_at, replacement)
                     .expect("reach checked")
@@ -274,13 +285,14 @@ fn attach_once(
                 replacement,
                 replacement_size: p.replacement.size,
                 library: options.library.clone(),
-                loaded_from: copy.clone(),
+                loaded_from: loaded.library.name.clone().into(),
                 library_sha256: sha256.clone(),
                 method: placement.method(),
                 island_slot: placement.slot(),
                 state: PatchState::Intent,
                 created: now_secs(),
                 rolled_back: None,
+                loaded: Some(loaded.library.object),
             });
         }
     }
@@ -552,31 +564,43 @@ impl Placement {
 }
 
 /// What the Load phase produced.
-struct Loaded {
-    /// Load bias of the patch library (`l_addr` of its link map).
-    l_addr: u64,
+struct LoadPhase {
+    /// The patch library as loaded (its load bias is `l_addr`).
+    library: Loaded,
     /// Where each planned function's jump goes, in plan order.
     placements: Vec<Placement>,
     /// Island pages mapped during this load.
     new_islands: Vec<Island>,
 }
 
-/// Phase 3, *Load*: borrow one thread, `dlopen` the binding shim (`RTLD_GLOBAL`, when the library
-/// references private symbols of the target, see `binding`) and then the library copy, map island
-/// pages near the functions whose replacement is out of `jmp rel32` reach, and give the thread
-/// back.
+/// Reads the patch library given by the operator (a regular file, size-capped).
+fn read_library(path: &Path) -> Result<Vec<u8>, Error> {
+    crate::files::open_host(path)
+        .and_then(|f| crate::files::read_capped(&f, crate::files::max_file_size()))
+        .map_err(|e| Error::LibraryMissing {
+            path: path.into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Phase 3, *Load*: borrow one thread, hand the binding shim (`RTLD_GLOBAL`, when the library
+/// references private symbols of the target, see `binding`) and the library to the target and
+/// load them (see `delivery`: never through a name the target's side can write), or reuse the
+/// copy an earlier attach loaded; map island pages near the functions whose replacement is out
+/// of `jmp rel32` reach, and give the thread back.
 #[allow(clippy::too_many_arguments)]
 fn load(
     tracer: &mut Tracer,
     modules: &mut ModuleMap,
     functions: &LoaderFunctions,
-    shim: Option<&Path>,
-    copy: &std::path::Path,
+    info: &ProcessInfo,
+    shim: Option<&[u8]>,
+    library: &[u8],
     planned: &[PlannedFunction],
     journal: &mut Journal,
     timeout: Duration,
     log: &Log,
-) -> Result<Loaded, Error> {
+) -> Result<LoadPhase, Error> {
     let pid = tracer.pid();
     // Unwinding tells exactly what a thread is in the middle of (a signal handler, the loader);
     // without unwind tables the stack scan of `rank_threads` is what decides.
@@ -585,6 +609,16 @@ fn load(
         .and_then(|maps| StackInspector::new(modules, &maps, log).ok());
     let tid = borrow_thread(tracer, modules, stacks.as_mut(), log)?;
     let result = (|| {
+        // With seccomp filters (--allow-seccomp), what the load calls is checked against the
+        // borrowed thread's filters (it makes the calls) while it is stopped, before anything
+        // runs in it.
+        let filtered = process::status_field(pid, tid, "Seccomp").as_deref() == Some("2");
+        let seccomp_tid = filtered.then_some(tid);
+        let mut delivery = Delivery::prepare(pid, info.start_time, modules, seccomp_tid, log)?;
+        let payload = Payload {
+            what: "patch library",
+            bytes: library,
+        };
         let mut ledger = super::slack::JournalLedger::new(journal);
         let mut thread = InjectedThread::begin(
             tracer,
@@ -595,26 +629,44 @@ fn load(
             stacks.as_mut(),
             log,
         )?;
-        if let Some(shim) = shim {
-            thread.dlopen_global(functions, &shim.to_string_lossy(), timeout)?;
-            log.step(
-                "load",
-                format!("binding shim {} loaded (RTLD_GLOBAL)", shim.display()),
-            );
-        }
-        let handle = thread.dlopen(functions, &copy.to_string_lossy(), timeout)?;
-        let l_addr = thread
-            .mem()
-            .read_u64(handle)
-            .map_err(|e| ProcessError::Io {
-                pid,
-                what: "the loaded library's link map".into(),
-                source: e,
-            })?;
-        log.step(
-            "load",
-            format!("{} loaded, l_addr {l_addr:#x}", copy.display()),
-        );
+        let reused = delivery.reuse(&mut thread, functions, &journal.data, &payload, timeout)?;
+        let library = match reused {
+            Some(loaded) => {
+                log.step(
+                    "load",
+                    format!(
+                        "the same library is loaded already (inode {}, l_addr {:#x}): reused",
+                        loaded.object.inode, loaded.object.l_addr
+                    ),
+                );
+                loaded
+            }
+            None => {
+                if let Some(shim) = shim {
+                    let shim = Payload {
+                        what: "binding shim",
+                        bytes: shim,
+                    };
+                    let loaded =
+                        delivery.load(&mut thread, functions, &shim, true, timeout, log)?;
+                    log.step(
+                        "load",
+                        format!("binding shim loaded from {} (RTLD_GLOBAL)", loaded.name),
+                    );
+                }
+                let loaded =
+                    delivery.load(&mut thread, functions, &payload, false, timeout, log)?;
+                log.step(
+                    "load",
+                    format!(
+                        "patch library loaded from {}, l_addr {:#x}",
+                        loaded.name, loaded.object.l_addr
+                    ),
+                );
+                loaded
+            }
+        };
+        let l_addr = library.object.l_addr;
         let mut islands = journal.data.islands.clone();
         let mut reserved = journal.data.slots_in_use();
         let mut new_islands = Vec::new();
@@ -664,8 +716,8 @@ fn load(
             placements.push(placement);
         }
         thread.restore()?;
-        Ok(Loaded {
-            l_addr,
+        Ok(LoadPhase {
+            library,
             placements,
             new_islands,
         })

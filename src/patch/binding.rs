@@ -21,7 +21,6 @@
 use super::shim::{self, AbsoluteSymbol};
 use crate::Error;
 use crate::error::hex;
-use crate::journal::{StateDir, library_path_in_target};
 use crate::log::Log;
 use crate::process::{LoadedModule, ModuleMap};
 use object::{Object, ObjectSymbol};
@@ -193,16 +192,11 @@ pub fn plan_bindings(modules: &mut ModuleMap, library: &Path) -> Result<Vec<Bind
     Ok(bindings)
 }
 
-/// Builds, stores and returns (as the target must open it) the shim defining `bindings`, or
+/// Builds the shim defining `bindings` (its bytes, loaded like the library: see `delivery`), or
 /// `None` when there are none.
-pub fn prepare_shim(
-    state: &StateDir,
-    pid: i32,
-    bindings: &[Binding],
-    log: &Log,
-) -> Result<Option<PathBuf>, Error> {
+pub fn prepare_shim(bindings: &[Binding], log: &Log) -> Option<Vec<u8>> {
     if bindings.is_empty() {
-        return Ok(None);
+        return None;
     }
     for b in bindings {
         log.step(
@@ -238,9 +232,7 @@ pub fn prepare_shim(
         })
         .to_le_bytes();
     let tag = hex(&tag);
-    let bytes = shim::build(&format!("rpatch-bind-{tag}.so"), &symbols);
-    let (copy, hash) = state.library_bytes_copy(&bytes)?;
-    Ok(Some(library_path_in_target(pid, &copy, &hash)?))
+    Some(shim::build(&format!("rpatch-bind-{tag}.so"), &symbols))
 }
 
 #[cfg(test)]

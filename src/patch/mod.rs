@@ -3,14 +3,16 @@
 
 mod attach;
 mod binding;
+mod delivery;
 mod islands;
 mod plan;
 mod rollback;
-mod shim;
+pub mod shim;
 mod slack;
 mod status;
 
 pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
+pub use delivery::DeliveryError;
 pub use plan::{FunctionRequest, PlannedFunction};
 pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
 pub use status::{PatchStatus, StatusReport, status};

@@ -13,6 +13,8 @@ pub struct Mapping {
     pub perms: String,
     /// File offset of `start`.
     pub offset: u64,
+    /// Device of the backing file, as `st_dev` encodes it (`makedev(major, minor)`).
+    pub dev: u64,
     /// Inode of the backing file (0 for anonymous memory).
     pub inode: u64,
     /// Path or pseudo-name (`[heap]`, `[stack]`), empty for anonymous memory.
@@ -28,6 +30,16 @@ impl Mapping {
     /// Whether the mapping is backed by a regular file (not anonymous, not `[vdso]` and the like).
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/')
+    }
+
+    /// Whether the backing file's name can be looked up in the process's file system: not a
+    /// memfd (`/memfd:NAME`, which names no file), not a file deleted since it was mapped (the
+    /// name may now be another file's), not System V shared memory.
+    pub fn has_file_name(&self) -> bool {
+        self.is_file()
+            && !self.path.ends_with(" (deleted)")
+            && !self.path.starts_with("/memfd:")
+            && !self.path.starts_with("/SYSV")
     }
 
     /// The backing file path with a ` (deleted)` suffix removed.
@@ -46,7 +58,11 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let range = fields.next()?;
     let perms = fields.next()?.to_string();
     let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-    let _dev = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let dev = libc::makedev(
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
     let inode = fields.next()?.parse().ok()?;
     let path = fields.next().unwrap_or("").trim_start().to_string();
     let (start, end) = range.split_once('-')?;
@@ -55,6 +71,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(end, 16).ok()?,
         perms,
         offset,
+        dev,
         inode,
         path,
     })
@@ -97,6 +114,23 @@ mod tests {
         assert!(maps[0].is_file());
         assert!(!maps[2].is_file());
         assert_eq!(maps[3].path, "");
+        assert_eq!(maps[0].dev, libc::makedev(8, 1));
+        assert_eq!(maps[0].inode, 1234);
+        assert!(maps[0].has_file_name());
+        assert!(!maps[1].has_file_name());
+    }
+
+    #[test]
+    fn memfd_and_deleted_mappings_have_no_file_name() {
+        let maps = parse_maps(
+            "7f00-7f01 r-xp 00000000 00:01 77 /memfd:rpatch:ab (deleted)\n\
+             7f01-7f02 r-xp 00000000 00:01 78 /memfd:x\n\
+             7f02-7f03 rw-s 00000000 00:01 79 /SYSV00000000 (deleted)\n\
+             7f03-7f04 r-xp 00000000 fd:1a 80 /usr/lib/x.so (deleted)\n",
+        );
+        assert_eq!(maps.len(), 4);
+        assert!(maps.iter().all(|m| m.is_file() && !m.has_file_name()));
+        assert_eq!(maps[3].dev, libc::makedev(0xfd, 0x1a));
     }
 
     #[test]

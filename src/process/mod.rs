@@ -8,6 +8,7 @@ mod maps;
 mod memory;
 mod modules;
 mod priority;
+pub mod seccomp;
 mod syscall;
 mod tracer;
 
@@ -145,7 +146,7 @@ pub fn read_stat(pid: i32, tid: i32) -> Result<(char, u64, String), ProcessError
 }
 
 /// Parses a stat line into (state, start time, comm); the comm may contain spaces and parentheses.
-fn parse_stat(text: &str) -> Option<(char, u64, String)> {
+pub(crate) fn parse_stat(text: &str) -> Option<(char, u64, String)> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text[open + 1..close].to_string();

@@ -3,19 +3,30 @@
 
 use super::Mapping;
 use crate::error::hex;
-use crate::symbols::{LoadSegment, SymbolError, SymbolIndex};
+use crate::files::{self, Root};
+use crate::symbols::{LoadSegment, Location, SymbolError, SymbolIndex};
+use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 /// One ELF object mapped in the target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadedModule {
     /// Path as shown in /proc/PID/maps.
     pub path: PathBuf,
-    /// A path rpatch can open to read the mapped file (map_files entry or the path seen through
-    /// /proc/PID/root, which also resolves other mount namespaces).
+    /// The `/proc/PID/map_files` entry of its first mapping, which names it in messages; open
+    /// it with [`ModuleMap::open`], which checks what it gets.
     pub open_path: PathBuf,
+    /// Device of the mapped file (`st_dev` encoding), from /proc/PID/maps.
+    pub dev: u64,
+    /// Inode of the mapped file, from /proc/PID/maps.
+    pub inode: u64,
+    /// Whether `path` may be looked up in the target's file system (see
+    /// [`Mapping::has_file_name`]): false for a memfd or a deleted file.
+    pub named: bool,
     /// Lowest mapped address.
     pub start: u64,
     /// End of the highest mapping.
@@ -50,6 +61,11 @@ impl LoadedModule {
 }
 
 /// The mapped modules of a process and a cache of their symbol indexes.
+///
+/// Module files are the target's: they are opened through `/proc/PID/map_files` (the very inode
+/// mapped), or, where that is not permitted (it needs CAP_SYS_ADMIN), by name inside the
+/// target's root ([`Root`]); either way the file must be a regular file with the device and
+/// inode the maps line names, and it is read as a size-capped copy.
 pub struct ModuleMap {
     pid: i32,
     /// Modules in address order; the first executable-file mapping's module is not necessarily
@@ -57,6 +73,9 @@ pub struct ModuleMap {
     pub modules: Vec<LoadedModule>,
     exe: PathBuf,
     cache: HashMap<PathBuf, Rc<SymbolIndex>>,
+    /// Start time of the process when the map was made: the root is only opened for it.
+    start_time: Option<u64>,
+    root: OnceCell<Option<Root>>,
 }
 
 impl ModuleMap {
@@ -65,7 +84,12 @@ impl ModuleMap {
         let mut modules: Vec<LoadedModule> = Vec::new();
         for m in maps.iter().filter(|m| m.is_file()) {
             let path = m.file_path();
-            if let Some(existing) = modules.iter_mut().find(|x| x.path == path) {
+            // One module per mapped file: two copies of a library (two memfds of one content
+            // have one name) are two modules.
+            if let Some(existing) = modules
+                .iter_mut()
+                .find(|x| x.path == path && x.dev == m.dev && x.inode == m.inode)
+            {
                 existing.start = existing.start.min(m.start);
                 existing.end = existing.end.max(m.end);
                 if m.start == existing.start {
@@ -73,21 +97,17 @@ impl ModuleMap {
                 }
                 continue;
             }
-            let map_file =
-                PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
-            let open_path = if std::fs::File::open(&map_file).is_ok() {
-                map_file
-            } else {
-                super::proc_dir(pid)
-                    .join("root")
-                    .join(path.strip_prefix("/").unwrap_or(&path))
-            };
             modules.push(LoadedModule {
                 path,
-                open_path,
+                open_path: super::proc_dir(pid)
+                    .join("map_files")
+                    .join(format!("{:x}-{:x}", m.start, m.end)),
                 start: m.start,
                 end: m.end,
                 first_offset: m.offset,
+                dev: m.dev,
+                inode: m.inode,
+                named: m.has_file_name(),
             });
         }
         // Only ELF objects with executable code matter.
@@ -100,6 +120,49 @@ impl ModuleMap {
             modules,
             exe: exe.to_path_buf(),
             cache: HashMap::new(),
+            start_time: super::read_stat(pid, pid).ok().map(|(_, start, _)| start),
+            root: OnceCell::new(),
+        }
+    }
+
+    /// The target's root directory, opened once (`None` when it cannot be).
+    pub fn root(&self) -> Option<&Root> {
+        self.root
+            .get_or_init(|| Root::of_process(self.pid, self.start_time).ok())
+            .as_ref()
+    }
+
+    /// Opens the file mapped as `module` for reading: its map_files entry, else its name inside
+    /// the target's root (never for a memfd or a deleted file). Either way it must be a regular
+    /// file with the device and inode of the maps line, so nothing the target put at a name
+    /// (a symlink, a FIFO, another file) is read instead.
+    pub fn open(&self, module: &LoadedModule) -> io::Result<File> {
+        let checked = |file: io::Result<File>| {
+            let file = files::regular(file?)?;
+            files::same_inode(&file, module.dev, module.inode)?;
+            Ok(file)
+        };
+        let by_map_files = checked(
+            nix::fcntl::open(
+                &module.open_path,
+                files::READ_FLAGS,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(io::Error::from),
+        );
+        match by_map_files {
+            Ok(file) => Ok(file),
+            Err(e) if !module.named => Err(e),
+            Err(_) => {
+                let root = self.root().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("cannot open /proc/{}/root", self.pid),
+                    )
+                })?;
+                checked(root.open(&module.path))
+            }
         }
     }
 
@@ -134,12 +197,21 @@ impl ModuleMap {
         self.symbols(&module).ok()?.build_id().map(hex)
     }
 
-    /// Build-id (hex) of the file at `path` on disk now, as the target sees its file system.
+    /// Build-id (hex) of the file at `path` on disk now, as the target sees its file system
+    /// (resolved inside its root; never a memfd or deleted name).
     pub fn disk_build_id(&self, path: &Path) -> Option<String> {
-        let on_disk = super::proc_dir(self.pid)
-            .join("root")
-            .join(path.strip_prefix("/").unwrap_or(path));
-        SymbolIndex::open(&on_disk).ok()?.build_id().map(hex)
+        let named = self
+            .modules
+            .iter()
+            .find(|m| m.path == path)
+            .is_none_or(|m| m.named);
+        if !named || path.to_string_lossy().starts_with("/memfd:") {
+            return None;
+        }
+        let file = self.root()?.open(path).ok()?;
+        let data = files::read_capped(&file, files::max_file_size()).ok()?;
+        let elf = object::File::parse(&*data).ok()?;
+        object::Object::build_id(&elf).ok()?.map(hex)
     }
 
     /// The symbol index of a module, opened once.
@@ -147,7 +219,18 @@ impl ModuleMap {
         if let Some(index) = self.cache.get(&module.path) {
             return Ok(index.clone());
         }
-        let index = Rc::new(SymbolIndex::open(&module.open_path)?);
+        let file = self.open(module).map_err(|source| SymbolError::Io {
+            path: module.open_path.clone(),
+            source,
+        })?;
+        let location = match self.root() {
+            Some(root) if module.named => Location::InRoot {
+                root,
+                path: &module.path,
+            },
+            _ => Location::Nowhere,
+        };
+        let index = Rc::new(SymbolIndex::open_file(&file, &module.open_path, &location)?);
         self.cache.insert(module.path.clone(), index.clone());
         Ok(index)
     }
@@ -156,6 +239,23 @@ impl ModuleMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_copies_under_one_name_are_two_modules() {
+        let maps = crate::process::parse_maps(
+            "7f0000000000-7f0000001000 r--p 00000000 00:01 11 /memfd:rpatch:ab (deleted)\n\
+             7f0000001000-7f0000002000 r-xp 00001000 00:01 11 /memfd:rpatch:ab (deleted)\n\
+             7f1000000000-7f1000001000 r--p 00000000 00:01 12 /memfd:rpatch:ab (deleted)\n\
+             7f1000001000-7f1000002000 r-xp 00001000 00:01 12 /memfd:rpatch:ab (deleted)\n",
+        );
+        let me = std::process::id() as i32;
+        let map = ModuleMap::new(me, &maps, Path::new("/nonexistent"));
+        assert_eq!(map.modules.len(), 2);
+        assert_eq!(map.modules[0].end, 0x7f00_0000_2000);
+        assert!(map.modules.iter().all(|m| !m.named));
+        // A memfd is never looked up by name: without its map_files entry it cannot be opened.
+        assert!(map.open(&map.modules[0]).is_err());
+    }
 
     #[test]
     fn bias_of_pie_and_fixed_executables() {
@@ -172,6 +272,7 @@ mod tests {
             start: 0x5555_0000_0000,
             end: 0x5555_0000_5000,
             first_offset: 0,
+            ..Default::default()
         };
         assert_eq!(
             pie.bias(&[seg(0, 0), seg(0x1000, 0x1000)]),

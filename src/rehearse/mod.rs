@@ -511,14 +511,18 @@ impl<'a> Rehearsal<'a> {
             let fds = [target.ready.as_fd(), target.group.exit_fd()];
             let fds = if watch_exit { &fds[..] } else { &fds[..1] };
             match wait(&self.signals, fds, Some(deadline)) {
-                Wake::Ready(0) => found.push(format!("a line matched /{re}/")),
+                // It may have printed the line and exited at once: the line counts first. The
+                // reader's end closing (output ended, no match) makes the socket readable too.
+                Wake::Ready(_) if line_matched(&target.ready) => {
+                    found.push(format!("a line matched /{re}/"));
+                }
+                Wake::Ready(_) if child::readable(target.group.exit_fd()) || !watch_exit => {
+                    return Err(exited(target));
+                }
                 Wake::Ready(_) => {
-                    // It may have printed the line and exited at once: the line counts first.
-                    if child::readable(target.ready.as_fd()) {
-                        found.push(format!("a line matched /{re}/"));
-                    } else {
-                        return Err(exited(target));
-                    }
+                    return Err(Problem::Failed(format!(
+                        "the target closed its output without printing a line matching /{re}/"
+                    )));
                 }
                 Wake::Timeout => {
                     return Err(Problem::Failed(format!(
@@ -978,8 +982,18 @@ fn plan_steps(o: &RehearseOptions) -> Vec<Step> {
     steps
 }
 
+/// Whether the output reader signalled a line matching `--ready-line` (one byte on `ready`),
+/// rather than ending without one (end of file on `ready`) or not yet.
+fn line_matched(ready: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    let _ = ready.set_nonblocking(true);
+    let got = (&*ready).read(&mut byte);
+    let _ = ready.set_nonblocking(false);
+    matches!(got, Ok(1))
+}
+
 /// Reads the target's merged output to EOF, keeping its end in `output`; the first line matching
-/// `ready_line` makes `notify` readable.
+/// `ready_line` makes `notify` readable (one byte).
 fn read_target_output(
     mut pipe: std::fs::File,
     output: Arc<Mutex<Captured>>,

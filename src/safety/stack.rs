@@ -203,11 +203,29 @@ impl Cfi {
         let parsed = EhFrameHdr::new(&hdr[..], LittleEndian)
             .parse(&bases, 8)
             .map_err(|_| Gap::NoFde)?;
-        let fde = parsed
-            .table()
-            .ok_or(Gap::NoFde)?
-            .fde_for_address(&eh_frame, &bases, svma, EhFrame::cie_from_offset)
+        // gimli's `fde_for_address`, step by step: it subtracts the table's `.eh_frame` pointer
+        // from the FDE pointer unchecked, which a hostile `.eh_frame_hdr` makes overflow (found
+        // by fuzzing). An FDE before `.eh_frame` is no FDE; framehop then never looks it up.
+        // framehop looks addresses up 32 bits relative to the module: one beyond is not its.
+        if svma > u64::from(u32::MAX) {
+            return Err(Gap::NoFde);
+        }
+        let table = parsed.table().ok_or(Gap::NoFde)?;
+        let fde_ptr = table.lookup(svma, &bases).map_err(|_| Gap::NoFde)?;
+        let (Ok(fde_at), Ok(eh_frame_at)) = (fde_ptr.direct(), parsed.eh_frame_ptr().direct())
+        else {
+            return Err(Gap::NoFde);
+        };
+        if fde_at < eh_frame_at {
+            return Err(Gap::NoFde);
+        }
+        let offset = table.pointer_to_offset(fde_ptr).map_err(|_| Gap::NoFde)?;
+        let fde = eh_frame
+            .fde_from_offset(&bases, offset, EhFrame::cie_from_offset)
             .map_err(|_| Gap::NoFde)?;
+        if !fde.contains(svma) {
+            return Err(Gap::NoFde);
+        }
         if fde.is_signal_trampoline() {
             return Err(Gap::SignalFrame);
         }
@@ -315,7 +333,20 @@ impl StackInspector {
         let mut cfi_bytes = 0usize;
         let mut failed = Vec::new();
         for module in &modules.modules {
-            let read = File::open(&module.open_path)
+            // The target's file, checked to be the mapped inode; read on demand (never mapped:
+            // its owner may truncate it), and no larger than rpatch reads from such files.
+            let read = modules
+                .open(module)
+                .and_then(|f| {
+                    let cap = crate::files::max_file_size();
+                    match f.metadata()?.len() {
+                        len if len > cap => Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{len} bytes, over the {cap}-byte cap"),
+                        )),
+                        _ => Ok(f),
+                    }
+                })
                 .map_err(|e| e.to_string())
                 .and_then(|f| {
                     let cache = object::ReadCache::new(f);
@@ -339,6 +370,7 @@ impl StackInspector {
                 start: vdso.start,
                 end: vdso.end,
                 first_offset: 0,
+                ..Default::default()
             };
             let image = {
                 let mut image = vec![0; (vdso.end - vdso.start) as usize];
@@ -369,6 +401,44 @@ impl StackInspector {
             log.step("check", format!("no CFI for {f}"));
         }
         Ok(inspector)
+    }
+
+    /// An inspector over modules given as ELF images, each mapped at a start address (bias:
+    /// start minus its first segment's page), with `mem` standing for the process's memory (read
+    /// at the address as offset) and `data` its stack-holding mappings. What the fuzz target for
+    /// the unwinder drives with hostile CFI and stacks; nothing is read from any process.
+    #[doc(hidden)]
+    pub fn from_images(mem: File, images: &[(String, u64, &[u8])], data: Vec<Range<u64>>) -> Self {
+        let mut inspector = Self {
+            pid: 0,
+            mem,
+            unwinder: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+            modules: Vec::new(),
+            data,
+            trust: HashMap::new(),
+            ctx: Box::new(UnwindContext::new()),
+            buf: vec![0; (STACK_CHUNK + RED_ZONE) as usize],
+        };
+        inspector.data.sort_by_key(|r| r.start);
+        for (name, start, image) in images {
+            let Ok((segments, cfi)) = read_cfi(*image) else {
+                continue;
+            };
+            let span = segments
+                .iter()
+                .map(|s| s.vaddr.saturating_add(s.memsz))
+                .max()
+                .unwrap_or(0x1000);
+            let module = LoadedModule {
+                path: name.into(),
+                start: *start,
+                end: start.saturating_add(span.min(1 << 32)),
+                ..Default::default()
+            };
+            inspector.add(&module, module.bias(&segments), cfi);
+        }
+        inspector
     }
 
     fn add(&mut self, module: &LoadedModule, bias: u64, cfi: Option<Cfi>) {
@@ -726,14 +796,17 @@ fn read_cfi<'data, R: object::ReadRef<'data>>(
             }
         })
         .collect();
+    // Sections whose address range would wrap (a hostile header; found by fuzzing) count as
+    // missing.
     let section = |name: &str| {
         let s = file.section_by_name(name)?;
         let data = s.data().ok()?;
+        s.address().checked_add(data.len() as u64)?;
         (!data.is_empty()).then(|| (Bytes::from(data), s.address()))
     };
     let svma_range = |name: &str| {
         let s = file.section_by_name(name)?;
-        Some(s.address()..s.address() + s.size())
+        Some(s.address()..s.address().checked_add(s.size())?)
     };
     let cfi = section(".eh_frame").map(|(eh_frame, eh_frame_svma)| Cfi {
         eh_frame,

@@ -7,7 +7,9 @@
 //! 2. a debuginfod client cache: `$DEBUGINFOD_CACHE_PATH/<build-id>/debuginfo` (default
 //!    `$XDG_CACHE_HOME/debuginfod_client`, else `~/.cache/debuginfod_client`);
 //! 3. the `.gnu_debuglink` name: beside the file, in `.debug/` beside it, and under each
-//!    debug root at the file's directory (`ROOT/usr/bin/name`).
+//!    debug root at the file's directory (`ROOT/usr/bin/name`). The name must be a plain file
+//!    name (the file's builder chose it); beside a target's module means inside the target's
+//!    root (see [`Location`]).
 //!
 //! Debug roots: `$RPATCH_DEBUG_ROOT` (colon-separated), else `/usr/lib/debug`.
 //! A candidate found by build-id must carry the same build-id; one found by debuglink must have
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::FileData;
 use super::elf::{self, ElfInfo};
+use crate::files::Root;
 
 /// Where a file's DWARF comes from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,23 +70,39 @@ fn debuginfod_caches() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The file a path really names: `/proc/PID/map_files/...` links are followed (the debug file
-/// is beside the mapped file, not in /proc), then symlinks.
-fn real_path(path: &Path) -> PathBuf {
-    let linked = if path.starts_with("/proc") && path.to_string_lossy().contains("/map_files/") {
-        std::fs::read_link(path).unwrap_or_else(|_| path.to_path_buf())
-    } else {
-        path.to_path_buf()
-    };
-    std::fs::canonicalize(&linked).unwrap_or(linked)
+/// Where a file is, for looking up its debug file *beside* it (its own directory and the
+/// `.debug/` in it). Lookups under the debug roots and in the debuginfod cache are always on
+/// rpatch's side.
+pub enum Location<'a> {
+    /// A file rpatch was pointed at on its own side (the patch library, `resolve --exe`).
+    Host(&'a Path),
+    /// A file of a target, at `path` in the target's file system: the neighbours are opened
+    /// inside the target's root (a container's `/usr/bin/.debug` is the container's, and a
+    /// symlink there must not lead rpatch to its own files).
+    InRoot {
+        /// The target's root.
+        root: &'a Root,
+        /// The file's path as the target sees it (from /proc/PID/maps).
+        path: &'a Path,
+    },
+    /// Bytes with no file behind them: no separate debug file is looked for.
+    Nowhere,
 }
 
-/// Finds and verifies the separate debug file of the file at `path` (facts in `info`);
+/// A `.gnu_debuglink` name is a file name chosen by whoever built the file, which may be the
+/// target's owner: only a plain name (no `/`, not `.` or `..`) is looked up, never a path.
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+}
+
+/// Finds and verifies the separate debug file of the file at `location` (facts in `info`);
 /// on failure, the places searched.
-pub(super) fn find(path: &Path, info: &ElfInfo) -> Result<DebugFile, Vec<String>> {
+pub(super) fn find(location: &Location<'_>, info: &ElfInfo) -> Result<DebugFile, Vec<String>> {
     let mut searched = Vec::new();
+    if matches!(location, Location::Nowhere) {
+        return Err(searched);
+    }
     let roots = debug_roots();
-    let own = real_path(path);
 
     if let Some(id) = info.build_id.as_deref().filter(|id| id.len() >= 2) {
         let (head, rest) = (hex(&id[..1]), hex(&id[1..]));
@@ -106,7 +125,7 @@ pub(super) fn find(path: &Path, info: &ElfInfo) -> Result<DebugFile, Vec<String>
             } else {
                 "debuginfod cache"
             };
-            match verify(&candidate, info, None) {
+            match verify(&candidate, Candidate::Host(&candidate), info, None) {
                 Ok(Some((data, debug))) => {
                     return Ok(DebugFile {
                         path: candidate,
@@ -122,41 +141,82 @@ pub(super) fn find(path: &Path, info: &ElfInfo) -> Result<DebugFile, Vec<String>
     }
 
     if let Some((name, crc)) = &info.debuglink {
+        if !plain_file_name(name) {
+            searched.push(format!(
+                ".gnu_debuglink {name:?} (not a plain file name: ignored)"
+            ));
+            return Err(searched);
+        }
+        let own = match location {
+            Location::Host(path) => std::fs::canonicalize(path).unwrap_or(path.to_path_buf()),
+            Location::InRoot { path, .. } => path.to_path_buf(),
+            Location::Nowhere => unreachable!("returned above"),
+        };
         let dir = own.parent().unwrap_or(Path::new("/"));
-        let mut candidates = vec![dir.join(name), dir.join(".debug").join(name)];
+        let beside = [dir.join(name), dir.join(".debug").join(name)];
         let relative = dir.strip_prefix("/").unwrap_or(dir);
-        candidates.extend(roots.iter().map(|r| r.join(relative).join(name)));
-        for candidate in candidates {
+        let under_roots = roots.iter().map(|r| r.join(relative).join(name));
+        let candidates = beside
+            .into_iter()
+            .map(|p| (p, true))
+            .chain(under_roots.map(|p| (p, false)));
+        for (candidate, is_beside) in candidates {
             if candidate == own {
                 continue;
             }
-            match verify(&candidate, info, Some(*crc)) {
+            let (shown, how) = match location {
+                Location::InRoot { root, .. } if is_beside => (
+                    root.display(&candidate),
+                    Candidate::InRoot(root, &candidate),
+                ),
+                _ => (candidate.clone(), Candidate::Host(&candidate)),
+            };
+            match verify(&shown, how, info, Some(*crc)) {
                 Ok(Some((data, debug))) => {
                     return Ok(DebugFile {
-                        path: candidate,
+                        path: shown,
                         found_by: "debuglink",
                         data,
                         info: debug,
                     });
                 }
-                Ok(None) => searched.push(candidate.display().to_string()),
-                Err(why) => searched.push(format!("{} ({why})", candidate.display())),
+                Ok(None) => searched.push(shown.display().to_string()),
+                Err(why) => searched.push(format!("{} ({why})", shown.display())),
             }
         }
     }
     Err(searched)
 }
 
+/// How a candidate debug file is opened.
+enum Candidate<'a> {
+    /// A path on rpatch's side (mapped: the debug roots are the host's).
+    Host(&'a Path),
+    /// A path in a target's root (read as a size-capped copy).
+    InRoot(&'a Root, &'a Path),
+}
+
+impl Candidate<'_> {
+    fn open(&self) -> std::io::Result<FileData> {
+        match self {
+            Candidate::Host(path) => FileData::open(path),
+            Candidate::InRoot(root, path) => FileData::read(&root.open(path)?),
+        }
+    }
+}
+
 /// Ok(None) when nothing is there; Err with the reason when a file is there but unusable.
 fn verify(
     candidate: &Path,
+    how: Candidate<'_>,
     info: &ElfInfo,
     crc: Option<u32>,
 ) -> Result<Option<(FileData, ElfInfo)>, String> {
-    if !candidate.is_file() {
-        return Ok(None);
-    }
-    let data = FileData::open(candidate).map_err(|e| e.to_string())?;
+    let data = match how.open() {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
     let debug = elf::parse(candidate, &data).map_err(|e| e.to_string())?;
     if !debug.has_dwarf() {
         return Err("no .debug_info".into());

@@ -18,7 +18,7 @@ mod pattern;
 #[cfg(test)]
 mod tests;
 
-pub use debuginfo::{DebugInfoSource, debug_roots};
+pub use debuginfo::{DebugInfoSource, Location, debug_roots};
 pub use details::{FunctionDetails, Signature, TypeInfo};
 pub use inline::{InlineSite, InlinedOnly};
 pub use pattern::Pattern;
@@ -130,25 +130,33 @@ impl std::ops::Deref for FileData {
 }
 
 impl FileData {
-    /// Maps `path` read-only.
+    /// Maps the file at `path`, a path on rpatch's own side (the patch library, `resolve --exe`,
+    /// a debug file under a debug root), read-only.
     ///
     /// A mapping, unlike a copy, costs no time or memory for the parts never read (most of a
-    /// large file's DWARF). The files rpatch maps are the target's own mapped objects (through
-    /// /proc/PID/map_files: the very inode the process runs), a patch library and debug files:
-    /// a redeploy replaces such files (new inode) rather than rewriting them in place, which
-    /// would crash the target itself.
+    /// large file's DWARF). Files of a target are never mapped (see [`Self::read`]).
     pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::File::open(path)?;
+        let file = crate::files::open_host(path)?;
         let len = file.metadata()?.len();
         if len == 0 {
             return Ok(FileData::Owned(Vec::new()));
         }
-        // SAFETY: the mapping is read-only and private to this process; see above for why the
-        // file is not expected to change under it.
+        // SAFETY: the mapping is read-only and private to this process, of a file on rpatch's
+        // own side: a redeploy replaces such files (new inode) rather than rewriting them in
+        // place.
         match unsafe { memmap2::Mmap::map(&file) } {
             Ok(map) => Ok(FileData::Mapped(map)),
-            Err(_) => std::fs::read(path).map(FileData::Owned),
+            Err(_) => {
+                crate::files::read_capped(&file, crate::files::max_file_size()).map(FileData::Owned)
+            }
         }
+    }
+
+    /// A size-capped copy of an open file of a target (a mapped module, a debug file in its
+    /// root): its owner may truncate it at any moment, which would kill a process that has it
+    /// mapped with SIGBUS.
+    pub(crate) fn read(file: &std::fs::File) -> std::io::Result<Self> {
+        crate::files::read_capped(file, crate::files::max_file_size()).map(FileData::Owned)
     }
 
     /// Advice on the whole mapping.
@@ -259,21 +267,43 @@ impl std::fmt::Debug for SymbolIndex {
 }
 
 impl SymbolIndex {
-    /// Opens and indexes `path` (executable or shared object), and finds its separate debug
-    /// file when it has no DWARF of its own (see [`DebugInfoSource`]).
-    ///
-    /// `path` may be a `/proc/PID/map_files/...` link: the debug file is then looked for
-    /// beside the file it names.
+    /// Opens and indexes `path` (executable or shared object) on rpatch's own side, and finds
+    /// its separate debug file when it has no DWARF of its own (see [`DebugInfoSource`]).
     pub fn open(path: &Path) -> Result<Self, SymbolError> {
         let data = FileData::open(path).map_err(|source| SymbolError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::index(path, data, &Location::Host(path))
+    }
+
+    /// Indexes a target's module from `file` (opened by the caller, e.g. through
+    /// `/proc/PID/map_files`), read as a size-capped copy; `name` is used in messages, and
+    /// `location` says where to look for a debug file beside it.
+    pub fn open_file(
+        file: &std::fs::File,
+        name: &Path,
+        location: &Location<'_>,
+    ) -> Result<Self, SymbolError> {
+        let data = FileData::read(file).map_err(|source| SymbolError::Io {
+            path: name.to_path_buf(),
+            source,
+        })?;
+        Self::index(name, data, location)
+    }
+
+    /// Indexes an ELF image held in memory (no separate debug file is looked for): what the
+    /// fuzz targets feed hostile bytes to.
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Self, SymbolError> {
+        Self::index(name, FileData::Owned(bytes), &Location::Nowhere)
+    }
+
+    fn index(path: &Path, data: FileData, location: &Location<'_>) -> Result<Self, SymbolError> {
         let mut info = elf::parse(path, &data)?;
         let (debug, debug_source) = if info.has_dwarf() {
             (None, DebugInfoSource::Embedded)
         } else {
-            match debuginfo::find(path, &info) {
+            match debuginfo::find(location, &info) {
                 Ok(file) => {
                     let source = DebugInfoSource::Separate {
                         path: file.path.clone(),

@@ -728,6 +728,51 @@ fn separate_debug_file_is_verified() {
     ));
 }
 
+/// A `.gnu_debuglink` naming a path (absolute, or with `..`) is ignored, even when a debug
+/// file with the right CRC is there: the name is chosen by whoever built the file.
+#[test]
+fn a_debuglink_that_is_a_path_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path(), "prog", &["-g", "-O1", "-Wl,--build-id=none"]);
+    let debug = dir.path().join("prog.debug");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&bin)
+        .arg(&debug));
+    let crc = crc32fast::hash(&std::fs::read(&debug).unwrap());
+    for name in [
+        debug.display().to_string(),
+        format!(
+            "../{}/prog.debug",
+            dir.path().file_name().unwrap().to_string_lossy()
+        ),
+    ] {
+        let mut section = name.clone().into_bytes();
+        section.push(0);
+        section.resize(section.len().next_multiple_of(4), 0);
+        section.extend_from_slice(&crc.to_le_bytes());
+        let contents = dir.path().join("link");
+        std::fs::write(&contents, &section).unwrap();
+        let stripped = dir.path().join("stripped");
+        run(Command::new("objcopy")
+            .arg("--strip-all")
+            .arg(format!(
+                "--add-section=.gnu_debuglink={}",
+                contents.display()
+            ))
+            .arg(&bin)
+            .arg(&stripped));
+        let index = SymbolIndex::open(&stripped).unwrap();
+        match index.debug_info() {
+            DebugInfoSource::Missing { searched } => assert!(
+                searched.iter().any(|s| s.contains("not a plain file name")),
+                "{name}: {searched:?}"
+            ),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
 /// `lookup` answers a miss with an empty list; glob and substring searches find by pattern.
 #[test]
 fn lookup_and_search() {

@@ -67,10 +67,36 @@ static void install_allow_all_filter(void) {
     }
 }
 
+/* Here rather than at the top: the tests know the line numbers of the functions above. */
+#include <linux/audit.h>
+#include <stddef.h>
+#include <sys/syscall.h>
+
+/* `--seccomp-kill-memfd`: a filter that kills the process on memfd_create and allows the
+ * rest (rpatch must refuse it, not kill it). */
+static void install_kill_memfd_filter(void) {
+    struct sock_filter prog_insns[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof prog_insns / sizeof prog_insns[0], .filter = prog_insns};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+        perror("seccomp");
+        exit(1);
+    }
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc > 1 && strcmp(argv[1], "--seccomp") == 0)
         install_allow_all_filter();
+    if (argc > 1 && strcmp(argv[1], "--seccomp-kill-memfd") == 0)
+        install_kill_memfd_filter();
     announce_ready();
     char line[256];
     while (next_command(line, sizeof line)) {

@@ -192,11 +192,26 @@ impl Target {
     /// Starts `path` with `args`, stdin and stdout piped, and waits for its `ready <pid>` line.
     pub fn spawn(path: impl AsRef<Path>, args: &[&str]) -> Target {
         let path = path.as_ref();
+        Self::start(Command::new(path), path, false, args)
+    }
+
+    /// Starts `path` with `args` through `wrapper` (e.g. `unshare --pid --fork ...`, which runs
+    /// it in a new PID namespace): its `ready` line carries its PID inside the namespace, so
+    /// the PID rpatch must be given is found among the wrapper's descendants by executable.
+    /// Dropping the target kills both.
+    pub fn spawn_wrapped(wrapper: &[&str], path: impl AsRef<Path>, args: &[&str]) -> Target {
+        let path = path.as_ref();
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(path);
+        Self::start(cmd, path, true, args)
+    }
+
+    fn start(mut cmd: Command, path: &Path, wrapped: bool, args: &[&str]) -> Target {
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let mut child = Command::new(path)
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -246,7 +261,13 @@ impl Target {
             .strip_prefix("ready ")
             .and_then(|p| p.trim().parse::<u32>().ok())
             .unwrap_or_else(|| panic!("{}: expected `ready <pid>`, got {ready:?}", t.name));
-        assert_eq!(announced, pid, "{}: announced the wrong pid", t.name);
+        if wrapped {
+            let exe = std::fs::canonicalize(path).expect("target path");
+            t.pid = descendant_running(pid, &exe)
+                .unwrap_or_else(|| panic!("{}: no descendant of {pid} runs it", t.name));
+        } else {
+            assert_eq!(announced, pid, "{}: announced the wrong pid", t.name);
+        }
         t
     }
 
@@ -328,9 +349,35 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         self.stdin = None;
+        if self.pid != self.child.id() {
+            // The wrapped target (PID 1 of its namespace: everything in it dies with it).
+            // SAFETY: kill(2) with a PID and a signal number has no memory effects.
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A descendant of `pid` (breadth first) whose executable is `exe`.
+fn descendant_running(pid: u32, exe: &Path) -> Option<u32> {
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        if p != pid && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe) {
+            return Some(p);
+        }
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).ok()?;
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                queue.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    None
 }
 
 /// A fresh state (journal) directory for one test.
