@@ -27,6 +27,7 @@ pub use patch::{
 pub use rehearse::{RehearseOptions, RehearseReport};
 pub use resolve::{ResolveOptions, ResolveReport};
 
+use inject::InjectError;
 use log::Log;
 use process::ProcessError;
 
@@ -69,7 +70,22 @@ fn exited_if_gone<T>(pid: i32, result: Result<T, Error>) -> Result<T, Error> {
             e,
             Error::Process(ProcessError::NoSuchProcess { .. } | ProcessError::Exited { .. })
         );
-        let alive = process::live_task(pid).is_some();
+        // A thread that vanished under ptrace (ESRCH) is most often the process exiting.
+        let vanished = matches!(
+            &e,
+            Error::Process(ProcessError::Ptrace {
+                errno: nix::errno::Errno::ESRCH,
+                ..
+            }) | Error::Inject(InjectError::Process(ProcessError::Ptrace {
+                errno: nix::errno::Errno::ESRCH,
+                ..
+            }))
+        );
+        let alive = if vanished {
+            !process::exiting(pid)
+        } else {
+            process::live_task(pid).is_some()
+        };
         if alive || benign {
             e
         } else {

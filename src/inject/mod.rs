@@ -309,7 +309,7 @@ fn exited_if_esrch(pid: i32) -> impl Fn(InjectError) -> InjectError {
         InjectError::Process(ProcessError::Ptrace {
             errno: Errno::ESRCH,
             ..
-        }) if process::live_task(pid).is_none() => ProcessError::Exited { pid }.into(),
+        }) if process::exiting(pid) => ProcessError::Exited { pid }.into(),
         e => e,
     }
 }

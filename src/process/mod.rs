@@ -219,6 +219,23 @@ pub fn live_task(pid: i32) -> Option<i32> {
         .find(|&tid| read_stat(pid, tid).is_ok_and(|(s, ..)| !matches!(s, 'Z' | 'X' | 'x')))
 }
 
+/// Whether `pid` is gone (no live thread left) or, after one of its threads vanished under
+/// ptrace (ESRCH), on its way out: a process that exits takes its threads one at a time, so a
+/// live one may still be listed for a moment. Waits at most 200 ms for that to settle; a
+/// process still alive then only lost a thread.
+pub fn exiting(pid: i32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    loop {
+        if live_task(pid).is_none() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// The /proc directory that describes the process's memory: `/proc/PID`, or — when the main
 /// thread has exited while others run, and `/proc/PID/{maps,mem,exe}` of the zombie leader read
 /// empty — the directory of a live thread, which shares the address space.
