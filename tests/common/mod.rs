@@ -477,6 +477,36 @@ impl Run {
     }
 }
 
+/// With `RPATCH_TEST_CAPTURE=DIR` in the environment of `cargo test`, appends every `rpatch`
+/// run whose arguments include `--json` to `DIR/<test binary>.<test>.jsonl` (arguments, exit code,
+/// stdout): two captures of the suite, before and after a change, show what the change did to
+/// the JSON interface (`scripts/json-captures.py` compares them).
+pub fn record(run: &Run) {
+    let Some(dir) = std::env::var_os("RPATCH_TEST_CAPTURE") else {
+        return;
+    };
+    if !run.args.iter().any(|a| a == "--json") {
+        return;
+    }
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.split('-').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let test = thread::current()
+        .name()
+        .unwrap_or("main")
+        .replace("::", ".");
+    let line = serde_json::json!({ "args": run.args, "code": run.code, "stdout": run.stdout });
+    let path = Path::new(&dir).join(format!("{binary}.{test}.jsonl"));
+    let mut file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    writeln!(file, "{line}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 /// Runs the real `rpatch` binary with `RPATCH_STATE_DIR=state` and stdin null.
 pub fn rpatch<S: AsRef<OsStr>>(state: &Path, args: &[S]) -> Run {
     rpatch_cmd(Command::new(env!("CARGO_BIN_EXE_rpatch")), state, args)
@@ -550,12 +580,14 @@ impl RunningRpatch {
         match self.done.recv_timeout(RPATCH_TIMEOUT) {
             Ok((stdout, stderr)) => {
                 let status = self.child.wait().expect("wait for rpatch");
-                Run {
+                let run = Run {
                     args: std::mem::take(&mut self.args),
                     code: status.code().unwrap_or(-1),
                     stdout,
                     stderr,
-                }
+                };
+                record(&run);
+                run
             }
             Err(_) => {
                 let _ = self.child.kill();
