@@ -28,6 +28,7 @@ fn rpatch_env(state: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     record(&run);
+    check_json_contract(&run);
     run
 }
 

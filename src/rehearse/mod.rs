@@ -13,12 +13,12 @@ mod report;
 
 pub use report::{
     Counts, ErrorSummary, Expectation, RehearseReport, SCHEMA_VERSION, Step, StepKind, StepStatus,
-    TargetSummary, step_line,
+    TargetSummary,
 };
 
 use crate::log::Log;
 use crate::patch::{AttachOptions, RollbackOptions, RollbackSelection};
-use crate::{Error, attach, rollback};
+use crate::{Error, ErrorKind, attach, rollback};
 use child::{Captured, Collector, Deferred, Group, Signals, Wake, describe_status, wait};
 use nix::sys::signal::Signal;
 use regex::Regex;
@@ -336,11 +336,7 @@ impl<'a> Rehearsal<'a> {
                     Problem::Failed(m) => (StepStatus::Failed, m, None, None),
                     Problem::Error(m) => (StepStatus::Error, m, None, None),
                     Problem::Cause(e) => {
-                        step.error = Some(ErrorSummary {
-                            code: e.exit_code(),
-                            kind: e.kind().into(),
-                            message: e.to_string(),
-                        });
+                        step.error = Some(ErrorSummary::of(&e));
                         (StepStatus::Failed, e.to_string(), Some(e), None)
                     }
                     Problem::Interrupted(s) => (
@@ -404,13 +400,14 @@ impl<'a> Rehearsal<'a> {
         self.report.count();
         let failure = self.failure.take();
         if let Some(f) = &failure {
-            let code = f.cause.as_ref().map_or(24, Error::exit_code);
-            let kind = f.cause.as_ref().map_or("rehearsal_failed", Error::kind);
-            self.report.error = Some(ErrorSummary {
-                code,
-                kind: kind.into(),
-                message: format!("rehearsal failed at step '{}': {}", f.step, f.message),
-            });
+            let kind = f
+                .cause
+                .as_ref()
+                .map_or(ErrorKind::RehearsalFailed, Error::kind);
+            self.report.error = Some(ErrorSummary::new(
+                kind,
+                format!("rehearsal failed at step '{}': {}", f.step, f.message),
+            ));
         }
         let mut junit_error = None;
         if let Some(path) = &self.options.junit {
