@@ -10,6 +10,7 @@
 //! modules' CFI by a [`StackInspector`] built before the freeze; where the unwind cannot be
 //! trusted to the outermost frame, the rest of the stack is scanned conservatively (`scan`).
 
+mod cfi;
 mod scan;
 mod stack;
 
