@@ -16,6 +16,7 @@ mod hex;
 pub(crate) mod inject;
 mod isa;
 pub(crate) mod journal;
+mod kind;
 pub mod log;
 pub(crate) mod patch;
 pub(crate) mod process;

@@ -17,15 +17,14 @@ pub use crate::safety::{Blocker, Doubt, FrameSource};
 pub use crate::symbols::SymbolError;
 
 mod facts;
-mod kind;
 
 pub use facts::{
     AmbiguityScope, Candidate, Exposure, LibraryAccess, LibraryProblem, NothingToUndo, Policy,
     ReplacementMiss, SearchPlace, UnpatchableReason, Unsupported,
 };
 
+pub use crate::kind::ErrorKind;
 use facts::{Candidates, NotFoundHint};
-pub use kind::ErrorKind;
 
 use crate::hex::hex;
 use crate::rehearse::RehearseReport;

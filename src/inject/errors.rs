@@ -120,8 +120,8 @@ pub enum InjectError {
 
 impl InjectError {
     /// The stable class of this error.
-    pub fn kind(&self) -> crate::ErrorKind {
-        use crate::ErrorKind;
+    pub fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind;
         match self {
             InjectError::DlopenFailed { .. }
             | InjectError::CallFaulted { .. }

@@ -143,8 +143,8 @@ pub enum ProcessError {
 
 impl ProcessError {
     /// The stable class of this error.
-    pub fn kind(&self) -> crate::ErrorKind {
-        use crate::ErrorKind;
+    pub fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind;
         match self {
             ProcessError::NoSuchProcess { .. } => ErrorKind::NoSuchProcess,
             ProcessError::PermissionDenied { .. } => ErrorKind::PermissionDenied,

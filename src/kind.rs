@@ -1,4 +1,5 @@
-//! The stable classes of failure and their exit codes.
+//! The stable classes of failure and their exit codes. A leaf: every layer's error can name its
+//! kind without depending on the layers above it (see `error`, which gathers the errors).
 
 use serde::Serialize;
 use std::fmt;
