@@ -9,7 +9,7 @@
 //! depends on the tracer catching a fault:
 //!
 //! * Every call runs through a stub in a region rpatch maps once per target (`[code r-x][256 KiB
-//!   stack][data]`, see [`crate::isa::remote_call`]): it saves the FP state, blocks
+//!   stack][data]`, see [`rpatch_arch::x86_64::remote_call`]): it saves the FP state, blocks
 //!   asynchronous signals, saves errno, calls, restores all of it and jumps back to where the
 //!   thread must resume. That is where the thread would be anyway: a system call it was
 //!   interrupted in is re-issued exactly as the kernel's restart would (see [`resume_state`]).
@@ -196,7 +196,7 @@ pub trait SlackLedger {
 /// moved to its resume state, so the handler returns into the thread's own code. Elsewhere in
 /// the stub a frame may point into its code page: that page never changes, and the data block
 /// is rewritten only once the call is over and the thread seen back in its own code (see
-/// [`crate::isa::remote_call`]). No signal is lost, duplicated or re-sent: the kernel's
+/// [`rpatch_arch::x86_64::remote_call`]). No signal is lost, duplicated or re-sent: the kernel's
 /// own siginfo is delivered.
 pub struct InjectedThread<'t> {
     tracer: &'t mut Tracer,
