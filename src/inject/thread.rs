@@ -407,11 +407,13 @@ impl<'t> InjectedThread<'t> {
     /// After a call during which a signal was delivered (at the call's end, where the stub
     /// restored the mask), the thread may be in that signal's handler: let it run until it has
     /// returned from it, so the next call starts where the thread was, not inside the handler.
-    fn leave_signal_handlers(&mut self, after: &str) -> Result<(), InjectError> {
+    /// A handler may sleep, and on a loaded machine the thread may wait long for a CPU, so it is
+    /// given as long as the call itself was (`timeout`), not a fixed moment.
+    fn leave_signal_handlers(&mut self, after: &str, timeout: Duration) -> Result<(), InjectError> {
         if !self.signalled {
             return Ok(());
         }
-        let deadline = Instant::now() + SAFE_POINT_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             let regs = self.at_rest;
             let in_handler = match self.stacks.as_deref_mut() {
@@ -606,7 +608,7 @@ impl<'t> InjectedThread<'t> {
                 address,
             });
         }
-        self.leave_signal_handlers(call.name)?;
+        self.leave_signal_handlers(call.name, call.timeout)?;
         Ok(CallOutcome { value, then_value })
     }
 
