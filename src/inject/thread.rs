@@ -252,7 +252,10 @@ impl<'t> InjectedThread<'t> {
                         self.ask_to_stop()?;
                         asked = true;
                     }
-                    match self.tracer.wait_stop(self.tid, deadline)? {
+                    // A thread asked to stop does so as soon as it next runs: it gets that
+                    // chance even when the caller's deadline ran out while it was running.
+                    let stop_by = deadline.max(Instant::now() + process::STOP_GRACE);
+                    match self.tracer.wait_stop(self.tid, stop_by)? {
                         Some(stop) => stop,
                         None => return Err(self.vanished()),
                     }

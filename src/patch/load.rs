@@ -297,7 +297,7 @@ fn borrow_thread<'t>(
         .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
     let mut refused = Vec::new();
     for candidate in ranked {
-        if !tracer.seize(candidate.tid, Instant::now() + Duration::from_secs(2))? {
+        if !tracer.seize(candidate.tid, Instant::now() + process::STOP_GRACE)? {
             continue;
         }
         let state = tracer.thread(candidate.tid).expect("seized").clone();

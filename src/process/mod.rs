@@ -27,6 +27,12 @@ pub use tracer::{Held, Stop, ThreadState, Tracer};
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a thread asked to stop (PTRACE_INTERRUPT) is waited for, at least. It stops as soon
+/// as it next runs, which on a loaded machine can take a while; one that does not stop in this
+/// time is stuck (uninterruptible sleep) rather than slow.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors of the process layer, each naming the process or thread involved.
 #[derive(Debug, thiserror::Error)]
