@@ -26,7 +26,7 @@ pub(crate) mod safety;
 pub(crate) mod symbols;
 
 pub use error::{Error, ErrorKind, ErrorSummary};
-pub use journal::{JumpMethod, PatchState};
+pub use journal::{Inconsistent, JumpMethod, Origin, PatchState};
 pub use patch::{
     Allowances, AttachOptions, AttachReport, Binding, FunctionRequest, PatchStatus, PatchSummary,
     PatchView, RollbackOptions, RollbackReport, RollbackSelection, SlackLeft, StatusReport,

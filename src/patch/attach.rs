@@ -191,7 +191,7 @@ fn attach_once(
     let (info, identity) = identify(pid, log)?;
     wait_untraced(pid, deadline, log)?;
     admit(&info, &options.library, options.allow)?;
-    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
     reconcile(&mut journal, &ProcMem::open(pid)?)?;
 
@@ -386,6 +386,7 @@ fn record_intent(
             created: now_secs(),
             rolled_back: None,
             loaded: Some(loaded.library.object),
+            inherited: None,
         })
         .collect();
     journal

@@ -7,6 +7,7 @@ mod binding;
 mod code;
 mod delivery;
 mod islands;
+mod lineage;
 mod load;
 mod plan;
 mod rollback;
@@ -41,6 +42,7 @@ fn identify(pid: i32, log: &Log) -> Result<(ProcessInfo, TargetIdentity), Error>
         start_time: info.start_time,
         boot_id: info.boot_id.clone(),
         exe: info.exe.clone(),
+        image: Some(info.image),
     };
     Ok((info, identity))
 }

@@ -5,6 +5,7 @@
 //! panic anywhere above leaves the target running as before.
 
 mod frozen;
+mod image;
 mod maps;
 mod memory;
 mod modules;
@@ -15,6 +16,7 @@ mod syscall;
 mod tracer;
 
 pub use frozen::Frozen;
+pub use image::{ExecImage, holders, read_image};
 pub use maps::{Mapping, gaps, parse_maps};
 #[cfg(test)]
 pub use memory::FakeMemory;
@@ -173,6 +175,8 @@ pub struct ProcessInfo {
     pub boot_id: String,
     /// Executable path as the kernel reports it.
     pub exe: PathBuf,
+    /// The exec image it runs (see [`ExecImage`]): what a fork keeps and an exec replaces.
+    pub image: ExecImage,
     /// Single-letter state of the leader (R, S, D, T, t, Z...).
     pub state: char,
     /// Threads running under a seccomp filter (`Seccomp: 2`): an injected syscall the filter
@@ -204,6 +208,29 @@ pub(crate) fn parse_stat(text: &str) -> Option<(char, u64, String)> {
     // Field 22 overall; `rest` starts at field 3.
     let start = rest.get(19)?.parse().ok()?;
     Some((state, start, comm))
+}
+
+/// The parent of process `pid` (field 4 of `/proc/PID/stat`): the process it was forked from
+/// while that one lives, else whoever adopted it (init, a subreaper). `None` when unreadable.
+pub fn parent(pid: i32) -> Option<i32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = text.rfind(')')?;
+    text[close + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The Unix time (seconds) of a start time in clock ticks after boot, to compare it with the
+/// journal's times (to the second: the boot time is known to the second).
+pub fn start_unix_secs(start_ticks: u64) -> u64 {
+    let btime = fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    btime + start_ticks / hz
 }
 
 fn map_proc_err(pid: i32, what: &str, e: std::io::Error) -> ProcessError {
@@ -321,6 +348,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     // Opening mem needs the same access check as PTRACE_ATTACH: fail early with a clear message.
     drop(ProcMem::open(pid)?);
     check_architecture(pid)?;
+    let image = read_image(pid)?;
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -338,6 +366,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         start_time,
         boot_id,
         exe,
+        image,
         state,
         seccomp_threads,
         shadow_stack_threads,
@@ -454,6 +483,21 @@ mod tests {
         assert!(shadow_stack_enabled("wrss shstk"));
         assert!(!shadow_stack_enabled(""));
         assert!(!shadow_stack_enabled("wrss"));
+    }
+
+    /// Our parent is the process that forked us; our start lies within the last day.
+    #[test]
+    fn parent_and_start_time_of_self() {
+        let me = std::process::id() as i32;
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(parent(me), Some(unsafe { libc::getppid() }));
+        let start = identify(me).unwrap().start_time;
+        let now = crate::journal::now_secs();
+        let started = start_unix_secs(start);
+        assert!(
+            started <= now + 1 && started + 86_400 * 365 > now,
+            "{started} vs {now}"
+        );
     }
 
     #[test]

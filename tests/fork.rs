@@ -1,0 +1,225 @@
+//! Forked children and exec images: a prefork server's workers inherit their master's patches,
+//! and each is then patched, inspected and rolled back on its own; an `execve` (same PID, same
+//! start time) starts an image with no records.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// The master of test-targets/c/prefork.c.
+fn prefork() -> Target {
+    Target::spawn(build_targets().bin("prefork"), &[])
+}
+
+/// The PIDs of a `forked P...` or `workers P...` reply.
+fn pids(reply: &str, word: &str) -> Vec<u32> {
+    let rest = reply
+        .strip_prefix(word)
+        .unwrap_or_else(|| panic!("expected `{word} P...`, got {reply:?}"));
+    rest.split_whitespace()
+        .map(|p| p.parse().unwrap_or_else(|_| panic!("{reply:?}")))
+        .collect()
+}
+
+/// `rpatch status PID --json`, asserted successful.
+#[track_caller]
+fn status_json(state: &Path, pid: u32) -> Value {
+    let run = rpatch(state, &["status", &pid.to_string(), "--json"]);
+    run.expect_ok();
+    run.json()
+}
+
+/// A patch made before an `execve` is never taken for the new image's: the same PID and start
+/// time then show no records, rollback has nothing to undo, and a new attach starts at id 1.
+#[test]
+fn exec_after_patch_leaves_the_new_image_without_records() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut master = prefork();
+    let pid = master.pid();
+    attach_ok(state.path(), pid, &t.bin("fix_basic.so"), &["compute"]);
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+
+    assert_eq!(master.cmd("exec"), format!("ready {pid}"));
+    assert_eq!(master.cmd("call 5"), "compute 5 6");
+    let after = status_json(state.path(), pid);
+    assert_eq!(after["patches"], Value::Array(vec![]), "{after}");
+    rollback(state.path(), pid, &["--json"]).expect_error(exit::NOTHING_TO_ROLL_BACK);
+    // The old image's journal is kept aside (children forked before the exec may hold its
+    // patches), and the new image is patched afresh.
+    let retired: Vec<String> = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(&format!("retired-{pid}-")))
+        .collect();
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    let again = attach_ok(state.path(), pid, &t.bin("fix_basic_b.so"), &["compute"]);
+    assert_eq!(again["patches"][0]["id"], 1, "{again}");
+    assert_eq!(master.cmd("call 5"), "compute 5 35");
+    assert_untraced(pid);
+}
+
+/// The patches `status` reports for `pid`, as (id, state, inherited-from PID or 0).
+#[track_caller]
+fn inherited_states(state: &Path, pid: u32) -> Vec<(u64, String, u64)> {
+    status(state, pid)
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap(),
+                p["state"].as_str().unwrap().to_string(),
+                p["inherited"]["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A patched master forks 3 workers: each runs the patch and `status` shows it as inherited from
+/// the master (same id); rolling back one worker leaves the others and the master patched;
+/// rolling back the master then leaves the workers' own state intact, and still undoable.
+#[test]
+fn workers_inherit_the_patch_and_are_rolled_back_independently() {
+    let t = build_targets();
+    let state = state_dir();
+    let s = state.path();
+    let mut master = prefork();
+    let m = master.pid();
+    attach_ok(s, m, &t.bin("fix_basic.so"), &["compute"]);
+    let workers = pids(&master.cmd("fork 3"), "forked ");
+    assert_eq!(workers.len(), 3);
+    for i in 0..3 {
+        assert_eq!(master.cmd(&format!("w {i} call 5")), "compute 5 500");
+    }
+    for &w in &workers {
+        assert_eq!(
+            inherited_states(s, w),
+            vec![(1, "applied".into(), u64::from(m))]
+        );
+        let origin = &status(s, w)[0]["inherited"];
+        assert_eq!(origin["patch_id"], 1, "{origin}");
+        let text = rpatch(s, &["status", &w.to_string()]);
+        text.expect_ok();
+        assert!(
+            text.stdout
+                .contains(&format!("inherited from PID {m} (patch 1)")),
+            "{}",
+            text.stdout
+        );
+    }
+
+    assert_eq!(rollback_ok(s, workers[0], &[]), vec![1]);
+    assert_untraced(workers[0]);
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+    assert_eq!(master.cmd("w 1 call 5"), "compute 5 500");
+    assert_eq!(master.cmd("w 2 call 5"), "compute 5 500");
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+    assert_eq!(
+        inherited_states(s, workers[0]),
+        vec![(1, "rolled_back".into(), u64::from(m))]
+    );
+    assert_eq!(states(s, m), vec![(1, "applied".into())]);
+
+    assert_eq!(rollback_ok(s, m, &[]), vec![1]);
+    assert_eq!(master.cmd("call 5"), "compute 5 6");
+    assert_eq!(master.cmd("w 1 call 5"), "compute 5 500");
+    assert_eq!(
+        inherited_states(s, workers[1]),
+        vec![(1, "applied".into(), u64::from(m))]
+    );
+    assert_eq!(
+        inherited_states(s, workers[2]),
+        vec![(1, "applied".into(), u64::from(m))]
+    );
+    assert_eq!(rollback_ok(s, workers[1], &[]), vec![1]);
+    assert_eq!(master.cmd("w 1 call 5"), "compute 5 6");
+    assert_eq!(master.cmd("w 2 call 5"), "compute 5 500");
+    for p in [m, workers[0], workers[1], workers[2]] {
+        assert_untraced(p);
+    }
+}
+
+/// A patch stacks on an inherited one in the worker (reusing the library and island the worker
+/// inherited) and undoes in LIFO order there, the master untouched; a worker forked after its
+/// master rolled back holds nothing and has no records.
+#[test]
+fn stacking_on_an_inherited_patch() {
+    let t = build_targets();
+    let state = state_dir();
+    let s = state.path();
+    let mut master = prefork();
+    let m = master.pid();
+    attach_ok(s, m, &t.bin("fix_basic.so"), &["compute"]);
+    let w = pids(&master.cmd("fork 1"), "forked ")[0];
+    let second = attach_ok(s, w, &t.bin("fix_basic_b.so"), &["compute"]);
+    assert_eq!(second["patches"][0]["id"], 2, "{second}");
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 35");
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+    assert_eq!(
+        inherited_states(s, w),
+        vec![
+            (1, "applied".into(), u64::from(m)),
+            (2, "applied".into(), 0)
+        ]
+    );
+    assert_eq!(rollback_ok(s, w, &[]), vec![2]);
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 500");
+    assert_eq!(rollback_ok(s, w, &[]), vec![1]);
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+    rollback(s, w, &["--json"]).expect_error(exit::NOTHING_TO_ROLL_BACK);
+
+    assert_eq!(rollback_ok(s, m, &[]), vec![1]);
+    let late = pids(&master.cmd("fork 1"), "forked ")[0];
+    assert_eq!(master.cmd("w 1 call 5"), "compute 5 6");
+    assert!(status(s, late).is_empty(), "forked after the rollback");
+    for p in [m, w, late] {
+        assert_untraced(p);
+    }
+}
+
+/// Kills (SIGKILL) and reaps processes a test left running, also when it fails.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: kill(2) with a PID and a signal number has no memory effects.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A dead master's journal stays usable: a worker that outlived it (now a child of init)
+/// adopts its patch on the first look, and rolls it back.
+#[test]
+fn a_dead_masters_journal_stays_usable_by_its_workers() {
+    let t = build_targets();
+    let state = state_dir();
+    let s = state.path();
+    let mut master = prefork();
+    let m = master.pid();
+    attach_ok(s, m, &t.bin("fix_basic.so"), &["compute"]);
+    let workers = pids(&master.cmd("orphans 1"), "forked ");
+    let _reaper = Reaper(workers.clone());
+    let w = workers[0];
+    master.send("quit");
+    master.wait_exit(REPLY_TIMEOUT);
+    assert_ne!(
+        std::fs::read_to_string(format!("/proc/{w}/stat"))
+            .unwrap()
+            .split_whitespace()
+            .nth(3),
+        Some(m.to_string().as_str()),
+        "the worker is no longer the master's child"
+    );
+    assert_eq!(
+        inherited_states(s, w),
+        vec![(1, "applied".into(), u64::from(m))]
+    );
+    assert_eq!(rollback_ok(s, w, &[]), vec![1]);
+    assert_eq!(
+        inherited_states(s, w),
+        vec![(1, "rolled_back".into(), u64::from(m))]
+    );
+    assert_untraced(w);
+}
