@@ -223,3 +223,34 @@ fn a_dead_masters_journal_stays_usable_by_its_workers() {
     );
     assert_untraced(w);
 }
+
+/// Memory a patch depends on that a fork would not copy as it is — rpatch's stub region and
+/// island pages marked MADV_DONTFORK or MADV_WIPEONFORK — is refused at attach (19), with
+/// nothing written; the same attach passes once the marks are gone.
+#[test]
+fn memory_a_fork_would_not_copy_is_refused() {
+    let t = build_targets();
+    let state = state_dir();
+    let s = state.path();
+    let mut master = prefork();
+    let m = master.pid();
+    attach_ok(s, m, &t.bin("fix_basic.so"), &["compute"]);
+    let lib_b = t.bin("fix_basic_b.so");
+    for (mark, unmark, flag) in [
+        ("dontfork", "dofork", "MADV_DONTFORK"),
+        ("wipeonfork", "keeponfork", "MADV_WIPEONFORK"),
+    ] {
+        let marked = master.cmd(&format!("madvise {mark}"));
+        let n: u32 = marked.strip_prefix("madvised ").unwrap().parse().unwrap();
+        assert!(n >= 2, "the stub's code page and an island page: {marked}");
+        let run = attach(s, m, &lib_b, &["compute"], &["--json"]);
+        let message = run.expect_error(exit::UNSUPPORTED);
+        assert!(message.contains(flag), "{message}");
+        assert_eq!(master.cmd("call 5"), "compute 5 500");
+        assert_eq!(states(s, m), vec![(1, "applied".into())]);
+        assert_untraced(m);
+        assert_eq!(master.cmd(&format!("madvise {unmark}")), marked);
+    }
+    attach_ok(s, m, &lib_b, &["compute"]);
+    assert_eq!(master.cmd("call 5"), "compute 5 35");
+}

@@ -92,6 +92,11 @@ impl<'t> InjectedThread<'t> {
         Ok(thread)
     }
 
+    /// The addresses of the stub region the thread's calls run through.
+    pub fn region(&self) -> std::ops::Range<u64> {
+        self.region.base..self.region.base + self.region.len()
+    }
+
     /// The target's memory.
     pub fn mem(&self) -> &ProcMem {
         self.tracer.mem()

@@ -10,6 +10,7 @@ use super::load::{LoadPhase, LoadRequest, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
 use crate::Error;
+use crate::error::{PatchMemory, Unsupported};
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::LoaderFunctions;
 use crate::isa;
@@ -241,6 +242,7 @@ fn attach_once(
         log,
     )?;
     crate::fault::point(FaultPoint::Loaded);
+    copied_on_fork(pid, &loaded, &journal.data)?;
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
     // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
@@ -307,6 +309,50 @@ fn attach_once(
         warnings,
         bindings,
     })
+}
+
+/// Every piece of memory the patches will depend on — island pages, the stub region, the
+/// library's mappings — reaches a child the target forks as it is: refused when one is marked
+/// `MADV_DONTFORK` (the child would not have it) or `MADV_WIPEONFORK` (it would hold zeros), as
+/// the child would then run jumps into memory it lacks. Checked after the load (the pages
+/// exist), before anything is written.
+fn copied_on_fork(pid: i32, loaded: &LoadPhase, journal: &JournalData) -> Result<(), Error> {
+    let flagged = process::fork_flags(pid)?;
+    if flagged.is_empty() {
+        return Ok(());
+    }
+    let object = loaded.library.object;
+    let library = process::read_maps(pid)?
+        .into_iter()
+        .filter(|m| m.dev == object.dev && m.inode == object.inode)
+        .map(|m| (PatchMemory::PatchLibrary, m.start..m.end));
+    let islands = journal
+        .islands
+        .iter()
+        .chain(&loaded.new_islands)
+        .map(|i| (PatchMemory::IslandPage, i.address..i.address + i.size));
+    let ours = islands
+        .chain(std::iter::once((
+            PatchMemory::CallStub,
+            loaded.stub.clone(),
+        )))
+        .chain(library);
+    for (part, range) in ours {
+        if let Some((found, flag)) = flagged
+            .iter()
+            .find(|(f, _)| f.start < range.end && range.start < f.end)
+        {
+            return Err(Error::Unsupported {
+                reason: Unsupported::NotCopiedOnFork {
+                    pid,
+                    part,
+                    address: found.start.max(range.start),
+                    flag: *flag,
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Phase 2, *Plan*: every requested function in the target and its replacement in the library,

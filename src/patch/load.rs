@@ -41,6 +41,8 @@ pub(super) struct LoadPhase {
     pub placements: Vec<Placement>,
     /// Island pages mapped during this load.
     pub new_islands: Vec<Island>,
+    /// The stub region the load's calls ran through.
+    pub stub: std::ops::Range<u64>,
 }
 
 /// What to load and for which functions.
@@ -184,11 +186,13 @@ fn load(
         library.object.l_addr,
         log,
     )?;
+    let stub = thread.region();
     thread.restore()?;
     Ok(LoadPhase {
         library,
         placements,
         new_islands,
+        stub,
     })
 }
 

@@ -17,7 +17,7 @@ mod tracer;
 
 pub use frozen::Frozen;
 pub use image::{ExecImage, holders, read_image};
-pub use maps::{Mapping, gaps, parse_maps};
+pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
 #[cfg(test)]
 pub use memory::FakeMemory;
 pub use memory::{CodeMemory, Memory, ProcMem};
@@ -328,6 +328,14 @@ pub fn read_maps(pid: i32) -> Result<Vec<Mapping>, ProcessError> {
     let path = proc_dir(pid).join("maps").display().to_string();
     let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
     Ok(parse_maps(&text))
+}
+
+/// The mappings of `pid` that a fork does not copy as they are (`MADV_DONTFORK`,
+/// `MADV_WIPEONFORK`), from `/proc/PID/smaps`.
+pub fn fork_flags(pid: i32) -> Result<Vec<(std::ops::Range<u64>, ForkFlag)>, ProcessError> {
+    let path = proc_dir(pid).join("smaps").display().to_string();
+    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    Ok(parse_fork_flags(&text))
 }
 
 /// Phase 1, *Identify*: the process exists, is not a zombie, is not traced by someone else, is
