@@ -254,3 +254,56 @@ fn memory_a_fork_would_not_copy_is_refused() {
     attach_ok(s, m, &lib_b, &["compute"]);
     assert_eq!(master.cmd("call 5"), "compute 5 35");
 }
+
+/// A `clone(CLONE_VM)` process runs in its master's address space: while it is blocked inside
+/// `shared_park`, patching that function in the master waits for it (15, naming it: it is
+/// frozen and its stack checked with the master's threads); `status` reports the two as sharing
+/// one address space, owned by the master; the sharer is refused as a target of its own (19);
+/// once it is gone the patch goes through.
+#[test]
+fn a_process_sharing_the_address_space_is_frozen_and_checked_too() {
+    let t = build_targets();
+    let state = state_dir();
+    let s = state.path();
+    let mut master = prefork();
+    let m = master.pid();
+    let sharer = pids(&master.cmd("share"), "shared ")[0];
+    let lib = t.bin("fix_shared.so");
+    let run = attach(s, m, &lib, &["shared_park"], &["--timeout", "1", "--json"]);
+    let message = run.expect_error(exit::BUSY);
+    assert!(message.contains(&format!("thread {sharer} ")), "{message}");
+    assert_untraced(m);
+    assert_untraced(sharer);
+
+    let mut all = [m, sharer];
+    all.sort_unstable();
+    for p in [m, sharer] {
+        let v = status_json(s, p);
+        assert_eq!(v["shared_mm"]["owner"], m, "{v}");
+        let listed: Vec<u64> = v["shared_mm"]["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            listed,
+            all.iter().map(|&p| u64::from(p)).collect::<Vec<_>>()
+        );
+    }
+    let text = rpatch(s, &["status", &sharer.to_string()]);
+    assert!(
+        text.stdout.contains(&format!("its patches are PID {m}'s")),
+        "{}",
+        text.stdout
+    );
+    let refused = attach(s, sharer, &t.bin("fix_basic.so"), &["compute"], &["--json"]);
+    let message = refused.expect_error(exit::UNSUPPORTED);
+    assert!(message.contains(&format!("PID {m}")), "{message}");
+    rollback(s, sharer, &["--json"]).expect_error(exit::UNSUPPORTED);
+
+    assert_eq!(master.cmd("unshare"), "unshared");
+    attach_ok(s, m, &lib, &["shared_park"]);
+    assert_eq!(status_json(s, m)["shared_mm"], Value::Null);
+    assert_untraced(m);
+}

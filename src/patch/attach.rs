@@ -191,6 +191,7 @@ fn attach_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(pid, deadline, log)?;
+    super::lineage::refuse_shared_address_space(pid)?;
     admit(&info, &options.library, options.allow)?;
     let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
     // Records an interrupted earlier run left unsettled decide what memory must hold now.

@@ -2,9 +2,22 @@
 //! without a journal of its own, and which it adopts on the first operation rpatch runs on it.
 
 use crate::Error;
+use crate::error::Unsupported;
 use crate::journal::{Journal, JournalData, StateDir, TargetIdentity, TargetLock, inherit};
 use crate::log::Log;
 use crate::process::{self, ProcMem, ProcessInfo};
+
+/// Refuses to patch or roll back a process that shares its address space with an older one
+/// without being its thread: that memory's journal is the older process's (see
+/// `process::shared_address_space`), and every write through it freezes them all.
+pub(super) fn refuse_shared_address_space(pid: i32) -> Result<(), Error> {
+    match process::shared_address_space(pid) {
+        Some((owner, _)) if owner != pid => Err(Error::Unsupported {
+            reason: Unsupported::SharedAddressSpace { pid, owner },
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// Opens the journal of the identified target (its lock taken). A target rpatch has no journal
 /// for may be a forked child running its ancestor's patches: its new journal first adopts the

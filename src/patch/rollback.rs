@@ -79,6 +79,7 @@ fn rollback_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(pid, deadline, log)?;
+    super::lineage::refuse_shared_address_space(pid)?;
     let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;

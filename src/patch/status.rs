@@ -113,6 +113,19 @@ pub struct StatusReport {
     /// descends from such a child): its loader state is half updated, and rpatch never loads
     /// anything into it (attach refuses; rollback works).
     pub inconsistent: Option<Inconsistent>,
+    /// Other processes share this one's address space without being its threads (a vfork or
+    /// posix_spawn child before its exec, a `clone(CLONE_VM)` child): they run the same code,
+    /// recorded in the journal of the oldest of them, the owner. `null` when none does.
+    pub shared_mm: Option<SharedMm>,
+}
+
+/// Processes sharing one address space (see [`StatusReport::shared_mm`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedMm {
+    /// The process whose journal records the patches of that address space: the oldest.
+    pub owner: i32,
+    /// Every process sharing it, this one included, sorted.
+    pub processes: Vec<i32>,
 }
 
 impl StatusReport {
@@ -126,6 +139,27 @@ impl StatusReport {
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     let (state, lock) = super::lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
+    let shared_mm =
+        process::shared_address_space(pid).map(|(owner, processes)| SharedMm { owner, processes });
+    if let Some(shared) = shared_mm.as_ref().filter(|s| s.owner != pid) {
+        // Its code is the owner's: nothing is recorded, or adopted, for this process.
+        log.step(
+            "journal",
+            format!(
+                "the address space is PID {}'s: see its status",
+                shared.owner
+            ),
+        );
+        return Ok(StatusReport {
+            schema_version: StatusReport::SCHEMA_VERSION,
+            pid,
+            journal: None,
+            patches: Vec::new(),
+            slack_left: Vec::new(),
+            inconsistent: None,
+            shared_mm,
+        });
+    }
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe);
     // Identity of each patched module: the build mapped now, and the file on disk now.
@@ -201,5 +235,6 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
         patches,
         slack_left,
         inconsistent: journal.data.inconsistent.clone(),
+        shared_mm,
     })
 }

@@ -12,11 +12,12 @@ mod modules;
 mod priority;
 mod runtime;
 pub mod seccomp;
+mod shared_mm;
 mod syscall;
 mod tracer;
 
 pub use frozen::Frozen;
-pub use image::{ExecImage, holders, read_image};
+pub use image::{ExecImage, all_pids, holders, read_image, runs_executable};
 pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
 #[cfg(test)]
 pub use memory::FakeMemory;
@@ -24,6 +25,7 @@ pub use memory::{CodeMemory, Memory, ProcMem};
 pub use modules::{LoadedModule, ModuleMap};
 pub use priority::RealtimeGuard;
 pub use runtime::Runtime;
+pub use shared_mm::{FrozenSharers, address_space_sharers, shared_address_space};
 pub use syscall::{blocked_syscall, repair_eintr};
 pub use tracer::{Held, Stop, ThreadState, Tracer};
 
