@@ -307,3 +307,102 @@ fn a_process_sharing_the_address_space_is_frozen_and_checked_too() {
     assert_eq!(status_json(s, m)["shared_mm"], Value::Null);
     assert_untraced(m);
 }
+
+/// The state letter and TracerPid of process `pid`.
+fn proc_state(pid: u32) -> (char, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    (
+        field("State:").chars().next().unwrap(),
+        field("TracerPid:").parse().unwrap(),
+    )
+}
+
+/// The children of `pid` (from every /proc/N/stat's parent field).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                let after = &s[s.rfind(')').unwrap() + 1..];
+                after.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+/// A worker forked by another thread of the master while the library loads (its constructor
+/// has the master fork, inside dlopen) holds a half-loaded library: the attach succeeds in the
+/// master and names the worker, whose status says inconsistent; attaching to it is refused (19)
+/// and it keeps running its own code.
+#[test]
+fn a_child_forked_while_the_library_loads_is_never_patched() {
+    let t = build_targets();
+    let state = state_dir();
+    let s = state.path();
+    let mut master = prefork();
+    let m = master.pid();
+    let report = attach_ok(s, m, &t.bin("fix_forkmid.so"), &["compute"]);
+    let w = pids(&master.cmd("workers"), "workers ")[0];
+    assert_eq!(
+        report["inconsistent_children"],
+        serde_json::json!([w]),
+        "{report}"
+    );
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains(&format!("PID {w} was forked")),
+        "{report}"
+    );
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+    assert_eq!(
+        master.cmd("w 0 call 5"),
+        "compute 5 6",
+        "forked before any jump"
+    );
+
+    let v = status_json(s, w);
+    assert_eq!(v["inconsistent"]["pid"], m, "{v}");
+    assert_eq!(v["patches"], Value::Array(vec![]), "{v}");
+    let refused = attach(s, w, &t.bin("fix_basic.so"), &["compute"], &["--json"]);
+    let message = refused.expect_error(exit::UNSUPPORTED);
+    assert!(message.contains("half updated"), "{message}");
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+    assert_untraced(m);
+    assert_untraced(w);
+}
+
+/// A library constructor that forks in the borrowed thread: the child would return through
+/// rpatch's stub into a copy of that thread's code, so it is left stopped (untraced, and marked
+/// inconsistent) and the attach fails (8) naming it, with nothing patched; the master runs on
+/// as before.
+#[test]
+fn a_fork_by_the_borrowed_thread_is_stopped_and_fails_the_attach() {
+    let t = build_targets();
+    let state = state_dir();
+    let s = state.path();
+    let mut master = prefork();
+    let m = master.pid();
+    let run = attach(s, m, &t.bin("fix_forkctor.so"), &["compute"], &["--json"]);
+    let children = children_of(m);
+    let _reaper = Reaper(children.clone());
+    let message = run.expect_error(exit::DLOPEN_FAILED).to_string();
+    assert_eq!(children.len(), 1, "{children:?}");
+    let child = children[0];
+    assert!(message.contains(&format!("child {child} ")), "{message}");
+    assert_eq!(proc_state(child), ('T', 0), "stopped, not traced");
+    let v = status_json(s, child);
+    assert_eq!(v["inconsistent"]["pid"], m, "born during the load: {v}");
+    assert_eq!(master.cmd("call 5"), "compute 5 6");
+    assert_nothing_applied(s, m);
+    assert_untraced(m);
+}

@@ -134,6 +134,10 @@ pub struct AttachReport {
     pub warnings: Vec<String>,
     /// Private objects of the target the library's references are bound to (see `binding`).
     pub bindings: Vec<Binding>,
+    /// Children the target forked while the library was loading (by another thread): their
+    /// copy of the loader's state is half updated, so they are marked inconsistent and never
+    /// patched (also in `warnings`).
+    pub inconsistent_children: Vec<i32>,
 }
 
 impl AttachReport {
@@ -194,6 +198,11 @@ fn attach_once(
     super::lineage::refuse_shared_address_space(pid)?;
     admit(&info, &options.library, options.allow)?;
     let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    if let Some(i) = &journal.data.inconsistent {
+        return Err(Error::Unsupported {
+            reason: Unsupported::Inconsistent { pid, parent: i.pid },
+        });
+    }
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
     reconcile(&mut journal, &ProcMem::open(pid)?)?;
 
@@ -216,6 +225,7 @@ fn attach_once(
             total_ms: log.elapsed_ms(),
             warnings,
             bindings,
+            inconsistent_children: Vec::new(),
         });
     }
 
@@ -233,6 +243,7 @@ fn attach_once(
         planned: &planned,
         timeout: options.load_timeout,
     };
+    let load_started = process::boot_ticks();
     let loaded = load_until(
         &mut tracer,
         &mut modules,
@@ -241,7 +252,17 @@ fn attach_once(
         &request,
         deadline,
         log,
-    )?;
+    );
+    // Whatever the outcome, a child forked meanwhile may hold a half-loaded library.
+    let inconsistent_children =
+        super::lineage::mark_born_during_load(&state, &journal.data, &info, load_started, log);
+    let mut warnings = warnings;
+    warnings.extend(inconsistent_children.iter().map(|child| {
+        format!(
+            "PID {child} was forked while the library loaded: its loader state is half updated, so rpatch will never patch it (restart it)"
+        )
+    }));
+    let loaded = loaded?;
     crate::fault::point(FaultPoint::Loaded);
     copied_on_fork(pid, &loaded, &journal.data)?;
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
@@ -309,6 +330,7 @@ fn attach_once(
         total_ms: log.elapsed_ms(),
         warnings,
         bindings,
+        inconsistent_children,
     })
 }
 

@@ -3,7 +3,9 @@
 
 use crate::Error;
 use crate::error::Unsupported;
-use crate::journal::{Journal, JournalData, StateDir, TargetIdentity, TargetLock, inherit};
+use crate::journal::{
+    Inconsistent, Journal, JournalData, StateDir, TargetIdentity, TargetLock, inherit, now_secs,
+};
 use crate::log::Log;
 use crate::process::{self, ProcMem, ProcessInfo};
 
@@ -182,4 +184,79 @@ fn dead_journals(state: &StateDir, info: &ProcessInfo, chain: &[(i32, u64)]) -> 
         Source::Dead { start, .. } | Source::Live { start, .. } => std::cmp::Reverse(*start),
     });
     found
+}
+
+/// The children forked from the target while a library was loading into it (since `since`,
+/// in clock ticks after boot, until now), that still run its image (not exec'd since) in
+/// their own address space: their copy of the loader's state is half updated (another thread
+/// was inside `dlopen`; the C library resets the loader's lock in a forked child). Each gets a
+/// journal marked inconsistent, holding what it inherited from `parent` (the target's journal);
+/// attach refuses them from then on. A child started within the same clock tick as the load's
+/// start or end counts (the side of caution). Returns their PIDs.
+pub(super) fn mark_born_during_load(
+    state: &StateDir,
+    parent: &JournalData,
+    info: &ProcessInfo,
+    since: u64,
+    log: &Log,
+) -> Vec<i32> {
+    let until = process::boot_ticks();
+    let mut marked = Vec::new();
+    for (child, start) in process::children(info.pid) {
+        let copy = (since..=until).contains(&start)
+            && process::read_image(child).ok() == Some(info.image)
+            && !process::shares_address_space(info.pid, child);
+        if !copy {
+            continue;
+        }
+        match mark_inconsistent(state, parent, info, child, start) {
+            Ok(()) => {
+                log.step(
+                    "load",
+                    format!(
+                        "PID {child} was forked while the library loaded: marked inconsistent, it will never be patched"
+                    ),
+                );
+                marked.push(child);
+            }
+            Err(e) => log.step(
+                "load",
+                format!("PID {child} was forked while the library loaded; marking it failed: {e}"),
+            ),
+        }
+    }
+    marked
+}
+
+/// Records `child` (started at `start`) as forked mid-load from the target, in its journal,
+/// under its lock (taken after the target's, which the caller holds).
+fn mark_inconsistent(
+    state: &StateDir,
+    parent: &JournalData,
+    info: &ProcessInfo,
+    child: i32,
+    start: u64,
+) -> Result<(), Error> {
+    let identity = TargetIdentity {
+        pid: child,
+        start_time: start,
+        boot_id: info.boot_id.clone(),
+        exe: std::fs::read_link(format!("/proc/{child}/exe")).unwrap_or_default(),
+        image: Some(info.image),
+    };
+    let mut journal = Journal::open_locked(state.lock(child)?, state, &identity)?;
+    if !journal.existed() {
+        let maps = process::read_maps(child)?;
+        let born = process::start_unix_secs(start);
+        journal
+            .data
+            .adopt(inherit(parent, &ProcMem::open(child)?, &maps, born));
+    }
+    journal.data.inconsistent = Some(Inconsistent {
+        pid: info.pid,
+        start_time: info.start_time,
+        detected: now_secs(),
+    });
+    journal.save()?;
+    Ok(())
 }

@@ -25,9 +25,11 @@ pub use memory::{CodeMemory, Memory, ProcMem};
 pub use modules::{LoadedModule, ModuleMap};
 pub use priority::RealtimeGuard;
 pub use runtime::Runtime;
-pub use shared_mm::{FrozenSharers, address_space_sharers, shared_address_space};
+pub use shared_mm::{
+    FrozenSharers, address_space_sharers, shared_address_space, shares_address_space,
+};
 pub use syscall::{blocked_syscall, repair_eintr};
-pub use tracer::{Held, Stop, ThreadState, Tracer};
+pub use tracer::{Birth, Held, Stop, ThreadState, Tracer};
 
 use std::fs;
 use std::path::PathBuf;
@@ -218,6 +220,28 @@ pub fn parent(pid: i32) -> Option<i32> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let close = text.rfind(')')?;
     text[close + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes whose parent is `pid`, with their start times (clock ticks after boot).
+pub fn children(pid: i32) -> Vec<(i32, u64)> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| parent(p) == Some(pid))
+        .filter_map(|p| Some((p, read_stat(p, p).ok()?.1)))
+        .collect()
+}
+
+/// Now, in the clock ticks of process start times (`CLOCK_BOOTTIME`, which start times count).
+pub fn boot_ticks() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    now.tv_sec as u64 * hz + now.tv_nsec as u64 / (1_000_000_000 / hz)
 }
 
 /// The Unix time (seconds) of a start time in clock ticks after boot, to compare it with the
@@ -493,6 +517,37 @@ mod tests {
         assert!(shadow_stack_enabled("wrss shstk"));
         assert!(!shadow_stack_enabled(""));
         assert!(!shadow_stack_enabled("wrss"));
+    }
+
+    /// A child we fork is listed with its start time, which lies between two readings of the
+    /// boot clock taken around the fork.
+    #[test]
+    fn children_start_between_boot_clock_readings() {
+        let me = std::process::id() as i32;
+        let before = boot_ticks();
+        // SAFETY: the child only blocks in pause() until killed.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            loop {
+                // SAFETY: pause(2) has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        let after = boot_ticks();
+        let listed = children(me);
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let (_, start) = listed
+            .into_iter()
+            .find(|&(p, _)| p == child)
+            .expect("the child is listed");
+        assert!(
+            before <= start && start <= after,
+            "{before} <= {start} <= {after}"
+        );
     }
 
     /// Our parent is the process that forked us; our start lies within the last day.

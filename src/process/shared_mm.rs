@@ -13,7 +13,7 @@ const KCMP_VM: libc::c_long = 1;
 
 /// Whether processes `a` and `b` share one address space (`kcmp` returns 0 for "equal"; an
 /// error, including no access, says no).
-fn same_address_space(a: i32, b: i32) -> bool {
+pub fn shares_address_space(a: i32, b: i32) -> bool {
     // SAFETY: kcmp(2) with KCMP_VM takes no pointers (the last two arguments are unused).
     let rc = unsafe {
         libc::syscall(
@@ -37,7 +37,7 @@ pub fn address_space_sharers(pid: i32) -> Vec<i32> {
     let mut found: Vec<i32> = all_pids()
         .into_iter()
         .filter(|&p| p != pid && runs_executable(p, exe.dev(), exe.ino()))
-        .filter(|&p| same_address_space(pid, p))
+        .filter(|&p| shares_address_space(pid, p))
         .collect();
     found.sort_unstable();
     found

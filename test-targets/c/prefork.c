@@ -17,8 +17,9 @@
  *                  stub code page and island pages); ADV is dontfork, dofork, wipeonfork or
  *                  keeponfork
  *
- * Workers die with the master (PR_SET_PDEATHSIG), except those of `orphans`.  prefork_fork_now(), for a patch library's
- * constructor, has the master's forker thread fork one more worker and returns once it has. */
+ * Workers die with the master (PR_SET_PDEATHSIG), except those of `orphans`.
+ * prefork_fork_now(), for a patch library's constructor, has one of the master's two forker
+ * threads (not the caller) fork one more worker and returns once it has. */
 #define _GNU_SOURCE
 #include "common.h"
 #include <pthread.h>
@@ -93,15 +94,23 @@ static pid_t spawn_worker(int tied) {
     return pid;
 }
 
-/* The forker thread forks a worker each time a byte arrives on `ask`, then answers on `done`. */
-static int ask[2], done[2];
+/* Two forker threads: each forks a worker each time a byte arrives on its `ask` pipe, then
+ * answers on its `done` pipe.  Two, because the thread rpatch borrows for the load (the one
+ * that runs the constructor) may be one of them. */
+struct forker {
+    int ask[2], done[2];
+    volatile pid_t tid;
+};
+
+static struct forker forkers[2];
 
 static void *forker(void *arg) {
-    (void)arg;
+    struct forker *f = arg;
+    f->tid = gettid();
     char c;
-    while (read(ask[0], &c, 1) == 1) {
+    while (read(f->ask[0], &c, 1) == 1) {
         spawn_worker(1);
-        if (write(done[1], "f", 1) != 1)
+        if (write(f->done[1], "f", 1) != 1)
             break;
     }
     return NULL;
@@ -110,8 +119,9 @@ static void *forker(void *arg) {
 /* For a patch library's constructor: one more worker is forked, by another thread, while the
  * constructor (inside dlopen) waits. */
 void prefork_fork_now(void) {
+    struct forker *f = &forkers[forkers[0].tid == gettid()];
     char c;
-    if (write(ask[1], "f", 1) == 1 && read(done[0], &c, 1) == 1)
+    if (write(f->ask[1], "f", 1) == 1 && read(f->done[0], &c, 1) == 1)
         return;
 }
 
@@ -171,9 +181,14 @@ static int advise_anonymous_code(int advice) {
 int main(int argc, char **argv) {
     (void)argc;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    pthread_t t;
-    if (pipe(ask) != 0 || pipe(done) != 0 || pthread_create(&t, NULL, forker, NULL) != 0)
-        return 1;
+    for (int i = 0; i < 2; i++) {
+        pthread_t t;
+        if (pipe(forkers[i].ask) != 0 || pipe(forkers[i].done) != 0 ||
+            pthread_create(&t, NULL, forker, &forkers[i]) != 0)
+            return 1;
+    }
+    while (!forkers[0].tid || !forkers[1].tid)
+        sched_yield();
     announce_ready();
     char line[256];
     while (next_command(line, sizeof line)) {
