@@ -77,13 +77,24 @@ pub fn read_image(pid: i32) -> Result<ExecImage, ProcessError> {
             _ => ProcessError::Io { pid, what, source },
         }
     };
+    // A process in the middle of an execve has its new address space before its auxiliary
+    // vector: wait a moment for the exec to finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let address = loop {
+        let auxv = fs::read(dir.join("auxv")).map_err(io("auxv"))?;
+        if let Some(address) = auxv_value(&auxv, AT_RANDOM) {
+            break address;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ProcessError::Io {
+                pid,
+                what: format!("/proc/{pid}/auxv"),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no AT_RANDOM entry"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
     let exe = fs::metadata(dir.join("exe")).map_err(io("exe"))?;
-    let auxv = fs::read(dir.join("auxv")).map_err(io("auxv"))?;
-    let address = auxv_value(&auxv, AT_RANDOM).ok_or_else(|| ProcessError::Io {
-        pid,
-        what: format!("/proc/{pid}/auxv"),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no AT_RANDOM entry"),
-    })?;
     let mem = fs::File::open(dir.join("mem")).map_err(io("mem"))?;
     let mut at_random = [0u8; 16];
     mem.read_exact_at(&mut at_random, address)
