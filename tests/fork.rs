@@ -269,7 +269,8 @@ fn a_process_sharing_the_address_space_is_frozen_and_checked_too() {
     let m = master.pid();
     let sharer = pids(&master.cmd("share"), "shared ")[0];
     let lib = t.bin("fix_shared.so");
-    let run = attach(s, m, &lib, &["shared_park"], &["--timeout", "1", "--json"]);
+    // One freeze round is enough: the sharer never leaves the function.
+    let run = attach(s, m, &lib, &["shared_park"], &["--timeout", "0", "--json"]);
     let message = run.expect_error(exit::BUSY);
     assert!(message.contains(&format!("thread {sharer} ")), "{message}");
     assert_untraced(m);
