@@ -43,20 +43,13 @@ pub(super) fn open_journal(
     }
     drop(journal);
     let chain = forked_from(info);
-    let live = chain
-        .iter()
-        .map(|&(pid, start)| Source::Live { pid, start });
-    let mut tried_dead = false;
-    let mut sources: Box<dyn Iterator<Item = Source>> = Box::new(live);
-    loop {
-        let Some(source) = sources.next() else {
-            if tried_dead {
-                break;
-            }
-            tried_dead = true;
-            sources = Box::new(dead_journals(state, info, &chain).into_iter());
-            continue;
-        };
+    for &(pid, start) in &chain {
+        let source = Source::Live { pid, start };
+        if let Some(journal) = adopt_from(state, &source, info, identity, log)? {
+            return Ok(journal);
+        }
+    }
+    for source in dead_journals(state, info, &chain) {
         if let Some(journal) = adopt_from(state, &source, info, identity, log)? {
             return Ok(journal);
         }
