@@ -6,7 +6,7 @@ use super::admit::admit;
 use super::binding::{self, Binding};
 use super::code::expect_bytes;
 use super::delivery::Payload;
-use super::load::{LoadPhase, LoadRequest, load_until};
+use super::load::{LoadPhase, LoadRequest, LoaderWindow, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
 use crate::Error;
@@ -243,19 +243,24 @@ fn attach_once(
         planned: &planned,
         timeout: options.load_timeout,
     };
-    let load_started = process::boot_ticks();
+    let mut window = LoaderWindow::default();
     let loaded = load_until(
         &mut tracer,
         &mut modules,
         &maps,
         &mut journal,
         &request,
+        &mut window,
         deadline,
         log,
     );
-    // Whatever the outcome, a child forked meanwhile may hold a half-loaded library.
-    let inconsistent_children =
-        super::lineage::mark_born_during_load(&state, &journal.data, &info, load_started, log);
+    // Whatever the outcome, a child forked while the loader ran holds a half-loaded library.
+    let inconsistent_children = match window.ticks() {
+        Some(ticks) => {
+            super::lineage::mark_born_during_load(&state, &journal.data, &info, ticks, log)
+        }
+        None => Vec::new(),
+    };
     let mut warnings = warnings;
     warnings.extend(inconsistent_children.iter().map(|child| {
         format!(

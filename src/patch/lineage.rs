@@ -179,10 +179,10 @@ fn dead_journals(state: &StateDir, info: &ProcessInfo, chain: &[(i32, u64)]) -> 
     found
 }
 
-/// The children forked from the target while a library was loading into it (since `since`,
-/// in clock ticks after boot, until now), that still run its image (not exec'd since) in
-/// their own address space: their copy of the loader's state is half updated (another thread
-/// was inside `dlopen`; the C library resets the loader's lock in a forked child). Each gets a
+/// The children forked from the target while its loader ran a `dlopen` (`ticks`, clock ticks
+/// after boot, see `load::LoaderWindow`), that still run its image (not exec'd since) in their
+/// own address space: their copy of the loader's state is half updated (another thread was
+/// inside `dlopen`; the C library resets the loader's lock in a forked child). Each gets a
 /// journal marked inconsistent, holding what it inherited from `parent` (the target's journal);
 /// attach refuses them from then on. A child started within the same clock tick as the load's
 /// start or end counts (the side of caution). Returns their PIDs.
@@ -190,13 +190,12 @@ pub(super) fn mark_born_during_load(
     state: &StateDir,
     parent: &JournalData,
     info: &ProcessInfo,
-    since: u64,
+    ticks: std::ops::RangeInclusive<u64>,
     log: &Log,
 ) -> Vec<i32> {
-    let until = process::boot_ticks();
     let mut marked = Vec::new();
     for (child, start) in process::children(info.pid) {
-        let copy = (since..=until).contains(&start)
+        let copy = ticks.contains(&start)
             && process::read_image(child).ok() == Some(info.image)
             && !process::shares_address_space(info.pid, child);
         if !copy {
