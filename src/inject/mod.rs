@@ -226,6 +226,9 @@ pub struct InjectedThread<'t> {
     stacks: Option<&'t mut StackInspector>,
     /// rpatch's code the thread was last sent into.
     running_in: OwnCode,
+    /// Copies of the process the current call made in this thread (a constructor that forks),
+    /// left stopped: the call's end reports them.
+    forked_in_call: Vec<i32>,
     /// Progress lines, and the status line while a call takes long.
     log: &'t crate::log::Log,
 }
