@@ -143,8 +143,9 @@ fn frozen_write(
         // Real-time priority for the frozen window only (dropped at the end of each round).
         let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
-        // A thread gets at least a second to stop even when the overall timeout is short.
-        let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
+        // A thread gets its chance to stop even when the overall timeout is short or spent: on a
+        // loaded machine it may wait long for a CPU (see `process::STOP_GRACE`).
+        let stop_deadline = deadline.max(frozen_at + process::STOP_GRACE);
         let (blocker, phase) = match tracer.freeze(stop_deadline) {
             Ok(frozen) => {
                 let sharers = FrozenSharers::freeze(pid, &sharers, stop_deadline)?;
