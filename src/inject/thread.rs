@@ -254,25 +254,24 @@ impl<'t> InjectedThread<'t> {
     /// already stopped would stop it again right after the next PTRACE_CONT, before it runs a
     /// single instruction: in a SIGSTOPped process, where every resume is followed by a group-stop
     /// trap, the thread would never run at all). Signals reported before the stop go through
-    /// [`Self::pass_signal`].
+    /// [`Self::pass_signal`]. Any ptrace-stop clears a pending interrupt (kernel `ptrace_stop`:
+    /// "any trap clears pending STOP trap"), so after a signal, a fork/clone event or a suppressed
+    /// stop the thread is asked again: a thread that creates threads all the time would
+    /// otherwise never be seen stopping.
     fn interrupt(
         &mut self,
         deadline: Instant,
         what: &str,
         own: &OwnCode,
     ) -> Result<libc::user_regs_struct, InjectError> {
-        let mut asked = false;
+        // A thread asked to stop does so as soon as it next runs: it gets that chance even when
+        // the caller's deadline ran out while it was running.
+        let stop_by = deadline.max(Instant::now() + process::STOP_GRACE);
         loop {
             let stop = match self.poll_stop()? {
                 Some(stop) => stop,
                 None => {
-                    if !asked {
-                        self.ask_to_stop()?;
-                        asked = true;
-                    }
-                    // A thread asked to stop does so as soon as it next runs: it gets that
-                    // chance even when the caller's deadline ran out while it was running.
-                    let stop_by = deadline.max(Instant::now() + process::STOP_GRACE);
+                    self.ask_to_stop()?;
                     match self.tracer.wait_stop(self.tid, stop_by)? {
                         Some(stop) => stop,
                         None => return Err(self.vanished()),
