@@ -1,0 +1,48 @@
+# Copyright: rpatch developers
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""Filters of the ``rpatch.live.rollout`` playbook: the per-host outcome summary."""
+
+# What a host's outcome fact means when the summary is printed. ``started`` is left on a host
+# whose batch never finished with it (it became unreachable in the middle of the batch).
+OUTCOME_WORDS = {
+    "started": "interrupted",
+}
+
+
+def rollout_summary(hosts, hostvars):
+    """One entry per host of the rollout, in inventory order: ``host``, ``outcome``, ``phase``,
+    ``detail``. A host without an outcome never got through the preparation (unreachable)."""
+    summary = []
+    for host in hosts:
+        facts = hostvars.get(host) or {}
+        outcome = facts.get("rpatch_outcome") or "unreachable"
+        summary.append({
+            "host": host,
+            "outcome": OUTCOME_WORDS.get(outcome, outcome),
+            "phase": facts.get("rpatch_phase") or "",
+            "detail": facts.get("rpatch_detail") or "",
+        })
+    return summary
+
+
+def rollout_summary_lines(summary):
+    """The summary as aligned text lines, one per host, for a human reading the play's output."""
+    if not summary:
+        return []
+    width = max(len(entry["host"]) for entry in summary)
+    lines = []
+    for entry in summary:
+        line = "%-*s  %-16s %-7s %s" % (width, entry["host"], entry["outcome"], entry["phase"],
+                                        entry["detail"])
+        lines.append(line.rstrip())
+    return lines
+
+
+class FilterModule:
+    """The rollout summary filters."""
+
+    def filters(self):
+        return {
+            "rollout_summary": rollout_summary,
+            "rollout_summary_lines": rollout_summary_lines,
+        }
