@@ -363,7 +363,7 @@ def failed_summary(processes):
         error = process.get("error") or {}
         lines.append("%s: %s: %s" % (
             describe(process),
-            error.get("kind", "internal"),
+            error.get("kind") or "internal",
             error.get("message") or process.get("reason") or "failed",
         ))
     return lines
