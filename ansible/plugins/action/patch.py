@@ -20,9 +20,9 @@ from ansible.utils.hashing import checksum
 
 DEFAULT_REMOTE_DIR = "/var/lib/rpatch/manifests"
 
-# rpatch's exit codes of the kinds this plugin can report before rpatch runs (a manifest that
-# cannot be parsed has no rpatch exit code here: rpatch never ran).
-EXIT_CODES = {"library_missing": 6, "library_invalid": 7}
+# rpatch's exit codes of the kinds this plugin can report before the host is touched: the same
+# refusals rpatch itself makes.
+EXIT_CODES = {"library_missing": 6, "library_invalid": 7, "manifest_invalid": 27}
 
 
 class ManifestError(Exception):
@@ -53,7 +53,8 @@ def read_manifest(path):
         raise ManifestError(
             "manifest_invalid",
             "manifest %s: library %r must be a path relative to the manifest's directory, "
-            "without '..', to be transferred with it" % (path, library))
+            "without '..', to be transferred with it (rpatch manifest new writes such a path "
+            "when the library sits in the manifest's directory)" % (path, library))
     name = data.get("name") or posixpath.splitext(posixpath.basename(library))[0]
     local_library = os.path.join(os.path.dirname(path), library)
     try:

@@ -74,8 +74,8 @@ options:
   allow_no_match:
     description:
       - With O(state=applied), succeed (unchanged) when no process on the host matches the
-        manifest. By default that fails with kind C(no_process_matched): the rollout expected
-        the service to run there.
+        manifest. By default that fails with kind C(no_process_matched), since the rollout
+        expected the service to run there.
     type: bool
     default: false
   timeout:
@@ -294,6 +294,9 @@ CHANGED_WORDS = {
     "rolled_back": ("rolled_back", "would_roll_back"),
 }
 
+# The kinds of the exit codes rpatch reports with a report rather than an error object.
+EXIT_KINDS = {25: "some_processes_failed", 26: "no_process_matched"}
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -474,21 +477,26 @@ def main():
         result["diff"] = make_diff(processes, state, name)
 
     failed = failed_summary(processes)
-    if error is not None and not failed:
-        if error["kind"] == "no_process_matched" and (state == "rolled_back"
-                                                      or params["allow_no_match"]):
-            result["msg"] = "no process on the host matches %s" % name
+    if error is None and rc != 0:
+        # Exits 25 and 26 come with the report, not an error object.
+        error = dict(kind=EXIT_KINDS.get(rc, "internal"), exit_code=rc,
+                     message="rpatch exited with %d" % rc)
+    if error is None:
+        module.exit_json(**result)
+    if error["kind"] == "no_process_matched":
+        skipped = ["%s: %s" % (describe(p), p.get("reason") or "skipped")
+                   for p in processes if p.get("result") == "skipped"]
+        error["message"] = "no process on the host maps the module build %s is for%s" % (
+            name, ("; " + "; ".join(skipped)) if skipped else "")
+        if state == "rolled_back" or params["allow_no_match"]:
+            result["msg"] = error["message"]
             module.exit_json(**result)
-        result["error"] = error
-        module.fail_json(msg="rpatch %s --manifest %s: %s: %s" % (
-            argv[1], name, error["kind"], error["message"]), **result)
-    if failed or rc != 0:
-        result["error"] = error or dict(
-            kind="some_processes_failed", exit_code=rc,
-            message="%d of %d processes failed" % (len(failed), len(processes)))
-        module.fail_json(msg="rpatch %s --manifest %s: %d of %d processes failed: %s" % (
-            argv[1], name, len(failed), len(processes), "; ".join(failed)), **result)
-    module.exit_json(**result)
+    result["error"] = error
+    if failed:
+        error["message"] = "%d of %d processes failed: %s" % (
+            len(failed), len(processes), "; ".join(failed))
+    module.fail_json(msg="rpatch %s --manifest %s: %s: %s" % (
+        argv[1], name, error["kind"], error["message"]), **result)
 
 
 if __name__ == "__main__":
