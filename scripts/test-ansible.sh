@@ -6,7 +6,8 @@
 # own:
 #   1. canary (host1), then batches [1, 2] (host2 | host3 host4 | host5): every host patched;
 #   2. the same rollout again: changed=0 on every host;
-#   3. rpatch_rollback_all: every service answers its old values;
+#   3. rpatch_rollback_all: every service answers its old values; a manifest whose library
+#      changed is refused on every host, nothing touched;
 #   4. check mode with diff: every host would apply, nothing changes;
 #   5. a health check failing on host4 (second batch): host3 and host4 rolled back, host5
 #      not_started, the play fails with the summary; host1 and host2 stay patched;
@@ -70,6 +71,10 @@ if [[ "$have_core" != *"core $ANSIBLE_CORE_VERSION]"* || "$have_lint" != *"$ANSI
     "$VENV/bin/pip" install -q "ansible-core==$ANSIBLE_CORE_VERSION" "ansible-lint==$ANSIBLE_LINT_VERSION"
 fi
 export PATH="$VENV/bin:$PATH"
+# check-jsonschema (scripts/install-deps.sh puts it in its own virtualenv) checks the summaries.
+scripts/install-deps.sh
+CHECK_JSONSCHEMA=$(command -v check-jsonschema ||
+    echo "${RPATCH_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/rpatch-tools/venv}/bin/check-jsonschema")
 
 say "building rpatch and the demo service"
 if [ -z "${RPATCH:-}" ]; then
@@ -319,6 +324,7 @@ rpatch_batches: [1, 2]
 rpatch_timeout: 10
 rpatch_health_timeout: 8
 rpatch_health_delay: 1
+rpatch_persist: true
 rpatch_health_checks:
   - name: first service process
     url: http://127.0.0.1:8081/calc/7
@@ -351,7 +357,7 @@ playbook() {
 show_summary() {
     python3 - "$WORK/$1.summary.json" <<'EOF'
 import json, sys
-for e in json.load(open(sys.argv[1])):
+for e in json.load(open(sys.argv[1]))["hosts"]:
     print("    %-6s %-16s %-8s %s" % (e["host"], e["outcome"], e["phase"], e["detail"]))
 EOF
 }
@@ -366,9 +372,11 @@ expect() {
         fail "$name: ansible-playbook exited $rc, expected $want_rc"
     fi
     [ -f "$WORK/$name.summary.json" ] || { tail -n 60 "$WORK/$name.log" >&2; fail "$name: no summary"; }
+    "$CHECK_JSONSCHEMA" -q --schemafile docs/schemas/rollout-summary.schema.json \
+        "$WORK/$name.summary.json" || fail "$name: the summary does not match its schema"
     python3 - "$WORK/$name.summary.json" "$@" <<'EOF' || { tail -n 60 "$WORK/$name.log" >&2; fail "$name: outcomes differ"; }
 import json, sys
-got = {e["host"]: e["outcome"] for e in json.load(open(sys.argv[1]))}
+got = {e["host"]: e["outcome"] for e in json.load(open(sys.argv[1]))["hosts"]}
 bad = [(h, want, got.get(h)) for h, want in (a.split("=") for a in sys.argv[2:]) if got.get(h) != want]
 for h, want, have in bad:
     print("%s: outcome %s, expected %s" % (h, have, want), file=sys.stderr)
@@ -398,10 +406,14 @@ for h in "${HOSTS[@]}"; do values "$h" 7000; done
 got=$(ip netns exec "$NS_PREFIX-host2" curl -fsS --max-time 10 http://127.0.0.1:8083/calc/7)
 [ "$got" = "calc 7 17" ] || fail "host2's other build was patched: '$got'"
 grep -q "skipped 1" "$WORK/rollout.summary.json" || fail "host2's other build is not reported skipped"
+grep -q "not persisted: PID 1 is bash, not systemd" "$WORK/rollout.summary.json" ||
+    fail "rpatch_persist was not skipped on hosts without systemd"
 # The batches ran in order: canary, then batch 1, 2, 3.
 python3 - "$WORK/rollout.summary.json" <<'EOF' || fail "batches out of order"
 import json, sys
-phase = {e["host"]: e["phase"] for e in json.load(open(sys.argv[1]))}
+summary = json.load(open(sys.argv[1]))
+assert summary["stopped"] is False and summary["operation"] == "rollout", summary
+phase = {e["host"]: e["phase"] for e in summary["hosts"]}
 assert phase == {"host1": "canary", "host2": "batch 1", "host3": "batch 2", "host4": "batch 2",
                  "host5": "batch 3"}, phase
 EOF
@@ -436,6 +448,31 @@ expect rollback 0 host1=rolled_back host2=rolled_back host3=rolled_back host4=ro
 show_summary rollback
 for h in "${HOSTS[@]}"; do values "$h" 17; done
 
+say "3b. a manifest whose library changed since it was made: refused, nothing touched"
+mkdir -p "$WORK/tampered"
+cp "$WORK/patches/calc-fix-1.toml" "$WORK/patches/calc-fix-1.so" "$WORK/tampered/"
+printf 'x' >>"$WORK/tampered/calc-fix-1.so"
+cat >"$WORK/tampered.yml" <<EOF
+- name: A manifest whose library differs is refused on every host
+  hosts: fleet
+  gather_facts: false
+  tasks:
+    - name: Apply the manifest
+      rpatch.live.patch:
+        manifest: $WORK/tampered/calc-fix-1.toml
+      register: r
+      ignore_errors: true
+    - name: It was refused with rpatch's kind
+      ansible.builtin.assert:
+        that:
+          - r is failed
+          - r.error.kind == 'library_invalid'
+          - r.msg is search('sha256')
+EOF
+ip netns exec "$CTL" ansible-playbook "$WORK/tampered.yml" >"$WORK/tampered.log" 2>&1 ||
+    { tail -n 40 "$WORK/tampered.log" >&2; fail "a tampered manifest was not refused"; }
+for h in "${HOSTS[@]}"; do values "$h" 17; done
+
 say "4. check mode: every host would apply, nothing changes"
 playbook check --check --diff
 expect check 0 host1=would_apply host2=would_apply host3=would_apply host4=would_apply host5=would_apply
@@ -449,6 +486,8 @@ expect failing 2 host1=applied host2=applied host3=rolled_back host4=rolled_back
 show_summary failing
 grep -q "PLAY RECAP" "$WORK/failing.log" || fail "failing: the play did not finish"
 grep -q 'rpatch rollout stopped' "$WORK/failing.log" || fail "failing: no stop message"
+python3 -c 'import json, sys; assert json.load(open(sys.argv[1]))["stopped"] is True' \
+    "$WORK/failing.summary.json" || fail "failing: the summary does not say the rollout stopped"
 values host1 7000
 values host2 7000
 values host3 17

@@ -19,8 +19,12 @@ requirements:
   - rpatch with manifest support (C(rpatch status --all)) on the managed host, run as root.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.info_module
 attributes:
+  check_mode:
+    support: full
+    details: It only reads, so it runs in check mode too.
+  diff_mode:
+    support: none
   platform:
     platforms: posix
     details: Linux only (/proc).
