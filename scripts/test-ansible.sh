@@ -90,6 +90,7 @@ FIX="$ROOT/test-targets/target/release/libcalcapp.so"
 
 # --- cleanup (also on failure) -------------------------------------------------------------
 HOST_PIDS=()
+SANITY_DIR=""
 CREATED_DIRS=()
 NAMESPACES=()
 cleanup() {
@@ -121,6 +122,7 @@ cleanup() {
     for dir in "${CREATED_DIRS[@]}"; do
         rmdir "$dir" 2>/dev/null
     done
+    [ -z "$SANITY_DIR" ] || rm -rf "$SANITY_DIR"
     if [ -z "${KEEP:-}" ]; then
         rm -rf "$WORK"
     else
@@ -503,10 +505,12 @@ if [ -z "${SKIP_SANITY:-}" ]; then
     say "ansible-lint"
     # ansible/.ansible-lint makes ansible/ the project; ansible-lint installs the collection into
     # ansible/.ansible/ (ignored by git and by the build) to resolve its modules.
-    (cd ansible && ansible-lint --nocolor) || fail "ansible-lint"
+    (cd ansible && env -u ANSIBLE_CONFIG ansible-lint --nocolor) || fail "ansible-lint"
     say "ansible-test sanity --venv --python 3.11"
-    # From the collection as built: ansible-test wants it at ansible_collections/rpatch/live/.
-    copy="$WORK/sanity/ansible_collections/rpatch/live"
+    # From the collection as built: ansible-test wants it at ansible_collections/rpatch/live/,
+    # outside this git repository (inside, it would see the copy as ignored files and skip them).
+    SANITY_DIR=$(mktemp -d /tmp/rpatch-sanity.XXXXXX)
+    copy="$SANITY_DIR/ansible_collections/rpatch/live"
     mkdir -p "$copy"
     tar -xzf "$WORK"/rpatch-live-*.tar.gz -C "$copy"
     # ansible-test --venv puts pip in each virtualenv with a get-pip script it downloads from a
@@ -539,7 +543,12 @@ sys.exit(main(["install", "--no-index", "--find-links", here, "--upgrade", "--fo
 EOF
         mv "$bootstrap.new" "$bootstrap"
     fi
-    (cd "$copy" && HOME="$at_home" ansible-test sanity --venv --python 3.11) || fail "ansible-test sanity"
+    rc=0
+    (cd "$copy" && HOME="$at_home" env -u ANSIBLE_CONFIG ansible-test sanity --venv --python 3.11) \
+        >"$WORK/sanity.log" 2>&1 || rc=$?
+    grep -E '^(Running sanity test|ERROR|FATAL|WARNING)' "$WORK/sanity.log" || true
+    [ "$rc" -eq 0 ] || { tail -n 40 "$WORK/sanity.log" >&2; fail "ansible-test sanity"; }
+    ! grep -q "All targets skipped" "$WORK/sanity.log" || fail "ansible-test sanity tested nothing"
 fi
 
 say "passed in $((SECONDS - START)) s"

@@ -38,6 +38,21 @@ def rollout_summary_lines(summary):
     return lines
 
 
+def process_results(result):
+    """One line from an ``rpatch.live.patch`` result: each result word with its count and PIDs,
+    e.g. ``applied 2 (pids 14 15), skipped 1 (pid 16)``."""
+    processes = (result or {}).get("processes") or []
+    counts = (result or {}).get("counts") or {}
+    parts = []
+    for word, count in counts.items():
+        if not count:
+            continue
+        pids = [str(p.get("pid")) for p in processes if p.get("result") == word]
+        parts.append("%s %d (%s %s)" % (word, count, "pid" if len(pids) == 1 else "pids",
+                                        " ".join(pids)))
+    return ", ".join(parts) or "no matching process"
+
+
 class FilterModule:
     """The rollout summary filters."""
 
@@ -45,4 +60,5 @@ class FilterModule:
         return {
             "rollout_summary": rollout_summary,
             "rollout_summary_lines": rollout_summary_lines,
+            "process_results": process_results,
         }
