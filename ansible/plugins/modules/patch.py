@@ -26,7 +26,7 @@ description:
   - Check mode runs rpatch with C(--dry-run) (nothing is touched; the report says which processes
     C(would_apply) or C(would_roll_back)); diff mode shows the processes whose state changes.
 author:
-  - rpatch developers
+  - rpatch developers (!UNKNOWN)
 requirements:
   - rpatch with manifest support (C(rpatch attach --manifest)) on the managed host, run as root
     (ptrace rights over the target processes).

@@ -12,9 +12,9 @@ description:
   - Runs C(rpatch status --all --json) on the host and returns every process with recorded
     patches, each patch's state verified against the process's memory (C(applied), C(missing),
     C(tampered), C(rolled_back), C(abandoned)) and the manifests it came from.
-  - Only reads: no process is stopped or traced.
+  - It only reads; no process is stopped or traced.
 author:
-  - rpatch developers
+  - rpatch developers (!UNKNOWN)
 requirements:
   - rpatch with manifest support (C(rpatch status --all)) on the managed host, run as root.
 extends_documentation_fragment:
