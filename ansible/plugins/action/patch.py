@@ -1,13 +1,15 @@
 # Copyright: rpatch developers
 # SPDX-License-Identifier: MIT OR Apache-2.0
 """Action plugin of ``rpatch.live.patch``: reads the manifest on the controller, transfers it and
-its library to the host when the host's copies differ, then runs the module there.
+its library to the host when the host's copies differ, then runs the module there with
+``manifest`` naming the manifest on the host (staged, or the copy kept from an earlier run).
 
 The library's hash is checked here first, so a manifest that does not match its library fails
 before any host is contacted for patching; the module checks it again on the host.
 """
 
 import hashlib
+import json
 import os
 import posixpath
 import shlex
@@ -16,9 +18,13 @@ import tomllib
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.plugins.action import ActionBase
-from ansible.utils.hashing import checksum
+from ansible.utils.hashing import checksum, checksum_s
 
 DEFAULT_REMOTE_DIR = "/var/lib/rpatch/manifests"
+
+# Beside the manifest on the host: its name, file, library and the library's SHA-256, as read
+# here (the module reads it; the same name in plugins/modules/patch.py).
+SIDECAR = ".rpatch-manifest.json"
 
 # rpatch's exit codes of the kinds this plugin can report before the host is touched: the same
 # refusals rpatch itself makes.
@@ -102,16 +108,22 @@ class ActionModule(ActionBase):
 
         manifest_file = os.path.basename(local_manifest)
         dest_dir = posixpath.join(args.get("remote_dir") or DEFAULT_REMOTE_DIR, name)
-        pairs = [
-            (local_manifest, posixpath.join(dest_dir, manifest_file)),
-            (local_library, posixpath.join(dest_dir, library)),
-        ]
-        args.update(_manifest_name=name, _manifest_file=manifest_file, _library=library,
-                    _library_sha256=sha256, _manifest_src=None, _library_src=None)
+        # What the module needs to know of the manifest without parsing TOML on the host (whose
+        # Python may predate tomllib): kept beside the manifest there.
+        sidecar = json.dumps(dict(name=name, manifest_file=manifest_file, library=library,
+                                  library_sha256=sha256), sort_keys=True) + "\n"
         try:
-            if self._host_copies_differ(pairs, task_vars):
-                staged = self._stage(local_manifest, manifest_file, local_library, library)
-                args.update(_manifest_src=staged[0], _library_src=staged[1])
+            kept = posixpath.join(dest_dir, manifest_file)
+            if self._host_copies_differ([
+                (checksum(local_manifest), kept),
+                (checksum(local_library), posixpath.join(dest_dir, library)),
+                (checksum_s(sidecar), posixpath.join(dest_dir, SIDECAR)),
+            ], task_vars):
+                # The module installs the staged copies (not in check mode).
+                args["manifest"] = self._stage(local_manifest, manifest_file, local_library,
+                                               library, sidecar)
+            else:
+                args["manifest"] = kept
             result.update(self._execute_module(
                 module_name="rpatch.live.patch", module_args=args, task_vars=task_vars))
         except AnsibleError as e:
@@ -121,17 +133,19 @@ class ActionModule(ActionBase):
         return result
 
     def _host_copies_differ(self, pairs, task_vars):
-        """Whether any of the host's kept copies is missing or differs from the controller's."""
-        for local, remote in pairs:
+        """Whether any of the host's kept copies is missing or differs: ``pairs`` holds the
+        controller's SHA-1 (what the stat module reports) and the host's path."""
+        for want, remote in pairs:
             stat = self._execute_remote_stat(remote, all_vars=task_vars, follow=False,
                                              checksum=True)
-            if not stat.get("exists") or stat.get("checksum") != checksum(local):
+            if not stat.get("exists") or stat.get("checksum") != want:
                 return True
         return False
 
-    def _stage(self, local_manifest, manifest_file, local_library, library):
-        """Transfers both files into the task's temporary directory on the host, the library at
-        its path relative to the manifest (so rpatch can read the staged manifest as it is)."""
+    def _stage(self, local_manifest, manifest_file, local_library, library, sidecar):
+        """Transfers the manifest, its library and the sidecar into the task's temporary
+        directory on the host, the library at its path relative to the manifest (so rpatch can
+        read the staged manifest as it is); returns the staged manifest's path."""
         tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()
         base = posixpath.join(tmpdir, "rpatch-manifest")
         remote_manifest = posixpath.join(base, manifest_file)
@@ -144,5 +158,6 @@ class ActionModule(ActionBase):
                 base, mkdir.get("stderr", "").strip()))
         self._transfer_file(local_manifest, remote_manifest)
         self._transfer_file(local_library, remote_library)
-        self._fixup_perms2((base, remote_manifest, remote_library))
-        return remote_manifest, remote_library
+        remote_sidecar = self._transfer_data(posixpath.join(base, SIDECAR), sidecar)
+        self._fixup_perms2((base, remote_manifest, remote_library, remote_sidecar))
+        return remote_manifest

@@ -262,6 +262,7 @@ report:
   type: dict
 """
 
+import json
 import os
 import re
 import shutil
@@ -297,6 +298,9 @@ CHANGED_WORDS = {
 # The kinds of the exit codes rpatch reports with a report rather than an error object.
 EXIT_KINDS = {25: "some_processes_failed", 26: "no_process_matched"}
 
+# Beside the manifest on the host, written by the action plugin (plugins/action/patch.py).
+SIDECAR = ".rpatch-manifest.json"
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -318,10 +322,10 @@ def rpatch_flags(module, state):
     return flags
 
 
-def install_files(module, manifest_src, library_src, dest_manifest, dest_library):
-    """Moves the transferred manifest and library into place (root-owned, not writable by others:
-    rpatch refuses insecure libraries), each with an atomic rename."""
-    for src, dest in ((library_src, dest_library), (manifest_src, dest_manifest)):
+def install_files(module, pairs):
+    """Copies each staged ``(source, destination)`` into place: root-owned, not writable by
+    others (rpatch refuses insecure libraries), each with an atomic rename, the manifest last."""
+    for src, dest in pairs:
         parent = os.path.dirname(dest)
         if not os.path.isdir(parent):
             os.makedirs(parent, 0o755)
@@ -329,6 +333,23 @@ def install_files(module, manifest_src, library_src, dest_manifest, dest_library
         shutil.copyfile(src, staged)
         os.chmod(staged, 0o644)
         module.atomic_move(staged, dest)
+
+
+def read_sidecar(module, manifest):
+    """What the action plugin read from the manifest: name, manifest_file, library,
+    library_sha256 (JSON beside the manifest on the host)."""
+    path = os.path.join(os.path.dirname(manifest), SIDECAR)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        module.fail_json(msg="%s: %s; rpatch.live.patch runs through its action plugin, which "
+                             "reads the manifest on the controller and puts it there" % (path, e))
+    missing = [k for k in ("name", "manifest_file", "library", "library_sha256")
+               if not isinstance(info.get(k), str) or not info.get(k)]
+    if missing:
+        module.fail_json(msg="%s lacks %s" % (path, ", ".join(missing)))
+    return info
 
 
 def describe(process):
@@ -392,33 +413,27 @@ def main():
             cascade=dict(type="bool", default=False),
             remote_dir=dict(type="path", default="/var/lib/rpatch/manifests"),
             rpatch_path=dict(type="path"),
-            # Set by the action plugin: what it read from the manifest on the controller, and
-            # where it transferred the files (unset when the host's copies were up to date).
-            _manifest_name=dict(type="str"),
-            _manifest_file=dict(type="str"),
-            _library=dict(type="str"),
-            _library_sha256=dict(type="str"),
-            _manifest_src=dict(type="path"),
-            _library_src=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     params = module.params
     state = params["state"]
-    name = params["_manifest_name"]
-    if not name or not params["_library"] or not params["_library_sha256"]:
-        module.fail_json(msg="rpatch.live.patch runs through its action plugin, which reads the "
-                             "manifest on the controller; call it as rpatch.live.patch")
+    # The action plugin passes the manifest's path on the host: staged in the task's temporary
+    # directory (new or changed files) or the copy kept under remote_dir. Beside it, what the
+    # plugin read from the manifest on the controller.
+    manifest_here = params["manifest"]
+    info = read_sidecar(module, manifest_here)
+    name = info["name"]
     if not NAME_RE.match(name):
         module.fail_json(msg="manifest name %r cannot name a directory" % name)
     dest_dir = os.path.join(params["remote_dir"], name)
-    dest_manifest = os.path.join(dest_dir, params["_manifest_file"])
-    dest_library = os.path.join(dest_dir, params["_library"])
-    want_sha = params["_library_sha256"].lower()
+    dest_manifest = os.path.join(dest_dir, info["manifest_file"])
+    dest_library = os.path.join(dest_dir, info["library"])
+    want_sha = info["library_sha256"].lower()
     result = dict(
         changed=False,
         state=state,
-        manifest=dict(name=name, path=dest_manifest, library=params["_library"],
+        manifest=dict(name=name, path=dest_manifest, library=info["library"],
                       library_path=dest_library, library_sha256=want_sha),
         files_installed=False,
         processes=[],
@@ -426,8 +441,9 @@ def main():
     )
 
     # The hash is checked on the host, on the copy rpatch will read.
-    transferred = params["_manifest_src"] is not None
-    library_here = params["_library_src"] if transferred else dest_library
+    staged_dir = os.path.dirname(manifest_here)
+    staged = os.path.normpath(staged_dir) != os.path.normpath(dest_dir)
+    library_here = os.path.join(staged_dir, info["library"])
     if not os.path.isfile(library_here):
         result["error"] = dict(kind="library_missing", exit_code=6,
                                message="%s is missing on the host" % library_here)
@@ -440,14 +456,17 @@ def main():
         module.fail_json(msg="library_invalid: " + message, **result)
 
     manifest_path = dest_manifest
-    if transferred:
+    if staged:
         if module.check_mode:
-            # Nothing is installed in check mode: rpatch plans with the transferred copy, whose
+            # Nothing is installed in check mode: rpatch plans with the staged copy, whose
             # library sits beside it as in the manifest.
-            manifest_path = params["_manifest_src"]
+            manifest_path = manifest_here
         else:
-            install_files(module, params["_manifest_src"], params["_library_src"],
-                          dest_manifest, dest_library)
+            install_files(module, [
+                (library_here, dest_library),
+                (os.path.join(staged_dir, SIDECAR), os.path.join(dest_dir, SIDECAR)),
+                (manifest_here, dest_manifest),
+            ])
             result["files_installed"] = True
 
     argv = [find_rpatch(module, params["rpatch_path"]),
