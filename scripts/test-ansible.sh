@@ -324,7 +324,7 @@ rpatch_hosts: fleet
 rpatch_canary: rpatch_canary
 rpatch_batches: [1, 2]
 rpatch_timeout: 10
-rpatch_health_timeout: 8
+rpatch_health_timeout: 30
 rpatch_health_delay: 1
 rpatch_persist: true
 rpatch_health_checks:
