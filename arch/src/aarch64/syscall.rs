@@ -109,6 +109,22 @@ pub struct BlockedCall {
     pub pc: u64,
 }
 
+impl BlockedCall {
+    /// The call a thread is about to make when its resume state has it on an `svc` (a call
+    /// the kernel rewound, re-issued): x8 and x0..x5 are the call. A tracer that resumed the
+    /// thread there uses this when `/proc` showed it running at the next interrupt (it had not
+    /// re-entered the call yet), so an `-EINTR` caused by that interrupt can still be undone.
+    pub fn resumed_onto_svc(resume: &ResumeState) -> Self {
+        let mut args = [0; 6];
+        args.copy_from_slice(&resume.x[..6]);
+        Self {
+            nr: resume.x[8],
+            args,
+            pc: resume.pc + 4,
+        }
+    }
+}
+
 /// `-EINTR`.
 const EINTR: i64 = 4;
 
@@ -241,5 +257,9 @@ mod tests {
         );
         assert!(kept(&regs(0x2004, -4, 63), &call, true), "x8 changed");
         assert!(!rewound(&r, &call));
+        // The same call known from the state the thread was resumed with (on the svc).
+        let mut resumed = regs(0x2000, 5, SYS_EPOLL_PWAIT);
+        resumed.x[1..6].copy_from_slice(&[6, 7, 8, 9, 10]);
+        assert_eq!(BlockedCall::resumed_onto_svc(&resumed), call);
     }
 }
