@@ -9,6 +9,8 @@
 #   1. -cpu cortex-a72            the base scenarios (and the BTI/PAC checks as controls: no trap)
 #   2. -cpu max,pauth-impdef=on   everything again with BTI and pointer authentication enforced
 # Prints PASS/FAIL per scenario and `aarch64: N passed, M failed`; exits non-zero on a failure.
+# Run time: about 10 s with a warm cache, about 3 minutes from a fresh cache (kernel download and
+# cross builds) on a 2-core machine under load.
 #
 # Installs what it needs when missing (as root): qemu-system-arm, gcc-aarch64-linux-gnu,
 # libc6-dev-arm64-cross, binutils-aarch64-linux-gnu, cpio, and the rustup target
