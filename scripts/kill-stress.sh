@@ -81,4 +81,10 @@ echo "| spurious EINTR in the target (by call) | $(echo "$STATS" | grep -o "spur
 echo "| bootstrap code left in slack at the end | $slack_left |"
 [ "$HANDLED" = "$SENT" ] || fail "signals sent $SENT != handled $HANDLED"
 [ "$slack_left" = 0 ] || fail "bootstrap code left in slack"
+# Restartable calls must never see EINTR. A SIGKILL between interrupting a thread blocked in
+# epoll_wait (plain EINTR, never restarted) and rewinding its registers leaves that call failing,
+# as SIGSTOP/SIGCONT would: at most one per kill.
+[ "$(field "$STATS" spurious_read)" = 0 ] || fail "spurious EINTR in read: $STATS"
+[ "$(field "$STATS" spurious_nanosleep)" = 0 ] || fail "spurious EINTR in nanosleep: $STATS"
+(( $(field "$STATS" spurious_epoll) <= killed_mid )) || fail "more spurious epoll EINTR than kills: $STATS"
 [ "$survived" = "$N" ] && echo PASS

@@ -95,6 +95,7 @@ impl Root {
     }
 
     /// A root at an open directory (tests; a directory rpatch created itself).
+    #[cfg(test)]
     pub fn from_dir(dir: OwnedFd, name: PathBuf) -> Self {
         Self { dir, name }
     }
@@ -102,11 +103,6 @@ impl Root {
     /// The directory fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
-    }
-
-    /// How the root is named in messages (`/proc/PID/root`).
-    pub fn name(&self) -> &Path {
-        &self.name
     }
 
     /// `path` (absolute or relative, either way taken from this root) as it appears in messages.

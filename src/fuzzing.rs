@@ -9,7 +9,7 @@
 use crate::journal::JournalData;
 use crate::patch::shim::{self, AbsoluteSymbol};
 use crate::process::seccomp::{self, Action, Insn, SeccompData};
-use crate::process::{gaps, parse_maps};
+use crate::process::{ProcMem, gaps, parse_maps};
 use crate::safety::StackInspector;
 use crate::symbols::{Pattern, Resolution, SymbolIndex};
 use std::os::unix::fs::FileExt;
@@ -117,6 +117,7 @@ pub fn unwinder(data: &[u8]) {
     let images = [("fuzz.so".to_string(), MODULE, image)];
     let stack_end = STACK + stack.len().max(8) as u64;
     let data_mappings = std::iter::once(STACK..stack_end).collect();
+    let mem = Box::new(ProcMem::from_file(mem));
     let mut inspector = StackInspector::from_images(mem, &images, data_mappings);
     // SAFETY: user_regs_struct is plain integers; all zeros is a valid value.
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };

@@ -1,31 +1,39 @@
 //! rpatch: replace functions in running, unmodified Linux processes, check them, and undo them.
 //!
-//! The library exposes the operations as a typed API — [`attach`], [`rollback`], [`status`] —
-//! each a pipeline of named phases (see `patch`). The `rpatch` binary is a thin front end.
+//! The library's public surface is the operations — [`attach`], [`rollback`], [`status`],
+//! [`resolve`], [`rehearse`] — with their option and report types, and the [`Error`] they fail
+//! with (its [`ErrorKind`] is the stable class, from which the exit code is derived). Everything
+//! else is internal (`pub(crate)`): the phases of an operation are named in `patch`, which alone
+//! knows their order; ARCHITECTURE.md follows one attach through the modules. The `rpatch`
+//! binary is a thin front end that turns reports and errors into text or JSON.
 
-mod error;
+pub mod error;
 mod fault;
-pub mod files;
+pub(crate) mod files;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod inject;
-pub mod journal;
+mod hex;
+pub(crate) mod inject;
+mod isa;
+pub(crate) mod journal;
+mod kind;
 pub mod log;
-pub mod patch;
-pub mod process;
+pub(crate) mod patch;
+pub(crate) mod process;
 pub mod rehearse;
 pub mod resolve;
-pub mod safety;
-pub mod symbols;
+pub(crate) mod safety;
+pub(crate) mod symbols;
 
-pub use error::Error;
+pub use error::{Error, ErrorKind, ErrorSummary};
+pub use journal::{JumpMethod, PatchState};
 pub use patch::{
-    Allowances, AttachOptions, AttachReport, FunctionRequest, RollbackOptions, RollbackReport,
-    RollbackSelection, StatusReport,
+    Allowances, AttachOptions, AttachReport, Binding, FunctionRequest, PatchStatus, PatchSummary,
+    PatchView, RollbackOptions, RollbackReport, RollbackSelection, SlackLeft, StatusReport,
 };
-
 pub use rehearse::{RehearseOptions, RehearseReport};
 pub use resolve::{ResolveOptions, ResolveReport};
+pub use symbols::{CloneSymbol, DebugInfoSource, InlineSite, Parameter, Signature, TypeInfo};
 
 use log::Log;
 use process::ProcessError;
@@ -62,18 +70,37 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
 }
 
 /// A failure of any kind while the target died under us is reported as the death: whichever
-/// ptrace or /proc call noticed first is an accident of timing.
+/// ptrace or /proc call noticed first is an accident of timing. (Process errors reach the top
+/// one way only, as [`Error::Process`]: see `From<InjectError> for Error`.)
 fn exited_if_gone<T>(pid: i32, result: Result<T, Error>) -> Result<T, Error> {
     result.map_err(|e| {
         let benign = matches!(
             e,
             Error::Process(ProcessError::NoSuchProcess { .. } | ProcessError::Exited { .. })
         );
-        let alive = process::live_task(pid).is_some();
-        if alive || benign {
+        if benign || !process_gone(pid, &e) {
             e
         } else {
             Error::Process(ProcessError::Exited { pid })
         }
     })
+}
+
+/// Whether `pid` has no live thread left. A ptrace request that found a thread rpatch holds gone
+/// (ESRCH) most often means the process is being torn down, which takes its other threads a
+/// moment: for such an error the answer is awaited briefly (`process::exiting`) rather than read
+/// once.
+fn process_gone(pid: i32, e: &Error) -> bool {
+    let vanished = matches!(
+        e,
+        Error::Process(ProcessError::Ptrace {
+            errno: nix::errno::Errno::ESRCH,
+            ..
+        })
+    );
+    if vanished {
+        process::exiting(pid)
+    } else {
+        process::live_task(pid).is_none()
+    }
 }

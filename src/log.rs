@@ -1,13 +1,27 @@
-//! Progress lines for `-v`: each phase of an operation, with the time since it started.
+//! What an operation tells a person while it runs, on stderr: progress lines for `-v` (each
+//! phase, with the time since it started), and — when the caller asks for it, on a terminal —
+//! one live status line while rpatch waits (a busy thread, a slow load, another rpatch).
 
-use std::time::Instant;
+use std::cell::Cell;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
-/// Writes timestamped progress lines to stderr when verbose.
+/// Writes timestamped progress lines to stderr when verbose, and the live status line when
+/// enabled.
 #[derive(Debug, Clone)]
 pub struct Log {
     verbose: bool,
     start: Instant,
+    live: bool,
+    /// When the status line was last drawn (None: not shown now).
+    drawn: Cell<Option<Instant>>,
 }
+
+/// How often the status line is redrawn at most.
+const REDRAW: Duration = Duration::from_millis(100);
+
+/// How long a wait lasts before the status line shows it.
+const SHOW_AFTER: Duration = Duration::from_millis(250);
 
 impl Log {
     /// A log that prints only when `verbose`.
@@ -15,6 +29,8 @@ impl Log {
         Self {
             verbose,
             start: Instant::now(),
+            live: false,
+            drawn: Cell::new(None),
         }
     }
 
@@ -23,11 +39,55 @@ impl Log {
         Self::new(false)
     }
 
+    /// Also shows what the operation waits for on one line that is redrawn in place (`\r`):
+    /// meant for a terminal on stderr. The caller decides (not for `--json`, not off a TTY).
+    pub fn with_status_line(mut self, live: bool) -> Self {
+        self.live = live;
+        self
+    }
+
     /// Prints one progress line (`[  1.234 ms] phase: message`).
     pub fn step(&self, phase: &str, message: impl AsRef<str>) {
         if self.verbose {
+            self.clear_status();
             let ms = self.start.elapsed().as_secs_f64() * 1000.0;
             eprintln!("[{ms:9.3} ms] {phase}: {}", message.as_ref());
+        }
+    }
+
+    /// Shows, on the status line, that the operation waits for `what` since `since`, at most
+    /// until `limit` after it (`rpatch: waiting 1.2 s of 5.0 s: thread 12 (worker) is inside
+    /// calc`). Redrawn at most ten times a second; a no-op unless enabled.
+    pub fn waiting(&self, what: &dyn std::fmt::Display, since: Instant, limit: Duration) {
+        if !self.live {
+            return;
+        }
+        let now = Instant::now();
+        // A wait of a moment is not worth a line; then redraw a few times a second.
+        if now - since < SHOW_AFTER || self.drawn.get().is_some_and(|t| now - t < REDRAW) {
+            return;
+        }
+        self.drawn.set(Some(now));
+        let mut line = format!(
+            "rpatch: waiting {:.1} s of {:.1} s: {what}",
+            (now - since).as_secs_f64(),
+            limit.as_secs_f64()
+        );
+        // One terminal line: the end of a long reason is cut rather than wrapped.
+        if let Some((cut, _)) = line.char_indices().nth(STATUS_WIDTH) {
+            line.truncate(cut);
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[K{line}");
+        let _ = err.flush();
+    }
+
+    /// Removes the status line, if one is shown (before other output, and at the end).
+    pub fn clear_status(&self) {
+        if self.drawn.take().is_some() {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
         }
     }
 
@@ -36,3 +96,6 @@ impl Log {
         self.start.elapsed().as_secs_f64() * 1000.0
     }
 }
+
+/// Characters of the status line at most (an 80-column terminal's line, less a margin).
+const STATUS_WIDTH: usize = 78;

@@ -4,6 +4,7 @@
 //! traced.
 
 use crate::Error;
+use crate::error::SearchPlace;
 use crate::log::Log;
 use crate::process::{self, LoadedModule, ModuleMap};
 use crate::symbols::{
@@ -33,12 +34,14 @@ pub struct ResolveOptions {
 pub struct InlinedAt {
     /// The function holding the copy (keeps the old code after a patch).
     pub caller: String,
-    /// Entry address of that function (hex).
-    pub caller_address: Option<String>,
+    /// Entry address of that function.
+    #[serde(serialize_with = "crate::hex::serialize_opt_address")]
+    pub caller_address: Option<u64>,
     /// `file:line` of the inlined call.
     pub location: Option<String>,
-    /// Start of the copy (hex), when recorded.
-    pub address: Option<String>,
+    /// Start of the copy, when recorded.
+    #[serde(serialize_with = "crate::hex::serialize_opt_address")]
+    pub address: Option<u64>,
 }
 
 /// A compiler clone, with its runtime address.
@@ -48,8 +51,9 @@ pub struct CloneAt {
     pub symbol: String,
     /// `constprop`, `isra`, `part`, `cold`...
     pub kind: String,
-    /// Address (hex).
-    pub address: String,
+    /// Address.
+    #[serde(serialize_with = "crate::hex::serialize_address")]
+    pub address: u64,
     /// Size in bytes.
     pub size: u64,
 }
@@ -61,10 +65,12 @@ pub struct ResolvedFunction {
     pub name: String,
     /// Symbol-table (linkage) name.
     pub symbol: Option<String>,
-    /// Entry address (hex): runtime with a PID (module bias applied), else link-time.
-    pub address: String,
-    /// Link-time address in the module's file (hex).
-    pub file_address: String,
+    /// Entry address: runtime with a PID (module bias applied), else link-time.
+    #[serde(serialize_with = "crate::hex::serialize_address")]
+    pub address: u64,
+    /// Link-time address in the module's file.
+    #[serde(serialize_with = "crate::hex::serialize_address")]
+    pub file_address: u64,
     /// Size in bytes.
     pub size: u64,
     /// `file:line` of the definition.
@@ -123,6 +129,8 @@ pub struct ResolveTimings {
 /// Result of `resolve`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResolveReport {
+    /// Version of this report's JSON layout (docs/schemas/resolve.schema.json).
+    pub schema_version: u32,
     /// The pattern as given.
     pub pattern: String,
     /// How it matched: `exact`, `glob` or `substring`.
@@ -141,8 +149,10 @@ pub struct ResolveReport {
     pub timings: ResolveTimings,
 }
 
-fn hex(a: u64) -> String {
-    format!("{a:#x}")
+impl ResolveReport {
+    /// The version of this report's JSON layout (`schema_version`): raised only when a field
+    /// changes meaning or goes away; new fields may be added within a version (docs/json.md).
+    pub const SCHEMA_VERSION: u32 = 1;
 }
 
 /// Lists the functions matching `options.pattern`.
@@ -151,6 +161,7 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
     let modules: Vec<(LoadedModule, Rc<SymbolIndex>, u64)> = match (options.pid, &options.exe) {
         (Some(pid), _) => {
             process::read_stat(pid, pid)?;
+            process::refuse_kernel_thread(pid)?;
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| {
                 process::ProcessError::PermissionDenied {
                     pid,
@@ -200,8 +211,8 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
         (None, None) => {
             return Err(Error::NoMatch {
                 pattern: options.pattern.clone(),
-                place: "nothing".into(),
-                hint: ": give a PID or --exe PATH".into(),
+                place: SearchPlace::Nothing,
+                suggestions: Vec::new(),
             });
         }
     };
@@ -259,21 +270,18 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
             }
         }
         let place = match (options.pid, &options.exe) {
-            (Some(pid), _) => format!("PID {pid}"),
-            (None, Some(exe)) => exe.display().to_string(),
-            _ => String::new(),
+            (Some(pid), _) => SearchPlace::Process(pid),
+            (None, Some(exe)) => SearchPlace::File(exe.clone()),
+            _ => SearchPlace::Nothing,
         };
         return Err(Error::NoMatch {
             pattern: options.pattern.clone(),
             place,
-            hint: if suggestions.is_empty() {
-                " (as exact name and as substring)".into()
-            } else {
-                format!(": did you mean {}?", suggestions.join(", "))
-            },
+            suggestions,
         });
     }
     Ok(ResolveReport {
+        schema_version: ResolveReport::SCHEMA_VERSION,
         pattern: options.pattern.clone(),
         match_kind: pattern.kind(),
         pid: options.pid,
@@ -292,89 +300,9 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
 fn at(site: &InlineSite, bias: u64) -> InlinedAt {
     InlinedAt {
         caller: site.caller.clone(),
-        caller_address: site.caller_address.map(|a| hex(a.wrapping_add(bias))),
+        caller_address: site.caller_address.map(|a| a.wrapping_add(bias)),
         location: site.location.clone(),
-        address: site.address.map(|a| hex(a.wrapping_add(bias))),
-    }
-}
-
-impl ResolveReport {
-    /// The human-readable listing.
-    pub fn text(&self) -> String {
-        let mut out = String::new();
-        for f in &self.matches {
-            out += &format!(
-                "{}{}\n",
-                f.name,
-                if f.generic {
-                    "  [generic instance]"
-                } else {
-                    ""
-                }
-            );
-            if let Some(s) = &f.symbol
-                && *s != f.name
-            {
-                out += &format!("  symbol     {s}\n");
-            }
-            out += &format!("  address    {} ({} bytes", f.address, f.size);
-            if f.address != f.file_address {
-                out += &format!(", file address {}", f.file_address);
-            }
-            out += ")\n";
-            if let Some(l) = &f.location {
-                out += &format!("  location   {l}\n");
-            }
-            out += &format!("  module     {}\n", f.module.display());
-            if let Some(s) = &f.signature_text {
-                out += &format!("  signature  {s}\n");
-            }
-            if !f.aliases.is_empty() {
-                out += &format!("  aliases    {}\n", f.aliases.join(", "));
-            }
-            for c in &f.clones {
-                out += &format!(
-                    "  clone      {} ({}) at {}, {} bytes\n",
-                    c.symbol, c.kind, c.address, c.size
-                );
-            }
-            match &f.inlined {
-                None => {}
-                Some(sites) if sites.is_empty() => out += "  inlined    nowhere\n",
-                Some(sites) => {
-                    for (i, s) in sites.iter().enumerate() {
-                        out += &format!(
-                            "  {}  into {}{}\n",
-                            if i == 0 { "inlined  " } else { "         " },
-                            s.caller,
-                            s.location
-                                .as_deref()
-                                .map(|l| format!(" at {l}"))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
-            }
-        }
-        for f in &self.inlined_only {
-            out += &format!("{}  [only inlined: no out-of-line copy]\n", f.name);
-            out += &format!("  module     {}\n", f.module.display());
-            for (i, s) in f.inlined.iter().enumerate() {
-                out += &format!(
-                    "  {}  into {}{}\n",
-                    if i == 0 { "inlined  " } else { "         " },
-                    s.caller,
-                    s.location
-                        .as_deref()
-                        .map(|l| format!(" at {l}"))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        for n in &self.notes {
-            out += &format!("note: {n}\n");
-        }
-        out
+        address: site.address.map(|a| a.wrapping_add(bias)),
     }
 }
 
@@ -405,8 +333,8 @@ fn collect(
         matches.push(ResolvedFunction {
             name: f.name.clone(),
             symbol: f.linkage_name.clone(),
-            address: hex(f.address.wrapping_add(*bias)),
-            file_address: hex(f.address),
+            address: f.address.wrapping_add(*bias),
+            file_address: f.address,
             size: f.size,
             location: f.location.clone(),
             module: module.path.clone(),
@@ -421,7 +349,7 @@ fn collect(
                 .map(|c| CloneAt {
                     symbol: c.symbol,
                     kind: c.kind,
-                    address: hex(c.address.wrapping_add(*bias)),
+                    address: c.address.wrapping_add(*bias),
                     size: c.size,
                 })
                 .collect(),

@@ -148,6 +148,43 @@ fn cpp_method_by_demangled_name() {
     assert_untraced(pid);
 }
 
+/// A `const` method typed as people call it, without its qualifier (`geo::Square::area(int)` for
+/// `area(int) const`), is found in the target and in the library; a misspelt one suggests the
+/// class's own method first.
+#[test]
+fn cpp_const_method_without_its_qualifier() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("cpp_calc"), &[]);
+    let pid = target.pid();
+    let lib = t.bin("fix_cpp.so");
+    assert_eq!(target.cmd("area 2"), "area 2 18");
+
+    let report = attach_ok(state.path(), pid, &lib, &["geo::Square::area(int)"]);
+    assert_eq!(
+        report["patches"][0]["function"], "geo::Square::area(int) const",
+        "{report}"
+    );
+    assert_untraced(pid);
+    assert_eq!(target.cmd("area 2"), "area 2 2000");
+    assert_eq!(rollback_ok(state.path(), pid, &[]), vec![1]);
+    assert_eq!(target.cmd("area 2"), "area 2 18");
+
+    let run = attach(
+        state.path(),
+        pid,
+        &lib,
+        &["geo::Square::aera(int)"],
+        &["--json"],
+    );
+    let message = run.expect_error(exit::NOT_FOUND);
+    assert!(
+        message.contains("did you mean geo::Square::area(int) const"),
+        "{message}"
+    );
+    assert_untraced(pid);
+}
+
 /// `--func old=new` takes the replacement under another name from the library.
 #[test]
 fn replacement_with_another_name() {

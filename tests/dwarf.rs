@@ -21,12 +21,15 @@ fn rpatch_env(state: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run rpatch");
-    Run {
+    let run = Run {
         args: args.iter().map(|s| s.to_string()).collect(),
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    record(&run);
+    check_json_contract(&run);
+    run
 }
 
 /// The `warnings` list of an attach report, joined.

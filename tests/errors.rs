@@ -150,6 +150,73 @@ fn library_missing() {
     assert_unchanged(&mut target, state.path());
 }
 
+/// The PID of a kernel thread visible here (kthreadd, a kworker), if any: its stat flags hold
+/// PF_KTHREAD.
+fn kernel_thread() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let flags: u64 = stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(6)?
+            .parse()
+            .ok()?;
+        (flags & 0x0020_0000 != 0).then_some(pid)
+    })
+}
+
+/// Inputs are named for what they are: a directory given as the library (6, "is a directory",
+/// not "writable by everyone"), a kernel thread's PID (19, "kernel thread", not "no process"),
+/// an empty function or replacement name (2, usage) — and the target is left as it was.
+#[test]
+fn inputs_are_named_for_what_they_are() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = basic();
+    let pid = target.pid();
+    let run = attach(
+        state.path(),
+        pid,
+        Path::new("/tmp"),
+        &["compute"],
+        &["--json"],
+    );
+    let msg = run.expect_error(exit::LIB_MISSING);
+    assert!(
+        msg.contains("/tmp is a directory") && !msg.contains("writable"),
+        "{msg}"
+    );
+    let lib = t.bin("fix_basic.so");
+    let run = attach(state.path(), pid, &lib, &[""], &[]);
+    run.expect_code(exit::USAGE);
+    assert!(
+        run.stderr.contains("a function name is needed"),
+        "{}",
+        run.stderr
+    );
+    let run = attach(state.path(), pid, &lib, &["compute="], &[]);
+    run.expect_code(exit::USAGE);
+    assert!(
+        run.stderr.contains("a replacement name is needed"),
+        "{}",
+        run.stderr
+    );
+    match kernel_thread() {
+        Some(kthread) => {
+            let run = attach(state.path(), kthread, &lib, &["compute"], &["--json"]);
+            let msg = run.expect_error(exit::UNSUPPORTED);
+            assert!(msg.contains("is a kernel thread"), "{msg}");
+            let run = rpatch(state.path(), &["status", &kthread.to_string()]);
+            assert!(
+                run.expect_error(exit::UNSUPPORTED)
+                    .contains("kernel thread")
+            );
+        }
+        None => eprintln!("no kernel thread visible in this PID namespace: that part skipped"),
+    }
+    assert_unchanged(&mut target, state.path());
+}
+
 /// A library that is a text file: 7.
 #[test]
 fn library_not_elf() {

@@ -4,10 +4,10 @@
 //! Everything here reads (maps, ELF program headers, memory) and decides; the thread is driven by
 //! `InjectedThread`.
 
-use crate::process::{Mapping, Memory, ModuleMap, gaps};
-use rpatch_arch::x86_64::remote_call::{
+use crate::isa::remote_call::{
     BOOTSTRAP_LEN, Done, MAGIC_VALUE, PAGE, STACK_SIZE, StubRegion, bootstrap_code, data,
 };
+use crate::process::{Mapping, Memory, ModuleMap, Runtime, gaps};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -36,8 +36,7 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
     let mut order: Vec<_> = modules.modules.clone();
     // libc first (its symbols are already parsed for the loader functions), then the executable.
     let rank = |m: &crate::process::LoadedModule| {
-        let name = m.file_name();
-        if name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl") {
+        if m.runtime().is_some_and(Runtime::is_c_library) {
             0
         } else if Some(m.path.as_path()) == modules.main_executable().map(|e| e.path.as_path()) {
             1
@@ -146,12 +145,12 @@ pub fn region_addresses(maps: &[Mapping], len: u64) -> Vec<u64> {
 pub fn region_mapped(maps: &[Mapping], region: &StubRegion) -> (bool, bool) {
     let anon = |m: &&Mapping| m.inode == 0 && m.path.is_empty();
     let code = maps.iter().filter(anon).any(|m| {
-        m.start == region.code() && m.end == region.code() + PAGE && m.perms.starts_with("r-x")
+        m.start == region.code() && m.end == region.code() + PAGE && m.perms.read_exec_only()
     });
     let rw = maps.iter().filter(anon).any(|m| {
         m.start == region.rw_start()
             && m.end == region.rw_start() + region.rw_len()
-            && m.perms.starts_with("rw-")
+            && m.perms.read_write_only()
     });
     (code, rw)
 }
@@ -168,14 +167,14 @@ pub fn find_idle_region(
     stub_for: impl Fn(&StubRegion) -> Option<Vec<u8>>,
 ) -> Option<StubRegion> {
     maps.iter()
-        .filter(|m| m.inode == 0 && m.path.is_empty() && m.perms.starts_with("r-x"))
+        .filter(|m| m.inode == 0 && m.path.is_empty() && m.perms.read_exec_only())
         .find_map(|m| {
             let region = StubRegion {
                 base: m.end - PAGE,
                 xsave_len,
             };
             let rw = maps.iter().find(|n| n.start == m.end)?;
-            if !(rw.inode == 0 && rw.perms.starts_with("rw-")) {
+            if !(rw.inode == 0 && rw.perms.read_write_only()) {
                 return None;
             }
             let data_at = region.data();
@@ -202,15 +201,15 @@ pub const REGION_STACK_KIB: u64 = STACK_SIZE / 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::remote_call::idle_header;
     use crate::process::{FakeMemory, parse_maps};
-    use rpatch_arch::x86_64::remote_call::idle_header;
 
     #[test]
     fn region_goes_at_the_top_of_the_big_gap_below_the_libraries() {
         let maps = parse_maps(
             "555555554000-555555556000 r-xp 0 0:0 1 /bin/app\n\
              555555556000-555555577000 rw-p 0 0:0 0 [heap]\n\
-             7ffff7d00000-7ffff7f00000 r-xp 0 0:0 2 /lib/libc.so.6\n\
+             7ffff7d00000-7ffff7f00000 r-xp 0 0:0 2 /lib/libz.so.1\n\
              7ffffffde000-7ffffffff000 rw-p 0 0:0 0 [stack]\n",
         );
         let len = 0x44000;

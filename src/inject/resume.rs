@@ -5,7 +5,7 @@
 //! resume the thread themselves, with `orig_rax = -1` (no kernel restart), so the rewind is done
 //! here, once, on the saved registers.
 
-use rpatch_arch::x86_64::remote_call::{RFLAGS_TF, ResumeState, SYS_RESTART_SYSCALL};
+use crate::isa::remote_call::{RFLAGS_TF, ResumeState, SYS_RESTART_SYSCALL};
 
 /// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`: re-execute the same system call.
 const RESTART_SAME: [i64; 3] = [-512, -513, -514];

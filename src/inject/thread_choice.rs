@@ -10,6 +10,7 @@
 //! The thread's signal mask and dispositions do not matter: the call stub sets its own mask for
 //! the call (synchronous faults unblocked) and nothing relies on a fault reaching rpatch.
 
+use super::ThreadRefusal;
 use crate::process::{Memory, ModuleMap, ProcMem, blocked_syscall};
 use crate::safety::StackWalk;
 
@@ -97,12 +98,11 @@ fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
     let Some(module) = modules.module_at(addr).cloned() else {
         return Place::Harmless;
     };
-    let name = module.file_name();
-    if name.starts_with("ld-linux") || name.starts_with("ld-musl") || name.starts_with("ld64") {
-        return Place::Loader;
-    }
-    if !(name.starts_with("libc.so") || name.starts_with("libc-")) {
-        return Place::Harmless;
+    match module.runtime() {
+        // musl's C library is its loader too: any address in it counts as the loader's.
+        Some(r) if r.is_loader() => return Place::Loader,
+        Some(_) => {}
+        None => return Place::Harmless,
     }
     let Ok(index) = modules.symbols(&module) else {
         return Place::Harmless;
@@ -146,15 +146,13 @@ pub fn rank_threads(
     modules: &mut ModuleMap,
     mem: &ProcMem,
     tids: &[i32],
-) -> Result<Vec<ThreadCandidate>, String> {
+) -> Result<Vec<ThreadCandidate>, Vec<ThreadRefusal>> {
     let pid = modules.pid();
     let mut out = Vec::new();
     let mut refused = Vec::new();
     for &tid in tids {
         let candidate = match blocked_syscall(pid, tid) {
-            Some(b) if b.in_vfork_or_clone() => Err(format!(
-                "thread {tid} is in vfork/clone (a child may be running on its stack)"
-            )),
+            Some(b) if b.in_vfork_or_clone() => Err(ThreadRefusal::InVforkOrClone(tid)),
             Some(b) => assess(modules, mem, tid, b.pc, b.sp, b.nr >= 0),
             None => Ok(ThreadCandidate {
                 tid,
@@ -169,7 +167,7 @@ pub fn rank_threads(
     }
     out.sort_by_key(|c| (c.tier, c.tid));
     if out.is_empty() {
-        Err(refused.join("; "))
+        Err(refused)
     } else {
         Ok(out)
     }
@@ -178,9 +176,13 @@ pub fn rank_threads(
 /// Judges a stopped thread from its unwound stack (exact, unlike the scan): refuses one inside
 /// a signal handler (the interrupted code may hold any lock, and the handler runs on its stack)
 /// or with a frame in the dynamic loader or the allocator.
-pub fn assess_stack(modules: &mut ModuleMap, walk: &StackWalk, tid: i32) -> Result<(), String> {
+pub fn assess_stack(
+    modules: &mut ModuleMap,
+    walk: &StackWalk,
+    tid: i32,
+) -> Result<(), ThreadRefusal> {
     if !walk.interrupted.is_empty() {
-        return Err(format!("thread {tid} is inside a signal handler"));
+        return Err(ThreadRefusal::InSignalHandler(tid));
     }
     for (depth, &addr) in walk.frames.iter().enumerate() {
         // A return address belongs to the call before it.
@@ -190,10 +192,8 @@ pub fn assess_stack(modules: &mut ModuleMap, walk: &StackWalk, tid: i32) -> Resu
             addr.wrapping_sub(1)
         };
         match classify(modules, code) {
-            Place::Loader => {
-                return Err(format!("thread {tid} has the dynamic loader on its stack"));
-            }
-            Place::Allocator => return Err(format!("thread {tid} has the allocator on its stack")),
+            Place::Loader => return Err(ThreadRefusal::LoaderOnStack(tid)),
+            Place::Allocator => return Err(ThreadRefusal::AllocatorOnStack(tid)),
             _ => {}
         }
     }
@@ -208,10 +208,10 @@ pub fn assess(
     pc: u64,
     sp: u64,
     in_syscall: bool,
-) -> Result<ThreadCandidate, String> {
+) -> Result<ThreadCandidate, ThreadRefusal> {
     match classify(modules, pc) {
-        Place::Loader => return Err(format!("thread {tid} is inside the dynamic loader")),
-        Place::Allocator => return Err(format!("thread {tid} is inside the allocator")),
+        Place::Loader => return Err(ThreadRefusal::InLoader(tid)),
+        Place::Allocator => return Err(ThreadRefusal::InAllocator(tid)),
         _ => {}
     }
     let (tier, why) = match (stack_hazard(modules, mem, sp), in_syscall) {

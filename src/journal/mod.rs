@@ -7,8 +7,10 @@
 //! disk wait while threads are stopped) and completed afterwards; `status` reconciles an intent left
 //! behind by a crash with what memory actually holds.
 
+mod settle;
 mod store;
 
+pub use settle::{Observed, now_secs, observe, reconcile, settle_slack};
 pub use store::{Journal, StateDir, TargetLock};
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,19 @@ pub enum PatchState {
     Abandoned,
 }
 
+impl PatchState {
+    /// The snake_case name (as in the journal file and reports).
+    pub const fn name(self) -> &'static str {
+        match self {
+            PatchState::Intent => "intent",
+            PatchState::Applied => "applied",
+            PatchState::RollingBack => "rolling_back",
+            PatchState::RolledBack => "rolled_back",
+            PatchState::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// How the entry jump reaches the replacement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +122,23 @@ pub enum JumpMethod {
     Island,
     /// 14-byte absolute jump written in place.
     Absolute,
+}
+
+impl JumpMethod {
+    /// The snake_case name (as in the journal file and reports).
+    pub const fn name(self) -> &'static str {
+        match self {
+            JumpMethod::Direct => "direct",
+            JumpMethod::Island => "island",
+            JumpMethod::Absolute => "absolute",
+        }
+    }
+}
+
+impl std::fmt::Display for JumpMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A page rpatch mapped in the target to hold island slots.
@@ -271,11 +303,9 @@ impl JournalData {
 
 /// Serialises byte strings as lowercase hex, readable in the file.
 mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::error::hex(bytes))
-    }
+    pub(crate) use crate::hex::serialize_bytes as serialize;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;

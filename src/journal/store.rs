@@ -77,6 +77,7 @@ impl StateDir {
     }
 
     /// The directory path.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.root
     }
@@ -308,12 +309,14 @@ pub struct Journal {
 impl Journal {
     /// Opens (or starts) the journal of `identity.pid`, refusing one that belongs to another
     /// process with the same PID. Takes the target's lock first.
+    #[cfg(test)]
     pub fn open(state: &StateDir, identity: &TargetIdentity) -> Result<Self, JournalError> {
         let lock = state.lock(identity.pid)?;
         Self::open_locked(lock, state, identity)
     }
 
-    /// Like [`Self::open`], with the target's lock already taken.
+    /// Opens (or starts) the journal of `identity.pid`, refusing one that belongs to another
+    /// process with the same PID; the target's lock is taken already.
     pub fn open_locked(
         lock: TargetLock,
         state: &StateDir,

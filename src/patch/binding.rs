@@ -20,7 +20,8 @@
 
 use super::shim::{self, AbsoluteSymbol};
 use crate::Error;
-use crate::error::hex;
+use crate::error::{LibraryAccess, LibraryProblem, Unsupported};
+use crate::hex::hex;
 use crate::log::Log;
 use crate::process::{LoadedModule, ModuleMap};
 use object::{Object, ObjectSymbol};
@@ -49,15 +50,14 @@ pub struct Binding {
 /// The non-weak undefined dynamic symbols of the library at `path`: what it expects some other
 /// loaded object to define.
 pub fn undefined_references(path: &Path) -> Result<Vec<String>, Error> {
-    let invalid = |reason: String| Error::LibraryInvalid {
-        path: path.into(),
-        reason,
-    };
     let data = std::fs::read(path).map_err(|e| Error::LibraryMissing {
         path: path.into(),
-        reason: e.to_string(),
+        problem: LibraryAccess::Io(e),
     })?;
-    let file = object::File::parse(&*data).map_err(|e| invalid(e.to_string()))?;
+    let file = object::File::parse(&*data).map_err(|e| Error::LibraryInvalid {
+        path: path.into(),
+        problem: LibraryProblem::Unreadable(e.to_string()),
+    })?;
     Ok(file
         .dynamic_symbols()
         .filter(|s| s.is_undefined() && !s.is_weak())
@@ -109,18 +109,13 @@ pub fn find_bindings(
                 0 => continue,
                 1 => {}
                 _ => {
-                    let listed: Vec<String> = defs
-                        .iter()
-                        .map(|d| format!("{} at {:#x}", d.name, d.address))
-                        .collect();
                     return Err(Error::LibraryInvalid {
                         path: library.into(),
-                        reason: format!(
-                            "it references {name}, which names {} different private symbols of {} ({}): rpatch cannot tell which one the patch means",
-                            addresses.len(),
-                            module.path.display(),
-                            listed.join(", ")
-                        ),
+                        problem: LibraryProblem::AmbiguousPrivateSymbol {
+                            name: name.clone(),
+                            module: module.path.clone(),
+                            symbols: defs.iter().map(|d| (d.name.clone(), d.address)).collect(),
+                        },
                     });
                 }
             }
@@ -156,10 +151,7 @@ fn glibc_version<'a>(versions: impl IntoIterator<Item = &'a str>) -> Option<(u32
 /// shim's load address to them (BZ 19818), and another libc is not known to be safe. Read from
 /// the version names libc's symbols carry, so nothing runs in the target.
 fn check_libc(modules: &mut ModuleMap, pid: i32) -> Result<(), Error> {
-    let libc = modules
-        .find_by_name("libc.so")
-        .or_else(|| modules.find_by_name("libc-"))
-        .cloned();
+    let libc = modules.c_library().cloned();
     let version = libc
         .as_ref()
         .and_then(|m| modules.symbols(m).ok())
@@ -167,15 +159,11 @@ fn check_libc(modules: &mut ModuleMap, pid: i32) -> Result<(), Error> {
     match version {
         Some(v) if v >= MIN_GLIBC => Ok(()),
         found => Err(Error::Unsupported {
-            reason: format!(
-                "the patch library references private symbols of PID {pid}, which rpatch binds with absolute symbols; its C library ({}) {}: export those symbols from the target instead, or avoid referencing them",
-                match (&libc, found) {
-                    (Some(m), Some((a, b))) => format!("{}, glibc {a}.{b}", m.path.display()),
-                    (Some(m), None) => format!("{}, not a glibc", m.path.display()),
-                    (None, _) => "not found".to_string(),
-                },
-                "does not keep absolute symbols unrelocated (glibc >= 2.28 does, BZ 19818)"
-            ),
+            reason: Unsupported::AbsoluteSymbolsRelocated {
+                pid,
+                libc: libc.map(|m| m.path),
+                glibc: found,
+            },
         }),
     }
 }

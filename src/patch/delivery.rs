@@ -80,7 +80,7 @@ pub struct Payload<'a> {
 impl Payload<'_> {
     /// SHA-256 of the bytes (hex).
     pub fn sha256(&self) -> String {
-        crate::error::hex(&Sha256::digest(self.bytes))
+        crate::hex::hex(&Sha256::digest(self.bytes))
     }
 
     /// (page-aligned p_vaddr, page-aligned p_offset) of the first PT_LOAD: where the loader's
@@ -256,11 +256,7 @@ impl Delivery {
             }
         }
         let root = Root::of_process(pid, Some(start_time)).ok();
-        let libc_module = modules
-            .find_by_name("libc.so")
-            .or_else(|| modules.find_by_name("libc-"))
-            .or_else(|| modules.find_by_name("ld-musl"))
-            .cloned();
+        let libc_module = modules.c_library().cloned();
         let libc = match libc_module.and_then(|m| Some((modules.symbols(&m).ok()?, m))) {
             Some((index, m)) => {
                 let bias = m.bias(index.load_segments());
@@ -279,17 +275,13 @@ impl Delivery {
                 close: None,
             },
         };
-        let r_debug = modules
-            .find_by_name("ld-linux")
-            .or_else(|| modules.find_by_name("ld.so"))
-            .cloned()
-            .and_then(|m| {
-                let index = modules.symbols(&m).ok()?;
-                let bias = m.bias(index.load_segments());
-                index
-                    .symbol_address("_r_debug")
-                    .map(|a| a.wrapping_add(bias))
-            });
+        let r_debug = modules.glibc_loader().cloned().and_then(|m| {
+            let index = modules.symbols(&m).ok()?;
+            let bias = m.bias(index.load_segments());
+            index
+                .symbol_address("_r_debug")
+                .map(|a| a.wrapping_add(bias))
+        });
         if libc.memfd_create.is_none() && libc.syscall.is_none() {
             no_memfd.push("its C library has neither memfd_create nor syscall".into());
         }
@@ -830,7 +822,7 @@ fn verify_copy(file: &File, len: u64, sha: &str, memfd: bool) -> Result<(u64, u6
         return Err(format!("holds {} bytes, not {len}", meta.len()));
     }
     let bytes = files::read_capped(file, len).map_err(|e| format!("cannot be read back ({e})"))?;
-    let got = crate::error::hex(&Sha256::digest(&bytes));
+    let got = crate::hex::hex(&Sha256::digest(&bytes));
     if got != sha {
         return Err(format!("reads back with SHA-256 {got}, not {sha}"));
     }
@@ -964,5 +956,5 @@ fn random_hex() -> String {
             .map_or(0, |d| d.as_nanos() as u64);
         bytes = (t ^ u64::from(std::process::id()).rotate_left(40)).to_le_bytes();
     }
-    crate::error::hex(&bytes)
+    crate::hex::hex(&bytes)
 }

@@ -5,15 +5,28 @@
 //! function holds 16-byte slots, each an absolute jump; the function gets a 5-byte `jmp rel32` to
 //! its slot. Pages are recorded in the journal and reused across patches.
 
+use crate::isa;
 use crate::journal::Island;
 use crate::process::Mapping;
-use rpatch_arch::x86_64 as isa;
 
 /// Size of an island page.
 pub const ISLAND_SIZE: u64 = 4096;
 
 /// Lowest address ever proposed (typical `vm.mmap_min_addr` is 64 KiB).
 const MIN_ADDR: u64 = 0x10000;
+
+/// The mapping an island page shows in /proc/PID/maps once mapped.
+pub fn mapping_of(island: &Island) -> Mapping {
+    Mapping {
+        start: island.address,
+        end: island.address + island.size,
+        perms: "r-xp".parse().expect("valid permissions"),
+        offset: 0,
+        dev: 0,
+        inode: 0,
+        path: String::new(),
+    }
+}
 
 /// A free slot in one of `islands` reachable by a `jmp rel32` at `from`, not in `used`.
 pub fn free_slot(islands: &[Island], used: &[u64], from: u64) -> Option<u64> {
@@ -77,7 +90,7 @@ mod tests {
         let maps = parse_maps(
             "555555554000-555555556000 r-xp 0 0:0 1 /bin/app\n\
              555555556000-555555560000 rw-p 0 0:0 0 [heap]\n\
-             7ffff7000000-7ffff7100000 r-xp 0 0:0 2 /lib/libc.so.6\n",
+             7ffff7000000-7ffff7100000 r-xp 0 0:0 2 /lib/libz.so.1\n",
         );
         let from = 0x555555555000;
         let c = candidate_addresses(&maps, from);

@@ -1,10 +1,13 @@
 //! Orchestration of the phases of attach, rollback and status — the only module that knows their
 //! order (DESIGN.md: Identify, Plan, Load, Freeze, Check, Write, Thaw).
 
+mod admit;
 mod attach;
 mod binding;
+mod code;
 mod delivery;
 mod islands;
+mod load;
 mod plan;
 mod rollback;
 pub mod shim;
@@ -12,17 +15,18 @@ mod slack;
 mod status;
 
 pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
+pub use binding::Binding;
 pub use delivery::DeliveryError;
-pub use plan::{FunctionRequest, PlannedFunction};
+pub use plan::{FunctionRequest, Generated, GeneratedCode};
 pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
-pub use status::{PatchStatus, StatusReport, status};
+pub use status::{PatchStatus, PatchView, SlackLeft, StatusReport, status};
 
 use crate::Error;
 use crate::fault::FrozenPoints;
 use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
-use crate::process::{self, ProcessInfo, RealtimeGuard, Tracer};
-use crate::safety::{GuardedRange, StackInspector, find_blocker};
+use crate::process::{self, CodeMemory, ProcessError, ProcessInfo, RealtimeGuard, Tracer};
+use crate::safety::{Blocker, GuardedRange, StackInspector, find_blocker};
 use std::time::{Duration, Instant};
 
 /// Phase 1 for every operation: identify the target and build its journal identity.
@@ -59,6 +63,7 @@ const RPATCH_COMM: &str = "rpatch";
 /// `deadline`; any other tracer (a debugger, strace) is reported at once.
 fn wait_untraced(pid: i32, deadline: Instant, log: &Log) -> Result<(), Error> {
     let mut logged = false;
+    let since = Instant::now();
     loop {
         let Some((tracer, tracer_name)) = process::tracer_of(pid)? else {
             return Ok(());
@@ -78,6 +83,11 @@ fn wait_untraced(pid: i32, deadline: Instant, log: &Log) -> Result<(), Error> {
             );
             logged = true;
         }
+        log.waiting(
+            &format_args!("PID {pid} is traced by another rpatch (PID {tracer})"),
+            since,
+            deadline.saturating_duration_since(since),
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -115,111 +125,71 @@ fn frozen_write(
     mut stacks: Option<&mut StackInspector>,
     timeout: Duration,
     log: &Log,
-    mut write: impl FnMut(&Tracer) -> Result<(), Error>,
+    mut write: impl FnMut(&CodeMemory) -> Result<(), Error>,
 ) -> Result<Duration, Error> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut backoff = Duration::from_micros(500);
+    let pid = tracer.pid();
     loop {
         // Real-time priority for the frozen window only (dropped at the end of each round).
         let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
         // A thread gets at least a second to stop even when the overall timeout is short.
         let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
-        match tracer.freeze_all(stop_deadline) {
-            Ok(()) => {}
+        let (blocker, phase) = match tracer.freeze(stop_deadline) {
+            Ok(frozen) => {
+                log.step(
+                    "freeze",
+                    format!("{} threads stopped", frozen.threads().count()),
+                );
+                crate::fault::point(fault.frozen);
+                match find_blocker(&frozen, ranges, stacks.as_deref_mut(), log) {
+                    Some(blocker) => (blocker, "check"),
+                    None => {
+                        let (result, write_path) = {
+                            let memory = frozen.memory();
+                            let result = write(&memory);
+                            if result.is_ok() {
+                                crate::fault::point(fault.written);
+                            }
+                            (result, memory.write_path())
+                        };
+                        // Phase 7, Thaw.
+                        drop(frozen);
+                        crate::fault::point(fault.thawed);
+                        let elapsed = frozen_at.elapsed();
+                        log.step(
+                            "thaw",
+                            format!(
+                                "frozen for {} us ({})",
+                                elapsed.as_micros(),
+                                match write_path {
+                                    Some(path) => format!("writes via {path}"),
+                                    None => "nothing written".into(),
+                                }
+                            ),
+                        );
+                        return result.map(|()| elapsed);
+                    }
+                }
+            }
             // A thread in vfork() cannot be stopped until its child execs or exits, usually
             // within moments: like a busy thread, wait and retry until the timeout.
-            Err(crate::process::ProcessError::InVfork { tid, .. }) => {
-                tracer.release_all();
-                let detail = format!(
-                    "thread {tid} ({}) is in vfork(), waiting for its child to exec or exit, and cannot be stopped until then",
-                    process::thread_name(tracer.pid(), tid)
-                );
-                if Instant::now() + backoff > deadline {
-                    return Err(Error::Busy {
-                        function: "the process".into(),
-                        tid,
-                        thread: process::thread_name(tracer.pid(), tid),
-                        pc: 0,
-                        detail,
-                        timeout_ms: timeout.as_millis() as u64,
-                    });
-                }
-                log.step("freeze", format!("{detail}; retrying"));
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_millis(50));
-                continue;
-            }
-            Err(e) => {
-                tracer.release_all();
-                return Err(e.into());
-            }
+            Err(ProcessError::InVfork { tid, .. }) => (Blocker::in_vfork(pid, tid), "freeze"),
+            Err(e) => return Err(e.into()),
+        };
+        // Thawed (the guard is gone): wait and retry, or give up naming the thread.
+        if Instant::now() + backoff > deadline {
+            log.step(phase, blocker.describe());
+            return Err(Error::Busy {
+                blocker: Box::new(blocker),
+                timeout_ms: timeout.as_millis() as u64,
+            });
         }
-        log.step(
-            "freeze",
-            format!("{} threads stopped", tracer.threads().count()),
-        );
-        crate::fault::point(fault.frozen);
-        match find_blocker(tracer, ranges, stacks.as_deref_mut(), log) {
-            Some(blocker) => {
-                tracer.release_all();
-                if Instant::now() + backoff > deadline {
-                    log.step("check", blocker.describe());
-                    return Err(Error::Busy {
-                        detail: blocker.describe(),
-                        function: blocker.function,
-                        tid: blocker.tid,
-                        thread: blocker.name,
-                        pc: blocker.address,
-                        timeout_ms: timeout.as_millis() as u64,
-                    });
-                }
-                log.step("check", format!("{}; retrying", blocker.describe()));
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_millis(50));
-            }
-            None => {
-                tracer.enable_poke_fallback();
-                let result = write(tracer);
-                if result.is_ok() {
-                    crate::fault::point(fault.written);
-                }
-                let write_path = tracer.mem().last_write_path();
-                tracer.release_all();
-                crate::fault::point(fault.thawed);
-                let frozen = frozen_at.elapsed();
-                log.step(
-                    "thaw",
-                    format!(
-                        "frozen for {} us (writes via {write_path:?})",
-                        frozen.as_micros()
-                    ),
-                );
-                return result.map(|()| frozen);
-            }
-        }
+        log.step(phase, format!("{}; retrying", blocker.describe()));
+        log.waiting(&blocker.describe(), start, timeout);
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_millis(50));
     }
-}
-
-/// A failed read or write of a patch's bytes in the target, naming the function and address.
-fn io(r: &crate::journal::PatchRecord, e: std::io::Error) -> Error {
-    io_at(&r.function, r.address, e)
-}
-
-/// A failed read or write of the target's memory at `address`, in what `owner` names.
-fn io_at(owner: &str, address: u64, e: std::io::Error) -> Error {
-    Error::Process(process::ProcessError::Io {
-        pid: 0,
-        what: format!("memory of {owner} at {address:#x}"),
-        source: e,
-    })
-}
-
-/// Unix time in seconds, for journal records.
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

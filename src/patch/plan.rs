@@ -2,13 +2,17 @@
 //! each function can take an entry jump — all without stopping anything.
 
 use crate::Error;
-use crate::error::hex;
+use crate::error::{
+    AmbiguityScope, Candidate, LibraryAccess, LibraryProblem, Policy, ReplacementMiss,
+    UnpatchableReason,
+};
+use crate::hex::hex;
+use crate::isa;
 use crate::process::{LoadedModule, ModuleMap};
 use crate::symbols::{
-    DebugInfoSource, FunctionDetails, FunctionSymbol, InlineSite, Pattern, Resolution, Signature,
-    SymbolIndex,
+    DebugInfoSource, FunctionDetails, FunctionSymbol, InlineSite, InlineSites, Pattern, Resolution,
+    Signature, SymbolIndex,
 };
-use rpatch_arch::x86_64 as isa;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -105,43 +109,33 @@ fn ser_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
 
 /// Opens the patch library and checks it is a shared object for this machine.
 pub fn open_library(path: &Path) -> Result<SymbolIndex, Error> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::LibraryMissing {
+    let missing = |problem| Error::LibraryMissing {
         path: path.into(),
-        reason: e.to_string(),
-    })?;
-    if !meta.is_file() {
-        return Err(Error::LibraryMissing {
-            path: path.into(),
-            reason: "not a regular file".into(),
-        });
+        problem,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| missing(LibraryAccess::Io(e)))?;
+    if let Some(problem) = LibraryAccess::not_a_file(meta.file_type()) {
+        return Err(missing(problem));
     }
-    std::fs::File::open(path).map_err(|e| Error::LibraryMissing {
+    std::fs::File::open(path).map_err(|e| missing(LibraryAccess::Io(e)))?;
+    let invalid = |problem| Error::LibraryInvalid {
         path: path.into(),
-        reason: e.to_string(),
-    })?;
-    let index = SymbolIndex::open(path).map_err(|e| Error::LibraryInvalid {
-        path: path.into(),
-        reason: format!("{e}: build it as a shared object (-shared -fPIC, or a Rust cdylib)"),
-    })?;
+        problem,
+    };
+    let index = SymbolIndex::open(path).map_err(|e| invalid(LibraryProblem::NotElf(e)))?;
     let ours = if cfg!(target_arch = "x86_64") {
         object::Architecture::X86_64
     } else {
         object::Architecture::Aarch64
     };
     if index.architecture() != ours {
-        return Err(Error::LibraryInvalid {
-            path: path.into(),
-            reason: format!(
-                "it is built for {:?}, the target runs {ours:?}: build it for the target's architecture",
-                index.architecture()
-            ),
-        });
+        return Err(invalid(LibraryProblem::WrongArchitecture {
+            found: index.architecture(),
+            ours,
+        }));
     }
     if !index.is_position_independent() {
-        return Err(Error::LibraryInvalid {
-            path: path.into(),
-            reason: "it is an executable, not a shared object: link it with -shared".into(),
-        });
+        return Err(invalid(LibraryProblem::Executable));
     }
     Ok(index)
 }
@@ -186,15 +180,11 @@ fn locate(modules: &mut ModuleMap, name: &str, all_matches: bool) -> Result<Vec<
             return Err(Error::Ambiguous {
                 name: name.into(),
                 pid,
-                candidates: format!(
-                    "{}; {}",
-                    describe_candidates(&candidates, bias, module),
-                    if generic {
-                        "these are instances of one generic function: name one with its type arguments (app::f::<u32>), or pass --all-matches to patch each"
-                    } else {
-                        "or pass --all-matches to patch each"
-                    }
-                ),
+                candidates: candidates
+                    .iter()
+                    .map(|c| candidate(c, bias, module))
+                    .collect(),
+                scope: AmbiguityScope::OneModule { generic },
             });
         }
         found.extend(candidates.into_iter().map(|function| Located {
@@ -223,11 +213,7 @@ fn locate(modules: &mut ModuleMap, name: &str, all_matches: bool) -> Result<Vec<
         return Err(Error::FunctionNotFound {
             name: name.into(),
             pid,
-            hint: if suggestions.is_empty() {
-                " (searched the executable and every mapped library)".into()
-            } else {
-                format!(": did you mean {}?", suggestions.join(", "))
-            },
+            suggestions,
         });
     }
     if modules_found > 1 {
@@ -237,11 +223,14 @@ fn locate(modules: &mut ModuleMap, name: &str, all_matches: bool) -> Result<Vec<
             candidates: found
                 .iter()
                 .map(|l| {
-                    let bias = l.module.bias(l.index.load_segments());
-                    describe_candidates(std::slice::from_ref(&l.function), bias, &l.module)
+                    candidate(
+                        &l.function,
+                        l.module.bias(l.index.load_segments()),
+                        &l.module,
+                    )
                 })
-                .collect::<Vec<_>>()
-                .join("; "),
+                .collect(),
+            scope: AmbiguityScope::SeveralModules,
         });
     }
     Ok(found)
@@ -300,45 +289,23 @@ fn only_inlined(modules: &mut ModuleMap, order: &[LoadedModule], name: &str) -> 
         };
         return Some(Error::Unpatchable {
             function: found.name.clone(),
-            reason: format!(
-                "it exists only inlined, with no out-of-line copy to redirect (in {}): patch the functions it was inlined into instead: {}",
-                module.file_name(),
-                describe_sites(&found.sites)
-            ),
+            reason: UnpatchableReason::OnlyInlined {
+                module: module.file_name().to_string(),
+                sites: found.sites,
+            },
         });
     }
     None
 }
 
-/// `caller_a (file.c:12), caller_b (file.c:20)`.
-fn describe_sites(sites: &[InlineSite]) -> String {
-    sites
-        .iter()
-        .map(|s| match &s.location {
-            Some(l) => format!("{} (call at {l})", s.caller),
-            None => s.caller.clone(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn describe_candidates(candidates: &[FunctionSymbol], bias: u64, module: &LoadedModule) -> String {
-    candidates
-        .iter()
-        .map(|c| {
-            format!(
-                "{} at {:#x} in {}{}",
-                c.name,
-                c.address.wrapping_add(bias),
-                module.file_name(),
-                c.location
-                    .as_deref()
-                    .map(|l| format!(" ({l})"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+/// A function a name matches, with its runtime address, as an ambiguity lists it.
+fn candidate(f: &FunctionSymbol, bias: u64, module: &LoadedModule) -> Candidate {
+    Candidate {
+        name: f.name.clone(),
+        address: f.address.wrapping_add(bias),
+        module: module.path.clone(),
+        location: f.location.clone(),
+    }
 }
 
 /// Plans every request against the target's modules and the library, and checks each function
@@ -349,175 +316,25 @@ pub fn plan(
     requests: &[FunctionRequest],
     checks: Checks,
 ) -> Result<Plan, Error> {
-    let mut planned: Vec<PlannedFunction> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
-    let mut located_all: Vec<(Located, FunctionSymbol, String)> = Vec::new();
-    for request in requests {
-        let located = locate(modules, &request.target, checks.all_matches)?;
-        let several = located.len() > 1;
-        for l in located {
-            // A closure or async body, or a function returning one, cannot be swapped for a
-            // plain function: refused before anything else is looked at.
-            if let Some(reason) = refusal(&l.function, &l.index.details(&l.function)) {
-                if !checks.force {
-                    return Err(Error::Refused {
-                        reason,
-                        flag: "--force",
-                    });
-                }
-                warnings.push(format!("{reason}; patched anyway (--force)"));
-            }
-            // Each instance of a generic finds its own instance in the library, unless the
-            // request names the replacement explicitly.
-            let replacement_name = if several && request.replacement == request.target {
-                l.function.name.clone()
-            } else {
-                request.replacement.clone()
-            };
-            let replacement = find_replacement(library, &replacement_name)?;
-            located_all.push((l, replacement, request.target.clone()));
-        }
-    }
-
-    // Inlined copies: one scan per module for all its functions.
-    let mut inlined: Vec<Vec<InlineSite>> = vec![Vec::new(); located_all.len()];
-    let mut done: Vec<bool> = vec![false; located_all.len()];
-    for i in 0..located_all.len() {
-        if done[i] {
-            continue;
-        }
-        let path = located_all[i].0.module.path.clone();
-        let group: Vec<usize> = (i..located_all.len())
-            .filter(|&j| located_all[j].0.module.path == path)
-            .collect();
-        let index = located_all[i].0.index.clone();
-        let targets: Vec<FunctionSymbol> = group
-            .iter()
-            .map(|&j| located_all[j].0.function.clone())
-            .collect();
-        let (sites, _) = index.inline_scan(&targets, None);
-        for (&j, s) in group.iter().zip(sites) {
-            inlined[j] = s;
-            done[j] = true;
-        }
-    }
-
+    let targets = locate_requests(modules, library, requests, checks, &mut warnings)?;
+    let inlined = inline_sites(&targets);
+    let mut planned: Vec<PlannedFunction> = Vec::new();
     let mut notes_given: Vec<std::path::PathBuf> = Vec::new();
-    for ((located, replacement, query), inlined) in located_all.into_iter().zip(inlined) {
-        let f = &located.function;
-        let index = &located.index;
-
-        // Signature.
-        let signature = index.details(f).signature;
-        let replacement_signature = library.details(&replacement).signature;
-        match (&signature, &replacement_signature) {
-            (Some(old), Some(new)) => {
-                if let Some(differences) = old.mismatch(new) {
-                    if !checks.force {
-                        return Err(Error::SignatureMismatch {
-                            function: f.name.clone(),
-                            target: format!("{}{}", f.name, old.render()),
-                            replacement: format!("{}{}", replacement.name, new.render()),
-                            differences,
-                        });
-                    }
-                    warnings.push(format!(
-                        "{}: signature differs from the replacement's ({differences}), patched anyway (--force)",
-                        f.name
-                    ));
-                }
-            }
-            _ => {
-                let missing: Vec<String> = [
-                    (
-                        signature.is_none(),
-                        &located.module.path,
-                        index.debug_info(),
-                    ),
-                    (
-                        replacement_signature.is_none(),
-                        &library.path().to_path_buf(),
-                        library.debug_info(),
-                    ),
-                ]
-                .into_iter()
-                .filter(|(missing, _, _)| *missing)
-                .map(|(_, path, source)| match source {
-                    DebugInfoSource::Missing { .. } => format!("{} has no DWARF", path.display()),
-                    _ => format!("{} describes no parameters for it", path.display()),
-                })
-                .collect();
-                warnings.push(format!(
-                    "{}: signature not checked ({}); build with -g, or install the debug file (see RPATCH_DEBUG_ROOT)",
-                    f.name,
-                    missing.join(", ")
-                ));
-            }
-        }
-        if !index.has_dwarf() && !notes_given.contains(&located.module.path) {
-            notes_given.push(located.module.path.clone());
-            warnings.push(format!(
-                "{}: no DWARF: inlined copies of {} cannot be found",
-                located.module.path.display(),
-                f.name
-            ));
-        }
-
-        // Inlined copies.
-        if !inlined.is_empty() {
-            if checks.strict {
-                return Err(Error::InlinedCopies {
-                    function: f.name.clone(),
-                    count: inlined.len(),
-                    callers: describe_sites(&inlined),
-                });
-            }
-            warnings.push(format!(
-                "{} was inlined into {} place(s) that keep the old code: {} (--strict refuses this)",
-                f.name,
-                inlined.len(),
-                describe_sites(&inlined)
-            ));
-        }
-
-        // Clones and aliases.
-        let bias = located.module.bias(index.load_segments());
-        let clones: Vec<String> = index
-            .clones(f)
-            .into_iter()
-            .filter(|c| c.is_entry_point())
-            .map(|c| format!("{} at {:#x}", c.symbol, c.address.wrapping_add(bias)))
-            .collect();
-        if !clones.is_empty() {
-            warnings.push(format!(
-                "{} has compiler clones that callers enter directly and that keep the old code: {}; a clone may take other arguments (constants folded in, parameters dropped): patch its callers, or the clone with a replacement built for its interface (--func 'CLONE=REPLACEMENT')",
-                f.name,
-                clones.join(", ")
-            ));
-        }
-        let aliases = index.aliases(f);
-        if !aliases.is_empty() {
-            warnings.push(format!(
-                "{} at {:#x} is also {}: patching it changes them all",
-                f.name,
-                f.address.wrapping_add(bias),
-                aliases.join(", ")
-            ));
-        }
-
-        // Rust has no stable ABI: both sides should come from one compiler.
-        if let (Some(a), Some(b)) = (index.rustc_version(), library.rustc_version())
-            && a != b
-        {
-            let w = format!(
-                "{} was built by {a}, the patch library by {b}: Rust has no stable ABI, build the patch with the target's compiler",
-                located.module.file_name()
-            );
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
-        }
-
+    for (target, inlined) in targets.into_iter().zip(inlined) {
+        let (signature, replacement_signature) = check_function(
+            &target,
+            library,
+            &inlined,
+            checks,
+            &mut warnings,
+            &mut notes_given,
+        )?;
+        let Target {
+            located,
+            replacement,
+            query,
+        } = target;
         planned.push(prepare(
             query,
             &located,
@@ -534,9 +351,213 @@ pub fn plan(
     })
 }
 
+/// A function found in the target, its replacement in the library, and the request as typed.
+struct Target {
+    located: Located,
+    replacement: FunctionSymbol,
+    query: String,
+}
+
+/// Every request resolved in the target (a name with `--all-matches` may give several
+/// functions) and in the library. A closure or async body, or a function returning one, is
+/// refused here, before anything else is looked at (unless `--force`).
+fn locate_requests(
+    modules: &mut ModuleMap,
+    library: &SymbolIndex,
+    requests: &[FunctionRequest],
+    checks: Checks,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Target>, Error> {
+    let mut targets = Vec::new();
+    for request in requests {
+        let located = locate(modules, &request.target, checks.all_matches)?;
+        let several = located.len() > 1;
+        for l in located {
+            if let Some(generated) = refusal(&l.function, &l.index.details(&l.function)) {
+                if !checks.force {
+                    return Err(Error::Refused {
+                        policy: Policy::GeneratedCode(generated),
+                    });
+                }
+                warnings.push(format!("{generated}; patched anyway (--force)"));
+            }
+            // Each instance of a generic finds its own instance in the library, unless the
+            // request names the replacement explicitly.
+            let replacement_name = if several && request.replacement == request.target {
+                l.function.name.clone()
+            } else {
+                request.replacement.clone()
+            };
+            let replacement = find_replacement(library, &replacement_name)?;
+            targets.push(Target {
+                located: l,
+                replacement,
+                query: request.target.clone(),
+            });
+        }
+    }
+    Ok(targets)
+}
+
+/// Where each target function was inlined: one scan of a module's DWARF for all its functions.
+fn inline_sites(targets: &[Target]) -> Vec<Vec<InlineSite>> {
+    let mut inlined: Vec<Vec<InlineSite>> = vec![Vec::new(); targets.len()];
+    let mut done: Vec<bool> = vec![false; targets.len()];
+    for i in 0..targets.len() {
+        if done[i] {
+            continue;
+        }
+        let path = &targets[i].located.module.path;
+        let group: Vec<usize> = (i..targets.len())
+            .filter(|&j| targets[j].located.module.path == *path)
+            .collect();
+        let index = targets[i].located.index.clone();
+        let functions: Vec<FunctionSymbol> = group
+            .iter()
+            .map(|&j| targets[j].located.function.clone())
+            .collect();
+        let (sites, _) = index.inline_scan(&functions, None);
+        for (&j, s) in group.iter().zip(sites) {
+            inlined[j] = s;
+            done[j] = true;
+        }
+    }
+    inlined
+}
+
+/// The checks of one function against its replacement: the signatures (a difference is refused
+/// unless `--force`), its inlined copies (refused with `--strict`), its clones and aliases, and
+/// the compilers that built both sides. What is not refused becomes a warning. Returns both
+/// signatures when DWARF gave them.
+fn check_function(
+    target: &Target,
+    library: &SymbolIndex,
+    inlined: &[InlineSite],
+    checks: Checks,
+    warnings: &mut Vec<String>,
+    notes_given: &mut Vec<std::path::PathBuf>,
+) -> Result<(Option<Signature>, Option<Signature>), Error> {
+    let located = &target.located;
+    let replacement = &target.replacement;
+    let f = &located.function;
+    let index = &located.index;
+
+    // Signature.
+    let signature = index.details(f).signature;
+    let replacement_signature = library.details(replacement).signature;
+    match (&signature, &replacement_signature) {
+        (Some(old), Some(new)) => {
+            if let Some(differences) = old.mismatch(new) {
+                if !checks.force {
+                    return Err(Error::SignatureMismatch {
+                        function: f.name.clone(),
+                        target: Box::new(old.clone()),
+                        replacement_name: replacement.name.clone(),
+                        replacement: Box::new(new.clone()),
+                    });
+                }
+                warnings.push(format!(
+                    "{}: signature differs from the replacement's ({differences}), patched anyway (--force)",
+                    f.name
+                ));
+            }
+        }
+        _ => {
+            let missing: Vec<String> = [
+                (
+                    signature.is_none(),
+                    &located.module.path,
+                    index.debug_info(),
+                ),
+                (
+                    replacement_signature.is_none(),
+                    &library.path().to_path_buf(),
+                    library.debug_info(),
+                ),
+            ]
+            .into_iter()
+            .filter(|(missing, _, _)| *missing)
+            .map(|(_, path, source)| match source {
+                DebugInfoSource::Missing { .. } => format!("{} has no DWARF", path.display()),
+                _ => format!("{} describes no parameters for it", path.display()),
+            })
+            .collect();
+            warnings.push(format!(
+                "{}: signature not checked ({}); build with -g, or install the debug file (see RPATCH_DEBUG_ROOT)",
+                f.name,
+                missing.join(", ")
+            ));
+        }
+    }
+    if !index.has_dwarf() && !notes_given.contains(&located.module.path) {
+        notes_given.push(located.module.path.clone());
+        warnings.push(format!(
+            "{}: no DWARF: inlined copies of {} cannot be found",
+            located.module.path.display(),
+            f.name
+        ));
+    }
+
+    // Inlined copies.
+    if !inlined.is_empty() {
+        if checks.strict {
+            return Err(Error::InlinedCopies {
+                function: f.name.clone(),
+                sites: inlined.to_vec(),
+            });
+        }
+        warnings.push(format!(
+            "{} was inlined into {} place(s) that keep the old code: {} (--strict refuses this)",
+            f.name,
+            inlined.len(),
+            InlineSites(inlined)
+        ));
+    }
+
+    // Clones and aliases.
+    let bias = located.module.bias(index.load_segments());
+    let clones: Vec<String> = index
+        .clones(f)
+        .into_iter()
+        .filter(|c| c.is_entry_point())
+        .map(|c| format!("{} at {:#x}", c.symbol, c.address.wrapping_add(bias)))
+        .collect();
+    if !clones.is_empty() {
+        warnings.push(format!(
+            "{} has compiler clones that callers enter directly and that keep the old code: {}; a clone may take other arguments (constants folded in, parameters dropped): patch its callers, or the clone with a replacement built for its interface (--func 'CLONE=REPLACEMENT')",
+            f.name,
+            clones.join(", ")
+        ));
+    }
+    let aliases = index.aliases(f);
+    if !aliases.is_empty() {
+        warnings.push(format!(
+            "{} at {:#x} is also {}: patching it changes them all",
+            f.name,
+            f.address.wrapping_add(bias),
+            aliases.join(", ")
+        ));
+    }
+
+    // Rust has no stable ABI: both sides should come from one compiler.
+    if let (Some(a), Some(b)) = (index.rustc_version(), library.rustc_version())
+        && a != b
+    {
+        let w = format!(
+            "{} was built by {a}, the patch library by {b}: Rust has no stable ABI, build the patch with the target's compiler",
+            located.module.file_name()
+        );
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+
+    Ok((signature, replacement_signature))
+}
+
 /// What the compiler generated a body for, whose layout its callers share with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Generated {
+pub enum Generated {
     /// A closure: its captured variables are laid out by the function that creates it.
     Closure,
     /// An async fn or block (or another coroutine): a state machine its callers allocate and
@@ -616,7 +637,7 @@ fn braced_tokens(name: &str) -> impl Iterator<Item = &str> {
 
 /// Why `f` must not be redirected to a plain replacement (see [`generated_code`]), from its DWARF
 /// details when there are any.
-fn refusal(f: &FunctionSymbol, details: &FunctionDetails) -> Option<String> {
+fn refusal(f: &FunctionSymbol, details: &FunctionDetails) -> Option<GeneratedCode> {
     let signature = details.signature.as_ref();
     generated_code(
         &f.name,
@@ -630,17 +651,63 @@ fn refusal(f: &FunctionSymbol, details: &FunctionDetails) -> Option<String> {
     )
 }
 
-/// Why the function `name` must not be redirected to a plain replacement, when it is the body of
-/// a closure or of an async fn/block, or returns a closure or future type: its callers allocate,
-/// lay out and resume that exact type, which a replacement from another build cannot reproduce.
-/// `dwarf_name`, the first parameter's type and the return type come from DWARF when there is
-/// any; without it the demangled symbol name still shows closure and async bodies.
+/// A function that must not be redirected to a plain replacement: the body of a closure or of an
+/// async fn/block, or a function returning a closure or future type. Its callers allocate, lay
+/// out and resume that exact type, which a replacement from another build cannot reproduce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedCode {
+    /// The function.
+    pub function: String,
+    /// What it is the body of, when it is a generated body.
+    pub body: Option<Generated>,
+    /// Otherwise, the generated type it returns (its DWARF name) and what that type is.
+    pub returns: Option<(String, Generated)>,
+}
+
+impl std::fmt::Display for GeneratedCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let instead = "patch a plain function it calls instead (move the code to change into an #[inline(never)] fn and patch that)";
+        let name = &self.function;
+        if let Some(kind) = self.body {
+            let what = match kind {
+                Generated::Closure => {
+                    "a closure body: its captured variables are laid out by the function that creates the closure"
+                }
+                Generated::Async => {
+                    "the body of an async fn or block: a state machine that its callers allocate and poll with the layout of this build"
+                }
+                Generated::ClosureOrAsync => {
+                    "a closure or async body: its state is laid out by the code that creates it"
+                }
+            };
+            return write!(
+                f,
+                "{name} is {what}, which a replacement cannot reproduce; {instead}"
+            );
+        }
+        if let Some((returns, kind)) = &self.returns {
+            let what = match kind {
+                Generated::Closure => "a closure",
+                _ => "the state machine of an async fn or block (its future)",
+            };
+            return write!(
+                f,
+                "{name} returns {returns}, {what}: its callers allocate that exact type and then run its code, and a replacement's would differ in size and layout; {instead}"
+            );
+        }
+        write!(f, "{name} is generated code; {instead}")
+    }
+}
+
+/// Whether the function `name` is generated code (see [`GeneratedCode`]). `dwarf_name`, the
+/// first parameter's type and the return type come from DWARF when there is any; without it the
+/// demangled symbol name still shows closure and async bodies.
 fn generated_code(
     name: &str,
     dwarf_name: Option<&str>,
     first_param: Option<&str>,
     returns: Option<&str>,
-) -> Option<String> {
+) -> Option<GeneratedCode> {
     // The body itself: named by its last path segment (a plain fn nested in a closure is not one).
     let by_dwarf = dwarf_name.and_then(|n| generated_segment(last_segment(n), false));
     let body = by_dwarf.or_else(|| match generated_segment(last_segment(name), false)? {
@@ -653,61 +720,39 @@ fn generated_code(
         ),
         other => Some(other),
     });
-    let instead = "patch a plain function it calls instead (move the code to change into an #[inline(never)] fn and patch that)";
-    if let Some(kind) = body {
-        let what = match kind {
-            Generated::Closure => {
-                "a closure body: its captured variables are laid out by the function that creates the closure"
-            }
-            Generated::Async => {
-                "the body of an async fn or block: a state machine that its callers allocate and poll with the layout of this build"
-            }
-            Generated::ClosureOrAsync => {
-                "a closure or async body: its state is laid out by the code that creates it"
-            }
-        };
-        return Some(format!(
-            "{name} is {what}, which a replacement cannot reproduce; {instead}"
-        ));
+    if body.is_some() {
+        return Some(GeneratedCode {
+            function: name.to_string(),
+            body,
+            returns: None,
+        });
     }
     let returns = returns?;
     let kind = braced_tokens(returns).find_map(|t| generated_segment(t, true))?;
-    let what = match kind {
-        Generated::Closure => "a closure",
-        _ => "the state machine of an async fn or block (its future)",
-    };
-    Some(format!(
-        "{name} returns {returns}, {what}: its callers allocate that exact type and then run its code, and a replacement's would differ in size and layout; {instead}"
-    ))
+    Some(GeneratedCode {
+        function: name.to_string(),
+        body: None,
+        returns: Some((returns.to_string(), kind)),
+    })
 }
 
 /// Finds the replacement in the library.
 fn find_replacement(library: &SymbolIndex, name: &str) -> Result<FunctionSymbol, Error> {
+    let missing = |miss| Error::ReplacementMissing {
+        name: name.to_string(),
+        library: library.path().into(),
+        miss,
+    };
     match library.resolve(name) {
         Resolution::Found(f) => Ok(f),
-        Resolution::Ambiguous(c) => Err(Error::ReplacementMissing {
-            name: name.to_string(),
-            library: library.path().into(),
-            hint: format!(
-                ": the name is ambiguous there ({}); name one exactly with --func OLD=NEW",
-                c.iter()
-                    .map(|f| f.linkage_name.clone().unwrap_or_else(|| f.name.clone()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }),
-        Resolution::NotFound { suggestions } => Err(Error::ReplacementMissing {
-            name: name.to_string(),
-            library: library.path().into(),
-            hint: if suggestions.is_empty() {
-                ": define it in the library (Rust: #[no_mangle]; C++: same namespace and signature), or name it with --func OLD=NEW".into()
-            } else {
-                format!(
-                    ": did you mean {}? (name it with --func OLD=NEW)",
-                    suggestions.join(", ")
-                )
-            },
-        }),
+        Resolution::Ambiguous(c) => Err(missing(ReplacementMiss::Ambiguous(
+            c.iter()
+                .map(|f| f.linkage_name.clone().unwrap_or_else(|| f.name.clone()))
+                .collect(),
+        ))),
+        Resolution::NotFound { suggestions } => {
+            Err(missing(ReplacementMiss::NotFound(suggestions)))
+        }
     }
 }
 
@@ -728,18 +773,17 @@ fn prepare(
         .file_bytes(f.address, (f.size as usize).min(4096))
         .ok_or_else(|| Error::Unpatchable {
             function: f.name.clone(),
-            reason: "its code is not backed by the file".into(),
+            reason: UnpatchableReason::NotInFile,
         })?;
     let prefix = isa::entry_prefix_len(&head) as u64;
     let room = f.size.saturating_sub(prefix);
     if room < isa::JMP_REL32_LEN as u64 {
         return Err(Error::Unpatchable {
             function: f.name.clone(),
-            reason: rpatch_arch::Unpatchable::TooSmall {
+            reason: UnpatchableReason::Code(rpatch_arch::Unpatchable::TooSmall {
                 available: room,
                 needed: isa::JMP_REL32_LEN as u64,
-            }
-            .to_string(),
+            }),
         });
     }
     let entry = f.address.wrapping_add(bias);
@@ -747,7 +791,7 @@ fn prepare(
     isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64).map_err(
         |e| Error::Unpatchable {
             function: f.name.clone(),
-            reason: e.to_string(),
+            reason: UnpatchableReason::Code(e),
         },
     )?;
     let absolute_fits = room >= isa::JMP_ABS_LEN as u64
@@ -760,7 +804,7 @@ fn prepare(
     if planned.iter().any(|p| p.entry == entry) {
         return Err(Error::Unpatchable {
             function: f.name.clone(),
-            reason: "named twice in one attach".into(),
+            reason: UnpatchableReason::NamedTwice,
         });
     }
     Ok(PlannedFunction {
@@ -820,7 +864,7 @@ mod tests {
 
     /// `generated_code` for a symbol name alone (no DWARF).
     fn by_name(name: &str) -> Option<String> {
-        generated_code(name, None, None, None)
+        generated_code(name, None, None, None).map(|g| g.to_string())
     }
 
     #[test]
@@ -866,7 +910,8 @@ mod tests {
             Some("&app::f::{closure_env#0}"),
             Some("String"),
         )
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(closure.contains("is a closure body"), "{closure}");
         let body = generated_code(
             "app::handle::{{closure}}",
@@ -874,7 +919,8 @@ mod tests {
             Some("Pin<&mut app::handle::{async_fn_env#0}>"),
             Some("Poll<u64>"),
         )
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(body.contains("async fn or block"), "{body}");
         // The DWARF name decides when there is one.
         let named = generated_code(
@@ -883,7 +929,8 @@ mod tests {
             None,
             None,
         )
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(named.contains("async fn or block"), "{named}");
     }
 
@@ -895,7 +942,8 @@ mod tests {
             Some("u64"),
             Some("{async_fn_env#0}"),
         )
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(future.contains("returns {async_fn_env#0}"), "{future}");
         assert!(future.contains("#[inline(never)]"), "{future}");
         let boxed = generated_code(
@@ -904,7 +952,8 @@ mod tests {
             None,
             Some("alloc::boxed::Box<app::make::{closure_env#0}>"),
         )
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(boxed.contains("a closure"), "{boxed}");
         assert!(
             generated_code("app::quote", Some("app::quote"), Some("u64"), Some("u64")).is_none()

@@ -1,16 +1,15 @@
 //! `rollback`: undo patches, newest first, restoring the bytes each one replaced.
 
-use super::{
-    frozen_write, identify, io, lock_target, now_secs, retry_while_traced_by_rpatch, wait_untraced,
-};
+use super::code::{expect_bytes, write_verified};
+use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
 use crate::Error;
-use crate::error::hex;
+use crate::error::NothingToUndo;
 use crate::fault::{FaultPoint, FrozenPoints};
-use crate::journal::{Journal, PatchRecord, PatchState};
+use crate::isa;
+use crate::journal::{Journal, PatchRecord, PatchState, reconcile};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
-use rpatch_arch::x86_64 as isa;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -46,6 +45,8 @@ pub struct RollbackOptions {
 /// Result of `rollback`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackReport {
+    /// Version of this report's JSON layout (docs/schemas/rollback.schema.json).
+    pub schema_version: u32,
     /// Target PID.
     pub pid: i32,
     /// Ids undone, in the order undone.
@@ -54,6 +55,12 @@ pub struct RollbackReport {
     pub frozen_us: u64,
     /// Wall time.
     pub total_ms: f64,
+}
+
+impl RollbackReport {
+    /// The version of this report's JSON layout (`schema_version`): raised only when a field
+    /// changes meaning or goes away; new fields may be added within a version (docs/json.md).
+    pub const SCHEMA_VERSION: u32 = 1;
 }
 
 /// Undoes patches in the target.
@@ -74,12 +81,69 @@ fn rollback_once(
     wait_untraced(pid, deadline, log)?;
     let mut journal = Journal::open_locked(lock, &state, &identity)?;
     let mut tracer = Tracer::new(pid)?;
-    super::status::reconcile(&mut journal, tracer.mem())?;
+    reconcile(&mut journal, tracer.mem())?;
     let selected = select(&journal, options)?;
-    // The code at each address must still be the build that was patched.
     let maps = process::read_maps(pid)?;
-    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
-    for r in &selected {
+    let modules = ModuleMap::new(pid, &maps, &info.exe);
+    same_builds(modules, &selected, pid)?;
+    log.step("plan", format!("rolling back {}", Ids(&selected)));
+    let ranges = guarded_ranges(&selected, options.allow_active);
+    // The rollback intent is durable before anything is stopped: if rpatch dies after writing
+    // memory, the journal still tells what may have happened, and `reconcile` settles it.
+    let ids: Vec<u64> = selected.iter().map(|r| r.id).collect();
+    journal.data.mark(&ids, PatchState::RollingBack);
+    journal.save()?;
+    crate::fault::point(FaultPoint::RollbackIntent);
+    // Unwind tables are read before anything is stopped. Stacks are unwound even with
+    // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
+    // being cleared, say), which the PC check covers.
+    let mut stacks = StackInspector::new(&ModuleMap::new(pid, &maps, &info.exe), &maps, log)?;
+    let result = frozen_write(
+        FrozenPoints {
+            frozen: FaultPoint::RollbackFrozen,
+            written: FaultPoint::RollbackWritten,
+            thawed: FaultPoint::RollbackThawed,
+        },
+        &mut tracer,
+        &ranges,
+        Some(&mut stacks),
+        options.timeout,
+        log,
+        |mem| restore(mem, pid, &selected),
+    );
+    let frozen = match result {
+        Ok(frozen) => frozen,
+        Err(e) => {
+            // Nothing, or only part, was restored: memory decides each record's state.
+            reconcile(&mut journal, tracer.mem())?;
+            return Err(e);
+        }
+    };
+    journal.data.mark(&ids, PatchState::RolledBack);
+    journal.save()?;
+    super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
+    Ok(RollbackReport {
+        schema_version: RollbackReport::SCHEMA_VERSION,
+        pid,
+        rolled_back: ids,
+        frozen_us: frozen.as_micros() as u64,
+        total_ms: log.elapsed_ms(),
+    })
+}
+
+/// Patch ids for `-v`: `3, 2`.
+struct Ids<'a>(&'a [PatchRecord]);
+
+impl std::fmt::Display for Ids<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self.0.iter().map(|r| r.id.to_string()).collect();
+        f.write_str(&ids.join(", "))
+    }
+}
+
+/// The code at each address must still be the build that was patched.
+fn same_builds(mut modules: ModuleMap, selected: &[PatchRecord], pid: i32) -> Result<(), Error> {
+    for r in selected {
         if let Some(recorded) = &r.module_build_id {
             let found = modules.mapped_build_id(&r.module);
             if found.as_ref() != Some(recorded) {
@@ -88,29 +152,27 @@ fn rollback_once(
                     module: r.module.clone(),
                     pid,
                     recorded: recorded.clone(),
-                    found: found.unwrap_or_else(|| "none".into()),
+                    found,
                 });
             }
         }
     }
-    log.step(
-        "plan",
-        format!(
-            "rolling back {:?}",
-            selected.iter().map(|r| r.id).collect::<Vec<_>>()
-        ),
-    );
+    Ok(())
+}
+
+/// What no thread may be executing (the jumps and island slots being restored) and, unless
+/// `allow_active`, what no thread may have on its stack (the replacements being switched away
+/// from: after the rollback every call runs the original).
+fn guarded_ranges(selected: &[PatchRecord], allow_active: bool) -> Vec<GuardedRange> {
     let mut ranges = Vec::new();
-    for r in &selected {
+    for r in selected {
         ranges.push(GuardedRange {
             bytes: r.address..r.address + r.new.len() as u64,
             entry_ok: true,
             function: r.function.clone(),
             stack_range: None,
         });
-        // Like attach, by default no thread may have the code being switched away from (here
-        // the replacement) on its stack: after the rollback every call runs the original.
-        if !options.allow_active && r.replacement_size > 0 {
+        if !allow_active && r.replacement_size > 0 {
             ranges.push(GuardedRange {
                 bytes: 0..0,
                 entry_ok: true,
@@ -131,55 +193,7 @@ fn rollback_once(
             });
         }
     }
-    // The rollback intent is durable before anything is stopped: if rpatch dies after writing
-    // memory, the journal still tells what may have happened, and `reconcile` settles it.
-    for r in journal.data.patches.iter_mut() {
-        if selected.iter().any(|s| s.id == r.id) {
-            r.state = PatchState::RollingBack;
-        }
-    }
-    journal.save()?;
-    crate::fault::point(FaultPoint::RollbackIntent);
-    // Unwind tables are read before anything is stopped. Stacks are unwound even with
-    // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
-    // being cleared, say), which the PC check covers.
-    let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
-    let result = frozen_write(
-        FrozenPoints {
-            frozen: FaultPoint::RollbackFrozen,
-            written: FaultPoint::RollbackWritten,
-            thawed: FaultPoint::RollbackThawed,
-        },
-        &mut tracer,
-        &ranges,
-        Some(&mut stacks),
-        options.timeout,
-        log,
-        |tracer| restore(tracer.mem(), &selected),
-    );
-    let frozen = match result {
-        Ok(frozen) => frozen,
-        Err(e) => {
-            // Nothing, or only part, was restored: memory decides each record's state.
-            super::status::reconcile(&mut journal, tracer.mem())?;
-            return Err(e);
-        }
-    };
-    let now = now_secs();
-    for r in journal.data.patches.iter_mut() {
-        if selected.iter().any(|s| s.id == r.id) {
-            r.state = PatchState::RolledBack;
-            r.rolled_back = Some(now);
-        }
-    }
-    journal.save()?;
-    super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
-    Ok(RollbackReport {
-        pid,
-        rolled_back: selected.iter().map(|r| r.id).collect(),
-        frozen_us: frozen.as_micros() as u64,
-        total_ms: log.elapsed_ms(),
-    })
+    ranges
 }
 
 /// The records to undo, newest first.
@@ -197,7 +211,7 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
             let Some(group) = applied.iter().map(|r| r.group).max() else {
                 return Err(Error::NothingToRollBack {
                     pid,
-                    detail: "no patch is applied".into(),
+                    why: NothingToUndo::NoneApplied,
                 });
             };
             applied
@@ -210,13 +224,16 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
             let Some(record) = journal.data.patches.iter().find(|r| r.id == id) else {
                 return Err(Error::NothingToRollBack {
                     pid,
-                    detail: format!("there is no patch {id}"),
+                    why: NothingToUndo::NoSuchPatch(id),
                 });
             };
             if record.state != PatchState::Applied {
                 return Err(Error::NothingToRollBack {
                     pid,
-                    detail: format!("patch {id} is {:?}, not applied", record.state).to_lowercase(),
+                    why: NothingToUndo::NotApplied {
+                        id,
+                        state: record.state,
+                    },
                 });
             }
             let later: Vec<&PatchRecord> = applied
@@ -239,7 +256,7 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
     if chosen.is_empty() {
         return Err(Error::NothingToRollBack {
             pid,
-            detail: "no patch is applied".into(),
+            why: NothingToUndo::NoneApplied,
         });
     }
     // Stacked patches on one function are undone top first; also any later patch on a function
@@ -268,20 +285,21 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
 
 /// Phase 6 of a rollback (all threads frozen): verify each function holds the jump its patch
 /// wrote (simulating the stack as patches come off), then restore, clear island slots, read back.
-fn restore(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
+fn restore(mem: &dyn Memory, pid: i32, records: &[PatchRecord]) -> Result<(), Error> {
     let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
     for r in records {
-        let current = match model.get(&r.address) {
-            Some(bytes) if bytes.len() >= r.new.len() => bytes[..r.new.len()].to_vec(),
-            _ => mem.read_vec(r.address, r.new.len()).map_err(|e| io(r, e))?,
-        };
-        if current != r.new {
-            return Err(Error::UnexpectedBytes {
-                function: r.function.clone(),
-                address: r.address,
-                expected: hex(&r.new),
-                found: hex(&current),
-            });
+        match model.get(&r.address) {
+            // A patch above this one, restored first in this rollback, leaves these bytes.
+            Some(bytes) if bytes.len() >= r.new.len() && bytes[..r.new.len()] != r.new[..] => {
+                return Err(Error::UnexpectedBytes {
+                    function: r.function.clone(),
+                    address: r.address,
+                    expected: r.new.clone(),
+                    found: bytes[..r.new.len()].to_vec(),
+                });
+            }
+            Some(bytes) if bytes.len() >= r.new.len() => {}
+            _ => expect_bytes(mem, r.site(pid), &r.new)?,
         }
         model.insert(r.address, r.original.clone());
     }
@@ -289,21 +307,11 @@ fn restore(mem: &dyn Memory, records: &[PatchRecord]) -> Result<(), Error> {
         if i == 1 {
             crate::fault::point(FaultPoint::RollbackWrite);
         }
-        mem.write_at(r.address, &r.original).map_err(|e| io(r, e))?;
+        let site = r.site(pid);
+        write_verified(mem, site, &r.original)?;
         if let Some(slot) = r.island_slot {
             mem.write_at(slot, &[0u8; isa::ISLAND_SLOT_LEN])
-                .map_err(|e| io(r, e))?;
-        }
-        let back = mem
-            .read_vec(r.address, r.original.len())
-            .map_err(|e| io(r, e))?;
-        if back != r.original {
-            return Err(Error::UnexpectedBytes {
-                function: r.function.clone(),
-                address: r.address,
-                expected: hex(&r.original),
-                found: hex(&back),
-            });
+                .map_err(|e| site.io_at(slot, e))?;
         }
     }
     Ok(())

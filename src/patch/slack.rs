@@ -2,11 +2,12 @@
 //! settled from memory by every run, and — when a run left it in place — restored by a later one
 //! only with every thread stopped and none running it or returning into it.
 
+use super::code::Site;
 use super::frozen_write;
 use crate::Error;
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::{InjectError, Slack, SlackLedger};
-use crate::journal::{Journal, SlackRecord};
+use crate::journal::{Journal, SlackRecord, settle_slack};
 use crate::log::Log;
 use crate::process::{Memory, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
@@ -35,7 +36,7 @@ impl SlackLedger for JournalLedger<'_> {
         records.push(SlackRecord {
             address: slack.addr,
             original: slack.original.clone(),
-            code: rpatch_arch::x86_64::remote_call::bootstrap_code(),
+            code: crate::isa::remote_call::bootstrap_code(),
             module: slack.module.clone(),
         });
         self.journal.save()?;
@@ -45,17 +46,6 @@ impl SlackLedger for JournalLedger<'_> {
     fn restored(&mut self, slack: &Slack) {
         self.journal.data.slack.retain(|r| r.address != slack.addr);
     }
-}
-
-/// Drops the records whose bytes memory already holds again (a run that restored them died
-/// before saving) or that no longer describe memory (the module was unmapped). Returns the
-/// records still holding rpatch's code.
-pub(super) fn settle(journal: &mut Journal, mem: &dyn Memory) -> Vec<SlackRecord> {
-    journal.data.slack.retain(|r| {
-        mem.read_vec(r.address, r.code.len())
-            .is_ok_and(|found| found == r.code)
-    });
-    journal.data.slack.clone()
 }
 
 /// Restores bootstrap code a run left in place, if no thread is executing it or has a frame
@@ -68,7 +58,7 @@ pub(super) fn repair(
     timeout: Duration,
     log: &Log,
 ) -> Result<(), Error> {
-    let left = settle(journal, tracer.mem());
+    let left = settle_slack(journal, tracer.mem());
     if left.is_empty() {
         return Ok(());
     }
@@ -98,12 +88,16 @@ pub(super) fn repair(
         Some(stacks),
         timeout,
         log,
-        |tracer| {
+        |mem| {
             for r in &left {
-                tracer
-                    .mem()
-                    .write_at(r.address, &r.original)
-                    .map_err(|e| super::io_at(&r.module.display().to_string(), r.address, e))?;
+                let owner = format!("the slack of {}", r.module.display());
+                let site = Site {
+                    pid: mem.pid(),
+                    owner: &owner,
+                    address: r.address,
+                };
+                mem.write_at(r.address, &r.original)
+                    .map_err(|e| site.io(e))?;
             }
             Ok(())
         },
@@ -117,12 +111,15 @@ pub(super) fn repair(
                     left.len()
                 ),
             );
-            settle(journal, tracer.mem());
+            settle_slack(journal, tracer.mem());
             journal.save()?;
             Ok(())
         }
-        Err(Error::Busy { detail, .. }) => {
-            log.step("slack", format!("left in place for a later run: {detail}"));
+        Err(Error::Busy { blocker, .. }) => {
+            log.step(
+                "slack",
+                format!("left in place for a later run: {}", blocker.describe()),
+            );
             Ok(())
         }
         Err(e) => Err(e),

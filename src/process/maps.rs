@@ -9,8 +9,8 @@ pub struct Mapping {
     pub start: u64,
     /// One past the last address.
     pub end: u64,
-    /// `rwxp`-style permissions.
-    pub perms: String,
+    /// Permissions.
+    pub perms: Perms,
     /// File offset of `start`.
     pub offset: u64,
     /// Device of the backing file, as `st_dev` encodes it (`makedev(major, minor)`).
@@ -21,10 +21,81 @@ pub struct Mapping {
     pub path: String,
 }
 
+/// The permissions of a mapping (`rwxp` in /proc/PID/maps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Perms {
+    /// `r`
+    pub read: bool,
+    /// `w`
+    pub write: bool,
+    /// `x`
+    pub execute: bool,
+    /// `s` (shared) rather than `p` (private, copy-on-write).
+    pub shared: bool,
+}
+
+impl Perms {
+    /// Readable and writable (data, stacks).
+    pub fn read_write(self) -> bool {
+        self.read && self.write
+    }
+
+    /// Exactly `r-x`.
+    pub fn read_exec_only(self) -> bool {
+        self.read && !self.write && self.execute
+    }
+
+    /// Exactly `rw-`.
+    pub fn read_write_only(self) -> bool {
+        self.read && self.write && !self.execute
+    }
+}
+
+impl std::str::FromStr for Perms {
+    type Err = ();
+
+    /// Parses the four letters of a maps line (`r-xp`).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let b = s.as_bytes();
+        if b.len() != 4 {
+            return Err(());
+        }
+        let flag = |i: usize, c: u8| match b[i] {
+            x if x == c => Ok(true),
+            b'-' => Ok(false),
+            _ => Err(()),
+        };
+        Ok(Perms {
+            read: flag(0, b'r')?,
+            write: flag(1, b'w')?,
+            execute: flag(2, b'x')?,
+            shared: match b[3] {
+                b's' => true,
+                b'p' => false,
+                _ => return Err(()),
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for Perms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = |on: bool, l: char| if on { l } else { '-' };
+        write!(
+            f,
+            "{}{}{}{}",
+            c(self.read, 'r'),
+            c(self.write, 'w'),
+            c(self.execute, 'x'),
+            if self.shared { 's' } else { 'p' }
+        )
+    }
+}
+
 impl Mapping {
     /// Whether the mapping is executable.
     pub fn executable(&self) -> bool {
-        self.perms.as_bytes().get(2) == Some(&b'x')
+        self.perms.execute
     }
 
     /// Whether the mapping is backed by a regular file (not anonymous, not `[vdso]` and the like).
@@ -56,7 +127,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 fn parse_line(line: &str) -> Option<Mapping> {
     let mut fields = line.splitn(6, ' ');
     let range = fields.next()?;
-    let perms = fields.next()?.to_string();
+    let perms = fields.next()?.parse().ok()?;
     let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
     let (major, minor) = fields.next()?.split_once(':')?;
     let dev = libc::makedev(
@@ -131,6 +202,18 @@ mod tests {
         assert_eq!(maps.len(), 4);
         assert!(maps.iter().all(|m| m.is_file() && !m.has_file_name()));
         assert_eq!(maps[3].dev, libc::makedev(0xfd, 0x1a));
+    }
+
+    #[test]
+    fn permissions_parse_and_print_back() {
+        for text in ["r-xp", "rw-p", "---p", "rwxs", "r--s"] {
+            let perms: Perms = text.parse().unwrap();
+            assert_eq!(perms.to_string(), text);
+        }
+        let rx: Perms = "r-xp".parse().unwrap();
+        assert!(rx.read_exec_only() && !rx.read_write());
+        assert!("rw-p".parse::<Perms>().unwrap().read_write_only());
+        assert!("rwx".parse::<Perms>().is_err() && "rwxq".parse::<Perms>().is_err());
     }
 
     #[test]

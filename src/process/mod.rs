@@ -4,20 +4,26 @@
 //! seized thread, re-delivering any signal that arrived while it was stopped), so an error or a
 //! panic anywhere above leaves the target running as before.
 
+mod frozen;
 mod maps;
 mod memory;
 mod modules;
 mod priority;
+mod runtime;
 pub mod seccomp;
 mod syscall;
 mod tracer;
 
+pub use frozen::Frozen;
 pub use maps::{Mapping, gaps, parse_maps};
-pub use memory::{FakeMemory, Memory, ProcMem, WritePath};
+#[cfg(test)]
+pub use memory::FakeMemory;
+pub use memory::{CodeMemory, Memory, ProcMem};
 pub use modules::{LoadedModule, ModuleMap};
 pub use priority::RealtimeGuard;
-pub use syscall::{BlockedSyscall, EINTR_ONLY_SYSCALLS, blocked_syscall, repair_eintr};
-pub use tracer::{Stop, ThreadState, Tracer};
+pub use runtime::Runtime;
+pub use syscall::{blocked_syscall, repair_eintr};
+pub use tracer::{Held, Stop, ThreadState, Tracer};
 
 use std::fs;
 use std::path::PathBuf;
@@ -101,16 +107,59 @@ pub enum ProcessError {
         /// The thread.
         tid: i32,
     },
-    /// Reading /proc or memory failed.
+    /// Reading a /proc file failed.
     #[error("{what} of PID {pid}: {source}")]
     Io {
         /// The PID.
         pid: i32,
-        /// What was being accessed.
+        /// The /proc file (`/proc/PID/maps`, `/proc/12/task/13/stat`).
         what: String,
         /// Underlying error.
         source: std::io::Error,
     },
+    /// Reading or writing the target's memory failed.
+    #[error("memory of {owner} at {address:#x} of PID {pid}: {source}")]
+    Memory {
+        /// The PID.
+        pid: i32,
+        /// What the memory holds (a function's code, the stub's data block, slack bytes).
+        owner: String,
+        /// The first address accessed.
+        address: u64,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The PID names a kernel thread: it has no user-space code to patch.
+    #[error(
+        "PID {pid} ({name}) is a kernel thread: it runs no user-space code that rpatch could patch"
+    )]
+    KernelThread {
+        /// The PID.
+        pid: i32,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl ProcessError {
+    /// The stable class of this error.
+    pub fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind;
+        match self {
+            ProcessError::NoSuchProcess { .. } => ErrorKind::NoSuchProcess,
+            ProcessError::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            ProcessError::AlreadyTraced { .. } => ErrorKind::AlreadyTraced,
+            ProcessError::Exited { .. } => ErrorKind::TargetExited,
+            ProcessError::WrongArchitecture { .. } | ProcessError::KernelThread { .. } => {
+                ErrorKind::TargetUnsupported
+            }
+            ProcessError::Ptrace { .. }
+            | ProcessError::StopTimeout { .. }
+            | ProcessError::InVfork { .. }
+            | ProcessError::Io { .. }
+            | ProcessError::Memory { .. } => ErrorKind::Internal,
+        }
+    }
 }
 
 /// What rpatch learns about a target before touching it.
@@ -219,6 +268,23 @@ pub fn live_task(pid: i32) -> Option<i32> {
         .find(|&tid| read_stat(pid, tid).is_ok_and(|(s, ..)| !matches!(s, 'Z' | 'X' | 'x')))
 }
 
+/// Whether `pid` is gone (no live thread left) or, after one of its threads vanished under
+/// ptrace (ESRCH), on its way out: a process that exits takes its threads one at a time, so a
+/// live one may still be listed for a moment. Waits at most 200 ms for that to settle; a
+/// process still alive then only lost a thread.
+pub fn exiting(pid: i32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    loop {
+        if live_task(pid).is_none() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// The /proc directory that describes the process's memory: `/proc/PID`, or — when the main
 /// thread has exited while others run, and `/proc/PID/{maps,mem,exe}` of the zombie leader read
 /// empty — the directory of a live thread, which shares the address space.
@@ -243,6 +309,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     if pid <= 0 {
         return Err(ProcessError::NoSuchProcess { pid });
     }
+    refuse_kernel_thread(pid)?;
     let (mut state, start_time, _) = read_stat(pid, pid)?;
     if matches!(state, 'Z' | 'X' | 'x') {
         // The main thread may have exited while others run on: that process is alive.
@@ -252,7 +319,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     let dir = proc_dir(pid);
     let exe = fs::read_link(dir.join("exe")).map_err(|e| map_proc_err(pid, "/proc/PID/exe", e))?;
     // Opening mem needs the same access check as PTRACE_ATTACH: fail early with a clear message.
-    fs::File::open(dir.join("mem")).map_err(|e| map_proc_err(pid, "/proc/PID/mem", e))?;
+    drop(ProcMem::open(pid)?);
     check_architecture(pid)?;
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
@@ -283,8 +350,35 @@ pub fn check_access(pid: i32) -> Result<(), ProcessError> {
     if pid <= 0 {
         return Err(ProcessError::NoSuchProcess { pid });
     }
-    fs::File::open(proc_dir(pid).join("mem")).map_err(|e| map_proc_err(pid, "/proc/PID/mem", e))?;
+    refuse_kernel_thread(pid)?;
+    drop(ProcMem::open(pid)?);
     Ok(())
+}
+
+/// `PF_KTHREAD` in the flags of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// A kernel thread (kthreadd, kworker...) has a PID but no user-space memory or executable:
+/// say so rather than "no such process" when its /proc files read empty.
+pub fn refuse_kernel_thread(pid: i32) -> Result<(), ProcessError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    match stat_flags(&text) {
+        Some(flags) if flags & PF_KTHREAD != 0 => Err(ProcessError::KernelThread {
+            pid,
+            name: parse_stat(&text)
+                .map(|(_, _, comm)| comm)
+                .unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Field 9 of a stat line: the task's flags.
+fn stat_flags(text: &str) -> Option<u64> {
+    let close = text.rfind(')')?;
+    // Field 3 is the first after the comm.
+    text[close + 1..].split_whitespace().nth(6)?.parse().ok()
 }
 
 /// Another process tracing a thread of `pid` (its id and name), if any: ptrace allows one
@@ -333,6 +427,25 @@ mod tests {
         assert_eq!(state, 'S');
         assert_eq!(start, 98765);
         assert_eq!(comm, "a) b (c)");
+    }
+
+    /// The flags field of stat tells a kernel thread; PID 2 (kthreadd) is refused as one.
+    #[test]
+    fn kernel_threads_are_named_as_such() {
+        let line = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0";
+        assert_eq!(stat_flags(line), Some(2129984));
+        assert_ne!(stat_flags(line).unwrap() & PF_KTHREAD, 0);
+        let kthreadd = fs::read_to_string("/proc/2/stat")
+            .ok()
+            .and_then(|t| stat_flags(&t))
+            .is_some_and(|f| f & PF_KTHREAD != 0);
+        if kthreadd {
+            assert!(matches!(
+                check_access(2),
+                Err(ProcessError::KernelThread { pid: 2, .. })
+            ));
+        }
+        assert!(refuse_kernel_thread(std::process::id() as i32).is_ok());
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The ELF objects mapped in a process: where each is loaded (its bias) and which file to read for
 //! its symbols — the one actually mapped, even if the path on disk was replaced since.
 
-use super::Mapping;
-use crate::error::hex;
+use super::{Mapping, Runtime};
 use crate::files::{self, Root};
+use crate::hex::hex;
 use crate::symbols::{LoadSegment, Location, SymbolError, SymbolIndex};
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -54,9 +54,14 @@ impl LoadedModule {
         (self.start..self.end).contains(&addr)
     }
 
-    /// File name of the module (for matching libc, ld.so).
+    /// File name of the module.
     pub fn file_name(&self) -> &str {
         self.path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    }
+
+    /// What the module is in the C runtime, if it is part of it (see [`Runtime`]).
+    pub fn runtime(&self) -> Option<Runtime> {
+        Runtime::of(self.file_name())
     }
 }
 
@@ -183,11 +188,18 @@ impl ModuleMap {
         self.modules.iter().find(|m| m.contains(addr))
     }
 
-    /// The first module whose file name starts with `prefix` (e.g. `libc.so`, `ld-linux`).
-    pub fn find_by_name(&self, prefix: &str) -> Option<&LoadedModule> {
+    /// The C library: glibc's, or musl's (which is also its loader).
+    pub fn c_library(&self) -> Option<&LoadedModule> {
         self.modules
             .iter()
-            .find(|m| m.file_name().starts_with(prefix))
+            .find(|m| m.runtime().is_some_and(Runtime::is_c_library))
+    }
+
+    /// glibc's dynamic loader (musl's is its C library, see [`Self::c_library`]).
+    pub fn glibc_loader(&self) -> Option<&LoadedModule> {
+        self.modules
+            .iter()
+            .find(|m| m.runtime() == Some(Runtime::Loader))
     }
 
     /// Build-id (hex) of the module mapped from `path`, read from the mapped file itself (which

@@ -38,11 +38,6 @@ impl RealtimeGuard {
             }
         }
     }
-
-    /// Whether the raise took effect.
-    pub fn active(&self) -> bool {
-        self.previous.is_some()
-    }
 }
 
 impl Drop for RealtimeGuard {

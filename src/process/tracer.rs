@@ -53,17 +53,7 @@ fn ptrace_err(op: &'static str, tid: i32) -> impl FnOnce(Errno) -> ProcessError 
 impl Tracer {
     /// A tracer for `pid` holding no thread yet.
     pub fn new(pid: i32) -> Result<Self, ProcessError> {
-        let mem = ProcMem::open(pid).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
-            std::io::ErrorKind::PermissionDenied => {
-                permission_denied(pid, "opening /proc/PID/mem".into())
-            }
-            _ => ProcessError::Io {
-                pid,
-                what: "/proc/PID/mem".into(),
-                source: e,
-            },
-        })?;
+        let mem = ProcMem::open(pid)?;
         Ok(Self {
             pid,
             threads: BTreeMap::new(),
@@ -239,11 +229,12 @@ impl Tracer {
         }
     }
 
-    /// Phase 4, *Freeze*: seizes and stops every thread, re-listing until no new thread appears.
+    /// Seizes and stops every thread, re-listing until no new thread appears (see
+    /// [`Tracer::freeze`], which makes the result a guard).
     /// A thread can only be created by a running thread, and a clone completes before its caller
     /// stops, so once a listing finds nothing new while all listed threads are stopped, the set is
     /// complete.
-    pub fn freeze_all(&mut self, deadline: Instant) -> Result<(), ProcessError> {
+    pub(super) fn freeze_all(&mut self, deadline: Instant) -> Result<(), ProcessError> {
         loop {
             let tids = match super::list_threads(self.pid) {
                 Ok(t) => t,
@@ -367,11 +358,6 @@ impl Tracer {
         }
     }
 
-    /// Forgets a thread that exited while running under us.
-    pub fn forget(&mut self, tid: i32) {
-        self.threads.remove(&tid);
-    }
-
     /// Lets one thread go, delivering a signal that arrived while it was held.
     pub fn release(&mut self, tid: i32) {
         if let Some(t) = self.threads.remove(&tid) {
@@ -391,13 +377,44 @@ impl Tracer {
         for tid in tids {
             self.release(tid);
         }
-        self.mem.set_poke_thread(None);
     }
 
-    /// Any held thread, for PTRACE_POKEDATA.
-    pub fn enable_poke_fallback(&self) {
-        self.mem
-            .set_poke_thread(self.threads.keys().next().map(|t| Pid::from_raw(*t)));
+    /// Holds `tid` (seized and stopped) until the returned guard is dropped, which lets it go.
+    pub fn hold(&mut self, tid: i32) -> Held<'_> {
+        Held { tracer: self, tid }
+    }
+}
+
+/// One thread held stopped by the tracer, let go when the guard is dropped (see
+/// [`Tracer::hold`]); the tracer stays usable through the guard meanwhile.
+pub struct Held<'t> {
+    tracer: &'t mut Tracer,
+    tid: i32,
+}
+
+impl Held<'_> {
+    /// The thread held.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Tracer;
+    fn deref(&self) -> &Tracer {
+        self.tracer
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Tracer {
+        self.tracer
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.tracer.release(self.tid);
     }
 }
 

@@ -101,7 +101,7 @@ pub fn render(report: &RehearseReport, timestamp: &str) -> String {
                     attr(first_line(&message)),
                     step.error
                         .as_ref()
-                        .map_or_else(|| "rehearsal_failed".to_string(), |e| e.kind.clone()),
+                        .map_or_else(|| "rehearsal_failed".to_string(), |e| e.kind.to_string()),
                     text(&body)
                 );
             }

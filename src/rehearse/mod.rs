@@ -13,12 +13,12 @@ mod report;
 
 pub use report::{
     Counts, ErrorSummary, Expectation, RehearseReport, SCHEMA_VERSION, Step, StepKind, StepStatus,
-    TargetSummary, step_line,
+    TargetSummary,
 };
 
 use crate::log::Log;
 use crate::patch::{AttachOptions, RollbackOptions, RollbackSelection};
-use crate::{Error, attach, rollback};
+use crate::{Error, ErrorKind, attach, rollback};
 use child::{Captured, Collector, Deferred, Group, Signals, Wake, describe_status, wait};
 use nix::sys::signal::Signal;
 use regex::Regex;
@@ -37,6 +37,9 @@ const TARGET_LOG_CAP: usize = 64 * 1024;
 const PROBE_OUTPUT_CAP: usize = 16 * 1024;
 /// Bytes of the load command's output kept.
 const LOAD_OUTPUT_CAP: usize = 64 * 1024;
+/// How long a target whose output ended without a ready line is given to be seen exiting (it
+/// closes its output a moment before its exit is reported, longer on a loaded machine).
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(5);
 /// How often a readiness condition without a descriptor to wait on (a TCP port, a pid file) is
 /// tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
@@ -336,11 +339,7 @@ impl<'a> Rehearsal<'a> {
                     Problem::Failed(m) => (StepStatus::Failed, m, None, None),
                     Problem::Error(m) => (StepStatus::Error, m, None, None),
                     Problem::Cause(e) => {
-                        step.error = Some(ErrorSummary {
-                            code: e.exit_code(),
-                            kind: e.kind().into(),
-                            message: e.to_string(),
-                        });
+                        step.error = Some(ErrorSummary::of(&e));
                         (StepStatus::Failed, e.to_string(), Some(e), None)
                     }
                     Problem::Interrupted(s) => (
@@ -404,13 +403,14 @@ impl<'a> Rehearsal<'a> {
         self.report.count();
         let failure = self.failure.take();
         if let Some(f) = &failure {
-            let code = f.cause.as_ref().map_or(24, Error::exit_code);
-            let kind = f.cause.as_ref().map_or("rehearsal_failed", Error::kind);
-            self.report.error = Some(ErrorSummary {
-                code,
-                kind: kind.into(),
-                message: format!("rehearsal failed at step '{}': {}", f.step, f.message),
-            });
+            let kind = f
+                .cause
+                .as_ref()
+                .map_or(ErrorKind::RehearsalFailed, Error::kind);
+            self.report.error = Some(ErrorSummary::new(
+                kind,
+                format!("rehearsal failed at step '{}': {}", f.step, f.message),
+            ));
         }
         let mut junit_error = None;
         if let Some(path) = &self.options.junit {
@@ -520,9 +520,17 @@ impl<'a> Rehearsal<'a> {
                     return Err(exited(target));
                 }
                 Wake::Ready(_) => {
-                    return Err(Problem::Failed(format!(
-                        "the target closed its output without printing a line matching /{re}/"
-                    )));
+                    // Output ends a moment before the exit is reported: a target that closed
+                    // its output is given a few seconds to be seen exiting, so that the report
+                    // names the exit when that is what happened.
+                    let grace = deadline.min(Instant::now() + EXIT_AFTER_EOF);
+                    return match wait(&self.signals, &[target.group.exit_fd()], Some(grace)) {
+                        Wake::Ready(_) => Err(exited(target)),
+                        Wake::Signal(s) => Err(Problem::Interrupted(s)),
+                        Wake::Timeout => Err(Problem::Failed(format!(
+                            "the target closed its output without printing a line matching /{re}/"
+                        ))),
+                    };
                 }
                 Wake::Timeout => {
                     return Err(Problem::Failed(format!(

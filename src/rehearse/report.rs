@@ -1,6 +1,7 @@
 //! The rehearsal report: every step with its time and outcome, printed by `--json` and written
 //! as JUnit (see `junit`).
 
+pub use crate::error::ErrorSummary;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -105,17 +106,6 @@ impl Step {
     }
 }
 
-/// An error as `--json` reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorSummary {
-    /// Exit code.
-    pub code: i32,
-    /// Stable snake_case name.
-    pub kind: String,
-    /// Human message.
-    pub message: String,
-}
-
 /// The target as the rehearsal saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetSummary {
@@ -201,37 +191,4 @@ impl RehearseReport {
             .iter()
             .find(|s| matches!(s.status, StepStatus::Failed | StepStatus::Error))
     }
-
-    /// The verdict in one line: `rehearsal passed: 17 steps, 17 passed, ... in 3.9 s`.
-    pub fn summary(&self) -> String {
-        let c = &self.counts;
-        format!(
-            "rehearsal {}: {} steps, {} passed, {} failed, {} errors, {} skipped in {:.1} s\n",
-            if self.passed { "passed" } else { "FAILED" },
-            c.tests,
-            c.passed,
-            c.failures,
-            c.errors,
-            c.skipped,
-            self.total_ms / 1000.0
-        )
-    }
-}
-
-/// `[pass] cycle 1: attach (12.3 ms): patch 1 applied, threads stopped for 850 us`.
-pub fn step_line(s: &Step) -> String {
-    let tag = match s.status {
-        StepStatus::Passed => "pass",
-        StepStatus::Failed => "FAIL",
-        StepStatus::Error => "ERROR",
-        StepStatus::Skipped => "skip",
-    };
-    let mut line = format!("[{tag}] {}", s.name);
-    if s.status != StepStatus::Skipped {
-        line += &format!(" ({:.1} ms)", s.time_ms);
-    }
-    if let Some(m) = &s.message {
-        line += &format!(": {m}");
-    }
-    line
 }

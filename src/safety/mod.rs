@@ -10,14 +10,14 @@
 //! modules' CFI by a [`StackInspector`] built before the freeze; where the unwind cannot be
 //! trusted to the outermost frame, the rest of the stack is scanned conservatively (`scan`).
 
+mod cfi;
 mod scan;
 mod stack;
 
-pub use scan::{Candidate, MAX_CALL_LEN, candidates, preceded_by_call, returns_into};
-pub use stack::{Doubt, STACK_CHUNK, StackInspector, StackWalk};
+pub use stack::{Doubt, StackInspector, StackWalk};
 
 use crate::log::Log;
-use crate::process::{Tracer, thread_name};
+use crate::process::{Frozen, thread_name};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::time::Instant;
@@ -51,6 +51,9 @@ pub enum FrameSource {
     /// A stack word that returns into the function right after a call instruction, found by the
     /// conservative scan after the unwind stopped early (it may be a stale word: counted anyway).
     Scanned,
+    /// The thread is in vfork() until its child execs or exits, and cannot be stopped before:
+    /// nothing can be frozen (the function is then the whole process).
+    InVfork,
 }
 
 /// A thread found executing inside a guarded range or with a frame of its function on its stack.
@@ -85,6 +88,9 @@ impl Blocker {
     pub fn describe(&self) -> String {
         let who = format!("thread {} ({})", self.tid, self.name);
         match self.source {
+            FrameSource::InVfork => format!(
+                "{who} is in vfork(), waiting for its child to exec or exit, and cannot be stopped until then"
+            ),
             FrameSource::Pc => format!(
                 "{who} is executing inside {} at {:#x}, in the bytes to be replaced",
                 self.function, self.pc
@@ -122,6 +128,23 @@ impl Blocker {
     }
 }
 
+impl Blocker {
+    /// A thread in vfork(): the whole process cannot be frozen while it is.
+    pub fn in_vfork(pid: i32, tid: i32) -> Self {
+        Blocker {
+            tid,
+            name: thread_name(pid, tid),
+            function: "the process".into(),
+            pc: 0,
+            depth: 0,
+            address: 0,
+            source: FrameSource::InVfork,
+            incomplete: None,
+            outermost: false,
+        }
+    }
+}
+
 /// Whether `pc` lies in `range` in a way that makes writing it unsafe.
 pub fn pc_blocks(range: &GuardedRange, pc: u64) -> bool {
     let first_unsafe = if range.entry_ok {
@@ -138,14 +161,14 @@ pub fn pc_blocks(range: &GuardedRange, pc: u64) -> bool {
 /// that have a `stack_range` the return addresses are checked against the whole function
 /// (conservatively when the unwind stops early). Prints the per-thread unwind times with `-v`.
 pub fn find_blocker(
-    tracer: &Tracer,
+    frozen: &Frozen,
     ranges: &[GuardedRange],
     stacks: Option<&mut StackInspector>,
     log: &Log,
 ) -> Option<Blocker> {
     let blocker = |tid: i32, pc: u64, range: &GuardedRange| Blocker {
         tid,
-        name: thread_name(tracer.pid(), tid),
+        name: thread_name(frozen.pid(), tid),
         function: range.function.clone(),
         pc,
         depth: 0,
@@ -155,7 +178,7 @@ pub fn find_blocker(
         outermost: false,
     };
     // PCs first: no memory to read, and the commonest blocker.
-    for t in tracer.threads() {
+    for t in frozen.threads() {
         let pc = t.regs.rip;
         if let Some(r) = ranges.iter().find(|r| pc_blocks(r, pc)) {
             return Some(blocker(t.tid, pc, r));
@@ -181,7 +204,7 @@ pub fn find_blocker(
     let started = Instant::now();
     let mut summary = String::new();
     let mut found = None;
-    for t in tracer.threads() {
+    for t in frozen.threads() {
         let (walk, hit) = stacks.find_in_stack(&t.regs, &functions, &resumes);
         // A context interrupted by a signal resumes at its saved PC when the handler returns:
         // that PC must not be inside the bytes being written either.

@@ -7,27 +7,21 @@
 //! from that copy by `framehop`.
 //!
 //! framehop silently falls back to frame pointers when it has no usable CFI for an address. A
-//! frame-pointer step can skip frames, so before each step the inspector checks (with gimli, on
+//! frame-pointer step can skip frames, so before each step the inspector checks (`cfi`: gimli on
 //! the same sections) that the address has an FDE framehop can evaluate; when not, the walk is
 //! *incomplete* and the caller scans the rest of the stack conservatively (see `scan`).
 
+use super::cfi::{Bytes, Cfi, cfi_len, read_cfi};
 use super::scan;
 use crate::log::Log;
-use crate::process::{self, LoadedModule, Mapping, ModuleMap, ProcessError};
-use crate::symbols::LoadSegment;
+use crate::process::{self, LoadedModule, Mapping, Memory, ModuleMap, ProcMem, ProcessError};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
-use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, UnwindContext, UnwindSection,
-};
-use object::{Object, ObjectSection, ObjectSegment};
+use gimli::UnwindContext;
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How much of a stack is copied in the one read per thread: enough for the live part of almost
@@ -40,9 +34,6 @@ const RED_ZONE: u64 = 128;
 const MAX_FRAMES: usize = 4096;
 /// How far the conservative scan reads past the first chunk when a stack mapping is larger.
 const MAX_SCAN: u64 = 8 * 1024 * 1024;
-
-/// Unwind section bytes shared between framehop's module and the inspector's own FDE checks.
-type Bytes = Arc<[u8]>;
 
 /// Why a walk stopped before the outermost frame: what the conservative scan makes up for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,101 +159,11 @@ pub(crate) struct StackHit {
     pub interrupted: bool,
 }
 
-/// The CFI sections of one module, as stated in its file (SVMAs).
-struct Cfi {
-    eh_frame: Bytes,
-    eh_frame_svma: u64,
-    eh_frame_hdr: Option<(Bytes, u64)>,
-    text_svma: Option<Range<u64>>,
-    got_svma: Option<Range<u64>>,
-}
-
-impl Cfi {
-    fn bases(&self) -> BaseAddresses {
-        let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_svma);
-        if let Some((_, svma)) = &self.eh_frame_hdr {
-            bases = bases.set_eh_frame_hdr(*svma);
-        }
-        if let Some(text) = &self.text_svma {
-            bases = bases.set_text(text.start);
-        }
-        if let Some(got) = &self.got_svma {
-            bases = bases.set_got(got.start);
-        }
-        bases
-    }
-
-    /// Whether framehop can take a step out of `svma` with this CFI.
-    fn check(&self, svma: u64, ctx: &mut UnwindContext<usize>) -> Result<(), Gap> {
-        let Some((hdr, _)) = &self.eh_frame_hdr else {
-            // framehop indexes a bare .eh_frame itself; trust it (linkers always emit the hdr).
-            return Ok(());
-        };
-        let bases = self.bases();
-        let eh_frame = EhFrame::new(&self.eh_frame[..], LittleEndian);
-        let parsed = EhFrameHdr::new(&hdr[..], LittleEndian)
-            .parse(&bases, 8)
-            .map_err(|_| Gap::NoFde)?;
-        // gimli's `fde_for_address`, step by step: it subtracts the table's `.eh_frame` pointer
-        // from the FDE pointer unchecked, which a hostile `.eh_frame_hdr` makes overflow (found
-        // by fuzzing). An FDE before `.eh_frame` is no FDE; framehop then never looks it up.
-        // framehop looks addresses up 32 bits relative to the module: one beyond is not its.
-        if svma > u64::from(u32::MAX) {
-            return Err(Gap::NoFde);
-        }
-        let table = parsed.table().ok_or(Gap::NoFde)?;
-        let fde_ptr = table.lookup(svma, &bases).map_err(|_| Gap::NoFde)?;
-        let (Ok(fde_at), Ok(eh_frame_at)) = (fde_ptr.direct(), parsed.eh_frame_ptr().direct())
-        else {
-            return Err(Gap::NoFde);
-        };
-        if fde_at < eh_frame_at {
-            return Err(Gap::NoFde);
-        }
-        let offset = table.pointer_to_offset(fde_ptr).map_err(|_| Gap::NoFde)?;
-        let fde = eh_frame
-            .fde_from_offset(&bases, offset, EhFrame::cie_from_offset)
-            .map_err(|_| Gap::NoFde)?;
-        if !fde.contains(svma) {
-            return Err(Gap::NoFde);
-        }
-        if fde.is_signal_trampoline() {
-            return Err(Gap::SignalFrame);
-        }
-        let row = fde
-            .unwind_info_for_address(&eh_frame, &bases, ctx, svma)
-            .map_err(|_| Gap::Unsupported)?;
-        match row.cfa() {
-            CfaRule::RegisterAndOffset { register, .. }
-                if *register == gimli::X86_64::RSP || *register == gimli::X86_64::RBP =>
-            {
-                Ok(())
-            }
-            _ => Err(Gap::Unsupported),
-        }
-    }
-}
-
-/// What a module's CFI lacks for one address (becomes a [`Doubt`] with the module's name).
-enum Gap {
-    NoFde,
-    SignalFrame,
-    Unsupported,
-}
-
-impl Gap {
-    fn doubt(self, module: String, address: u64) -> Doubt {
-        match self {
-            Gap::NoFde => Doubt::NoFde { module, address },
-            Gap::SignalFrame => Doubt::SignalFrame { module, address },
-            Gap::Unsupported => Doubt::Unsupported { module, address },
-        }
-    }
-}
-
 /// One mapped module as the inspector knows it.
 struct KnownModule {
     name: String,
+    /// Part of the C runtime (libc, the dynamic loader): where threads and processes start.
+    runtime: bool,
     avma: Range<u64>,
     bias: u64,
     cfi: Option<Cfi>,
@@ -271,8 +172,7 @@ struct KnownModule {
 /// Unwinds frozen threads' stacks. Built before the freeze (all file reading happens here);
 /// while frozen it only reads the target's stacks.
 pub struct StackInspector {
-    pid: i32,
-    mem: File,
+    mem: Box<dyn Memory>,
     unwinder: UnwinderX86_64<Bytes>,
     cache: CacheX86_64,
     /// Modules in address order.
@@ -301,27 +201,15 @@ impl StackInspector {
     pub fn new(modules: &ModuleMap, maps: &[Mapping], log: &Log) -> Result<Self, ProcessError> {
         let started = Instant::now();
         let pid = modules.pid();
-        let mem =
-            File::open(crate::process::proc_dir(pid).join("mem")).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
-                std::io::ErrorKind::PermissionDenied => {
-                    process::permission_denied(pid, "opening /proc/PID/mem".into())
-                }
-                _ => ProcessError::Io {
-                    pid,
-                    what: "/proc/PID/mem".into(),
-                    source: e,
-                },
-            })?;
+        let mem = Box::new(ProcMem::open(pid)?);
         let mut inspector = Self {
-            pid,
             mem,
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
             modules: Vec::new(),
             data: maps
                 .iter()
-                .filter(|m| m.perms.starts_with("rw"))
+                .filter(|m| m.perms.read_write())
                 .map(|m| m.start..m.end)
                 .collect(),
             trust: HashMap::with_capacity(1024),
@@ -376,7 +264,7 @@ impl StackInspector {
                 let mut image = vec![0; (vdso.end - vdso.start) as usize];
                 inspector
                     .mem
-                    .read_exact_at(&mut image, vdso.start)
+                    .read_at(vdso.start, &mut image)
                     .map(|()| image)
             };
             match image
@@ -408,9 +296,12 @@ impl StackInspector {
     /// at the address as offset) and `data` its stack-holding mappings. What the fuzz target for
     /// the unwinder drives with hostile CFI and stacks; nothing is read from any process.
     #[doc(hidden)]
-    pub fn from_images(mem: File, images: &[(String, u64, &[u8])], data: Vec<Range<u64>>) -> Self {
+    pub fn from_images(
+        mem: Box<dyn Memory>,
+        images: &[(String, u64, &[u8])],
+        data: Vec<Range<u64>>,
+    ) -> Self {
         let mut inspector = Self {
-            pid: 0,
             mem,
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
@@ -472,6 +363,7 @@ impl StackInspector {
         self.modules.insert(
             at,
             KnownModule {
+                runtime: module.runtime().is_some(),
                 name,
                 avma: module.start..module.end,
                 bias,
@@ -480,21 +372,12 @@ impl StackInspector {
         );
     }
 
-    /// The process whose stacks this inspects.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Whether `addr` is code of the C library or the dynamic loader (thread and process start).
     fn in_c_runtime(&self, addr: u64) -> bool {
         let i = self.modules.partition_point(|m| m.avma.start <= addr);
-        i.checked_sub(1).map(|i| &self.modules[i]).is_some_and(|m| {
-            let file = m.name.rsplit('/').next().unwrap_or(&m.name);
-            m.avma.contains(&addr)
-                && (file.starts_with("libc.so")
-                    || file.starts_with("libc-")
-                    || file.starts_with("ld-"))
-        })
+        i.checked_sub(1)
+            .map(|i| &self.modules[i])
+            .is_some_and(|m| m.avma.contains(&addr) && m.runtime)
     }
 
     /// Whether framehop can step out of the frame at code address `lookup` using CFI.
@@ -537,11 +420,15 @@ impl StackInspector {
             base = base.max(m.start);
             end = end.min(m.end);
         }
-        let mut len = read_partial(&self.mem, &mut self.buf[..(end - base) as usize], base);
+        let mut len = self
+            .mem
+            .read_partial(base, &mut self.buf[..(end - base) as usize]);
         if len == 0 && base < sp {
             // The red zone may lie in an unlisted guard page: start at sp itself.
             let skip = (sp - base) as usize;
-            len = read_partial(&self.mem, &mut self.buf[skip..(end - base) as usize], sp);
+            len = self
+                .mem
+                .read_partial(sp, &mut self.buf[skip..(end - base) as usize]);
             self.buf.copy_within(skip..skip + len, 0);
             base = sp;
         }
@@ -588,7 +475,7 @@ impl StackInspector {
                     None => {
                         direct_reads += 1;
                         let mut w = [0u8; 8];
-                        mem.read_exact_at(&mut w, addr).map_err(|_| ())?;
+                        mem.read_at(addr, &mut w).map_err(|_| ())?;
                         Ok(u64::from_le_bytes(w))
                     }
                 }
@@ -692,7 +579,7 @@ impl StackInspector {
                 &self.buf[(at - copy.start) as usize..walk.copied]
             } else {
                 extra.resize((end - at).min(STACK_CHUNK) as usize, 0);
-                let got = read_partial(&self.mem, &mut extra, at);
+                let got = self.mem.read_partial(at, &mut extra);
                 &extra[..got]
             };
             if piece.is_empty() {
@@ -733,7 +620,7 @@ impl StackInspector {
                 Some(o) if o + 8 <= len as u64 => {
                     w.copy_from_slice(&self.buf[o as usize..o as usize + 8])
                 }
-                _ => self.mem.read_exact_at(&mut w, addr).ok()?,
+                _ => self.mem.read_at(addr, &mut w).ok()?,
             }
             Some(u64::from_le_bytes(w))
         };
@@ -745,83 +632,20 @@ impl StackInspector {
         let page_start = ret.saturating_sub(1) & !0xfff;
         let mut bytes = [0u8; scan::MAX_CALL_LEN];
         let len = scan::MAX_CALL_LEN as u64;
-        if self.mem.read_exact_at(&mut bytes, ret - len).is_ok() {
+        if self.mem.read_at(ret - len, &mut bytes).is_ok() {
             return scan::preceded_by_call(&bytes);
         }
         // The bytes before may start on an unreadable page: take those on ret's own page.
         let n = (ret - page_start).min(len) as usize;
         let tail = &mut bytes[..n];
-        self.mem.read_exact_at(tail, ret - n as u64).is_ok() && scan::preceded_by_call(tail)
+        self.mem.read_at(ret - n as u64, tail).is_ok() && scan::preceded_by_call(tail)
     }
-}
-
-/// Number of bytes in a module's CFI sections.
-fn cfi_len(cfi: &Cfi) -> usize {
-    cfi.eh_frame.len() + cfi.eh_frame_hdr.as_ref().map_or(0, |(b, _)| b.len())
-}
-
-/// Reads as much of `buf` as is mapped from `addr` on (a stack copy may run into an unmapped
-/// page); returns the number of bytes read.
-fn read_partial(mem: &File, buf: &mut [u8], addr: u64) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        match mem.read_at(&mut buf[got..], addr + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    got
-}
-
-/// The PT_LOAD segments (for the load bias) and the CFI sections of an ELF image.
-fn read_cfi<'data, R: object::ReadRef<'data>>(
-    data: R,
-) -> Result<(Vec<LoadSegment>, Option<Cfi>), String> {
-    let file = object::File::parse(data).map_err(|e| e.to_string())?;
-    let segments = file
-        .segments()
-        .map(|s| {
-            let (offset, filesz) = s.file_range();
-            LoadSegment {
-                vaddr: s.address(),
-                memsz: s.size(),
-                offset,
-                filesz,
-                executable: matches!(
-                    s.flags(),
-                    object::SegmentFlags::Elf { p_flags, .. } if p_flags.contains(object::elf::PF_X)
-                ),
-            }
-        })
-        .collect();
-    // Sections whose address range would wrap (a hostile header; found by fuzzing) count as
-    // missing.
-    let section = |name: &str| {
-        let s = file.section_by_name(name)?;
-        let data = s.data().ok()?;
-        s.address().checked_add(data.len() as u64)?;
-        (!data.is_empty()).then(|| (Bytes::from(data), s.address()))
-    };
-    let svma_range = |name: &str| {
-        let s = file.section_by_name(name)?;
-        Some(s.address()..s.address().checked_add(s.size())?)
-    };
-    let cfi = section(".eh_frame").map(|(eh_frame, eh_frame_svma)| Cfi {
-        eh_frame,
-        eh_frame_svma,
-        eh_frame_hdr: section(".eh_frame_hdr"),
-        text_svma: svma_range(".text"),
-        got_svma: svma_range(".got"),
-    });
-    Ok((segments, cfi))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::Tracer;
+    use crate::process::{Frozen, Tracer};
     use crate::safety::{FrameSource, GuardedRange, find_blocker};
     use std::process::{Child, Command};
 
@@ -859,13 +683,18 @@ mod tests {
         }
     }
 
-    fn frozen(pid: i32) -> (Tracer, libc::user_regs_struct) {
-        let mut tracer = Tracer::new(pid).unwrap();
-        tracer
-            .freeze_all(Instant::now() + Duration::from_secs(5))
+    /// Freezes `pid` and returns the registers of its main thread.
+    fn frozen(tracer: &mut Tracer) -> (Frozen<'_>, libc::user_regs_struct) {
+        let pid = tracer.pid();
+        let frozen = tracer
+            .freeze(Instant::now() + Duration::from_secs(5))
             .unwrap();
-        let regs = tracer.thread(pid).expect("main thread held").regs;
-        (tracer, regs)
+        let regs = frozen
+            .threads()
+            .find(|t| t.tid == pid)
+            .expect("main thread held")
+            .regs;
+        (frozen, regs)
     }
 
     /// A process blocked in a system call unwinds through libc and its executable to the
@@ -876,7 +705,8 @@ mod tests {
         let pid = child.0.id() as i32;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
         let mut inspector = StackInspector::for_process(pid, &exe, &Log::quiet()).unwrap();
-        let (tracer, regs) = frozen(pid);
+        let mut tracer = Tracer::new(pid).unwrap();
+        let (frozen, regs) = frozen(&mut tracer);
         let walk = inspector.walk(&regs);
         assert_eq!(walk.doubt, None, "frames {:x?}", walk.frames);
         assert!(walk.frames.len() >= 4, "frames {:x?}", walk.frames);
@@ -893,7 +723,7 @@ mod tests {
         // The PC's own function is not "on the stack", nor is any other address.
         let (_, hit) = inspector.find_in_stack(&regs, &[(0, regs.rip - 1..regs.rip + 1)], &[]);
         assert_eq!(hit, None);
-        drop(tracer);
+        drop(frozen);
     }
 
     /// When the walk cannot start (the PC is in no module), the stack is scanned: a real return
@@ -904,7 +734,8 @@ mod tests {
         let pid = child.0.id() as i32;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
         let mut inspector = StackInspector::for_process(pid, &exe, &Log::quiet()).unwrap();
-        let (tracer, regs) = frozen(pid);
+        let mut tracer = Tracer::new(pid).unwrap();
+        let (frozen, regs) = frozen(&mut tracer);
         let outer = *inspector.walk(&regs).frames.last().unwrap();
         let lost = libc::user_regs_struct {
             rip: 0x1000,
@@ -916,7 +747,7 @@ mod tests {
         let (_, hit) = inspector.find_in_stack(&lost, &[(3, outer - 1..outer)], &[]);
         let hit = hit.expect("the scan finds the outermost return address");
         assert!(hit.scanned && hit.address == outer && hit.range == 3 && hit.depth == 1);
-        drop(tracer);
+        drop(frozen);
     }
 
     /// `find_blocker` reports a function whose return address is on a frozen thread's stack as
@@ -928,7 +759,8 @@ mod tests {
         let pid = child.0.id() as i32;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
         let mut inspector = StackInspector::for_process(pid, &exe, &Log::quiet()).unwrap();
-        let (tracer, regs) = frozen(pid);
+        let mut tracer = Tracer::new(pid).unwrap();
+        let (frozen, regs) = frozen(&mut tracer);
         let frames = inspector.walk(&regs).frames;
         let ret = frames[2];
         let ranges = [
@@ -945,7 +777,7 @@ mod tests {
                 stack_range: Some(ret - 3..ret + 40),
             },
         ];
-        let blocker = find_blocker(&tracer, &ranges, Some(&mut inspector), &Log::quiet())
+        let blocker = find_blocker(&frozen, &ranges, Some(&mut inspector), &Log::quiet())
             .expect("the caller's frame is on the stack");
         assert_eq!(blocker.tid, pid);
         assert_eq!(blocker.function, "caller");
@@ -960,13 +792,13 @@ mod tests {
             blocker.describe()
         );
         // Without the inspector only PCs count; a range nowhere on the stack never blocks.
-        assert_eq!(find_blocker(&tracer, &ranges, None, &Log::quiet()), None);
+        assert_eq!(find_blocker(&frozen, &ranges, None, &Log::quiet()), None);
         let elsewhere = [GuardedRange {
             stack_range: Some(0x1000..0x2000),
             ..ranges[1].clone()
         }];
-        let none = find_blocker(&tracer, &elsewhere, Some(&mut inspector), &Log::quiet());
+        let none = find_blocker(&frozen, &elsewhere, Some(&mut inspector), &Log::quiet());
         assert_eq!(none, None);
-        drop(tracer);
+        drop(frozen);
     }
 }

@@ -15,7 +15,7 @@
 //! A candidate found by build-id must carry the same build-id; one found by debuglink must have
 //! the same build-id when both files have one, else the CRC-32 the link records.
 
-use crate::error::hex;
+use crate::hex::hex;
 use std::path::{Path, PathBuf};
 
 use super::FileData;

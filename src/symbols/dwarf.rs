@@ -609,29 +609,18 @@ pub(super) fn scan_unit<'a>(
                     }
                 }
             }
-            tag @ (gimli::DW_TAG_namespace
+            gimli::DW_TAG_namespace
             | gimli::DW_TAG_structure_type
             | gimli::DW_TAG_class_type
             | gimli::DW_TAG_union_type
             | gimli::DW_TAG_enumeration_type
-            | gimli::DW_TAG_interface_type) => {
+            | gimli::DW_TAG_interface_type => {
                 if !abbrev.has_children() {
                     // Opens no scope, so its name is never needed.
                     entries.skip_attributes(abbrev.attributes())?;
                     continue;
                 }
-                let mut name = None;
-                for spec in abbrev.attributes() {
-                    let attr = entries.read_attribute(*spec)?;
-                    if attr.name() == gimli::DW_AT_name {
-                        name = lazy_name(dwarf, unit, attr.value());
-                    }
-                }
-                if name.is_none() && tag == gimli::DW_TAG_namespace {
-                    // What C++ demanglers print for `_GLOBAL__N_1`.
-                    name = Some(Name::Inline(b"(anonymous namespace)"));
-                }
-                let id = match name {
+                let id = match read_scope_name(dwarf, unit, &mut entries, abbrev)? {
                     Some(name) => {
                         scan.scopes.push(Scope { parent, name });
                         (scan.scopes.len() - 1) as u32
@@ -642,102 +631,15 @@ pub(super) fn scan_unit<'a>(
                 stack.push((depth, id));
             }
             gimli::DW_TAG_subprogram => {
-                let mut rec = Rec {
-                    offset: base + offset.0 as u64,
-                    name: None,
-                    linkage: None,
-                    scope: parent,
-                    refers: None,
-                    decl_file: None,
-                    decl_line: None,
-                    code: None,
-                };
-                let (mut low, mut high, mut ranges, mut entry_pc) = (None, None, None, None);
-                for spec in abbrev.attributes() {
-                    let attr = entries.read_attribute(*spec)?;
-                    match attr.name() {
-                        gimli::DW_AT_name => {
-                            rec.name = lazy_name(dwarf, unit, attr.value());
-                        }
-                        gimli::DW_AT_linkage_name | gimli::DW_AT_MIPS_linkage_name => {
-                            rec.linkage = lazy_name(dwarf, unit, attr.value());
-                        }
-                        gimli::DW_AT_low_pc => {
-                            low = dwarf.attr_address(unit, attr.value()).ok().flatten();
-                        }
-                        gimli::DW_AT_high_pc => {
-                            high = match attr.value() {
-                                AttributeValue::Udata(len) => Some(HighPc::Len(len)),
-                                value => dwarf
-                                    .attr_address(unit, value)
-                                    .ok()
-                                    .flatten()
-                                    .map(HighPc::Addr),
-                            };
-                        }
-                        gimli::DW_AT_ranges => ranges = Some(attr.value()),
-                        gimli::DW_AT_entry_pc => {
-                            entry_pc = dwarf.attr_address(unit, attr.value()).ok().flatten();
-                        }
-                        gimli::DW_AT_specification | gimli::DW_AT_abstract_origin => {
-                            rec.refers = die_ref(base, attr.value());
-                        }
-                        gimli::DW_AT_decl_file => {
-                            rec.decl_file = match attr.value() {
-                                AttributeValue::FileIndex(i) => Some(i),
-                                other => other.udata_value(),
-                            };
-                        }
-                        gimli::DW_AT_decl_line => rec.decl_line = attr.udata_value(),
-                        _ => {}
-                    }
-                }
-                rec.code = match (low, high) {
-                    (Some(low), Some(HighPc::Addr(high))) => Some((low, high)),
-                    (Some(low), Some(HighPc::Len(len))) => Some((low, low.wrapping_add(len))),
-                    _ => ranges.and_then(|r| entry_range(dwarf, unit, r, entry_pc.or(low))),
-                };
-                // Functions discarded by the linker keep their DWARF with address 0 or a
-                // tombstone; address 0 never holds code in an executable or shared object.
-                rec.code = rec
-                    .code
-                    .filter(|&(l, h)| l != 0 && h > l && !unit.header.is_tombstone_address(l));
+                let rec = read_subprogram(dwarf, unit, &mut entries, abbrev, base, offset, parent)?;
                 if rec.code.is_some() && top.is_none() {
                     top = Some((depth, scan.recs.len() as u32));
                 }
                 scan.recs.push(rec);
             }
             gimli::DW_TAG_inlined_subroutine if inlines => {
-                let mut inl = Inl {
-                    origin: u64::MAX,
-                    call_file: None,
-                    call_line: 0,
-                    top: top.map(|(_, r)| r),
-                    address: None,
-                };
-                let (mut low, mut entry_pc) = (None, None);
-                for spec in abbrev.attributes() {
-                    let attr = entries.read_attribute(*spec)?;
-                    match attr.name() {
-                        gimli::DW_AT_abstract_origin => {
-                            inl.origin = die_ref(base, attr.value()).unwrap_or(u64::MAX);
-                        }
-                        gimli::DW_AT_call_file => {
-                            inl.call_file = match attr.value() {
-                                AttributeValue::FileIndex(i) => Some(i),
-                                other => other.udata_value(),
-                            };
-                        }
-                        gimli::DW_AT_call_line => inl.call_line = attr.udata_value().unwrap_or(0),
-                        gimli::DW_AT_low_pc => low = Some(attr.value()),
-                        gimli::DW_AT_entry_pc => entry_pc = Some(attr.value()),
-                        _ => {}
-                    }
-                }
-                if inl.origin != u64::MAX {
-                    inl.address = entry_pc
-                        .or(low)
-                        .and_then(|v| dwarf.attr_address(unit, v).ok().flatten());
+                let top = top.map(|(_, r)| r);
+                if let Some(inl) = read_inlined(dwarf, unit, &mut entries, abbrev, base, top)? {
                     scan.inlines.push(inl);
                 }
             }
@@ -745,6 +647,151 @@ pub(super) fn scan_unit<'a>(
         }
     }
     Ok(())
+}
+
+/// The DIEs of one unit, read attribute by attribute.
+type Entries<'u, 'a> = gimli::EntriesRaw<'u, Reader<'a>>;
+
+/// The name of a scope DIE (namespace, struct, class, union, enum); an anonymous namespace is
+/// named as C++ demanglers print it; another anonymous scope has none.
+fn read_scope_name<'a>(
+    dwarf: &Dwarf<'a>,
+    unit: &Unit<'a>,
+    entries: &mut Entries<'_, 'a>,
+    abbrev: &gimli::Abbreviation,
+) -> gimli::Result<Option<Name<'a>>> {
+    let mut name = None;
+    for spec in abbrev.attributes() {
+        let attr = entries.read_attribute(*spec)?;
+        if attr.name() == gimli::DW_AT_name {
+            name = lazy_name(dwarf, unit, attr.value());
+        }
+    }
+    if name.is_none() && abbrev.tag() == gimli::DW_TAG_namespace {
+        // What C++ demanglers print for `_GLOBAL__N_1`.
+        name = Some(Name::Inline(b"(anonymous namespace)"));
+    }
+    Ok(name)
+}
+
+/// A subprogram DIE at `offset` of the unit at `base`, in scope `parent`: its names, what it
+/// refers to, where it is declared, and its code range (none for a declaration, or for a
+/// function the linker discarded).
+fn read_subprogram<'a>(
+    dwarf: &Dwarf<'a>,
+    unit: &Unit<'a>,
+    entries: &mut Entries<'_, 'a>,
+    abbrev: &gimli::Abbreviation,
+    base: u64,
+    offset: gimli::UnitOffset,
+    parent: u32,
+) -> gimli::Result<Rec<'a>> {
+    let mut rec = Rec {
+        offset: base + offset.0 as u64,
+        name: None,
+        linkage: None,
+        scope: parent,
+        refers: None,
+        decl_file: None,
+        decl_line: None,
+        code: None,
+    };
+    let (mut low, mut high, mut ranges, mut entry_pc) = (None, None, None, None);
+    for spec in abbrev.attributes() {
+        let attr = entries.read_attribute(*spec)?;
+        match attr.name() {
+            gimli::DW_AT_name => {
+                rec.name = lazy_name(dwarf, unit, attr.value());
+            }
+            gimli::DW_AT_linkage_name | gimli::DW_AT_MIPS_linkage_name => {
+                rec.linkage = lazy_name(dwarf, unit, attr.value());
+            }
+            gimli::DW_AT_low_pc => {
+                low = dwarf.attr_address(unit, attr.value()).ok().flatten();
+            }
+            gimli::DW_AT_high_pc => {
+                high = match attr.value() {
+                    AttributeValue::Udata(len) => Some(HighPc::Len(len)),
+                    value => dwarf
+                        .attr_address(unit, value)
+                        .ok()
+                        .flatten()
+                        .map(HighPc::Addr),
+                };
+            }
+            gimli::DW_AT_ranges => ranges = Some(attr.value()),
+            gimli::DW_AT_entry_pc => {
+                entry_pc = dwarf.attr_address(unit, attr.value()).ok().flatten();
+            }
+            gimli::DW_AT_specification | gimli::DW_AT_abstract_origin => {
+                rec.refers = die_ref(base, attr.value());
+            }
+            gimli::DW_AT_decl_file => {
+                rec.decl_file = match attr.value() {
+                    AttributeValue::FileIndex(i) => Some(i),
+                    other => other.udata_value(),
+                };
+            }
+            gimli::DW_AT_decl_line => rec.decl_line = attr.udata_value(),
+            _ => {}
+        }
+    }
+    rec.code = match (low, high) {
+        (Some(low), Some(HighPc::Addr(high))) => Some((low, high)),
+        (Some(low), Some(HighPc::Len(len))) => Some((low, low.wrapping_add(len))),
+        _ => ranges.and_then(|r| entry_range(dwarf, unit, r, entry_pc.or(low))),
+    };
+    // Functions discarded by the linker keep their DWARF with address 0 or a tombstone; address
+    // 0 never holds code in an executable or shared object.
+    rec.code = rec
+        .code
+        .filter(|&(l, h)| l != 0 && h > l && !unit.header.is_tombstone_address(l));
+    Ok(rec)
+}
+
+/// An inlined-subroutine DIE: the function it is a copy of, the call's file and line, where the
+/// copy starts, and `top`, the subprogram holding it. None without an abstract origin.
+fn read_inlined<'a>(
+    dwarf: &Dwarf<'a>,
+    unit: &Unit<'a>,
+    entries: &mut Entries<'_, 'a>,
+    abbrev: &gimli::Abbreviation,
+    base: u64,
+    top: Option<u32>,
+) -> gimli::Result<Option<Inl>> {
+    let mut inl = Inl {
+        origin: u64::MAX,
+        call_file: None,
+        call_line: 0,
+        top,
+        address: None,
+    };
+    let (mut low, mut entry_pc) = (None, None);
+    for spec in abbrev.attributes() {
+        let attr = entries.read_attribute(*spec)?;
+        match attr.name() {
+            gimli::DW_AT_abstract_origin => {
+                inl.origin = die_ref(base, attr.value()).unwrap_or(u64::MAX);
+            }
+            gimli::DW_AT_call_file => {
+                inl.call_file = match attr.value() {
+                    AttributeValue::FileIndex(i) => Some(i),
+                    other => other.udata_value(),
+                };
+            }
+            gimli::DW_AT_call_line => inl.call_line = attr.udata_value().unwrap_or(0),
+            gimli::DW_AT_low_pc => low = Some(attr.value()),
+            gimli::DW_AT_entry_pc => entry_pc = Some(attr.value()),
+            _ => {}
+        }
+    }
+    if inl.origin == u64::MAX {
+        return Ok(None);
+    }
+    inl.address = entry_pc
+        .or(low)
+        .and_then(|v| dwarf.attr_address(unit, v).ok().flatten());
+    Ok(Some(inl))
 }
 
 /// A reference attribute as a global `.debug_info` offset.

@@ -101,7 +101,20 @@ pub(super) fn parse(path: &Path, data: &[u8]) -> Result<ElfInfo, SymbolError> {
     match FileKind::parse(data) {
         Ok(FileKind::Elf32) => parse_elf::<elf::FileHeader32<Endianness>>(data).map_err(not_elf),
         Ok(FileKind::Elf64) => parse_elf::<elf::FileHeader64<Endianness>>(data).map_err(not_elf),
-        Ok(other) => Err(not_elf(format!("file format is {other:?}, not ELF"))),
+        Ok(other) => Err(not_elf(format!(
+            "it is {}, not ELF",
+            match other {
+                FileKind::Archive => "an archive",
+                FileKind::Coff | FileKind::CoffBig | FileKind::CoffImport => "a COFF object",
+                FileKind::MachO32
+                | FileKind::MachO64
+                | FileKind::MachOFat32
+                | FileKind::MachOFat64 => "a Mach-O file",
+                FileKind::Pe32 | FileKind::Pe64 => "a PE file",
+                FileKind::Xcoff32 | FileKind::Xcoff64 => "an XCOFF file",
+                _ => "another object format",
+            }
+        ))),
         Err(e) => Err(not_elf(e.to_string())),
     }
 }

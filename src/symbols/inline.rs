@@ -35,6 +35,24 @@ pub struct InlineSite {
     pub address: Option<u64>,
 }
 
+/// Inline sites joined for a message: `caller_a (call at file.c:12), caller_b`.
+pub struct InlineSites<'a>(pub &'a [InlineSite]);
+
+impl std::fmt::Display for InlineSites<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match &s.location {
+                Some(l) => write!(f, "{} (call at {l})", s.caller)?,
+                None => f.write_str(&s.caller)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A function that exists only as inlined copies (no out-of-line code to patch).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InlinedOnly {

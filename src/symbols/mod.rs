@@ -18,9 +18,9 @@ mod pattern;
 #[cfg(test)]
 mod tests;
 
-pub use debuginfo::{DebugInfoSource, Location, debug_roots};
-pub use details::{FunctionDetails, Signature, TypeInfo};
-pub use inline::{InlineSite, InlinedOnly};
+pub use debuginfo::{DebugInfoSource, Location};
+pub use details::{FunctionDetails, Parameter, Signature, TypeInfo};
+pub use inline::{InlineSite, InlineSites, InlinedOnly};
 pub use pattern::Pattern;
 
 use hash::FxHashMap;
@@ -366,12 +366,6 @@ impl SymbolIndex {
     /// copies can be known.
     pub fn has_dwarf(&self) -> bool {
         !matches!(self.debug_source, DebugInfoSource::Missing { .. })
-    }
-
-    /// Whether the file has a full symbol table (local functions named), its own or its debug
-    /// file's.
-    pub fn has_symtab(&self) -> bool {
-        self.info.has_symtab
     }
 
     /// Bytes of (uncompressed) `.debug_info`, in the file or its debug file.

@@ -24,6 +24,10 @@ pub(super) enum Kind {
     Raw,
     /// A C++ demangled name without parameter list, shared by all overloads.
     Stripped,
+    /// A C++ demangled name with its parameters but without the method's cv/ref qualifiers
+    /// (`ns::C::m(int)` for `ns::C::m(int) const`): what people type, shared by the `const` and
+    /// non-`const` overloads of one parameter list.
+    Unqualified,
     /// A DWARF qualified name (`scope::name`), also shared by overloads.
     Qualified,
     /// A full demangled name (Rust without hash, C++ with parameters).
@@ -184,6 +188,10 @@ pub(super) fn describe(info: &ElfInfo, syms: &[u32], subs: &[Subprogram]) -> Fun
                 cpp_display.get_or_insert_with(|| no_return.clone());
                 if full != no_return {
                     names.push((full, Kind::Demangled));
+                }
+                let unqualified = trim_qualifiers(&no_return);
+                if unqualified != no_return && unqualified.ends_with(')') {
+                    names.push((unqualified.to_string(), Kind::Unqualified));
                 }
                 names.push((no_return, Kind::Demangled));
                 if let Some(s) = stripped {
@@ -366,6 +374,7 @@ impl NameIndex {
     pub(super) fn suggest(&self, query: &str) -> Vec<String> {
         let query = query.strip_prefix("crate::").unwrap_or(query);
         let q_base = base_name(last_segment(query));
+        let q_segments = segments(query);
         let threshold = (q_base.chars().count() / 3).max(2);
 
         let mut seen: FxHashSet<&str> = FxHashSet::default();
@@ -396,8 +405,14 @@ impl NameIndex {
                 scored.push((best, name));
             }
         }
-        same.sort_by_key(|n| (n.len(), *n));
-        scored.sort_by_key(|&(d, n)| (d, n.len(), n));
+        // Names sharing more of the typed path's segments (`geo`, `Square`) come first: a
+        // method of the class typed beats a function of the same name elsewhere.
+        let shared = |name: &str| {
+            let theirs = segments(name);
+            std::cmp::Reverse(q_segments.iter().filter(|s| theirs.contains(s)).count())
+        };
+        same.sort_by_key(|n| (shared(n), n.len(), *n));
+        scored.sort_by_key(|&(d, n)| (shared(n), d, n.len(), n));
         same.into_iter()
             .chain(scored.into_iter().map(|(_, n)| n))
             .take(5)
@@ -415,6 +430,29 @@ pub(super) fn base_name(segment: &str) -> &str {
         .find(|&(_, c)| c == '<' || c == '(')
         .map_or(segment.len(), |(i, _)| i);
     segment[..end].trim_end_matches("::")
+}
+
+/// The bare names of a path's segments (`["geo", "Square", "area"]` for
+/// `geo::Square::area(int) const`), generic arguments and parameters left out.
+pub(super) fn segments(name: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = name;
+    loop {
+        let last = last_segment(rest);
+        let base = base_name(last);
+        if !base.is_empty() {
+            out.push(base);
+        }
+        let Some(before) = rest.len().checked_sub(last.len() + 2) else {
+            break;
+        };
+        if before == 0 || !rest[before..].starts_with("::") {
+            break;
+        }
+        rest = &rest[..before];
+    }
+    out.reverse();
+    out
 }
 
 /// Raw Itanium / Rust symbol spellings are not worth suggesting to a person.

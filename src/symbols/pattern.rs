@@ -26,13 +26,6 @@ impl Pattern {
         }
     }
 
-    /// The pattern text.
-    pub fn text(&self) -> &str {
-        match self {
-            Pattern::Exact(t) | Pattern::Glob(t) | Pattern::Substring(t) => t,
-        }
-    }
-
     /// `exact`, `glob` or `substring`.
     pub fn kind(&self) -> &'static str {
         match self {

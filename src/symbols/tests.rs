@@ -356,6 +356,22 @@ fn cpp_methods_and_overloads() {
     }
     let one = expect_found(&index, "ns::Calc::over(double) const");
     assert_eq!(one.name, "ns::Calc::over(double) const");
+    // The method's `const` may be left out, as people type a call: it matches when no other
+    // overload has that parameter list, and is shown with its qualifier.
+    let unqualified = expect_found(&index, "ns::Calc::over(double)");
+    assert_eq!(unqualified, one);
+    // A mistyped method suggests the methods of the class typed first.
+    match index.resolve("ns::Calc::ovr(int)") {
+        Resolution::NotFound { suggestions } => {
+            assert!(
+                suggestions
+                    .first()
+                    .is_some_and(|s| s.starts_with("ns::Calc::over(")),
+                "{suggestions:?}"
+            );
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
 
     let call = expect_found(&index, "ns::Calc::operator()");
     assert_eq!(call.name, "ns::Calc::operator()(int) const");
@@ -503,12 +519,18 @@ fn rust_cdylib_no_mangle() {
 /// The system libc exports the functions rpatch injects calls to, at their default version.
 #[test]
 fn libc_symbol_addresses() {
-    let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
-    if !libc.exists() {
-        eprintln!("skipping: no {}", libc.display());
+    // The glibc this test process runs on, found as rpatch finds a target's.
+    let pid = std::process::id() as i32;
+    let maps = crate::process::read_maps(pid).unwrap();
+    let me = crate::process::ModuleMap::new(pid, &maps, &std::env::current_exe().unwrap());
+    let Some(libc) = me
+        .c_library()
+        .filter(|m| m.runtime() == Some(crate::process::Runtime::CLibrary))
+    else {
+        eprintln!("skipping: not running on glibc");
         return;
-    }
-    let index = SymbolIndex::open(libc).unwrap();
+    };
+    let index = SymbolIndex::open(&libc.path).unwrap();
     assert!(index.is_position_independent());
     for name in ["dlopen", "dlerror", "mmap", "__errno_location", "malloc"] {
         assert!(index.symbol_address(name).is_some(), "{name}");
@@ -552,6 +574,13 @@ fn name_helpers() {
     assert_eq!(levenshtein("compte", "compute"), 1);
     assert_eq!(levenshtein("", "abc"), 3);
     assert_eq!(levenshtein("kitten", "sitting"), 3);
+    use super::names::segments;
+    assert_eq!(
+        segments("geo::Square::area(int) const"),
+        ["geo", "Square", "area"]
+    );
+    assert_eq!(segments("app::f::<u32>"), ["app", "f"]);
+    assert_eq!(segments("compute"), ["compute"]);
 }
 
 /// The binary the timing tests measure: `$RPATCH_BIG_BINARY`, else this test executable

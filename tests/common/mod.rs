@@ -69,6 +69,14 @@ pub mod exit {
     pub const UNSUPPORTED: i32 = 19;
     /// A safety policy refused; an --allow-* flag overrides it.
     pub const REFUSED: i32 = 20;
+    /// The replacement's signature differs.
+    pub const SIGNATURE_MISMATCH: i32 = 21;
+    /// `--strict`: the function has inlined copies.
+    pub const INLINED_COPIES: i32 = 22;
+    /// No thread could run the loader safely until --timeout.
+    pub const NO_SAFE_THREAD: i32 = 23;
+    /// `rehearse`: a check failed.
+    pub const REHEARSAL_FAILED: i32 = 24;
 }
 
 /// The repository root (the `rpatch` package).
@@ -477,6 +485,111 @@ impl Run {
     }
 }
 
+/// With `RPATCH_TEST_CAPTURE=DIR` in the environment of `cargo test`, appends every `rpatch`
+/// run whose arguments include `--json` to `DIR/<test binary>.<test>.jsonl` (arguments, exit code,
+/// stdout): two captures of the suite, before and after a change, show what the change did to
+/// the JSON interface (`scripts/json-captures.py` compares them).
+pub fn record(run: &Run) {
+    let Some(dir) = std::env::var_os("RPATCH_TEST_CAPTURE") else {
+        return;
+    };
+    if !run.args.iter().any(|a| a == "--json") {
+        return;
+    }
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.split('-').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let test = thread::current()
+        .name()
+        .unwrap_or("main")
+        .replace("::", ".");
+    let line = serde_json::json!({ "args": run.args, "code": run.code, "stdout": run.stdout });
+    let path = Path::new(&dir).join(format!("{binary}.{test}.jsonl"));
+    let mut file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    writeln!(file, "{line}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The JSON Schema (docs/schemas/) an `rpatch` run's `--json` output must follow: the
+/// command's report on success, the error object on failure; `rehearse` prints its report
+/// either way. `None` for runs without `--json`.
+pub fn schema_of(run: &Run) -> Option<&'static str> {
+    if !run.args.iter().any(|a| a == "--json") {
+        return None;
+    }
+    let command = run.args.first()?.as_str();
+    Some(match (command, run.code) {
+        ("rehearse", _) => "rehearse",
+        (_, 0) => match command {
+            "attach" => "attach",
+            "rollback" => "rollback",
+            "status" => "status",
+            "resolve" => "resolve",
+            _ => return None,
+        },
+        _ => "error",
+    })
+}
+
+/// Validates `value` against `docs/schemas/<name>.schema.json` (compiled once per test binary);
+/// returns every violation, one per line.
+pub fn schema_violations(name: &str, value: &Value) -> Result<(), String> {
+    static VALIDATORS: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> =
+        OnceLock::new();
+    let validator = {
+        let mut all = VALIDATORS.get_or_init(Default::default).lock().unwrap();
+        all.entry(name.to_string())
+            .or_insert_with(|| {
+                let path = repo_root().join(format!("docs/schemas/{name}.schema.json"));
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let schema: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                Arc::new(
+                    jsonschema::validator_for(&schema)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+                )
+            })
+            .clone()
+    };
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// Every `--json` output of every test follows its documented schema: a renamed, missing or
+/// unexpected field fails the test that produced it. A run killed before printing (the kill
+/// tests) or stopped by a usage error prints nothing to check.
+#[track_caller]
+pub fn check_json_contract(run: &Run) {
+    let Some(schema) = schema_of(run) else {
+        return;
+    };
+    if run.stdout.trim().is_empty() && (run.code < 0 || run.code == exit::USAGE) {
+        return;
+    }
+    let value = run.json();
+    if let Err(violations) = schema_violations(schema, &value) {
+        panic!(
+            "`rpatch {}` (exit {}) printed JSON that does not follow docs/schemas/{schema}.schema.json:\n{violations}\n--- stdout\n{}",
+            run.args.join(" "),
+            run.code,
+            run.stdout
+        );
+    }
+}
+
 /// Runs the real `rpatch` binary with `RPATCH_STATE_DIR=state` and stdin null.
 pub fn rpatch<S: AsRef<OsStr>>(state: &Path, args: &[S]) -> Run {
     rpatch_cmd(Command::new(env!("CARGO_BIN_EXE_rpatch")), state, args)
@@ -550,12 +663,15 @@ impl RunningRpatch {
         match self.done.recv_timeout(RPATCH_TIMEOUT) {
             Ok((stdout, stderr)) => {
                 let status = self.child.wait().expect("wait for rpatch");
-                Run {
+                let run = Run {
                     args: std::mem::take(&mut self.args),
                     code: status.code().unwrap_or(-1),
                     stdout,
                     stderr,
-                }
+                };
+                record(&run);
+                check_json_contract(&run);
+                run
             }
             Err(_) => {
                 let _ = self.child.kill();
@@ -967,6 +1083,32 @@ pub fn stat(stats: &str, key: &str) -> u64 {
 /// handled twice and no call saw an EINTR it did not cause.
 #[track_caller]
 pub fn assert_signals_accounted(target: &mut Target, sent: u64) -> String {
+    let stats = signals_handled(target, sent);
+    assert_eq!(stat(&stats, "spurious"), 0, "{stats}");
+    stats
+}
+
+/// [`assert_signals_accounted`] for a run in which rpatch was SIGKILLed `kills` times. A kill in
+/// the microseconds between interrupting a thread blocked in `epoll_wait` (which fails with plain
+/// EINTR, never restarted) and rewinding its registers leaves that one call returning EINTR, as
+/// SIGSTOP/SIGCONT would: no tracer can repair a thread once it is dead. So at most one spurious
+/// `epoll_wait` per kill is allowed; restartable calls (read, nanosleep) must see none.
+#[track_caller]
+pub fn assert_signals_accounted_after_kills(target: &mut Target, sent: u64, kills: u64) -> String {
+    let stats = signals_handled(target, sent);
+    assert_eq!(stat(&stats, "spurious_read"), 0, "{stats}");
+    assert_eq!(stat(&stats, "spurious_nanosleep"), 0, "{stats}");
+    assert!(
+        stat(&stats, "spurious_epoll") <= kills,
+        "{kills} kills: {stats}"
+    );
+    stats
+}
+
+/// Waits (bounded) until `target` has handled `sent` signals and asserts none was lost or
+/// handled twice; returns the stats line.
+#[track_caller]
+fn signals_handled(target: &mut Target, sent: u64) -> String {
     let deadline = Instant::now() + REPLY_TIMEOUT;
     let stats = loop {
         let stats = target.cmd("stats");
@@ -976,7 +1118,6 @@ pub fn assert_signals_accounted(target: &mut Target, sent: u64) -> String {
         thread::yield_now();
     };
     assert_eq!(stat(&stats, "handled"), sent, "{stats}");
-    assert_eq!(stat(&stats, "spurious"), 0, "{stats}");
     stats
 }
 

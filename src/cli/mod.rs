@@ -1,15 +1,19 @@
-//! Command-line front end: parses arguments, calls the library, prints text or JSON, and maps
-//! errors to the documented exit codes.
+//! Command-line front end: parses arguments, calls the library, prints its reports as text
+//! (`text`) or JSON, and exits with the code of the error's kind. Also writes shell completions
+//! and the man page, both generated from the argument definitions below.
 
-use clap::{Args, Parser, Subcommand};
+mod text;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use rpatch::log::Log;
 use rpatch::rehearse::StepStatus;
 use rpatch::{
-    Allowances, AttachOptions, AttachReport, Error, FunctionRequest, RehearseOptions,
+    Allowances, AttachOptions, AttachReport, Error, ErrorSummary, FunctionRequest, RehearseOptions,
     ResolveOptions, ResolveReport, RollbackOptions, RollbackReport, RollbackSelection,
     StatusReport,
 };
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,6 +41,29 @@ enum Command {
     /// check the target survived, stop it; every step reported (text, --json, --junit).
     /// Exit 24 when a check fails; attach and rollback errors keep their own codes.
     Rehearse(Box<RehearseArgs>),
+    /// Print a shell completion script (install: see README, "Shell completions and man page").
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the man pages (roff) of rpatch and of each command, or write them to a directory
+    /// (`rpatch.1`, `rpatch-attach.1`...): `rpatch man | man -l -`.
+    Man {
+        /// Write one file per page into this directory (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Shells `rpatch completions` writes scripts for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Shell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -58,8 +85,8 @@ struct AttachArgs {
     lib: PathBuf,
     /// Function to replace: NAME, or NAME=REPLACEMENT when the library names it differently.
     /// Repeat to patch several functions together (all or none).
-    #[arg(long = "func", required = true, value_name = "NAME[=REPLACEMENT]")]
-    funcs: Vec<String>,
+    #[arg(long = "func", required = true, value_name = "NAME[=REPLACEMENT]", value_parser = function_request)]
+    funcs: Vec<FunctionRequest>,
     /// Seconds to wait for threads to leave the functions before giving up.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
@@ -109,8 +136,8 @@ struct RehearseArgs {
     #[arg(long)]
     lib: PathBuf,
     /// Function to replace: NAME, or NAME=REPLACEMENT when the library names it differently.
-    #[arg(long = "func", required = true, value_name = "NAME[=REPLACEMENT]")]
-    funcs: Vec<String>,
+    #[arg(long = "func", required = true, value_name = "NAME[=REPLACEMENT]", value_parser = function_request)]
+    funcs: Vec<FunctionRequest>,
     /// Seconds each attach and rollback waits for threads to leave the functions.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
@@ -234,19 +261,42 @@ struct StatusArgs {
     common: Common,
 }
 
+/// Parses one `--func`: a name must be given on both sides of a `=`.
+fn function_request(spec: &str) -> Result<FunctionRequest, String> {
+    let request = FunctionRequest::parse(spec);
+    if request.target.is_empty() {
+        return Err("a function name is needed (NAME or NAME=REPLACEMENT)".into());
+    }
+    if request.replacement.is_empty() {
+        return Err(format!(
+            "a replacement name is needed after '=' ({}=REPLACEMENT)",
+            request.target
+        ));
+    }
+    Ok(request)
+}
+
 fn seconds(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
 }
 
+impl Common {
+    /// The log for one operation: `-v` lines, and the live status line on a terminal (never
+    /// with `--json`, never off a TTY).
+    fn log(&self) -> Log {
+        Log::new(self.verbose).with_status_line(!self.json && std::io::stderr().is_terminal())
+    }
+}
+
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let (json, result) = match cli.command {
+    let (common, log, result) = match cli.command {
         Command::Attach(a) => {
-            let log = Log::new(a.common.verbose);
+            let log = a.common.log();
             let options = AttachOptions {
                 pid: a.pid,
                 library: a.lib,
-                functions: a.funcs.iter().map(|f| FunctionRequest::parse(f)).collect(),
+                functions: a.funcs,
                 timeout: seconds(a.timeout),
                 load_timeout: seconds(a.load_timeout),
                 dry_run: a.dry_run,
@@ -260,13 +310,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     active: a.allow_active,
                 },
             };
-            (
-                a.common.json,
-                rpatch::attach(&options, &log).map(|r| Output::Attach(Box::new(r))),
-            )
+            let result = rpatch::attach(&options, &log).map(|r| Output::Attach(Box::new(r)));
+            (a.common, log, result)
         }
         Command::Rollback(r) => {
-            let log = Log::new(r.common.verbose);
+            let log = r.common.log();
             let selection = match (r.id, r.all) {
                 (Some(id), _) => RollbackSelection::Id(id),
                 (None, true) => RollbackSelection::All,
@@ -279,18 +327,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 cascade: r.cascade,
                 timeout: seconds(r.timeout),
             };
-            (
-                r.common.json,
-                rpatch::rollback(&options, &log).map(Output::Rollback),
-            )
+            let result = rpatch::rollback(&options, &log).map(Output::Rollback);
+            (r.common, log, result)
         }
         Command::Resolve(r) => {
-            let log = Log::new(r.common.verbose);
+            let log = r.common.log();
             let (pid, pattern) = match (&r.exe, r.args.as_slice()) {
                 (Some(_), [pattern]) => (None, pattern.clone()),
                 (None, [pid, pattern]) => match pid.parse::<i32>() {
                     Ok(pid) => (Some(pid), pattern.clone()),
-                    Err(_) => usage(format!("PID must be a number, not {pid:?}")),
+                    Err(_) => usage(format!("PID must be a number, not '{pid}'")),
                 },
                 (Some(_), _) => usage("with --exe, give only the PATTERN".into()),
                 (None, _) => usage("give PID PATTERN, or --exe PATH PATTERN".into()),
@@ -301,20 +347,30 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 pattern,
                 inlined: !r.no_inlined,
             };
-            (
-                r.common.json,
-                rpatch::resolve(&options, &log).map(|r| Output::Resolve(Box::new(r))),
-            )
+            let result = rpatch::resolve(&options, &log).map(|r| Output::Resolve(Box::new(r)));
+            (r.common, log, result)
         }
         Command::Rehearse(r) => return rehearse(*r),
         Command::Status(s) => {
-            let log = Log::new(s.common.verbose);
-            (
-                s.common.json,
-                rpatch::status(s.pid, &log).map(Output::Status),
-            )
+            let log = s.common.log();
+            let result = rpatch::status(s.pid, &log).map(Output::Status);
+            (s.common, log, result)
+        }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "rpatch", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man { out_dir } => {
+            man_pages(out_dir.as_deref())?;
+            return Ok(0);
         }
     };
+    log.clear_status();
     match result {
         Ok(output) => {
             // What the patch will not change or could not check: on stderr for people (also in
@@ -324,7 +380,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     eprintln!("rpatch: warning: {w}");
                 }
             }
-            if json {
+            if common.json {
                 println!("{}", output.json()?);
             } else {
                 print!("{}", output.text());
@@ -332,10 +388,34 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Err(error) => {
-            report_error(&error, json)?;
+            report_error(&error, common.json)?;
             Ok(error.exit_code())
         }
     }
+}
+
+/// The man pages of `rpatch` and of each command (`rpatch-attach`...), from the argument
+/// definitions: on stdout, or one `NAME.1` file each in `dir`.
+fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let top = Cli::command();
+    let mut pages = vec![top.clone()];
+    for sub in top.get_subcommands() {
+        let name = format!("rpatch-{}", sub.get_name());
+        pages.push(sub.clone().name(name.clone()).bin_name(name));
+    }
+    for page in pages {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page.clone()).render(&mut roff)?;
+        match dir {
+            Some(dir) => {
+                let path = dir.join(format!("{}.1", page.get_name()));
+                std::fs::write(&path, roff)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            }
+            None => std::io::Write::write_all(&mut std::io::stdout(), &roff)?,
+        }
+    }
+    Ok(())
 }
 
 /// Compiles a regex given on the command line, or exits with a usage error.
@@ -346,19 +426,19 @@ fn regex(flag: &str, pattern: Option<&str>, multi_line: bool) -> Option<regex::R
         .build()
     {
         Ok(re) => Some(re),
-        Err(e) => usage(format!("{flag} {pattern:?} is not a valid regex: {e}")),
+        Err(e) => usage(format!("{flag} '{pattern}' is not a valid regex: {e}")),
     }
 }
 
 /// `rpatch rehearse`: progress on stderr as each step ends, the report on stdout.
 fn rehearse(r: RehearseArgs) -> anyhow::Result<i32> {
-    let log = Log::new(r.common.verbose);
+    let log = r.common.log();
     let options = RehearseOptions {
         command: r.command,
         patch: AttachOptions {
             pid: 0,
             library: r.lib,
-            functions: r.funcs.iter().map(|f| FunctionRequest::parse(f)).collect(),
+            functions: r.funcs,
             timeout: seconds(r.timeout),
             load_timeout: seconds(r.lib_load_timeout),
             dry_run: false,
@@ -388,7 +468,8 @@ fn rehearse(r: RehearseArgs) -> anyhow::Result<i32> {
     };
     let json = r.common.json;
     let result = rpatch::rehearse(&options, &log, &mut |step| {
-        eprintln!("rpatch: rehearse: {}", rpatch::rehearse::step_line(step));
+        log.clear_status();
+        eprintln!("rpatch: rehearse: {}", text::step_line(step));
         let failed = !matches!(step.status, StepStatus::Passed | StepStatus::Skipped);
         if let Some(output) = step.output.as_deref().filter(|_| failed) {
             let lines: Vec<&str> = output.lines().collect();
@@ -397,12 +478,13 @@ fn rehearse(r: RehearseArgs) -> anyhow::Result<i32> {
             }
         }
     });
+    log.clear_status();
     match result {
         Ok(report) => {
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("{}", report.summary());
+                print!("{}", text::rehearsal(&report));
             }
             Ok(0)
         }
@@ -433,7 +515,7 @@ fn rehearse(r: RehearseArgs) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string(report)?);
             } else {
-                print!("{}", report.summary());
+                print!("{}", text::rehearsal(report));
             }
             if let Some(signal) = interrupted
                 && let Ok(signal) = nix::sys::signal::Signal::try_from(*signal)
@@ -451,19 +533,30 @@ fn rehearse(r: RehearseArgs) -> anyhow::Result<i32> {
 
 /// Exits with clap's usage error (code 2).
 fn usage(message: String) -> ! {
-    use clap::CommandFactory;
     Cli::command()
         .error(clap::error::ErrorKind::ArgumentConflict, message)
         .exit()
 }
 
+/// The JSON of a failure: `{"schema_version": 1, "error": {"code", "kind", "message"}}`
+/// (docs/schemas/error.schema.json).
+#[derive(serde::Serialize)]
+struct ErrorOutput<'a> {
+    schema_version: u32,
+    error: &'a ErrorSummary,
+}
+
+/// The version of the error output's JSON layout.
+const ERROR_SCHEMA_VERSION: u32 = 1;
+
 fn report_error(error: &Error, json: bool) -> anyhow::Result<()> {
     eprintln!("rpatch: error: {error}");
     if json {
-        let value = serde_json::json!({
-            "error": { "code": error.exit_code(), "kind": error.kind(), "message": error.to_string() }
-        });
-        println!("{}", serde_json::to_string(&value)?);
+        let output = ErrorOutput {
+            schema_version: ERROR_SCHEMA_VERSION,
+            error: &ErrorSummary::of(error),
+        };
+        println!("{}", serde_json::to_string(&output)?);
     }
     Ok(())
 }
@@ -486,108 +579,11 @@ impl Output {
     }
 
     fn text(&self) -> String {
-        let mut out = String::new();
         match self {
-            Output::Resolve(r) => out += &r.text(),
-            Output::Attach(r) if r.dry_run => {
-                out += &format!("dry run: would patch PID {}:\n", r.pid);
-                for p in &r.patches {
-                    out += &format!(
-                        "  {} at {} ({} bytes{}, {}) -> {} in {}\n",
-                        p.function,
-                        p.address,
-                        p.size,
-                        p.location
-                            .as_deref()
-                            .map(|l| format!(", {l}"))
-                            .unwrap_or_default(),
-                        p.module.display(),
-                        p.replacement_name,
-                        p.library.display()
-                    );
-                    if let Some(sig) = &p.signature {
-                        out += &format!("    target       {sig}\n");
-                    }
-                    if let Some(sig) = &p.replacement_signature {
-                        out += &format!("    replacement  {sig}\n");
-                    }
-                }
-                for b in &r.bindings {
-                    out += &format!(
-                        "  binds {} to {} at {:#x} in {}\n",
-                        b.name,
-                        b.symbol,
-                        b.address,
-                        b.module.display()
-                    );
-                }
-            }
-            Output::Attach(r) => {
-                for p in &r.patches {
-                    out += &format!(
-                        "patch {}: {} at {} -> {} at {} ({}{})\n",
-                        p.id,
-                        p.function,
-                        p.address,
-                        p.replacement_name,
-                        p.replacement,
-                        p.method,
-                        p.island
-                            .as_deref()
-                            .map(|i| format!(" via {i}"))
-                            .unwrap_or_default()
-                    );
-                }
-                out += &format!(
-                    "PID {} patched in {:.1} ms (threads stopped for {} us)\n",
-                    r.pid, r.total_ms, r.frozen_us
-                );
-            }
-            Output::Rollback(r) => {
-                let ids: Vec<String> = r.rolled_back.iter().map(|i| i.to_string()).collect();
-                out += &format!(
-                    "rolled back patch {} in PID {} ({:.1} ms, threads stopped for {} us)\n",
-                    ids.join(", "),
-                    r.pid,
-                    r.total_ms,
-                    r.frozen_us
-                );
-            }
-            Output::Status(r) => {
-                if r.patches.is_empty() {
-                    out += &format!("PID {}: no patches recorded\n", r.pid);
-                }
-                for p in &r.patches {
-                    let mut notes = String::new();
-                    if p.state == "applied" && !p.active {
-                        notes += "  [superseded]";
-                    }
-                    if p.module_replaced {
-                        notes += "  [module replaced: another build is mapped now]";
-                    }
-                    if p.file_changed_on_disk {
-                        notes += "  [file on disk changed since it was mapped]";
-                    }
-                    out += &format!(
-                        "{:>3}  {:<11} {} at {} -> {} ({}, {}){notes}\n",
-                        p.id,
-                        p.state,
-                        p.function,
-                        p.address,
-                        p.replacement_name,
-                        p.library.display(),
-                        p.method,
-                    );
-                }
-                for left in &r.slack_left {
-                    out += &format!(
-                        "bootstrap code left at {} in the slack of {} by an interrupted run: harmless, restored by the next attach or rollback\n",
-                        left.address,
-                        left.module.display()
-                    );
-                }
-            }
+            Output::Attach(r) => text::attach(r),
+            Output::Rollback(r) => text::rollback(r),
+            Output::Status(r) => text::status(r),
+            Output::Resolve(r) => text::resolve(r),
         }
-        out
     }
 }

@@ -1,0 +1,225 @@
+//! The text renderings of the reports: what a person reads on stdout (scripts read `--json`,
+//! the same facts as the library's report types serialise them). Enum values appear as the same
+//! snake_case words as in JSON.
+
+use rpatch::rehearse::{Step, StepStatus};
+use rpatch::{
+    AttachReport, PatchView, RehearseReport, ResolveReport, RollbackReport, StatusReport,
+};
+
+/// `attach`: each patch and the frozen time, or with `--dry-run` the plan.
+pub fn attach(r: &AttachReport) -> String {
+    let mut out = String::new();
+    if r.dry_run {
+        out += &format!("dry run: would patch PID {}:\n", r.pid);
+        for p in &r.patches {
+            out += &format!(
+                "  {} at {:#x} ({} bytes{}, {}) -> {} in {}\n",
+                p.function,
+                p.address,
+                p.size,
+                p.location
+                    .as_deref()
+                    .map(|l| format!(", {l}"))
+                    .unwrap_or_default(),
+                p.module.display(),
+                p.replacement_name,
+                p.library.display()
+            );
+            if let Some(sig) = &p.signature {
+                out += &format!("    target       {}\n", sig.render());
+            }
+            if let Some(sig) = &p.replacement_signature {
+                out += &format!("    replacement  {}\n", sig.render());
+            }
+        }
+        for b in &r.bindings {
+            out += &format!(
+                "  binds {} to {} at {:#x} in {}\n",
+                b.name,
+                b.symbol,
+                b.address,
+                b.module.display()
+            );
+        }
+        return out;
+    }
+    for p in &r.patches {
+        out += &format!(
+            "patch {}: {} at {:#x} -> {} at {} ({}{})\n",
+            p.id,
+            p.function,
+            p.address,
+            p.replacement_name,
+            p.replacement.map(|a| format!("{a:#x}")).unwrap_or_default(),
+            p.method.map(|m| m.name()).unwrap_or_default(),
+            p.island.map(|i| format!(" via {i:#x}")).unwrap_or_default()
+        );
+    }
+    out += &format!(
+        "PID {} patched in {:.1} ms (threads stopped for {} us)\n",
+        r.pid, r.total_ms, r.frozen_us
+    );
+    out
+}
+
+/// `rollback`: the ids undone and the frozen time.
+pub fn rollback(r: &RollbackReport) -> String {
+    let ids: Vec<String> = r.rolled_back.iter().map(|i| i.to_string()).collect();
+    format!(
+        "rolled back patch {} in PID {} ({:.1} ms, threads stopped for {} us)\n",
+        ids.join(", "),
+        r.pid,
+        r.total_ms,
+        r.frozen_us
+    )
+}
+
+/// `status`: one line per recorded patch, and any bootstrap code left in slack bytes.
+pub fn status(r: &StatusReport) -> String {
+    let mut out = String::new();
+    if r.patches.is_empty() {
+        out += &format!("PID {}: no patches recorded\n", r.pid);
+    }
+    for p in &r.patches {
+        let mut notes = String::new();
+        if p.state == PatchView::Applied && !p.active {
+            notes += "  [superseded]";
+        }
+        if p.module_replaced {
+            notes += "  [module replaced: another build is mapped now]";
+        }
+        if p.file_changed_on_disk {
+            notes += "  [file on disk changed since it was mapped]";
+        }
+        out += &format!(
+            "{:>3}  {:<11} {} at {:#x} -> {} ({}, {}){notes}\n",
+            p.id,
+            p.state.name(),
+            p.function,
+            p.address,
+            p.replacement_name,
+            p.library.display(),
+            p.method,
+        );
+    }
+    for left in &r.slack_left {
+        out += &format!(
+            "bootstrap code left at {:#x} in the slack of {} by an interrupted run: harmless, restored by the next attach or rollback\n",
+            left.address,
+            left.module.display()
+        );
+    }
+    out
+}
+
+/// `resolve`: each match with what is known about it.
+pub fn resolve(r: &ResolveReport) -> String {
+    let mut out = String::new();
+    for f in &r.matches {
+        out += &format!(
+            "{}{}\n",
+            f.name,
+            if f.generic {
+                "  [generic instance]"
+            } else {
+                ""
+            }
+        );
+        if let Some(s) = &f.symbol
+            && *s != f.name
+        {
+            out += &format!("  symbol     {s}\n");
+        }
+        out += &format!("  address    {:#x} ({} bytes", f.address, f.size);
+        if f.address != f.file_address {
+            out += &format!(", file address {:#x}", f.file_address);
+        }
+        out += ")\n";
+        if let Some(l) = &f.location {
+            out += &format!("  location   {l}\n");
+        }
+        out += &format!("  module     {}\n", f.module.display());
+        if let Some(s) = &f.signature_text {
+            out += &format!("  signature  {s}\n");
+        }
+        if !f.aliases.is_empty() {
+            out += &format!("  aliases    {}\n", f.aliases.join(", "));
+        }
+        for c in &f.clones {
+            out += &format!(
+                "  clone      {} ({}) at {:#x}, {} bytes\n",
+                c.symbol, c.kind, c.address, c.size
+            );
+        }
+        match &f.inlined {
+            None => {}
+            Some(sites) if sites.is_empty() => out += "  inlined    nowhere\n",
+            Some(sites) => {
+                for (i, s) in sites.iter().enumerate() {
+                    out += &format!(
+                        "  {}  into {}{}\n",
+                        if i == 0 { "inlined  " } else { "         " },
+                        s.caller,
+                        s.location
+                            .as_deref()
+                            .map(|l| format!(" at {l}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    for f in &r.inlined_only {
+        out += &format!("{}  [only inlined: no out-of-line copy]\n", f.name);
+        out += &format!("  module     {}\n", f.module.display());
+        for (i, s) in f.inlined.iter().enumerate() {
+            out += &format!(
+                "  {}  into {}{}\n",
+                if i == 0 { "inlined  " } else { "         " },
+                s.caller,
+                s.location
+                    .as_deref()
+                    .map(|l| format!(" at {l}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    for n in &r.notes {
+        out += &format!("note: {n}\n");
+    }
+    out
+}
+
+/// The verdict of a rehearsal in one line: `rehearsal passed: 17 steps, 17 passed, ... in 3.9 s`.
+pub fn rehearsal(r: &RehearseReport) -> String {
+    let c = &r.counts;
+    format!(
+        "rehearsal {}: {} steps, {} passed, {} failed, {} errors, {} skipped in {:.1} s\n",
+        if r.passed { "passed" } else { "FAILED" },
+        c.tests,
+        c.passed,
+        c.failures,
+        c.errors,
+        c.skipped,
+        r.total_ms / 1000.0
+    )
+}
+
+/// `[pass] cycle 1: attach (12.3 ms): patch 1 applied, threads stopped for 850 us`.
+pub fn step_line(s: &Step) -> String {
+    let tag = match s.status {
+        StepStatus::Passed => "pass",
+        StepStatus::Failed => "FAIL",
+        StepStatus::Error => "ERROR",
+        StepStatus::Skipped => "skip",
+    };
+    let mut line = format!("[{tag}] {}", s.name);
+    if s.status != StepStatus::Skipped {
+        line += &format!(" ({:.1} ms)", s.time_ms);
+    }
+    if let Some(m) = &s.message {
+        line += &format!(": {m}");
+    }
+    line
+}

@@ -1,0 +1,726 @@
+//! The borrowed thread's life: borrowing it (reusing or bootstrapping the stub region), the
+//! remote calls it makes through the stub, every ptrace stop it reports meanwhile (the signal
+//! guarantee, see [`InjectedThread`]), and giving it back.
+
+use super::state::{fp_layout, get_sigmask, set_sigmask};
+use super::*;
+use crate::fault::FaultPoint;
+use crate::isa::remote_call::{self as stub, CallBlock, Done, ENTRY_RFLAGS, StubRegion, data};
+use crate::log::Log;
+use crate::process::{self, CodeMemory, Memory, ModuleMap, ProcMem, ProcessError, Stop};
+use crate::safety::StackInspector;
+use nix::errno::Errno;
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
+
+impl<'t> InjectedThread<'t> {
+    /// Borrows `tid`, which the tracer holds stopped in an interrupt stop, and makes sure the
+    /// stub region exists: an idle one left by an earlier rpatch is reused, else one is mapped
+    /// through the bootstrap (which lets the thread run its own code for a moment; it is then
+    /// re-checked and given time to leave the allocator, the loader or a signal handler).
+    /// `stacks`, when given, unwinds the thread to tell whether it is in a signal handler.
+    pub fn begin(
+        tracer: &'t mut Tracer,
+        modules: &mut ModuleMap,
+        tid: i32,
+        functions: &LoaderFunctions,
+        ledger: &mut dyn SlackLedger,
+        stacks: Option<&'t mut StackInspector>,
+        log: &'t Log,
+    ) -> Result<Self, InjectError> {
+        let pid = tracer.pid();
+        Self::start(tracer, modules, tid, functions, ledger, stacks, log)
+            .map_err(exited_if_esrch(pid))
+    }
+
+    fn start(
+        tracer: &'t mut Tracer,
+        modules: &mut ModuleMap,
+        tid: i32,
+        functions: &LoaderFunctions,
+        ledger: &mut dyn SlackLedger,
+        stacks: Option<&'t mut StackInspector>,
+        log: &'t Log,
+    ) -> Result<Self, InjectError> {
+        let pid = tracer.pid();
+        let state = tracer
+            .thread(tid)
+            .ok_or(ProcessError::Exited { pid })?
+            .clone();
+        let at_rest_xstate = tracer.get_xstate(tid)?;
+        let at_rest_mask = get_sigmask(tid)?;
+        let fp = fp_layout();
+        let xsave_len = fp.area_len();
+        let maps = live_maps(pid)?;
+        let reusable = region::find_idle_region(&maps, tracer.mem(), xsave_len, |r| {
+            stub::call_stub(r, fp).ok().map(|s| s.code)
+        });
+        let region = reusable.unwrap_or(StubRegion { base: 0, xsave_len });
+        let stub = stub::call_stub(&region, fp).map_err(|e| InjectError::NoStubRegion {
+            pid,
+            reason: format!("encoding the stub: {e}"),
+        })?;
+        let mut thread = Self {
+            tracer,
+            tid,
+            region,
+            stub,
+            fp,
+            errno_location: functions.errno_location,
+            at_rest: state.regs,
+            at_rest_xstate,
+            at_rest_mask,
+            place: Where::AtRest,
+            scratch: region.data() + region.scratch_offset(),
+            signalled: false,
+            bootstrap_cut_short: false,
+            signals_moved: 0,
+            stacks,
+            running_in: OwnCode::Nothing,
+            log,
+        };
+        match reusable {
+            Some(r) => log.step(
+                "load",
+                format!("reusing the call stub at {:#x} ({} bytes)", r.base, r.len()),
+            ),
+            None => {
+                thread.bootstrap(modules, ledger, log)?;
+                thread.wait_for_safe_point(modules)?;
+            }
+        }
+        Ok(thread)
+    }
+
+    /// The target's memory.
+    pub fn mem(&self) -> &ProcMem {
+        self.tracer.mem()
+    }
+
+    pub(super) fn pid(&self) -> i32 {
+        self.tracer.pid()
+    }
+
+    /// The target's mappings; none at all means its address space is being torn down.
+    pub(super) fn maps(&self) -> Result<Vec<process::Mapping>, InjectError> {
+        live_maps(self.pid())
+    }
+
+    pub(super) fn io(&self, what: &str, source: std::io::Error) -> InjectError {
+        ProcessError::Io {
+            pid: self.pid(),
+            what: what.into(),
+            source,
+        }
+        .into()
+    }
+
+    /// Copies `data` into the scratch area of the data block and returns its address (16-byte
+    /// aligned). The area lives as long as the borrow.
+    pub fn push(&mut self, data: &[u8]) -> Result<u64, InjectError> {
+        let at = self.scratch.next_multiple_of(16);
+        let end = self.region.data() + self.region.data_len();
+        if at + data.len() as u64 > end {
+            return Err(self.io(
+                "scratch area",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "argument too long"),
+            ));
+        }
+        self.tracer
+            .mem()
+            .write_at(at, data)
+            .map_err(|e| self.io("scratch area", e))?;
+        self.scratch = at + data.len() as u64;
+        Ok(at)
+    }
+
+    /// Writes to a page the target cannot write (slack, stub code), falling back to
+    /// PTRACE_POKEDATA through the stopped thread when the kernel refuses forced writes through
+    /// /proc/PID/mem.
+    pub(super) fn write_text(
+        &self,
+        addr: u64,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<(), InjectError> {
+        CodeMemory::new(self.tracer.mem(), self.tid)
+            .write_at(addr, bytes)
+            .map_err(|e| self.io(what, e))
+    }
+
+    /// A stop of the thread that is already there (non-blocking); `None` when it runs on.
+    fn poll_stop(&mut self) -> Result<Option<Stop>, InjectError> {
+        match self.tracer.wait_stop(self.tid, Instant::now()) {
+            Ok(Some(stop)) => Ok(Some(stop)),
+            Ok(None) => Err(self.vanished()),
+            Err(ProcessError::StopTimeout { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The borrowed thread is gone: the process exited, or (it lives on) just this thread.
+    fn vanished(&self) -> InjectError {
+        let pid = self.pid();
+        if process::live_task(pid).is_some() {
+            InjectError::ThreadExited { pid, tid: self.tid }
+        } else {
+            ProcessError::Exited { pid }.into()
+        }
+    }
+
+    pub(super) fn cont(&mut self, sig: i32) -> Result<(), InjectError> {
+        self.tracer.cont(self.tid, sig)?;
+        self.place = Where::Running;
+        Ok(())
+    }
+
+    /// The thread's registers at its resume state (the kernel's syscall restart applied, see
+    /// [`resume_state`]), ready to be set with ptrace: `orig_rax` = -1 so the kernel applies no
+    /// restart of its own.
+    fn resume_regs(&self) -> libc::user_regs_struct {
+        let r = resume_state(&self.at_rest);
+        let mut regs = self.at_rest;
+        (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (r.rax, r.rbx, r.rcx, r.rdx);
+        (regs.rsi, regs.rdi, regs.rbp, regs.rsp) = (r.rsi, r.rdi, r.rbp, r.rsp);
+        (regs.r8, regs.r9, regs.r10, regs.r11) = (r.r8, r.r9, r.r10, r.r11);
+        (regs.r12, regs.r13, regs.r14, regs.r15) = (r.r12, r.r13, r.r14, r.r15);
+        (regs.eflags, regs.rip) = (r.rflags, r.rip);
+        regs.orig_rax = u64::MAX;
+        regs
+    }
+
+    /// The thread is in a signal-delivery stop for `sig` (see the signal guarantee on the type):
+    /// a fault raised by rpatch's own code is suppressed and the thread put back; a signal
+    /// arriving while it runs the bootstrap (at its last system call, which unblocks signals, or
+    /// one the mask cannot hold back) is delivered only after the thread was moved to its resume
+    /// state with its own mask (what is left of the bootstrap, or all of it, is run again when
+    /// its mappings are incomplete); one arriving in the stub's
+    /// tail after the tracer finished the return for it (the tail only loads the registers of
+    /// the resume state); anything else is delivered where the thread is.
+    fn pass_signal(&mut self, sig: i32, what: &str, own: &OwnCode) -> Result<(), InjectError> {
+        let regs = self.tracer.get_regs(self.tid)?;
+        if own.contains(regs.rip) && self.raised_here(sig) {
+            return Err(self.put_back(what, sig, regs.rip));
+        }
+        match own {
+            OwnCode::Bootstrap(code) if code.contains(&regs.rip) => {
+                let moved = self.resume_regs();
+                self.tracer.set_regs(self.tid, moved)?;
+                set_sigmask(self.tid, self.at_rest_mask)?;
+                self.bootstrap_cut_short = true;
+                self.signals_moved += 1;
+            }
+            OwnCode::Stub(region)
+                if region.in_code(regs.rip) && regs.rip >= region.code() + self.stub.tail =>
+            {
+                // Errno, FP state, flags, stack and mask are the thread's own already.
+                let moved = self.resume_regs();
+                self.tracer.set_regs(self.tid, moved)?;
+                self.tracer
+                    .mem()
+                    .write_at(
+                        region.data() + data::DONE,
+                        &(Done::Returning as u64).to_le_bytes(),
+                    )
+                    .map_err(|e| self.io("stub data", e))?;
+                self.signals_moved += 1;
+            }
+            _ => {}
+        }
+        self.signalled = true;
+        self.cont(sig)
+    }
+
+    /// Stops the running thread and returns its registers. A stop already reported is taken as
+    /// is; only a thread with none pending gets a PTRACE_INTERRUPT (one sent to a thread that is
+    /// already stopped would stop it again right after the next PTRACE_CONT, before it runs a
+    /// single instruction: in a SIGSTOPped process, where every resume is followed by a group-stop
+    /// trap, the thread would never run at all). Signals reported before the stop go through
+    /// [`Self::pass_signal`].
+    fn interrupt(
+        &mut self,
+        deadline: Instant,
+        what: &str,
+        own: &OwnCode,
+    ) -> Result<libc::user_regs_struct, InjectError> {
+        let mut asked = false;
+        loop {
+            let stop = match self.poll_stop()? {
+                Some(stop) => stop,
+                None => {
+                    if !asked {
+                        self.ask_to_stop()?;
+                        asked = true;
+                    }
+                    match self.tracer.wait_stop(self.tid, deadline)? {
+                        Some(stop) => stop,
+                        None => return Err(self.vanished()),
+                    }
+                }
+            };
+            match stop {
+                Stop::Event => break,
+                Stop::Signal(sig) => self.pass_signal(sig, what, own)?,
+                Stop::Suppressed => self.tracer.cont(self.tid, 0)?,
+            }
+        }
+        // Stopped, though maybe still inside rpatch's code: the caller decides what that means.
+        self.tracer.set_stop(self.tid, Stop::Event);
+        self.place = Where::Abandoned;
+        Ok(self.tracer.get_regs(self.tid)?)
+    }
+
+    /// Whether `sig`, reported in a signal-delivery-stop, is a fault of the code the thread runs
+    /// (raised by the kernel for an instruction, or by the target itself as `abort()` does) rather
+    /// than a signal sent from outside, which must be delivered like any other.
+    fn raised_here(&self, sig: i32) -> bool {
+        if !is_fault(sig) {
+            return false;
+        }
+        match nix::sys::ptrace::getsiginfo(Pid::from_raw(self.tid)) {
+            // SAFETY: si_pid reads the union member set for signals sent by a process (si_code
+            // <= 0: SI_USER, SI_TKILL, SI_QUEUE), the only case where it is read.
+            Ok(info) => info.si_code > 0 || unsafe { info.si_pid() } == self.pid(),
+            Err(_) => true,
+        }
+    }
+
+    /// PTRACE_INTERRUPT.
+    fn ask_to_stop(&self) -> Result<(), InjectError> {
+        match nix::sys::ptrace::interrupt(Pid::from_raw(self.tid)) {
+            Ok(()) => Ok(()),
+            Err(Errno::ESRCH) => Err(self.vanished()),
+            Err(errno) => Err(ProcessError::Ptrace {
+                op: "INTERRUPT",
+                tid: self.tid,
+                errno,
+            }
+            .into()),
+        }
+    }
+
+    /// Waits until the thread runs its own code again (its PC not in `own`), stops it there and
+    /// records that state as the one the next call resumes. With the signal guarantee, a thread
+    /// whose PC left `own` has no frame that returns into the bootstrap, nor into the stub after
+    /// `DONE`.
+    pub(super) fn settle(&mut self, what: &str, own: &OwnCode) -> Result<(), InjectError> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let mut pause = Duration::from_micros(20);
+        loop {
+            let mut regs = self.interrupt(deadline, what, own)?;
+            if !own.contains(regs.rip) {
+                let pid = self.pid();
+                if process::repair_eintr(pid, self.tid, self.tracer.mem(), &mut regs) {
+                    self.tracer.set_regs(self.tid, regs)?;
+                }
+                self.at_rest = regs;
+                self.at_rest_xstate = self.tracer.get_xstate(self.tid)?;
+                self.at_rest_mask = get_sigmask(self.tid)?;
+                self.place = Where::AtRest;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.place = Where::Abandoned;
+                return Err(InjectError::CallTimeout {
+                    function: what.into(),
+                    tid: self.tid,
+                    ms: SETTLE_TIMEOUT.as_millis() as u64,
+                });
+            }
+            self.cont(0)?;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Puts a thread whose fault happened in rpatch's own code (never expected: a bug, or a data
+    /// block overwritten by the target) back with ptrace: registers, FP state, mask and errno as
+    /// at its last stop at its own code; the fault is suppressed.
+    fn put_back(&mut self, what: &str, signal: i32, address: u64) -> InjectError {
+        let tid = self.tid;
+        let errno = (|| {
+            let at = self.region.data();
+            let mem = self.tracer.mem();
+            let ptr = mem.read_u64(at + data::ERRNO_PTR).ok()?;
+            let value = mem.read_u64(at + data::ERRNO_VALUE).ok()?;
+            (ptr != 0 && self.region.base != 0).then_some((ptr, value as u32))
+        })();
+        let result = (|| -> Result<(), ProcessError> {
+            self.tracer.set_xstate(tid, &self.at_rest_xstate)?;
+            self.tracer.set_regs(tid, self.at_rest)?;
+            set_sigmask(tid, self.at_rest_mask)?;
+            if let Some((ptr, value)) = errno {
+                let _ = self.tracer.mem().write_at(ptr, &value.to_le_bytes());
+            }
+            Ok(())
+        })();
+        self.tracer.set_stop(tid, Stop::Suppressed);
+        self.place = Where::Broken;
+        match result {
+            Ok(()) => InjectError::CallFaulted {
+                function: what.into(),
+                tid,
+                signal,
+                address,
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// After the bootstrap the thread ran its own code for a moment and may now be inside the
+    /// allocator, the loader or a signal handler, where a `dlopen` could deadlock on a lock held
+    /// by the code it interrupted: let it run on until it is somewhere safe.
+    fn wait_for_safe_point(&mut self, modules: &mut ModuleMap) -> Result<(), InjectError> {
+        let deadline = Instant::now() + SAFE_POINT_TIMEOUT;
+        loop {
+            let regs = self.at_rest;
+            let in_syscall = (regs.orig_rax as i64) >= 0;
+            let verdict = assess_thread(
+                modules,
+                self.tracer.mem(),
+                self.tid,
+                regs.rip,
+                regs.rsp,
+                in_syscall,
+            )
+            .map(|_| ())
+            .and_then(|()| match self.stacks.as_deref_mut() {
+                Some(inspector) => assess_stack(modules, &inspector.walk(&regs), self.tid),
+                None => Ok(()),
+            });
+            match verdict {
+                Ok(()) => {
+                    self.signalled = false;
+                    return Ok(());
+                }
+                Err(why) if Instant::now() >= deadline => {
+                    return Err(InjectError::NoSafeThread {
+                        pid: self.pid(),
+                        reasons: vec![why],
+                    });
+                }
+                Err(_) => self.run_for_a_moment()?,
+            }
+        }
+    }
+
+    /// After a call during which a signal was delivered (at the call's end, where the stub
+    /// restored the mask), the thread may be in that signal's handler: let it run until it has
+    /// returned from it, so the next call starts where the thread was, not inside the handler.
+    fn leave_signal_handlers(&mut self, after: &str) -> Result<(), InjectError> {
+        if !self.signalled {
+            return Ok(());
+        }
+        let deadline = Instant::now() + SAFE_POINT_TIMEOUT;
+        loop {
+            let regs = self.at_rest;
+            let in_handler = match self.stacks.as_deref_mut() {
+                Some(inspector) => !inspector.walk(&regs).interrupted.is_empty(),
+                None => false,
+            };
+            if !in_handler {
+                self.signalled = false;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(InjectError::InSignalHandler {
+                    pid: self.pid(),
+                    tid: self.tid,
+                    function: after.to_string(),
+                });
+            }
+            self.run_for_a_moment()?;
+        }
+    }
+
+    /// Lets the thread run its own code for about a millisecond and stops it again.
+    fn run_for_a_moment(&mut self) -> Result<(), InjectError> {
+        self.cont(0)?;
+        std::thread::sleep(Duration::from_millis(1));
+        self.settle("safe point", &OwnCode::Nothing)
+    }
+
+    /// Calls `function(args...)` in the thread and returns its `rax` (see [`Self::call_with`]).
+    pub fn call(
+        &mut self,
+        name: &str,
+        function: u64,
+        args: &[u64],
+        timeout: Duration,
+    ) -> Result<u64, InjectError> {
+        let call = RemoteCall {
+            name,
+            function,
+            args,
+            then_if_zero: None,
+            timeout,
+        };
+        Ok(self.call_with(&call)?.value)
+    }
+
+    /// Makes one call through the stub. Signals that arrive meanwhile are delivered when it
+    /// ends (none lost, none twice); a fault inside the call is suppressed, the thread restored
+    /// and the fault reported; on a timeout the thread is left to finish the call by itself.
+    pub fn call_with(&mut self, call: &RemoteCall) -> Result<CallOutcome, InjectError> {
+        self.run(call, FaultPoint::Call)
+    }
+
+    fn run(
+        &mut self,
+        call: &RemoteCall,
+        fault_point: FaultPoint,
+    ) -> Result<CallOutcome, InjectError> {
+        let pid = self.pid();
+        let tid = self.tid;
+        self.run_once(call, fault_point)
+            .map_err(exited_if_esrch(pid))
+            .map_err(|e| match e {
+                InjectError::ThreadExited { .. } => InjectError::CallAborted {
+                    function: call.name.to_string(),
+                    tid,
+                },
+                e => e,
+            })
+    }
+
+    fn run_once(
+        &mut self,
+        call: &RemoteCall,
+        fault_point: FaultPoint,
+    ) -> Result<CallOutcome, InjectError> {
+        assert!(call.args.len() <= 6, "register arguments only");
+        if self.place != Where::AtRest {
+            return Err(InjectError::NoSafeThread {
+                pid: self.pid(),
+                reasons: vec![ThreadRefusal::StillInCall(self.tid)],
+            });
+        }
+        let region = self.region;
+        let own = OwnCode::Stub(region);
+        let mut args = [0u64; 6];
+        args[..call.args.len()].copy_from_slice(call.args);
+        let block = CallBlock {
+            function: call.function,
+            args,
+            errno_location: self.errno_location.unwrap_or(0),
+            then_if_zero: call.then_if_zero.unwrap_or(0),
+            block_mask: CALL_BLOCK_MASK,
+            resume: resume_state(&self.at_rest),
+            fp: self.fp,
+        };
+        let mut bytes = block.encode(region.data_len());
+        // A zeroed XSAVE header: XSAVE writes only XSTATE_BV, XRSTOR wants the rest zero.
+        bytes.resize(region.scratch_offset() as usize, 0);
+        self.tracer
+            .mem()
+            .write_at(region.data(), &bytes)
+            .map_err(|e| self.io("stub data", e))?;
+        let entry = {
+            let mut regs = self.at_rest;
+            regs.rip = region.code() + self.stub.entry;
+            regs.rsp = region.stack_top();
+            regs.eflags = ENTRY_RFLAGS;
+            regs.orig_rax = u64::MAX;
+            regs.rax = 0;
+            regs
+        };
+        self.tracer.set_regs(self.tid, entry)?;
+        self.running_in = own.clone();
+        self.cont(0)?;
+        crate::fault::point(fault_point);
+
+        let started = Instant::now();
+        let deadline = started + call.timeout;
+        let mut fault = None;
+        let mut polls = 0u32;
+        loop {
+            match self.poll_stop()? {
+                Some(Stop::Signal(sig)) if self.raised_here(sig) => {
+                    let at = self.tracer.get_regs(self.tid)?;
+                    if region.in_code(at.rip) {
+                        return Err(self.put_back(call.name, sig, at.rip));
+                    }
+                    // The callee crashed: suppress the fault and send the thread through the
+                    // stub's restore path, which puts everything back as a return would.
+                    fault = Some((sig, at.rip));
+                    let mut regs = entry;
+                    regs.rip = region.code() + self.stub.restore;
+                    self.tracer.set_regs(self.tid, regs)?;
+                    self.cont(0)?;
+                }
+                Some(Stop::Signal(sig)) => self.pass_signal(sig, call.name, &own)?,
+                Some(Stop::Event | Stop::Suppressed) => self.cont(0)?,
+                None => {}
+            }
+            let done = self
+                .tracer
+                .mem()
+                .read_u64(region.data() + data::DONE)
+                .map_err(|e| self.io("stub data", e))?;
+            if done != Done::Running as u64 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(self.abandon(call));
+            }
+            polls += 1;
+            if polls < 16 {
+                std::hint::spin_loop();
+            } else {
+                if polls.is_multiple_of(1024) {
+                    self.log.waiting(
+                        &format_args!("{} to return in thread {}", call.name, self.tid),
+                        started,
+                        call.timeout,
+                    );
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+        self.settle(call.name, &own)?;
+        // Back in its own code, out of the tail: the region is free for the next call (and,
+        // marked settled, for a later rpatch).
+        self.tracer
+            .mem()
+            .write_at(
+                region.data() + data::DONE,
+                &(Done::Settled as u64).to_le_bytes(),
+            )
+            .map_err(|e| self.io("stub data", e))?;
+        let read = |offset| {
+            self.tracer
+                .mem()
+                .read_u64(region.data() + offset)
+                .map_err(|e| self.io("stub data", e))
+        };
+        let value = read(data::RESULT)?;
+        let then_value = match call.then_if_zero {
+            Some(_) if value == 0 => Some(read(data::THEN_RESULT)?),
+            _ => None,
+        };
+        if let Some((signal, address)) = fault {
+            return Err(InjectError::CallFaulted {
+                function: call.name.to_string(),
+                tid: self.tid,
+                signal,
+                address,
+            });
+        }
+        self.leave_signal_handlers(call.name)?;
+        Ok(CallOutcome { value, then_value })
+    }
+
+    /// A call ran out of time: stop the thread where it is so the tracer can let it go; it then
+    /// finishes the call and restores itself through the stub.
+    fn abandon(&mut self, call: &RemoteCall) -> InjectError {
+        let timeout = InjectError::CallTimeout {
+            function: call.name.to_string(),
+            tid: self.tid,
+            ms: call.timeout.as_millis() as u64,
+        };
+        let own = self.running_in.clone();
+        let stopped = self.interrupt(Instant::now() + SETTLE_TIMEOUT, call.name, &own);
+        match stopped {
+            Ok(_) => timeout,
+            Err(e) => e,
+        }
+    }
+
+    /// Ends the borrow. The thread is stopped, normally at its own code (after a timed-out or
+    /// interrupted call: inside it, and it finishes and restores itself once the tracer lets it
+    /// go). Idempotent.
+    pub fn restore(&mut self) -> Result<(), InjectError> {
+        if self.place == Where::Running {
+            // Wherever it is now, the call (or bootstrap) in progress owns the thread: no
+            // further call may start, and the stub (or the bootstrap frame) brings it back.
+            let pid = self.pid();
+            let own = self.running_in.clone();
+            self.interrupt(Instant::now() + SETTLE_TIMEOUT, "restore", &own)
+                .map_err(exited_if_esrch(pid))?;
+        }
+        Ok(())
+    }
+
+    /// Calls `dlopen(path, RTLD_NOW)` and, in the same run of the stub when it returns NULL,
+    /// `dlerror()`. Returns the handle (the library's `struct link_map *`).
+    pub fn dlopen(
+        &mut self,
+        functions: &LoaderFunctions,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u64, InjectError> {
+        self.dlopen_mode(functions, path, functions.dlopen_mode(), timeout)
+    }
+
+    /// Like [`Self::dlopen`] with `RTLD_NOW | RTLD_GLOBAL`: the library's symbols join the
+    /// global scope, so libraries loaded after it bind their undefined references to them (a
+    /// binding shim defining the target's private symbols for the patch library).
+    pub fn dlopen_global(
+        &mut self,
+        functions: &LoaderFunctions,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u64, InjectError> {
+        let mode = functions.dlopen_mode() | libc::RTLD_GLOBAL as u64;
+        self.dlopen_mode(functions, path, mode, timeout)
+    }
+
+    fn dlopen_mode(
+        &mut self,
+        functions: &LoaderFunctions,
+        path: &str,
+        mode: u64,
+        timeout: Duration,
+    ) -> Result<u64, InjectError> {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        let path_addr = self.push(&bytes)?;
+        let call = RemoteCall {
+            name: "dlopen",
+            function: functions.dlopen,
+            args: &[path_addr, mode],
+            then_if_zero: functions.dlerror,
+            timeout,
+        };
+        let outcome = self.run(&call, FaultPoint::LoadCall)?;
+        if outcome.value != 0 {
+            return Ok(outcome.value);
+        }
+        let message = match outcome.then_value {
+            Some(0) => "dlopen returned NULL without an error message".to_string(),
+            Some(text) => self
+                .tracer
+                .mem()
+                .read_c_string(text, 4096)
+                .unwrap_or_default(),
+            None => "dlopen returned NULL (this libc has no dlerror to say why)".to_string(),
+        };
+        Err(InjectError::DlopenFailed {
+            pid: self.pid(),
+            path: path.to_string(),
+            message,
+        })
+    }
+
+    /// Maps one anonymous page at exactly `addr` (MAP_FIXED_NOREPLACE), readable and executable,
+    /// by calling the target's `mmap` through the stub. `Ok(None)` when the kernel refuses that
+    /// address.
+    pub fn map_page_at(
+        &mut self,
+        functions: &LoaderFunctions,
+        addr: u64,
+        len: u64,
+    ) -> Result<Option<u64>, InjectError> {
+        let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        let result = self.call(
+            "mmap",
+            functions.mmap,
+            &[addr, len, prot, flags, u64::MAX, 0],
+            Duration::from_secs(2),
+        )?;
+        // Anything but the exact address is a refusal (MAP_FAILED, or a pre-4.17 kernel that
+        // ignored MAP_FIXED_NOREPLACE: such a page is simply left unused).
+        Ok((result == addr).then_some(addr))
+    }
+}

@@ -1,0 +1,342 @@
+//! Phase 3, *Load*: borrow one thread, have it load the binding shim and the patch library (see
+//! `delivery`), decide where each function's jump goes (see [`Placement`]: mapping island pages
+//! where needed), and give the thread back — while every other thread keeps running.
+
+use super::delivery::{Delivery, Loaded, Payload};
+use super::islands::{self, ISLAND_SIZE};
+use super::plan::PlannedFunction;
+use super::slack::JournalLedger;
+use crate::Error;
+use crate::error::UnpatchableReason;
+use crate::inject::{
+    InjectError, InjectedThread, LoaderFunctions, ThreadRefusal, assess_stack, assess_thread,
+    rank_threads,
+};
+use crate::isa;
+use crate::journal::{Island, Journal, JumpMethod};
+use crate::log::Log;
+use crate::process::{self, Held, Mapping, ModuleMap, ProcessInfo, Stop, Tracer};
+use crate::safety::StackInspector;
+use std::time::{Duration, Instant};
+
+/// Where a function's jump goes, decided once (here) and encoded once: the bytes to write are
+/// part of the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Placement {
+    /// How the jump reaches the replacement.
+    pub method: JumpMethod,
+    /// The island slot the jump goes to, for [`JumpMethod::Island`].
+    pub island_slot: Option<u64>,
+    /// Runtime address of the replacement.
+    pub replacement: u64,
+    /// The jump, encoded for the function's first byte written.
+    pub jump: Vec<u8>,
+}
+
+/// What the Load phase produced.
+pub(super) struct LoadPhase {
+    /// The patch library as loaded (its load bias is `l_addr`).
+    pub library: Loaded,
+    /// Where each planned function's jump goes, in plan order.
+    pub placements: Vec<Placement>,
+    /// Island pages mapped during this load.
+    pub new_islands: Vec<Island>,
+}
+
+/// What to load and for which functions.
+pub(super) struct LoadRequest<'a> {
+    /// The target.
+    pub info: &'a ProcessInfo,
+    /// Its loader entry points.
+    pub functions: &'a LoaderFunctions,
+    /// The binding shim, when the library references private symbols of the target.
+    pub shim: Option<&'a [u8]>,
+    /// The library's bytes (read once: what is hashed and journaled).
+    pub library: &'a [u8],
+    /// The functions to place jumps for.
+    pub planned: &'a [PlannedFunction],
+    /// How long the library's loading may take.
+    pub timeout: Duration,
+}
+
+/// Runs [`load`] until it succeeds, fails for good, or `deadline` passes: no thread may be fit
+/// to borrow right now (all in signal handlers, the allocator, the loader), or the one borrowed
+/// may exit before the first call; both pass, so they are retried like a busy function.
+pub(super) fn load_until(
+    tracer: &mut Tracer,
+    modules: &mut ModuleMap,
+    maps: &[Mapping],
+    journal: &mut Journal,
+    request: &LoadRequest,
+    deadline: Instant,
+    log: &Log,
+) -> Result<LoadPhase, Error> {
+    let mut backoff = Duration::from_millis(1);
+    let since = Instant::now();
+    loop {
+        match load(tracer, modules, maps, journal, request, log) {
+            Err(Error::Inject(
+                e @ (InjectError::NoSafeThread { .. } | InjectError::ThreadExited { .. }),
+            )) if Instant::now() + backoff < deadline => {
+                log.step("load", format!("{e}; retrying"));
+                log.waiting(&e, since, deadline.saturating_duration_since(since));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Borrows one thread, hands the binding shim (`RTLD_GLOBAL`) and the library to the target and
+/// loads them (see `delivery`: never through a name the target's side can write), or reuses the
+/// copy an earlier attach loaded; places every jump, and gives the thread back (also on error).
+/// `maps` is the snapshot the plan was made from.
+fn load(
+    tracer: &mut Tracer,
+    modules: &mut ModuleMap,
+    maps: &[Mapping],
+    journal: &mut Journal,
+    request: &LoadRequest,
+    log: &Log,
+) -> Result<LoadPhase, Error> {
+    let pid = tracer.pid();
+    // Unwinding tells exactly what a thread is in the middle of (a signal handler, the loader);
+    // without unwind tables the stack scan of `rank_threads` is what decides.
+    let mut stacks = StackInspector::new(modules, maps, log).ok();
+    let mut held = borrow_thread(tracer, modules, stacks.as_mut(), log)?;
+    let tid = held.tid();
+    // With seccomp filters (--allow-seccomp), what the load calls is checked against the
+    // borrowed thread's filters (it makes the calls) while it is stopped, before anything runs
+    // in it.
+    let filtered = process::status_field(pid, tid, "Seccomp").as_deref() == Some("2");
+    let seccomp_tid = filtered.then_some(tid);
+    let mut delivery = Delivery::prepare(pid, request.info.start_time, modules, seccomp_tid, log)?;
+    let payload = Payload {
+        what: "patch library",
+        bytes: request.library,
+    };
+    let functions = request.functions;
+    let mut ledger = JournalLedger::new(journal);
+    let mut thread = InjectedThread::begin(
+        &mut held,
+        modules,
+        tid,
+        functions,
+        &mut ledger,
+        stacks.as_mut(),
+        log,
+    )?;
+    let reused = delivery.reuse(
+        &mut thread,
+        functions,
+        &journal.data,
+        &payload,
+        request.timeout,
+    )?;
+    let library = match reused {
+        Some(loaded) => {
+            log.step(
+                "load",
+                format!(
+                    "the same library is loaded already (inode {}, l_addr {:#x}): reused",
+                    loaded.object.inode, loaded.object.l_addr
+                ),
+            );
+            loaded
+        }
+        None => {
+            if let Some(shim) = request.shim {
+                let shim = Payload {
+                    what: "binding shim",
+                    bytes: shim,
+                };
+                let loaded =
+                    delivery.load(&mut thread, functions, &shim, true, request.timeout, log)?;
+                log.step(
+                    "load",
+                    format!("binding shim loaded from {} (RTLD_GLOBAL)", loaded.name),
+                );
+            }
+            let loaded = delivery.load(
+                &mut thread,
+                functions,
+                &payload,
+                false,
+                request.timeout,
+                log,
+            )?;
+            log.step(
+                "load",
+                format!(
+                    "patch library loaded from {}, l_addr {:#x}",
+                    loaded.name, loaded.object.l_addr
+                ),
+            );
+            loaded
+        }
+    };
+    let (placements, new_islands) = place_jumps(
+        &mut thread,
+        functions,
+        journal,
+        request.planned,
+        library.object.l_addr,
+        log,
+    )?;
+    thread.restore()?;
+    Ok(LoadPhase {
+        library,
+        placements,
+        new_islands,
+    })
+}
+
+/// Decides where each planned function's jump goes: straight to the replacement when
+/// `jmp rel32` reaches it, else to a free slot of an island page within reach (mapping a new
+/// page with the borrowed thread when none has one), else a 14-byte absolute jump in place
+/// when the function has room for it.
+fn place_jumps(
+    thread: &mut InjectedThread,
+    functions: &LoaderFunctions,
+    journal: &Journal,
+    planned: &[PlannedFunction],
+    l_addr: u64,
+    log: &Log,
+) -> Result<(Vec<Placement>, Vec<Island>), Error> {
+    let pid = journal.data.identity.pid;
+    let mut islands = journal.data.islands.clone();
+    let mut reserved = journal.data.slots_in_use();
+    let mut new_islands = Vec::new();
+    let mut placements = Vec::new();
+    // Read once, when the first island page is needed: the library is mapped by now.
+    let mut maps: Option<Vec<Mapping>> = None;
+    for p in planned {
+        let replacement = l_addr.wrapping_add(p.replacement.address);
+        let to_island = |slot: u64| {
+            Some(Placement {
+                method: JumpMethod::Island,
+                island_slot: Some(slot),
+                replacement,
+                jump: isa::jmp_rel32(p.write_at, slot)?.to_vec(),
+            })
+        };
+        let placement = if let Some(jump) = isa::jmp_rel32(p.write_at, replacement) {
+            Placement {
+                method: JumpMethod::Direct,
+                island_slot: None,
+                replacement,
+                jump: jump.to_vec(),
+            }
+        } else if let Some(placement) =
+            islands::free_slot(&islands, &reserved, p.write_at).and_then(to_island)
+        {
+            placement
+        } else {
+            let maps = match &mut maps {
+                Some(maps) => maps,
+                None => maps.insert(process::read_maps(pid)?),
+            };
+            let mut mapped = None;
+            for addr in islands::candidate_addresses(maps, p.write_at) {
+                if let Some(page) = thread.map_page_at(functions, addr, ISLAND_SIZE)?
+                    && let Some(placement) = to_island(page)
+                {
+                    mapped = Some((page, placement));
+                    break;
+                }
+            }
+            match mapped {
+                Some((page, placement)) => {
+                    log.step("load", format!("island page mapped at {page:#x}"));
+                    let island = Island {
+                        address: page,
+                        size: ISLAND_SIZE,
+                    };
+                    maps.push(islands::mapping_of(&island));
+                    islands.push(island);
+                    new_islands.push(island);
+                    placement
+                }
+                None if p.absolute_fits => Placement {
+                    method: JumpMethod::Absolute,
+                    island_slot: None,
+                    replacement,
+                    jump: isa::jmp_abs(replacement).to_vec(),
+                },
+                None => {
+                    return Err(Error::Unpatchable {
+                        function: p.function.name.clone(),
+                        reason: UnpatchableReason::NoRoom {
+                            room: p.room,
+                            needed: isa::JMP_ABS_LEN as u64,
+                        },
+                    });
+                }
+            }
+        };
+        if let Some(slot) = placement.island_slot {
+            reserved.push(slot);
+        }
+        placements.push(placement);
+    }
+    Ok((placements, new_islands))
+}
+
+/// Seizes the best thread for the injected call (see `inject::rank_threads`), re-checking it
+/// with its exact registers once stopped; it is let go when the returned guard is dropped.
+fn borrow_thread<'t>(
+    tracer: &'t mut Tracer,
+    modules: &mut ModuleMap,
+    mut stacks: Option<&mut StackInspector>,
+    log: &Log,
+) -> Result<Held<'t>, Error> {
+    let pid = tracer.pid();
+    let tids = process::list_threads(pid)?;
+    let ranked = rank_threads(modules, tracer.mem(), &tids)
+        .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
+    let mut refused = Vec::new();
+    for candidate in ranked {
+        if !tracer.seize(candidate.tid, Instant::now() + Duration::from_secs(2))? {
+            continue;
+        }
+        let state = tracer.thread(candidate.tid).expect("seized").clone();
+        let in_syscall = (state.regs.orig_rax as i64) >= 0;
+        let usable = state.stop == Stop::Event;
+        match assess_thread(
+            modules,
+            tracer.mem(),
+            candidate.tid,
+            state.regs.rip,
+            state.regs.rsp,
+            in_syscall,
+        ) {
+            Ok(c) if usable => {
+                let unwound = match stacks.as_deref_mut() {
+                    Some(inspector) => {
+                        assess_stack(modules, &inspector.walk(&state.regs), candidate.tid)
+                    }
+                    None => Ok(()),
+                };
+                match unwound {
+                    Ok(()) => {
+                        log.step("load", format!("borrowing thread {} ({})", c.tid, c.why));
+                        return Ok(tracer.hold(c.tid));
+                    }
+                    Err(why) => {
+                        log.step("load", format!("passing over: {why}"));
+                        refused.push(why);
+                    }
+                }
+            }
+            Ok(_) => refused.push(ThreadRefusal::SignalPending(candidate.tid)),
+            Err(why) => refused.push(why),
+        }
+        tracer.release(candidate.tid);
+    }
+    Err(InjectError::NoSafeThread {
+        pid,
+        reasons: refused,
+    }
+    .into())
+}

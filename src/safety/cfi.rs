@@ -1,0 +1,156 @@
+//! The unwind tables of one module as the stack inspector uses them: its `.eh_frame` (and
+//! `.eh_frame_hdr`) read from the file, and the check, with gimli on the same bytes, that
+//! framehop can take a step out of an address with CFI rather than falling back to frame
+//! pointers.
+
+use super::stack::Doubt;
+use crate::symbols::LoadSegment;
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, UnwindContext, UnwindSection,
+};
+use object::{Object, ObjectSection, ObjectSegment};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Unwind section bytes shared between framehop's module and the inspector's own FDE checks.
+pub(super) type Bytes = Arc<[u8]>;
+
+/// The CFI sections of one module, as stated in its file (SVMAs).
+pub(super) struct Cfi {
+    pub eh_frame: Bytes,
+    pub eh_frame_svma: u64,
+    pub eh_frame_hdr: Option<(Bytes, u64)>,
+    pub text_svma: Option<Range<u64>>,
+    pub got_svma: Option<Range<u64>>,
+}
+
+impl Cfi {
+    fn bases(&self) -> BaseAddresses {
+        let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_svma);
+        if let Some((_, svma)) = &self.eh_frame_hdr {
+            bases = bases.set_eh_frame_hdr(*svma);
+        }
+        if let Some(text) = &self.text_svma {
+            bases = bases.set_text(text.start);
+        }
+        if let Some(got) = &self.got_svma {
+            bases = bases.set_got(got.start);
+        }
+        bases
+    }
+
+    /// Whether framehop can take a step out of `svma` with this CFI.
+    pub fn check(&self, svma: u64, ctx: &mut UnwindContext<usize>) -> Result<(), Gap> {
+        let Some((hdr, _)) = &self.eh_frame_hdr else {
+            // framehop indexes a bare .eh_frame itself; trust it (linkers always emit the hdr).
+            return Ok(());
+        };
+        let bases = self.bases();
+        let eh_frame = EhFrame::new(&self.eh_frame[..], LittleEndian);
+        let parsed = EhFrameHdr::new(&hdr[..], LittleEndian)
+            .parse(&bases, 8)
+            .map_err(|_| Gap::NoFde)?;
+        // gimli's `fde_for_address`, step by step: it subtracts the table's `.eh_frame` pointer
+        // from the FDE pointer unchecked, which a hostile `.eh_frame_hdr` makes overflow (found
+        // by fuzzing). An FDE before `.eh_frame` is no FDE; framehop then never looks it up.
+        // framehop looks addresses up 32 bits relative to the module: one beyond is not its.
+        if svma > u64::from(u32::MAX) {
+            return Err(Gap::NoFde);
+        }
+        let table = parsed.table().ok_or(Gap::NoFde)?;
+        let fde_ptr = table.lookup(svma, &bases).map_err(|_| Gap::NoFde)?;
+        let (Ok(fde_at), Ok(eh_frame_at)) = (fde_ptr.direct(), parsed.eh_frame_ptr().direct())
+        else {
+            return Err(Gap::NoFde);
+        };
+        if fde_at < eh_frame_at {
+            return Err(Gap::NoFde);
+        }
+        let offset = table.pointer_to_offset(fde_ptr).map_err(|_| Gap::NoFde)?;
+        let fde = eh_frame
+            .fde_from_offset(&bases, offset, EhFrame::cie_from_offset)
+            .map_err(|_| Gap::NoFde)?;
+        if !fde.contains(svma) {
+            return Err(Gap::NoFde);
+        }
+        if fde.is_signal_trampoline() {
+            return Err(Gap::SignalFrame);
+        }
+        let row = fde
+            .unwind_info_for_address(&eh_frame, &bases, ctx, svma)
+            .map_err(|_| Gap::Unsupported)?;
+        match row.cfa() {
+            CfaRule::RegisterAndOffset { register, .. }
+                if *register == gimli::X86_64::RSP || *register == gimli::X86_64::RBP =>
+            {
+                Ok(())
+            }
+            _ => Err(Gap::Unsupported),
+        }
+    }
+}
+
+/// What a module's CFI lacks for one address (becomes a [`Doubt`] with the module's name).
+pub(super) enum Gap {
+    NoFde,
+    SignalFrame,
+    Unsupported,
+}
+
+impl Gap {
+    pub fn doubt(self, module: String, address: u64) -> Doubt {
+        match self {
+            Gap::NoFde => Doubt::NoFde { module, address },
+            Gap::SignalFrame => Doubt::SignalFrame { module, address },
+            Gap::Unsupported => Doubt::Unsupported { module, address },
+        }
+    }
+}
+
+/// Number of bytes in a module's CFI sections.
+pub(super) fn cfi_len(cfi: &Cfi) -> usize {
+    cfi.eh_frame.len() + cfi.eh_frame_hdr.as_ref().map_or(0, |(b, _)| b.len())
+}
+
+/// The PT_LOAD segments (for the load bias) and the CFI sections of an ELF image.
+pub(super) fn read_cfi<'data, R: object::ReadRef<'data>>(
+    data: R,
+) -> Result<(Vec<LoadSegment>, Option<Cfi>), String> {
+    let file = object::File::parse(data).map_err(|e| e.to_string())?;
+    let segments = file
+        .segments()
+        .map(|s| {
+            let (offset, filesz) = s.file_range();
+            LoadSegment {
+                vaddr: s.address(),
+                memsz: s.size(),
+                offset,
+                filesz,
+                executable: matches!(
+                    s.flags(),
+                    object::SegmentFlags::Elf { p_flags, .. } if p_flags.contains(object::elf::PF_X)
+                ),
+            }
+        })
+        .collect();
+    // Sections whose address range would wrap (a hostile header; found by fuzzing) count as
+    // missing.
+    let section = |name: &str| {
+        let s = file.section_by_name(name)?;
+        let data = s.data().ok()?;
+        s.address().checked_add(data.len() as u64)?;
+        (!data.is_empty()).then(|| (Bytes::from(data), s.address()))
+    };
+    let svma_range = |name: &str| {
+        let s = file.section_by_name(name)?;
+        Some(s.address()..s.address().checked_add(s.size())?)
+    };
+    let cfi = section(".eh_frame").map(|(eh_frame, eh_frame_svma)| Cfi {
+        eh_frame,
+        eh_frame_svma,
+        eh_frame_hdr: section(".eh_frame_hdr"),
+        text_svma: svma_range(".text"),
+        got_svma: svma_range(".got"),
+    });
+    Ok((segments, cfi))
+}
