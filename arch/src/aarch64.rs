@@ -11,6 +11,7 @@ use std::ops::Range;
 pub mod insn;
 pub mod remote_call;
 pub mod syscall;
+pub mod vector;
 
 use insn::{BTI_C, BTI_J, BTI_JC, PACIASP, PACIBSP, PcRelative, X16};
 

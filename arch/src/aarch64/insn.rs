@@ -73,6 +73,11 @@ pub fn bl(from: u64, to: u64) -> Option<u32> {
     Some(0x9400_0000 | field(delta(from, to), 4, 26)?)
 }
 
+/// `b.eq to`, located at `from`; `None` beyond ±1 MiB.
+pub fn b_eq(from: u64, to: u64) -> Option<u32> {
+    Some(0x5400_0000 | field(delta(from, to), 4, 19)? << 5)
+}
+
 /// `cbz xt, to` (64-bit), located at `from`; `None` beyond ±1 MiB.
 pub fn cbz(rt: u32, from: u64, to: u64) -> Option<u32> {
     Some(0xb400_0000 | field(delta(from, to), 4, 19)? << 5 | reg(rt))
@@ -130,6 +135,12 @@ pub const fn add_imm(rd: u32, rn: u32, imm: u64) -> u32 {
     0x9100_0000 | ufield(imm, 1, 12) << 10 | reg(rn) << 5 | reg(rd)
 }
 
+/// `cmn xn, #imm` (`adds xzr, xn, #imm`, 12-bit unsigned immediate): sets Z when
+/// `xn == -imm`, e.g. a system call's `-EINTR`.
+pub const fn cmn_imm(rn: u32, imm: u64) -> u32 {
+    0xb100_001f | ufield(imm, 1, 12) << 10 | reg(rn) << 5
+}
+
 /// `ldr xt, [xn, #offset]` (unsigned, scaled offset).
 pub const fn ldr(rt: u32, rn: u32, offset: u64) -> u32 {
     0xf940_0000 | ufield(offset, 8, 12) << 10 | reg(rn) << 5 | reg(rt)
@@ -160,6 +171,11 @@ pub const fn stp_q(qt1: u32, qt2: u32, rn: u32, offset: u64) -> u32 {
     0xad00_0000 | ufield(offset, 16, 6) << 15 | reg(qt2) << 10 | reg(rn) << 5 | reg(qt1)
 }
 
+/// `ldp qt1, qt2, [xn, #offset]`.
+pub const fn ldp_q(qt1: u32, qt2: u32, rn: u32, offset: u64) -> u32 {
+    0xad40_0000 | ufield(offset, 16, 6) << 15 | reg(qt2) << 10 | reg(rn) << 5 | reg(qt1)
+}
+
 /// `mrs xt, fpsr`.
 pub const fn mrs_fpsr(rt: u32) -> u32 {
     0xd53b_4420 | reg(rt)
@@ -168,6 +184,21 @@ pub const fn mrs_fpsr(rt: u32) -> u32 {
 /// `mrs xt, fpcr`.
 pub const fn mrs_fpcr(rt: u32) -> u32 {
     0xd53b_4400 | reg(rt)
+}
+
+/// `msr fpsr, xt`.
+pub const fn msr_fpsr(rt: u32) -> u32 {
+    0xd51b_4420 | reg(rt)
+}
+
+/// `msr fpcr, xt`.
+pub const fn msr_fpcr(rt: u32) -> u32 {
+    0xd51b_4400 | reg(rt)
+}
+
+/// `msr nzcv, xt`: the condition flags from bits 31..28 of `xt`.
+pub const fn msr_nzcv(rt: u32) -> u32 {
+    0xd51b_4200 | reg(rt)
 }
 
 /// The 4-byte little-endian word at the start of `code`.

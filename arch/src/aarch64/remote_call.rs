@@ -2,56 +2,79 @@
 //! target runs, and the memory it runs on.
 //!
 //! The guarantees are those of the x86_64 design (see `x86_64::remote_call`): from the moment
-//! rpatch changes a thread's registers, the thread finishes by itself and resumes its own code
-//! with its exact state, whether or not rpatch is still there. How the thread gets back differs:
+//! rpatch changes a thread's registers, the thread finishes by itself and resumes its own code,
+//! whether or not rpatch is still there, and the tracer is the only source of truth for the
+//! state it resumes with. What differs is how the thread gets back.
 //!
-//! **Resuming through `rt_sigreturn`.** A64 has no instruction that loads the PC from memory:
-//! `ret xN`/`br xN` need the target in a register, which therefore cannot hold the thread's own
-//! value. Only the kernel can restore all 31 general registers, SP, PC and PSTATE at once, and
-//! it does so for `rt_sigreturn` from a signal frame (`struct rt_sigframe`: siginfo, then a
-//! `ucontext` whose `uc_mcontext.__reserved` holds an FP/SIMD record and a terminator). So the
-//! bootstrap and the stub end with `rt_sigreturn` on a frame rpatch prepared: it also restores
-//! V0–V31, FPSR and FPCR, and the thread's signal mask *in the same system call*, so there is
-//! no moment where the thread's own mask is in force while its PC is in rpatch's code (the
-//! x86_64 stub's "tail" does not exist here: [`CallStub::tail`] is past the end of the code).
-//! The PC is set by the kernel, not by a branch, so a mid-function PC in a BTI-guarded page is
-//! fine (PSTATE.BTYPE comes from the frame, cleared). The frame's `uc_stack` is applied by
-//! `rt_sigreturn` too, so the code first reads the thread's alternate signal stack into it
-//! (`sigaltstack(NULL, &uc_stack)`). One cost: `rt_sigreturn` ends any pending
-//! `restart_syscall` (see [`syscall`](super::syscall)).
+//! **Returning to a PC without a register.** x86_64 ends its stub with `jmp [saved rip]`, which
+//! needs no register. A64 has no such instruction: `ret xN` and `br xN` need the target in a
+//! register, which then cannot hold the thread's own value. (`rt_sigreturn` restores everything
+//! at once, but it resets the thread's restart block, so a thread interrupted in `nanosleep`
+//! would get `EINTR` from `restart_syscall`, and its frame would be a second copy of the
+//! thread's state built by rpatch.) So the tracer does the return: the bootstrap and the stub
+//! end their work by *parking* — a bounded `ppoll(NULL, 0, &time, NULL)` loop that changes no
+//! restart block — and the tracer, which sees `DONE` (or the PC) reach the park, stops the
+//! thread there and sets its registers with ptrace: NT_PRSTATUS (PSTATE.BTYPE clear: the PC is
+//! set, not branched to), NT_PRFPREG, and its signal mask. The thread resumes at its own code
+//! exactly, a restartable system call it was in included (x8 = `restart_syscall` where the
+//! kernel would have set it, see [`syscall`](super::syscall)).
 //!
-//! * [`bootstrap_code`] (48 bytes) runs from never-executed slack bytes at the end of an
-//!   executable page: `mmap` of the code page (registers), `sigaltstack` into the frame, `mmap`
-//!   of the stack + data (arguments in the frame's siginfo area), `rt_sigreturn`. Its frame,
-//!   [`bootstrap_frame`], is written below the thread's stack pointer (arm64 has no red zone;
-//!   16-byte aligned as `rt_sigreturn` requires) and carries the thread's registers, FP/SIMD
-//!   state (read by the tracer: the bootstrap touches no FP register, and system calls preserve
-//!   V0–V31) and its own signal mask.
-//! * [`call_stub`] runs in the code page of a [`StubRegion`], on the region's stack: it blocks
-//!   signals (the thread's mask goes straight into the frame), reads the alternate stack into
-//!   the frame, stores V0–V31, FPSR and FPCR into the frame's FP/SIMD record, saves errno,
-//!   calls the function through `blr` (and `dlerror` when it returns 0), restores errno, sets
-//!   `DONE` and returns through `rt_sigreturn` on the frame in the data block, which the tracer
-//!   filled with the resume state ([`CallBlock::encode`]).
+//! **Without a tracer.** When the park time runs out (rpatch was killed, or gave up on a call
+//! that took too long), the code returns by itself: it restores the FP/SIMD registers, the
+//! signal mask, NZCV, SP and every general register from memory, and branches to the thread's
+//! PC — with `ret x16` (never `br`: a mid-function PC is no landing pad in a BTI-guarded page;
+//! `ret` sets no branch type) or, for the stub, through a per-call *return slot* in its code
+//! page: `b pc` when the PC is within ±128 MiB of it, which keeps every register exact. Where
+//! the thread resumes through `ret x16`, x16 (IP0, which any call may clobber through a veneer
+//! or PLT stub) holds its PC instead of its own value; that is the price of a dead tracer, never
+//! of a live one.
 //!
-//! **Signals and the stub.** While the thread runs the stub its asynchronous signals are
-//! blocked; a signal frame pushed before the block (at the first instructions) returns into the
-//! code page, which never changes, and the data block is rewritten only after the tracer saw
-//! the thread back in its own code (`Done::Settled`).
+//! * [`bootstrap_code`] runs from never-executed slack bytes at the end of an executable page:
+//!   `mmap` of the code page (registers), `mmap` of the stack + data (from its frame), then the
+//!   park, then the return by itself. Its frame, [`bootstrap_frame`], is written below the
+//!   thread's stack pointer (arm64 Linux has no red zone) and holds the second call, the park
+//!   time, the thread's own signal mask and its resume state. The tracer blocks asynchronous
+//!   signals while it runs (the frame's mask puts the thread's own back).
+//! * [`call_stub`] runs in the code page of a [`StubRegion`], on the region's stack: it saves
+//!   V0–V31, FPSR and FPCR, saves errno, calls the function through `blr` (and `dlerror` when it
+//!   returns 0), restores errno, sets `DONE` = [`Done::Returning`] and parks at
+//!   [`CallStub::tail`].
+//!
+//! **Signals.** The tracer sets the signal mask before it sends the thread into the bootstrap or
+//! the stub (PTRACE_SETSIGMASK: the thread's own mask plus every asynchronous signal but the C
+//! library's internal ones), and writes the thread's own mask where a return without it finds
+//! it (the bootstrap frame, [`data::MASK`]): a thread under a signal storm enters rpatch's code
+//! at once instead of taking signal after signal at its first instruction. What can still
+//! arrive there — a fault, glibc's 32–34 — is delivered in place before the stub's tail: its
+//! frame returns into the code page, which does not change while a call may use it, and the
+//! data block is rewritten only once the tracer saw the thread back in its own code
+//! ([`Done::Settled`]). At and after the tail, and anywhere in the bootstrap, the tracer, which
+//! sees every signal before its handler runs, first moves the thread to its resume state, so
+//! the handler returns into the thread's own code. The return slot, the one part of the code
+//! page that changes, is after the tail, and is written only for a settled region.
 //!
 //! Everything here is pure (encodings and layouts) and unit-tested by decoding the bytes.
 
 use super::insn::{self, SVC0};
-use super::syscall::{SYS_RT_SIGPROCMASK, SYS_RT_SIGRETURN, SYS_SIGALTSTACK};
+use super::syscall::{SYS_PPOLL, SYS_RT_SIGPROCMASK};
+use std::time::Duration;
 
 /// Size of the stack an injected call runs on (as on x86_64; a multiple of every page size).
 pub const STACK_SIZE: u64 = 256 * 1024;
 
-/// Room for strings passed to calls (a `dlopen` path), after the frame.
+/// Room for strings passed to calls (a `dlopen` path), after the saved state.
 pub const SCRATCH_SIZE: u64 = 4096 + 64;
+
+/// How long the bootstrap and the stub wait at their park for the tracer before returning by
+/// themselves: far longer than a live tracer takes to see them there (it polls for `DONE` and
+/// the PC continuously), short enough that a thread whose tracer died is not held for long.
+pub const PARK_TIME: Duration = Duration::from_secs(5);
 
 /// `SIG_SETMASK`.
 const SIG_SETMASK: u64 = 2;
+
+/// `-EINTR` as `cmn` tests it.
+const EINTR: u64 = 4;
 
 /// PSTATE.BTYPE (bits 11:10): the branch type a BTI landing pad checks.
 pub const PSTATE_BTYPE: u64 = 0b11 << 10;
@@ -95,18 +118,32 @@ impl ResumeState {
         Some(state)
     }
 
+    /// The 34 words in NT_PRSTATUS order: x0..x30, sp, pc, pstate.
+    pub fn words(&self) -> [u64; 34] {
+        let mut out = [0u64; 34];
+        out[..31].copy_from_slice(&self.x);
+        (out[31], out[32], out[33]) = (self.sp, self.pc, self.pstate);
+        out
+    }
+
     /// As an NT_PRSTATUS register set.
     pub fn to_prstatus(&self) -> Vec<u8> {
-        self.x
-            .iter()
-            .chain([&self.sp, &self.pc, &self.pstate])
-            .flat_map(|w| w.to_le_bytes())
-            .collect()
+        self.words().iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// The same state with PSTATE's branch type and single-step bits clear: how a thread is
+    /// sent to a PC it did not branch to (a BTI-guarded page would otherwise check the landing
+    /// pad, and a step bit would stop it after one instruction).
+    pub fn cleaned(&self) -> Self {
+        Self {
+            pstate: clean_pstate(self.pstate),
+            ..*self
+        }
     }
 }
 
-/// The FP/SIMD state: NT_PRFPREG (`user_fpsimd_state`), which is also the body of the signal
-/// frame's FP/SIMD record.
+/// The FP/SIMD state: NT_PRFPREG (`user_fpsimd_state`), which is also the layout of the data
+/// block's FP area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FpState {
     /// V0..V31.
@@ -152,125 +189,159 @@ pub struct Syscall {
     pub args: [u64; 6],
 }
 
-/// Offsets in an arm64 `struct rt_sigframe` (`siginfo_t info; ucontext_t uc;`), as
-/// `rt_sigreturn` reads it from the stack pointer.
-pub mod frame {
-    /// The siginfo area (128 bytes): `rt_sigreturn` does not read it; the bootstrap keeps its
-    /// second system call there.
-    pub const INFO: u64 = 0;
-    /// `uc.uc_flags`.
-    pub const UC_FLAGS: u64 = 128;
-    /// `uc.uc_stack` (`stack_t`: `ss_sp`, `ss_flags`, `ss_size`), applied by `rt_sigreturn`.
-    pub const UC_STACK: u64 = 144;
-    /// `uc.uc_sigmask`: the mask `rt_sigreturn` installs.
-    pub const UC_SIGMASK: u64 = 168;
-    /// `uc.uc_mcontext.regs[0]`; x1..x30 follow.
-    pub const REGS: u64 = 312;
-    /// `uc.uc_mcontext.sp`.
-    pub const SP: u64 = 560;
-    /// `uc.uc_mcontext.pc`.
-    pub const PC: u64 = 568;
-    /// `uc.uc_mcontext.pstate`.
-    pub const PSTATE: u64 = 576;
-    /// `uc.uc_mcontext.__reserved`: the records, here the FP/SIMD record then a terminator.
-    pub const RESERVED: u64 = 592;
-    /// The FP/SIMD record (`struct fpsimd_context`): magic, size, FPSR, FPCR, V0..V31.
-    pub const FPSIMD: u64 = RESERVED;
-    /// `fpsimd_context.fpsr`.
-    pub const FPSR: u64 = FPSIMD + 8;
-    /// `fpsimd_context.fpcr`.
-    pub const FPCR: u64 = FPSIMD + 12;
-    /// `fpsimd_context.vregs[0]` (16-byte aligned).
-    pub const VREGS: u64 = FPSIMD + 16;
-    /// `FPSIMD_MAGIC`.
-    pub const FPSIMD_MAGIC: u32 = 0x4650_8001;
-    /// `sizeof(struct fpsimd_context)`.
-    pub const FPSIMD_SIZE: u32 = 528;
-    /// The null record that ends the list.
-    pub const TERMINATOR: u64 = FPSIMD + FPSIMD_SIZE as u64;
-    /// Bytes `rt_sigreturn` reads: through the terminator. The rest of `__reserved` (the full
-    /// structure is 4688 bytes) is never read, so a frame below a stack pointer may overlap
-    /// the live stack above it with that unread part.
-    pub const USED_LEN: u64 = TERMINATOR + 16;
-    /// `sizeof(struct rt_sigframe)`: what a data block reserves.
-    pub const FULL_LEN: u64 = 4688;
+/// A `timespec` for a park of `park` (the `ppoll` timeout), as two words.
+fn timespec(park: Duration) -> [u64; 2] {
+    [park.as_secs(), u64::from(park.subsec_nanos())]
 }
 
-const _: () = assert!(frame::VREGS.is_multiple_of(16) && frame::USED_LEN.is_multiple_of(16));
+/// Offsets in the bootstrap's frame, below the thread's stack pointer (8-byte words).
+pub mod boot_frame {
+    /// The second system call: x0..x5, then its number.
+    pub const SECOND: u64 = 0;
+    /// The park's `timespec` (`ppoll` writes the time left back).
+    pub const PARK_TIME: u64 = 64;
+    /// The thread's own signal mask, restored when the bootstrap returns by itself.
+    pub const MASK: u64 = 80;
+    /// The resume state, 34 words in NT_PRSTATUS order (x0..x30, sp, pc, pstate).
+    pub const SAVED: u64 = 96;
+    /// Length of the frame (a multiple of 16, so the stack pointer stays aligned).
+    pub const LEN: u64 = SAVED + 34 * 8;
+}
 
-/// A signal frame that resumes `resume` with the FP/SIMD state `fp` and signal mask `mask`
-/// (`USED_LEN` bytes; `uc_stack` left zero for the code to fill).
-fn resume_frame(resume: &ResumeState, fp: &FpState, mask: u64) -> Vec<u8> {
-    let mut out = vec![0u8; frame::USED_LEN as usize];
-    let mut put = |offset: u64, bytes: &[u8]| {
-        out[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
-    };
-    put(frame::UC_SIGMASK, &mask.to_le_bytes());
-    for (i, x) in resume.x.iter().enumerate() {
-        put(frame::REGS + 8 * i as u64, &x.to_le_bytes());
+const _: () = assert!(boot_frame::LEN.is_multiple_of(16));
+
+/// Bytes the bootstrap frame occupies below the thread's stack pointer.
+pub const BOOTSTRAP_FRAME_LEN: u64 = boot_frame::LEN;
+
+/// Where the bootstrap frame goes for a thread whose stack pointer is `sp`: right below it, so
+/// that `add sp, sp, #LEN` gives the thread its stack pointer back. `None` when `sp` is not
+/// 16-byte aligned (the architecture faults a misaligned `sp` used for a load).
+pub fn bootstrap_frame_addr(sp: u64) -> Option<u64> {
+    (sp.is_multiple_of(16) && sp >= BOOTSTRAP_FRAME_LEN).then(|| sp - BOOTSTRAP_FRAME_LEN)
+}
+
+/// The registers the self-return restores from a save area, as `ldp` pairs and single `ldr`s,
+/// leaving out `skip` (loaded last by the caller: the base register, or the one the return
+/// branches through). `offset` is the area's offset from the base register.
+fn load_registers(words: &mut Vec<u32>, base: u32, offset: u64, skip: &[u32]) {
+    let mut r = 0;
+    while r < 31 {
+        let pair = r + 1 < 31 && !skip.contains(&r) && !skip.contains(&(r + 1));
+        if pair {
+            words.push(insn::ldp(r, r + 1, base, offset + 8 * u64::from(r)));
+            r += 2;
+        } else {
+            if !skip.contains(&r) {
+                words.push(insn::ldr(r, base, offset + 8 * u64::from(r)));
+            }
+            r += 1;
+        }
     }
-    put(frame::SP, &resume.sp.to_le_bytes());
-    put(frame::PC, &resume.pc.to_le_bytes());
-    put(frame::PSTATE, &clean_pstate(resume.pstate).to_le_bytes());
-    put(frame::FPSIMD, &frame::FPSIMD_MAGIC.to_le_bytes());
-    put(frame::FPSIMD + 4, &frame::FPSIMD_SIZE.to_le_bytes());
-    put(frame::FPSR, &fp.fpsr.to_le_bytes());
-    put(frame::FPCR, &fp.fpcr.to_le_bytes());
-    for (i, v) in fp.v.iter().enumerate() {
-        put(frame::VREGS + 16 * i as u64, &v.to_le_bytes());
-    }
-    out
+}
+
+/// `ppoll(NULL, 0, base + time, NULL)`, again while it returns `-EINTR`: the park. (With no
+/// mask the size argument is not read.)
+fn park(words: &mut Vec<u32>, base: u32, time: u64) {
+    let at = 4 * words.len() as u64;
+    words.extend([
+        insn::movz(0, 0),
+        insn::movz(1, 0),
+        insn::add_imm(2, base, time),
+        insn::movz(3, 0),
+        insn::movz(8, SYS_PPOLL as u16),
+        SVC0,
+        insn::cmn_imm(0, EINTR),
+    ]);
+    let from = 4 * words.len() as u64;
+    words.push(insn::b_eq(from, at).expect("the park loop is short"));
+}
+
+/// `rt_sigprocmask(SIG_SETMASK, base + set, NULL, 8)`.
+fn set_mask(words: &mut Vec<u32>, base: u32, set: u64) {
+    words.extend([
+        insn::movz(0, SIG_SETMASK as u16),
+        insn::add_imm(1, base, set),
+        insn::movz(2, 0),
+        insn::movz(3, 8),
+        insn::movz(8, SYS_RT_SIGPROCMASK as u16),
+        SVC0,
+    ]);
+}
+
+/// The bootstrap's instruction words.
+fn bootstrap_words() -> Vec<u32> {
+    use boot_frame::{MASK, PARK_TIME, SAVED, SECOND};
+    let sp = 31;
+    let mut w = vec![
+        SVC0,
+        insn::ldp(0, 1, sp, SECOND),
+        insn::ldp(2, 3, sp, SECOND + 16),
+        insn::ldp(4, 5, sp, SECOND + 32),
+        insn::ldr(8, sp, SECOND + 48),
+        SVC0,
+    ];
+    park(&mut w, sp, PARK_TIME);
+    set_mask(&mut w, sp, MASK);
+    w.push(insn::ldr(16, sp, SAVED + 8 * 33));
+    w.push(insn::msr_nzcv(16));
+    load_registers(&mut w, sp, SAVED, &[16]);
+    w.push(insn::ldr(16, sp, SAVED + 8 * 32));
+    w.push(insn::add_imm(sp, sp, BOOTSTRAP_FRAME_LEN));
+    w.push(insn::ret(16));
+    w
 }
 
 /// Length of [`bootstrap_code`].
-pub const BOOTSTRAP_LEN: usize = 48;
+pub const BOOTSTRAP_LEN: usize = 160;
 
-/// Bytes the bootstrap frame occupies below the thread's stack pointer (its used part).
-pub const BOOTSTRAP_FRAME_LEN: u64 = frame::USED_LEN;
-
-/// Where the bootstrap frame goes for a thread whose stack pointer is `sp`: below it, 16-byte
-/// aligned (which `rt_sigreturn` checks).
-pub fn bootstrap_frame_addr(sp: u64) -> u64 {
-    (sp - BOOTSTRAP_FRAME_LEN) & !15
-}
+/// Offset of the bootstrap's park, after both `mmap`s: at a stop with the PC at or after it (in
+/// the bootstrap), the region is mapped and the tracer moves the thread to its resume state.
+pub const BOOTSTRAP_PARK: u64 = 24;
 
 /// The bootstrap code, run from slack bytes of an executable page with `sp` at a
-/// [`bootstrap_frame`], x8 and x0..x5 holding the first system call, and asynchronous signals
-/// blocked by the tracer (the frame holds the thread's own mask):
+/// [`bootstrap_frame`], x8 and x0..x5 holding the first system call, PSTATE.BTYPE clear, and
+/// asynchronous signals blocked by the tracer:
 ///
 /// ```text
-/// svc #0                      // first call (registers)
-/// movz x0, #0                 // sigaltstack(NULL, &frame.uc_stack)
-/// add  x1, sp, #144
-/// movz x8, #132
-/// svc #0
-/// ldp  x0, x1, [sp]           // second call, from the frame's siginfo area
-/// ldp  x2, x3, [sp, #16]
-/// ldp  x4, x5, [sp, #32]
-/// ldr  x8, [sp, #48]
-/// svc #0
-/// movz x8, #139               // rt_sigreturn: registers, FP/SIMD, mask, PC from the frame
-/// svc #0
+///       svc  #0                   // first call (registers)
+///       ldp  x0, x1, [sp]         // second call, from the frame
+///       ldp  x2, x3, [sp, #16]
+///       ldp  x4, x5, [sp, #32]
+///       ldr  x8, [sp, #48]
+///       svc  #0
+/// park: mov  x0, #0               // ppoll(NULL, 0, &frame.park_time, NULL)
+///       mov  x1, #0
+///       add  x2, sp, #64
+///       mov  x3, #0
+///       mov  x8, #73
+///       svc  #0                   // the tracer moves the thread from here
+///       cmn  x0, #4
+///       b.eq park                 // -EINTR: a handler ran; wait for the time left
+///       mov  x0, #2               // no tracer came: rt_sigprocmask(SIG_SETMASK, &frame.mask,
+///       add  x1, sp, #80          //   NULL, 8)
+///       mov  x2, #0
+///       mov  x3, #8
+///       mov  x8, #135
+///       svc  #0
+///       ldr  x16, [sp, #360]      // pstate: NZCV
+///       msr  nzcv, x16
+///       ldp  x0, x1, [sp, #96]    // x0..x30 but x16
+///       ...
+///       ldr  x16, [sp, #352]      // pc
+///       add  sp, sp, #368         // the thread's own sp
+///       ret  x16
 /// ```
 ///
 /// It uses no memory but the frame, so it works before any page of rpatch's exists, and needs
 /// no tracer to finish. Results are not returned: rpatch reads `/proc/PID/maps`.
 pub fn bootstrap_code() -> [u8; BOOTSTRAP_LEN] {
-    let words = [
-        SVC0,
-        insn::movz(0, 0),
-        insn::add_imm(1, 31, frame::UC_STACK),
-        insn::movz(8, SYS_SIGALTSTACK as u16),
-        SVC0,
-        insn::ldp(0, 1, 31, frame::INFO),
-        insn::ldp(2, 3, 31, frame::INFO + 16),
-        insn::ldp(4, 5, 31, frame::INFO + 32),
-        insn::ldr(8, 31, frame::INFO + 48),
-        SVC0,
-        insn::movz(8, SYS_RT_SIGRETURN as u16),
-        SVC0,
-    ];
+    let words = bootstrap_words();
     let mut out = [0u8; BOOTSTRAP_LEN];
+    assert_eq!(
+        4 * words.len(),
+        BOOTSTRAP_LEN,
+        "BOOTSTRAP_LEN is the code's length"
+    );
     for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
         chunk.copy_from_slice(&w.to_le_bytes());
     }
@@ -278,13 +349,27 @@ pub fn bootstrap_code() -> [u8; BOOTSTRAP_LEN] {
 }
 
 /// The frame [`bootstrap_code`] runs on, to be written at [`bootstrap_frame_addr`]: the second
-/// system call in the siginfo area, then a signal frame resuming `resume` with `fp` and the
-/// thread's own signal `mask`. After `rt_sigreturn` the thread is exactly at `resume` (PSTATE
+/// system call, the park time, the thread's own signal `mask` and its `resume` state (PSTATE
 /// without BTYPE and SS).
-pub fn bootstrap_frame(second: &Syscall, mask: u64, resume: &ResumeState, fp: &FpState) -> Vec<u8> {
-    let mut out = resume_frame(resume, fp, mask);
+pub fn bootstrap_frame(
+    second: &Syscall,
+    mask: u64,
+    park: Duration,
+    resume: &ResumeState,
+) -> [u8; BOOTSTRAP_FRAME_LEN as usize] {
+    let mut out = [0u8; BOOTSTRAP_FRAME_LEN as usize];
+    let mut put = |offset: u64, value: u64| {
+        out[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes());
+    };
     for (i, word) in second.args.iter().chain([&second.nr]).enumerate() {
-        out[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
+        put(boot_frame::SECOND + 8 * i as u64, *word);
+    }
+    let [secs, nanos] = timespec(park);
+    put(boot_frame::PARK_TIME, secs);
+    put(boot_frame::PARK_TIME + 8, nanos);
+    put(boot_frame::MASK, mask);
+    for (i, word) in resume.cleaned().words().iter().enumerate() {
+        put(boot_frame::SAVED + 8 * i as u64, *word);
     }
     out
 }
@@ -313,17 +398,28 @@ pub mod data {
     pub const ERRNO_PTR: u64 = 0x70;
     /// errno's value before the call (32 bits).
     pub const ERRNO_VALUE: u64 = 0x78;
-    /// Signal mask held during the call.
-    pub const BLOCK_MASK: u64 = 0x80;
-    /// The signal frame the stub returns through ([`frame`](super::frame) offsets within),
-    /// 16-byte aligned.
-    pub const FRAME: u64 = 0x100;
-    /// End of the frame; the scratch area follows.
-    pub const FRAME_END: u64 = FRAME + super::frame::FULL_LEN;
+    /// The thread's own signal mask, restored by a return without the tracer (the tracer
+    /// blocks signals with ptrace before the call, and restores the mask itself).
+    pub const MASK: u64 = 0x80;
+    /// The park's `timespec` (`ppoll` writes the time left back).
+    pub const PARK_TIME: u64 = 0x88;
+    /// The resume state, 34 words in NT_PRSTATUS order ([`ResumeState::words`](super::ResumeState::words)),
+    /// for a return without the tracer.
+    pub const SAVED: u64 = 0x98;
+    /// V0..V31, FPSR, FPCR as the stub saved them (NT_PRFPREG layout, 16-byte aligned).
+    pub const FP: u64 = (SAVED + 34 * 8).next_multiple_of(16);
+    /// FPSR within the FP area.
+    pub const FPSR: u64 = FP + 512;
+    /// FPCR within the FP area.
+    pub const FPCR: u64 = FP + 516;
+    /// End of the saved state; the scratch area follows.
+    pub const END: u64 = FP + super::FpState::PRFPREG_LEN as u64;
 }
 
-/// `"rpatchA1"`: the value at [`data::MAGIC`] (arm64 layout 1).
-pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"rpatchA1");
+const _: () = assert!(data::FP.is_multiple_of(16) && data::END.is_multiple_of(16));
+
+/// `"rpatchA2"`: the value at [`data::MAGIC`] (arm64 layout 2: the park and the return slot).
+pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"rpatchA2");
 
 /// The [`data::DONE`] word (the same states as on x86_64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +427,8 @@ pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"rpatchA1");
 pub enum Done {
     /// A call is armed or running: the region belongs to that thread.
     Running = 0,
-    /// The stub finished the call and is returning through `rt_sigreturn`.
+    /// The call is over: the thread waits at the stub's tail for the tracer to move it (or
+    /// returns by itself when none comes).
     Returning = 1,
     /// The tracer saw the thread back in its own code: the region is free.
     Settled = 2,
@@ -371,10 +468,10 @@ impl StubRegion {
 
     /// Offset of the scratch area in the data block.
     pub fn scratch_offset(&self) -> u64 {
-        data::FRAME_END
+        data::END
     }
 
-    /// Length of the data block: header, frame, scratch, page-rounded.
+    /// Length of the data block: header, saved state, scratch, page-rounded.
     pub fn data_len(&self) -> u64 {
         (self.scratch_offset() + SCRATCH_SIZE).next_multiple_of(self.page)
     }
@@ -400,26 +497,46 @@ impl StubRegion {
     }
 }
 
-/// The encoded stub for one page size.
+/// Length of the stub's return slot.
+pub const RETURN_SLOT_LEN: usize = 16;
+
+/// The encoded stub for one page size (entered with signals blocked by the tracer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallStub {
-    /// The whole code page: the stub, then `brk #0` padding.
+    /// The whole code page: the stub, the return slot (`brk #0` until a call writes it), then
+    /// `brk #0` padding.
     pub code: Vec<u8>,
     /// Offset of the entry point (sp = stack top; other registers anything).
     pub entry: u64,
     /// Offset of the restore path, where rpatch sends a thread whose call faulted (sp = stack
-    /// top): it restores errno and returns through the frame like a normal return.
+    /// top): it restores errno and ends like a normal return.
     pub restore: u64,
-    /// Offset just past the `rt_sigreturn`, which no thread ever reaches: the mask restore and
-    /// the return are one system call, so unlike x86_64 no code runs with the thread's own
-    /// mask in force. Kept so a tracer can treat both ISAs alike ("PC at or after `tail`").
+    /// Offset of the tail: the park, then the return without a tracer. The call is over (`DONE`
+    /// is `Returning`); at any stop with the PC at or after it the tracer moves the thread to
+    /// its resume state (registers, FP/SIMD state, signal mask) before anything else.
     pub tail: u64,
+    /// Offset of the return slot ([`return_slot`]), the last thing the tail runs.
+    pub slot: u64,
+}
+
+impl CallStub {
+    /// Whether `found` (a code page read from a target) is this stub, whatever its return
+    /// slot holds: how a later rpatch recognises a region it may reuse.
+    pub fn matches(&self, found: &[u8]) -> bool {
+        let slot = self.slot as usize..self.slot as usize + RETURN_SLOT_LEN;
+        found.len() == self.code.len()
+            && found
+                .iter()
+                .zip(&self.code)
+                .enumerate()
+                .all(|(i, (a, b))| slot.contains(&i) || a == b)
+    }
 }
 
 /// Register holding the data block's address throughout the stub (callee-saved, so it survives
 /// the calls).
 const DATA: u32 = 19;
-/// Register holding the FP/SIMD record's V0 slot while it is filled.
+/// Register holding the FP area's address while it is saved or restored.
 const VREGS: u32 = 20;
 /// The register calls go through (`blr x16`).
 const CALLEE: u32 = 16;
@@ -470,16 +587,6 @@ impl StubAsm {
         self.fixups.push((index, label));
     }
 
-    /// `rt_sigprocmask(SIG_SETMASK, data+set, data+old, 8)`.
-    fn set_mask(&mut self, set: u64, old: u64) {
-        self.push(insn::movz(0, SIG_SETMASK as u16));
-        self.push(insn::add_imm(1, DATA, set));
-        self.push(insn::add_imm(2, DATA, old));
-        self.push(insn::movz(3, 8));
-        self.push(insn::movz(8, SYS_RT_SIGPROCMASK as u16));
-        self.push(SVC0);
-    }
-
     fn finish(mut self, labels: &[(Label, u64)]) -> Vec<u32> {
         for (index, label) in std::mem::take(&mut self.fixups) {
             let to = labels
@@ -513,21 +620,15 @@ pub fn call_stub(page: u64) -> CallStub {
     // Entry: sp = stack top (16-byte aligned), other registers anything.
     let entry = s.at();
     s.data_base();
-    // The thread's own mask goes straight into the frame rt_sigreturn installs.
-    s.set_mask(data::BLOCK_MASK, data::FRAME + frame::UC_SIGMASK);
-    s.push(insn::movz(0, 0));
-    s.push(insn::add_imm(1, DATA, data::FRAME + frame::UC_STACK));
-    s.push(insn::movz(8, SYS_SIGALTSTACK as u16));
-    s.push(SVC0);
-    // FP/SIMD state into the frame's record (the tracer wrote its header).
-    s.push(insn::add_imm(VREGS, DATA, data::FRAME + frame::VREGS));
+    // FP/SIMD state, for a return without the tracer (which has its own copy).
+    s.push(insn::add_imm(VREGS, DATA, data::FP));
     for pair in 0..16 {
         s.push(insn::stp_q(2 * pair, 2 * pair + 1, VREGS, 32 * pair as u64));
     }
     s.push(insn::mrs_fpsr(0));
-    s.push(insn::str_w(0, DATA, data::FRAME + frame::FPSR));
+    s.push(insn::str_w(0, DATA, data::FPSR));
     s.push(insn::mrs_fpcr(0));
-    s.push(insn::str_w(0, DATA, data::FRAME + frame::FPCR));
+    s.push(insn::str_w(0, DATA, data::FPCR));
     // errno: value first, pointer second, so the restore path only sees a pointer with a value.
     s.push(insn::ldr(CALLEE, DATA, data::ERRNO_LOCATION));
     s.branch(Fixup::Cbz(CALLEE), Label::Call);
@@ -563,18 +664,38 @@ pub fn call_stub(page: u64) -> CallStub {
     let errno_done = s.at();
     s.push(insn::movz(0, Done::Returning as u16));
     s.push(insn::str(0, DATA, data::DONE));
-    // Everything else — registers, sp, pc, pstate, FP/SIMD, the mask — from the frame at once.
-    s.push(insn::add_imm(31, DATA, data::FRAME));
-    s.push(insn::movz(8, SYS_RT_SIGRETURN as u16));
-    s.push(SVC0);
+    // The tail: wait for the tracer to move the thread.
     let tail = s.at();
+    park(&mut s.words, DATA, data::PARK_TIME);
+    // No tracer came: the thread's FP/SIMD state, mask, flags, stack and registers, then the
+    // return slot.
+    s.push(insn::add_imm(VREGS, DATA, data::FP));
+    for pair in 0..16 {
+        s.push(insn::ldp_q(2 * pair, 2 * pair + 1, VREGS, 32 * pair as u64));
+    }
+    s.push(insn::ldr_w(0, DATA, data::FPSR));
+    s.push(insn::msr_fpsr(0));
+    s.push(insn::ldr_w(0, DATA, data::FPCR));
+    s.push(insn::msr_fpcr(0));
+    set_mask(&mut s.words, DATA, data::MASK);
+    s.push(insn::ldr(CALLEE, DATA, data::SAVED + 8 * 33));
+    s.push(insn::msr_nzcv(CALLEE));
+    s.push(insn::ldr(CALLEE, DATA, data::SAVED + 8 * 31));
+    s.push(insn::add_imm(31, CALLEE, 0));
+    load_registers(&mut s.words, DATA, data::SAVED, &[CALLEE, DATA]);
+    s.push(insn::ldr(CALLEE, DATA, data::SAVED + 8 * u64::from(CALLEE)));
+    s.push(insn::ldr(DATA, DATA, data::SAVED + 8 * u64::from(DATA)));
+    let slot = s.at();
     let words = s.finish(&[
         (Label::Call, call),
         (Label::Restore, restore),
         (Label::ErrnoDone, errno_done),
     ]);
     let mut code: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    assert!((code.len() as u64) < page, "the stub fits its page");
+    assert!(
+        slot + (RETURN_SLOT_LEN as u64) < page,
+        "the stub and its slot fit the page"
+    );
     let pad = insn::brk(0).to_le_bytes();
     while (code.len() as u64) < page {
         code.extend_from_slice(&pad);
@@ -584,10 +705,48 @@ pub fn call_stub(page: u64) -> CallStub {
         entry,
         restore,
         tail,
+        slot,
     }
 }
 
-/// What one call through the stub does: written as the data block's header and frame.
+/// The stub's return slot for one call, written at `slot_at` (the region's code page plus
+/// [`CallStub::slot`]) for a thread resuming at `pc`. `exact` tells which form it is:
+///
+/// * `b pc` (then `brk` padding) when `pc` is within ±128 MiB: every register arrives as saved;
+/// * else `ldr x16, #8; ret x16; .quad pc`: x16 arrives holding `pc`.
+///
+/// Only the return without a tracer runs it; the tracer writes it with the call's data block.
+pub fn return_slot(slot_at: u64, pc: u64) -> ReturnSlot {
+    let mut bytes = [0u8; RETURN_SLOT_LEN];
+    for chunk in bytes.chunks_exact_mut(4) {
+        chunk.copy_from_slice(&insn::brk(0).to_le_bytes());
+    }
+    let exact = match insn::b(slot_at, pc) {
+        Some(b) => {
+            bytes[..4].copy_from_slice(&b.to_le_bytes());
+            true
+        }
+        None => {
+            let ldr = insn::ldr_literal(CALLEE, 8).expect("a literal 8 bytes ahead encodes");
+            bytes[..4].copy_from_slice(&ldr.to_le_bytes());
+            bytes[4..8].copy_from_slice(&insn::ret(CALLEE).to_le_bytes());
+            bytes[8..].copy_from_slice(&pc.to_le_bytes());
+            false
+        }
+    };
+    ReturnSlot { bytes, exact }
+}
+
+/// A return slot's bytes (see [`return_slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReturnSlot {
+    /// What to write at the slot.
+    pub bytes: [u8; RETURN_SLOT_LEN],
+    /// A `b pc`: the return without a tracer keeps x16 too.
+    pub exact: bool,
+}
+
+/// What one call through the stub does: written as the data block's header and saved state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallBlock {
     /// Function to call.
@@ -598,18 +757,20 @@ pub struct CallBlock {
     pub errno_location: u64,
     /// Called with no arguments when `function` returns 0 (0: none).
     pub then_if_zero: u64,
-    /// Signals blocked during the call (bit `n - 1` for signal `n`).
-    pub block_mask: u64,
-    /// Where and how the thread resumes afterwards.
+    /// The thread's own signal mask (bit `n - 1` for signal `n`), which a return without the
+    /// tracer puts back. The tracer blocks signals for the call itself, with ptrace.
+    pub mask: u64,
+    /// Where and how the thread resumes afterwards (PSTATE is cleaned on the way).
     pub resume: ResumeState,
+    /// How long the stub waits at its tail for the tracer ([`PARK_TIME`]).
+    pub park: Duration,
 }
 
 impl CallBlock {
-    /// The bytes from the data block's start to the end of the frame's used part, for a region
-    /// with a data block of `data_len` bytes; `DONE` and the result slots are 0. The frame's
-    /// signal mask, alternate stack and FP/SIMD values are the stub's to fill.
+    /// The bytes from the data block's start to the FP area, for a region with a data block of
+    /// `data_len` bytes; `DONE` and the result slots are 0. The FP area is the stub's to fill.
     pub fn encode(&self, data_len: u64) -> Vec<u8> {
-        let mut out = vec![0u8; data::FRAME as usize];
+        let mut out = vec![0u8; data::FP as usize];
         let mut put = |offset: u64, value: u64| {
             out[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes());
         };
@@ -621,8 +782,13 @@ impl CallBlock {
         }
         put(data::ERRNO_LOCATION, self.errno_location);
         put(data::THEN, self.then_if_zero);
-        put(data::BLOCK_MASK, self.block_mask);
-        out.extend(resume_frame(&self.resume, &FpState::default(), 0));
+        put(data::MASK, self.mask);
+        let [secs, nanos] = timespec(self.park);
+        put(data::PARK_TIME, secs);
+        put(data::PARK_TIME + 8, nanos);
+        for (i, word) in self.resume.cleaned().words().iter().enumerate() {
+            put(data::SAVED + 8 * i as u64, *word);
+        }
         out
     }
 }
@@ -630,7 +796,7 @@ impl CallBlock {
 /// The header of an idle region (no call armed, `DONE` = settled), written when a region is
 /// created.
 pub fn idle_header(data_len: u64) -> Vec<u8> {
-    let mut out = vec![0u8; data::FRAME as usize];
+    let mut out = vec![0u8; data::ARGS as usize];
     out[..8].copy_from_slice(&MAGIC_VALUE.to_le_bytes());
     out[data::DATA_LEN as usize..][..8].copy_from_slice(&data_len.to_le_bytes());
     out[data::DONE as usize..][..8].copy_from_slice(&(Done::Settled as u64).to_le_bytes());

@@ -8,22 +8,34 @@
 //! `x0 = orig_x0` and PC back onto the `svc`, and forgets the system call (NT_ARM_SYSTEM_CALL
 //! reads -1). The return code is gone from the registers, so a tracer cannot tell the four
 //! apart. Only when the PC is unchanged at resume does the kernel then switch
-//! `-ERESTART_RESTARTBLOCK` to `restart_syscall` (x8 = 128).
+//! `-ERESTART_RESTARTBLOCK` to `restart_syscall` (x8 = 128), which continues the call from its
+//! restart block (a sleep with the time left, a futex wait to its original deadline).
 //!
-//! A thread that makes remote calls resumes through `rt_sigreturn` (see
-//! [`remote_call`](super::remote_call)), and `rt_sigreturn` sets the thread's restart block to
-//! "no restart": a `restart_syscall` issued after it returns `-EINTR`. So rpatch never sets
-//! x8 = 128: the rewound call is re-issued as it was (x8 still holds its number, x0 its first
-//! argument). For the calls that would have continued through `restart_syscall`
-//! ([`restarts_through_restart_block`]) this means: `futex` waits and absolute sleeps resume
-//! exactly; a *relative* `nanosleep`/`clock_nanosleep` or `FUTEX_WAIT` timeout starts over
-//! from its full length. Callers that can choose another thread should
-//! ([`restarts_through_restart_block`] tells them which to avoid).
+//! A borrowed thread resumes at a PC the tracer sets, so that switch never happens by itself:
+//! the tracer sets x8 = 128 in the resume state, and nothing of rpatch's resets the restart
+//! block (no `rt_sigreturn`; the stub's park is a `ppoll`, which has none). Which calls need it
+//! is decided by the kernel, not guessed: a thread stopped on the `svc` of a call that *may*
+//! continue through `restart_syscall` ([`restarts_through_restart_block`]: `nanosleep`,
+//! relative `clock_nanosleep`, `futex` waits with a timeout) with x8 still holding that call's
+//! number is first resumed unchanged ([`Resume::AskKernel`]) — the kernel then switches x8
+//! itself if the call had been interrupted — and stopped again once it blocks: x8 = 128 there
+//! is the kernel's answer, kept in the resume state. (From the registers alone, a thread the
+//! interrupt caught just *before* its `svc` looks the same as one rewound onto it, and
+//! `restart_syscall` on a stale restart block returns `-EINTR`.) `ppoll` (glibc's `poll`),
+//! `pselect6` and absolute sleeps restart as themselves, the time left written back or
+//! absolute.
 //!
 //! **Plain `-EINTR`.** Some calls return `-EINTR` to user space when a ptrace interrupt
 //! arrives, with no restart ([`EINTR_ONLY_SYSCALLS`]). The stop then has PC after the `svc` and
 //! x0 = -4: the first argument is lost from the registers, so rewinding needs the arguments
 //! read from `/proc/TID/syscall` *before* the interrupt ([`resume_state`]).
+//!
+//! **Temporary signal masks.** `rt_sigsuspend`, and `ppoll`, `pselect6`, `epoll_pwait(2)` given
+//! a mask, run with a temporary mask that the kernel replaces by the thread's own on the way
+//! out. Interrupted, the thread stops before that replacement, but PTRACE_GETSIGMASK reports the
+//! mask that will be restored (the saved one) and PTRACE_SETSIGMASK cancels the pending
+//! replacement: a tracer that reads the mask at the stop and sets it back when the thread
+//! resumes gives it its own mask, and the re-issued call installs its temporary one again.
 
 use super::remote_call::ResumeState;
 
@@ -41,14 +53,12 @@ pub const SYS_NANOSLEEP: u64 = 101;
 pub const SYS_CLOCK_NANOSLEEP: u64 = 115;
 /// `__NR_restart_syscall`.
 pub const SYS_RESTART_SYSCALL: u64 = 128;
-/// `__NR_sigaltstack`.
-pub const SYS_SIGALTSTACK: u64 = 132;
+/// `__NR_rt_sigsuspend`.
+pub const SYS_RT_SIGSUSPEND: u64 = 133;
 /// `__NR_rt_sigprocmask`.
 pub const SYS_RT_SIGPROCMASK: u64 = 135;
 /// `__NR_rt_sigtimedwait`.
 pub const SYS_RT_SIGTIMEDWAIT: u64 = 137;
-/// `__NR_rt_sigreturn`.
-pub const SYS_RT_SIGRETURN: u64 = 139;
 /// `__NR_getpid`.
 pub const SYS_GETPID: u64 = 172;
 /// `__NR_semtimedop`.
@@ -128,25 +138,44 @@ impl BlockedCall {
 /// `-EINTR`.
 const EINTR: i64 = 4;
 
-/// The state a thread stopped at `regs` must continue from, given the call it was blocked in
-/// before the interrupt (`blocked`; `None` when it was running or the file could not be read)
-/// and whether an `-EINTR` it got may be undone (`eintr_spurious`: no signal is pending for the
-/// thread itself, so the interrupt was rpatch's — see `process::syscall` for the x86_64 rule).
+/// What a tracer does with a thread it has just stopped, before it borrows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Borrow it: afterwards it resumes from this state (PSTATE cleaned).
+    At(ResumeState),
+    /// The thread stands on the `svc` of a call that may continue through `restart_syscall`,
+    /// and only the kernel knows whether it was interrupted inside it: let it go unchanged
+    /// (the kernel switches x8 to `restart_syscall` if so) and stop it again once it blocks.
+    /// Should that keep failing (a thread that never stays in the call), `reissue` re-issues
+    /// the call as it stands: correct, but a relative timeout starts over.
+    AskKernel {
+        /// The state that re-issues the call.
+        reissue: ResumeState,
+    },
+}
+
+/// What to do with a thread stopped at `regs` (see the module documentation), given whether
+/// the word at its PC is `svc #0` (`on_svc`), the call it was blocked in before the interrupt
+/// (`blocked`; `None` when it was running or the file could not be read) and whether an
+/// `-EINTR` it got may be undone (`eintr_spurious`: no signal is pending for the thread itself,
+/// so the interrupt was rpatch's — see `process::syscall` for the x86_64 rule).
 ///
-/// * A restartable call the kernel rewound (PC on the `svc`, `blocked.pc - 4`) needs nothing:
-///   x0 and x8 already re-issue it (see the module documentation for `restart_syscall`).
 /// * An [`EINTR_ONLY_SYSCALLS`] call that returned `-EINTR` to PC `blocked.pc` is rewound onto
 ///   its `svc` with x0 = its first argument, when `eintr_spurious` and x8 still holds its
 ///   number.
-/// * PSTATE loses its branch type (a new PC is not reached by a branch) and the single-step
-///   bit.
+/// * On the `svc` of a call that may continue through `restart_syscall` (x8 and x0..x5 are the
+///   call, as the kernel's rewind leaves them): [`Resume::AskKernel`]. With x8 =
+///   `restart_syscall` the kernel has answered already: the state is kept.
+/// * Anything else resumes as it is: a call rewound onto its `svc` re-issues itself.
+///
+/// PSTATE always loses its branch type and single-step bit.
 pub fn resume_state(
     regs: &ResumeState,
+    on_svc: bool,
     blocked: Option<&BlockedCall>,
     eintr_spurious: bool,
-) -> ResumeState {
-    let mut state = *regs;
-    state.pstate = super::remote_call::clean_pstate(state.pstate);
+) -> Resume {
+    let mut state = regs.cleaned();
     if let Some(call) = blocked
         && eintr_spurious
         && EINTR_ONLY_SYSCALLS.contains(&call.nr)
@@ -156,14 +185,13 @@ pub fn resume_state(
     {
         state.pc = call.pc - 4;
         state.x[0] = call.args[0];
+        return Resume::At(state);
     }
-    state
-}
-
-/// Whether the kernel rewound the thread onto the `svc` of `blocked` before the stop (a
-/// restartable call was interrupted).
-pub fn rewound(regs: &ResumeState, blocked: &BlockedCall) -> bool {
-    regs.pc.wrapping_add(4) == blocked.pc
+    let nr = regs.x[8];
+    if on_svc && nr != SYS_RESTART_SYSCALL && restarts_through_restart_block(nr, &regs.x[..6]) {
+        return Resume::AskKernel { reissue: state };
+    }
+    Resume::At(state)
 }
 
 #[cfg(test)]
@@ -222,27 +250,73 @@ mod tests {
         assert!(!restarts_through_restart_block(SYS_READ, &[0, 0, 1]));
     }
 
+    fn at(r: Resume) -> ResumeState {
+        match r {
+            Resume::At(s) => s,
+            other => panic!("expected a resume state, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_rewound_call_resumes_as_is_with_a_clean_pstate() {
-        // Kernel already put PC on the svc (0x1000) and x0 = orig_x0.
-        let r = regs(0x1000, 5, SYS_NANOSLEEP);
-        let call = blocked(SYS_NANOSLEEP, 0x1004);
-        assert!(rewound(&r, &call));
-        let s = resume_state(&r, Some(&call), true);
-        assert_eq!((s.pc, s.x[0], s.x[8]), (0x1000, 5, SYS_NANOSLEEP));
+        // Kernel already put PC on the svc (0x1000) and x0 = orig_x0: read re-issues itself.
+        let r = regs(0x1000, 5, SYS_READ);
+        let s = at(resume_state(
+            &r,
+            true,
+            Some(&blocked(SYS_READ, 0x1004)),
+            true,
+        ));
+        assert_eq!((s.pc, s.x[0], s.x[8]), (0x1000, 5, SYS_READ));
         assert_eq!(s.pstate, 0x6000_0000, "NZCV kept, BTYPE and SS cleared");
         assert_eq!((s.x[1], s.sp), (0x77, 0x7ffc_0000));
+    }
+
+    #[test]
+    fn restart_block_calls_ask_the_kernel_until_x8_is_restart_syscall() {
+        // nanosleep(req, rem) rewound onto its svc: only the kernel knows whether it was
+        // interrupted inside (then it switches x8 to restart_syscall when let go unchanged).
+        let mut r = regs(0x1000, 0x7ffc_1000, SYS_NANOSLEEP);
+        assert_eq!(
+            resume_state(&r, true, None, true),
+            Resume::AskKernel {
+                reissue: r.cleaned()
+            }
+        );
+        // Relative clock_nanosleep and a futex wait with a timeout too; not an absolute sleep.
+        r.x[8] = SYS_CLOCK_NANOSLEEP;
+        r.x[..4].copy_from_slice(&[1, 0, 0x7ffc_1000, 0]);
+        assert!(matches!(
+            resume_state(&r, true, None, true),
+            Resume::AskKernel { .. }
+        ));
+        r.x[1] = TIMER_ABSTIME;
+        assert!(matches!(resume_state(&r, true, None, true), Resume::At(_)));
+        r.x[8] = SYS_FUTEX;
+        r.x[..4].copy_from_slice(&[0x1000, 128, 0, 0x2000]);
+        assert!(matches!(
+            resume_state(&r, true, None, true),
+            Resume::AskKernel { .. }
+        ));
+        // The kernel's answer: x8 = restart_syscall, kept as is.
+        r.x[8] = SYS_RESTART_SYSCALL;
+        let s = at(resume_state(&r, true, None, true));
+        assert_eq!((s.pc, s.x[8]), (0x1000, SYS_RESTART_SYSCALL));
+        // Not on an svc (the call returned, or never started): nothing to ask.
+        let mut r = regs(0x1004, 0, SYS_NANOSLEEP);
+        r.x[0] = 0;
+        assert!(matches!(resume_state(&r, false, None, true), Resume::At(_)));
     }
 
     #[test]
     fn a_spurious_eintr_is_rewound_with_the_first_argument_back() {
         let r = regs(0x2004, -4, SYS_EPOLL_PWAIT);
         let call = blocked(SYS_EPOLL_PWAIT, 0x2004);
-        let s = resume_state(&r, Some(&call), true);
+        let s = at(resume_state(&r, false, Some(&call), true));
         assert_eq!((s.pc, s.x[0], s.x[8]), (0x2000, 5, SYS_EPOLL_PWAIT));
         // Not when a signal of the thread's own made it real, nor for other calls or states.
         let kept = |r: &ResumeState, call: &BlockedCall, spurious| {
-            let s = resume_state(r, Some(call), spurious);
+            let s = at(resume_state(r, false, Some(call), spurious));
             (s.pc, s.x[0]) == (r.pc, r.x[0])
         };
         assert!(kept(&r, &call, false));
@@ -256,7 +330,6 @@ mod tests {
             "elsewhere now"
         );
         assert!(kept(&regs(0x2004, -4, 63), &call, true), "x8 changed");
-        assert!(!rewound(&r, &call));
         // The same call known from the state the thread was resumed with (on the svc).
         let mut resumed = regs(0x2000, 5, SYS_EPOLL_PWAIT);
         resumed.x[1..6].copy_from_slice(&[6, 7, 8, 9, 10]);

@@ -3,8 +3,9 @@
 
 use super::insn::{self, PcRelative};
 use super::remote_call::{
-    self, BOOTSTRAP_LEN, CallBlock, Done, FpState, MAGIC_VALUE, ResumeState, STACK_SIZE,
-    StubRegion, Syscall, data, frame,
+    self, BOOTSTRAP_FRAME_LEN, BOOTSTRAP_LEN, BOOTSTRAP_PARK, CallBlock, Done, FpState,
+    MAGIC_VALUE, PARK_TIME, RETURN_SLOT_LEN, ResumeState, STACK_SIZE, StubRegion, Syscall,
+    boot_frame, data,
 };
 use super::syscall::SYS_MMAP;
 use super::*;
@@ -80,6 +81,15 @@ fn vectors() -> Vec<(&'static str, u32)> {
         ("ldp_x4_x19", ldp(4, 5, 19, 0x40)),
         ("stp_q0", stp_q(0, 1, 20, 0)),
         ("stp_q30", stp_q(30, 31, 20, 0x1e0)),
+        ("b_eq_back", b_eq(AT, AT - 0x20).unwrap()),
+        ("cmn_x0", cmn_imm(0, 4)),
+        ("ldp_q0", ldp_q(0, 1, 20, 0)),
+        ("ldp_q30", ldp_q(30, 31, 20, 480)),
+        ("msr_fpsr", msr_fpsr(0)),
+        ("msr_fpcr", msr_fpcr(0)),
+        ("msr_nzcv", msr_nzcv(16)),
+        ("mov_sp_x16", add_imm(31, 16, 0)),
+        ("ret_x16", ret(16)),
         ("mrs_fpsr", mrs_fpsr(0)),
         ("mrs_fpcr", mrs_fpcr(0)),
         ("nop", NOP),
@@ -105,8 +115,8 @@ fn gas_vectors() -> Vec<(String, u32, String)> {
         .collect()
 }
 
-/// Every encoder form, the bootstrap and the 4 KiB stub come out exactly as GNU `as`
-/// assembled them.
+/// Every encoder form, the bootstrap and the 4 KiB stub (up to its return slot) come out
+/// exactly as GNU `as` assembled them.
 #[test]
 fn encodings_match_the_gnu_as_vectors() {
     let gas = gas_vectors();
@@ -147,12 +157,12 @@ fn encodings_match_the_gnu_as_vectors() {
         boot.len(),
         "every bootstrap instruction has a vector"
     );
-    let stub_len = remote_call::call_stub(4096).tail as usize / 4;
+    let stub_len = remote_call::call_stub(4096).slot as usize / 4;
     assert_eq!(seen.1, stub_len, "every stub instruction has a vector");
 }
 
 /// Capstone decodes each encoder's word to the instruction GNU `as` was given (same mnemonic,
-/// modulo the `movz` → `mov` alias).
+/// modulo the `movz` → `mov` alias and labels for branch targets).
 #[test]
 fn capstone_agrees_with_every_vector() {
     for (id, word, asm) in gas_vectors() {
@@ -519,23 +529,36 @@ fn page_size_comes_from_the_auxiliary_vector() {
 
 // ---- remote calls ----
 
+mod emulate;
+
+use emulate::{Cpu, Sys};
+
+const RT_SIGPROCMASK: u64 = 135;
+const PPOLL: u64 = 73;
+
 fn resume_example() -> ResumeState {
     let mut r = ResumeState::default();
     for (i, x) in r.x.iter_mut().enumerate() {
         *x = 0x1000 + i as u64;
     }
     r.sp = 0x7ffc_0000_1230;
-    r.pc = 0x55_0000_4444;
+    r.pc = 0x7f00_1234_4444;
     r.pstate = 0x6000_0000 | remote_call::PSTATE_BTYPE | remote_call::PSTATE_SS;
     r
 }
 
-fn word_at(bytes: &[u8], off: u64) -> u64 {
-    u64::from_le_bytes(bytes[off as usize..][..8].try_into().unwrap())
+/// FP/SIMD registers with a distinct value each.
+fn fp_example() -> FpState {
+    let mut fp = FpState::default();
+    for (i, v) in fp.v.iter_mut().enumerate() {
+        *v = 0x0123_4567_89ab_cdef_0000_0000_0000_0000 | i as u128;
+    }
+    (fp.fpsr, fp.fpcr) = (0x8000_0010, 0x0040_0000);
+    fp
 }
 
-fn word32_at(bytes: &[u8], off: u64) -> u32 {
-    u32::from_le_bytes(bytes[off as usize..][..4].try_into().unwrap())
+fn word_at(bytes: &[u8], off: u64) -> u64 {
+    u64::from_le_bytes(bytes[off as usize..][..8].try_into().unwrap())
 }
 
 #[test]
@@ -545,12 +568,27 @@ fn register_sets_round_trip() {
     assert_eq!(bytes.len(), ResumeState::PRSTATUS_LEN);
     assert_eq!(ResumeState::from_prstatus(&bytes), Some(r));
     assert_eq!(word_at(&bytes, 8 * 32), r.pc);
-    let mut fp = FpState::default();
-    fp.v[31] = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
-    (fp.fpsr, fp.fpcr) = (0x11, 0x0300_0000);
+    assert_eq!(r.words()[33], r.pstate);
+    assert_eq!(r.cleaned().pstate, 0x6000_0000, "BTYPE and SS cleared");
+    assert_eq!(r.cleaned().x, r.x);
+    let fp = fp_example();
     let bytes = fp.to_prfpreg();
     assert_eq!(bytes.len(), FpState::PRFPREG_LEN);
     assert_eq!(FpState::from_prfpreg(&bytes), Some(fp));
+}
+
+/// The register names of `ldp`/`ldr` loads in capstone text, in order.
+fn loaded_registers(text: &[String]) -> Vec<u32> {
+    text.iter()
+        .filter(|t| t.starts_with("ldp x") || t.starts_with("ldr x"))
+        .flat_map(|t| {
+            let ops = t.split_once(' ').unwrap().1;
+            ops.split(", ")
+                .take_while(|o| o.starts_with('x'))
+                .map(|o| o[1..].parse::<u32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[test]
@@ -559,77 +597,140 @@ fn bootstrap_code_is_the_documented_sequence() {
     assert_eq!(code.len(), BOOTSTRAP_LEN);
     let text: Vec<String> = disasm(&code, 0).into_iter().map(Option::unwrap).collect();
     assert_eq!(
-        text,
+        text[..14],
         [
-            "svc #0",
-            "mov x0, #0",
-            "add x1, sp, #0x90",
-            "mov x8, #0x84",
             "svc #0",
             "ldp x0, x1, [sp]",
             "ldp x2, x3, [sp, #0x10]",
             "ldp x4, x5, [sp, #0x20]",
             "ldr x8, [sp, #0x30]",
             "svc #0",
-            "mov x8, #0x8b",
+            "mov x0, #0",
+            "mov x1, #0",
+            "add x2, sp, #0x40",
+            "mov x3, #0",
+            "mov x8, #0x49",
             "svc #0",
+            "cmn x0, #4",
+            "b.eq #0x18",
         ]
     );
+    assert_eq!(BOOTSTRAP_PARK, 0x18, "the park starts after both mmaps");
     assert_eq!(
-        frame::UC_STACK,
-        0x90,
-        "sigaltstack writes the frame's uc_stack"
+        text[14..22],
+        [
+            "mov x0, #2",
+            "add x1, sp, #0x50",
+            "mov x2, #0",
+            "mov x3, #8",
+            "mov x8, #0x87",
+            "svc #0",
+            "ldr x16, [sp, #0x168]",
+            "msr nzcv, x16",
+        ]
     );
+    // Every register but x16 from the frame, then x16 = pc, the thread's sp, `ret x16`.
+    let mut loaded = loaded_registers(&text[22..]);
+    assert_eq!(loaded.pop(), Some(16));
+    loaded.sort();
+    assert_eq!(loaded, (0..31).filter(|&r| r != 16).collect::<Vec<_>>());
+    assert_eq!(
+        text[text.len() - 3..],
+        ["ldr x16, [sp, #0x160]", "add sp, sp, #0x170", "ret x16"]
+    );
+    assert_eq!(
+        (boot_frame::SAVED + 8 * 32, BOOTSTRAP_FRAME_LEN),
+        (0x160, 0x170)
+    );
+    assert!(!text.iter().any(|t| t.starts_with("br")), "never `br`");
 }
 
-#[test]
-fn bootstrap_frame_resumes_the_thread_exactly() {
-    let resume = resume_example();
-    let mut fp = FpState::default();
-    fp.v[0] = 7;
-    fp.v[31] = u128::MAX;
-    (fp.fpsr, fp.fpcr) = (0x8000_0010, 0x0040_0000);
+/// A CPU set up to run the bootstrap from slack at `slack` for a thread at `resume`.
+fn bootstrap_cpu(slack: u64, resume: &ResumeState, fp: &FpState, park: Duration) -> Cpu {
+    let frame_at = remote_call::bootstrap_frame_addr(resume.sp).unwrap();
     let second = Syscall {
         nr: SYS_MMAP,
         args: [10, 11, 12, 13, 14, 15],
     };
-    let f = remote_call::bootstrap_frame(&second, 0xabc, &resume, &fp);
-    assert_eq!(f.len() as u64, remote_call::BOOTSTRAP_FRAME_LEN);
-    // The second call where the code's ldp/ldr read it.
-    let call: Vec<u64> = (0..7).map(|i| word_at(&f, 8 * i)).collect();
-    assert_eq!(call, [10, 11, 12, 13, 14, 15, SYS_MMAP]);
-    assert_eq!(word_at(&f, frame::UC_SIGMASK), 0xabc);
-    assert_eq!(word_at(&f, frame::UC_FLAGS), 0);
-    for i in 0..31 {
-        assert_eq!(word_at(&f, frame::REGS + 8 * i), resume.x[i as usize]);
-    }
-    assert_eq!(word_at(&f, frame::SP), resume.sp);
-    assert_eq!(word_at(&f, frame::PC), resume.pc);
+    let mut cpu = Cpu::new();
+    cpu.code
+        .insert(slack, remote_call::bootstrap_code().to_vec());
+    cpu.write(
+        frame_at,
+        &remote_call::bootstrap_frame(&second, 0xabc, park, resume),
+    );
+    // The tracer's entry registers: its own, then pc, sp and the first call.
+    cpu.x = resume.x;
+    cpu.x[8] = SYS_MMAP;
+    cpu.x[..6].copy_from_slice(&[1, 2, 3, 4, 5, 6]);
+    (cpu.pc, cpu.sp) = (slack, frame_at);
+    (cpu.q, cpu.fpsr, cpu.fpcr) = (fp.v, fp.fpsr.into(), fp.fpcr.into());
+    cpu.mask = !0;
+    cpu
+}
+
+use std::time::Duration;
+
+/// Run without a tracer, the bootstrap makes its two mmaps, parks (again after a handler cut
+/// the park short), puts the thread's own mask back and returns to the thread's PC with every
+/// register, the flags, the stack pointer and the FP/SIMD state as they were, but x16 (= pc).
+#[test]
+fn bootstrap_returns_by_itself_to_the_thread() {
+    let resume = resume_example();
+    let fp = fp_example();
+    let park = Duration::from_millis(1500);
+    let mut cpu = bootstrap_cpu(0x7f00_0000_0fa0, &resume, &fp, park);
+    // mmap, mmap, ppoll cut short by a handler, ppoll timing out, rt_sigprocmask.
+    cpu.sys_results = vec![0x5000, 0x6000, -4, 0, 0];
+    cpu.run_until(resume.pc, 200);
+    let frame_at = resume.sp - BOOTSTRAP_FRAME_LEN;
+    let ppoll = Sys {
+        nr: PPOLL,
+        args: [0, 0, frame_at + boot_frame::PARK_TIME, 0, 0x6000, 0],
+    };
+    let nr: Vec<u64> = cpu.syscalls.iter().map(|s| s.nr).collect();
+    assert_eq!(nr, [SYS_MMAP, SYS_MMAP, PPOLL, PPOLL, RT_SIGPROCMASK]);
+    assert_eq!(cpu.syscalls[0].args, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(cpu.syscalls[1].args, [10, 11, 12, 13, 14, 15]);
+    assert_eq!((cpu.syscalls[2].args[..4]), ppoll.args[..4]);
     assert_eq!(
-        word_at(&f, frame::PSTATE),
+        (cpu.read_u64(frame_at + 64), cpu.read_u64(frame_at + 72)),
+        (1, 500_000_000),
+        "the park time"
+    );
+    assert_eq!(cpu.mask, 0xabc, "the thread's own mask");
+    let mut want = resume.x;
+    want[16] = resume.pc;
+    assert_eq!(cpu.x, want);
+    assert_eq!((cpu.sp, cpu.nzcv), (resume.sp, 0x6000_0000));
+    assert_eq!(
+        (cpu.q, cpu.fpsr, cpu.fpcr),
+        (fp.v, fp.fpsr.into(), fp.fpcr.into())
+    );
+}
+
+#[test]
+fn bootstrap_frame_sits_right_below_an_aligned_stack_pointer() {
+    assert_eq!(
+        remote_call::bootstrap_frame_addr(0x7ffc_0000_1230),
+        Some(0x7ffc_0000_1230 - 368)
+    );
+    assert_eq!(remote_call::bootstrap_frame_addr(0x7ffc_0000_1238), None);
+    let f = remote_call::bootstrap_frame(
+        &Syscall {
+            nr: SYS_MMAP,
+            args: [0; 6],
+        },
+        7,
+        PARK_TIME,
+        &resume_example(),
+    );
+    assert_eq!(
+        word_at(&f, boot_frame::SAVED + 8 * 33),
         0x6000_0000,
-        "BTYPE and SS cleared"
+        "PSTATE cleaned"
     );
-    assert_eq!(word32_at(&f, frame::FPSIMD), frame::FPSIMD_MAGIC);
-    assert_eq!(word32_at(&f, frame::FPSIMD + 4), 528);
-    assert_eq!(
-        (word32_at(&f, frame::FPSR), word32_at(&f, frame::FPCR)),
-        (fp.fpsr, fp.fpcr)
-    );
-    assert_eq!(word_at(&f, frame::VREGS), 7);
-    assert_eq!(word_at(&f, frame::VREGS + 31 * 16 + 8), u64::MAX);
-    assert_eq!(
-        &f[frame::TERMINATOR as usize..],
-        &[0; 16],
-        "the records end"
-    );
-    // Below the stack pointer, 16-byte aligned, not overlapping it with anything read.
-    for sp in [0x7ffc_0000_1230u64, 0x7ffc_0000_1238] {
-        let at = remote_call::bootstrap_frame_addr(sp);
-        assert_eq!(at % 16, 0);
-        assert!(at + remote_call::BOOTSTRAP_FRAME_LEN <= sp);
-        assert!(sp - at < remote_call::BOOTSTRAP_FRAME_LEN + 16);
-    }
+    assert_eq!(word_at(&f, boot_frame::PARK_TIME), 5);
 }
 
 #[test]
@@ -640,7 +741,7 @@ fn region_layout_fits_every_page_size() {
             page,
         };
         assert_eq!(r.stack_top() % 16, 0);
-        assert_eq!((r.data() + data::FRAME) % 16, 0);
+        assert_eq!((r.data() + data::FP) % 16, 0);
         assert_eq!(r.data_len() % page, 0);
         assert_eq!(r.rw_start() % page, 0);
         assert!(r.scratch_offset() + remote_call::SCRATCH_SIZE <= r.data_len());
@@ -664,17 +765,18 @@ fn region_layout_fits_every_page_size() {
 }
 
 #[test]
-fn call_block_encodes_the_header_and_the_resume_frame() {
+fn call_block_encodes_the_header_and_the_resume_state() {
     let block = CallBlock {
         function: 0x1111,
         args: [1, 2, 3, 4, 5, 6],
         errno_location: 0x2222,
         then_if_zero: 0x3333,
-        block_mask: 0xfff0,
+        mask: 0x3,
         resume: resume_example(),
+        park: Duration::from_millis(250),
     };
     let bytes = block.encode(0x3000);
-    assert_eq!(bytes.len() as u64, data::FRAME + frame::USED_LEN);
+    assert_eq!(bytes.len() as u64, data::FP);
     let w = |off| word_at(&bytes, off);
     assert_eq!(w(data::MAGIC), MAGIC_VALUE);
     assert_eq!(w(data::DATA_LEN), 0x3000);
@@ -683,186 +785,205 @@ fn call_block_encodes_the_header_and_the_resume_frame() {
     assert_eq!(w(data::ARGS + 40), 6);
     assert_eq!(w(data::ERRNO_LOCATION), 0x2222);
     assert_eq!(w(data::THEN), 0x3333);
-    assert_eq!(w(data::BLOCK_MASK), 0xfff0);
+    assert_eq!(w(data::MASK), 0x3);
     assert_eq!(w(data::ERRNO_PTR), 0);
-    assert_eq!(w(data::FRAME + frame::REGS + 8 * 30), 0x1000 + 30);
-    assert_eq!(w(data::FRAME + frame::PC), 0x55_0000_4444);
-    assert_eq!(w(data::FRAME + frame::PSTATE), 0x6000_0000);
     assert_eq!(
-        word32_at(&bytes, data::FRAME + frame::FPSIMD),
-        frame::FPSIMD_MAGIC
+        (w(data::PARK_TIME), w(data::PARK_TIME + 8)),
+        (0, 250_000_000)
     );
+    assert_eq!(w(data::SAVED + 8 * 30), 0x1000 + 30);
+    assert_eq!(w(data::SAVED + 8 * 32), 0x7f00_1234_4444);
+    assert_eq!(w(data::SAVED + 8 * 33), 0x6000_0000, "PSTATE cleaned");
     let idle = remote_call::idle_header(0x3000);
     assert_eq!(word_at(&idle, data::MAGIC), MAGIC_VALUE);
     assert_eq!(word_at(&idle, data::DONE), Done::Settled as u64);
 }
 
-/// The name of the data-block slot at `offset`, for readable expectations.
-fn slot_name(offset: u64) -> String {
-    let names = [
-        (data::DONE, "DONE"),
-        (data::FUNCTION, "FUNCTION"),
-        (data::ERRNO_LOCATION, "ERRNO_LOCATION"),
-        (data::THEN, "THEN"),
-        (data::RESULT, "RESULT"),
-        (data::THEN_RESULT, "THEN_RESULT"),
-        (data::ERRNO_PTR, "ERRNO_PTR"),
-        (data::ERRNO_VALUE, "ERRNO_VALUE"),
-        (data::BLOCK_MASK, "BLOCK_MASK"),
-        (data::FRAME, "FRAME"),
-        (data::FRAME + frame::UC_SIGMASK, "FRAME.uc_sigmask"),
-        (data::FRAME + frame::UC_STACK, "FRAME.uc_stack"),
-        (data::FRAME + frame::FPSR, "FRAME.fpsr"),
-        (data::FRAME + frame::FPCR, "FRAME.fpcr"),
-        (data::FRAME + frame::VREGS, "FRAME.vregs"),
-    ];
-    if let Some((_, name)) = names.iter().find(|(o, _)| *o == offset) {
-        return name.to_string();
-    }
-    if (data::ARGS..data::ARGS + 48).contains(&offset) {
-        return format!("ARG{}", (offset - data::ARGS) / 8);
-    }
-    panic!("operand at unknown data offset {offset:#x}")
-}
+const REGION: StubRegion = StubRegion {
+    base: 0x7f00_1230_0000,
+    page: 4096,
+};
 
-/// An instruction as text, with `x19`-relative operands named by data slot and branch targets
-/// named by label.
-fn describe(text: &str, labels: &[(u64, &str)]) -> String {
-    if let Some((head, off)) = text.split_once("[x19, #0x") {
-        let off = u64::from_str_radix(off.trim_end_matches(']'), 16).unwrap();
-        return format!("{head}{}", slot_name(off));
-    }
-    if let Some(head) = text.strip_suffix("[x19]") {
-        return format!("{head}{}", slot_name(0));
-    }
-    if let Some((head, off)) = text.split_once("x19, #0x")
-        && head.starts_with("add")
-    {
-        let off = u64::from_str_radix(off, 16).unwrap();
-        return format!("{head}&{}", slot_name(off));
-    }
-    if text.starts_with("cb") {
-        let target = last_address(text);
-        let label = labels
-            .iter()
-            .find(|(a, _)| *a == target)
-            .expect("branch to a label")
-            .1;
-        let (head, _) = text.rsplit_once(", ").unwrap();
-        return format!("{head}, ->{label}");
-    }
-    text.to_string()
-}
-
-/// Decodes the stub and checks it against the intended sequence: every data operand is the
-/// named slot of the block the `adr` finds, the state is saved into the frame rt_sigreturn
-/// reads, calls go through `blr` with an aligned stack, and the stub ends in `rt_sigreturn`
-/// from the frame with nothing after it.
-#[test]
-fn call_stub_decodes_to_the_intended_instructions() {
-    let region = StubRegion {
-        base: 0x7f00_1230_0000,
-        page: 4096,
+/// A CPU that enters the stub of `REGION` for one call (the tracer's entry registers: the
+/// thread's own, pc and sp changed; its own FP/SIMD state), with `getpid`-like function
+/// 0x4000_0000 returning `result`, `dlerror`-like 0x4000_1000 and `__errno_location`
+/// 0x4000_2000 returning 0x5000 (errno = 11).
+fn stub_cpu(resume: &ResumeState, fp: &FpState, result: u64) -> (Cpu, remote_call::CallStub) {
+    let stub = remote_call::call_stub(REGION.page);
+    let mut cpu = Cpu::new();
+    let mut code = stub.code.clone();
+    let slot = remote_call::return_slot(REGION.code() + stub.slot, resume.pc);
+    code[stub.slot as usize..][..RETURN_SLOT_LEN].copy_from_slice(&slot.bytes);
+    cpu.code.insert(REGION.code(), code);
+    let block = CallBlock {
+        function: 0x4000_0000,
+        args: [1, 2, 3, 4, 5, 6],
+        errno_location: 0x4000_2000,
+        then_if_zero: 0x4000_1000,
+        mask: 0x3,
+        resume: *resume,
+        park: PARK_TIME,
     };
-    let stub = remote_call::call_stub(region.page);
-    assert_eq!(stub.entry, 0);
-    let text: Vec<String> = disasm(&stub.code[..stub.tail as usize], region.code())
+    cpu.write(REGION.data(), &block.encode(REGION.data_len()));
+    cpu.write(REGION.data() + data::FP, &[0; 528]);
+    cpu.write(0x5000, &11u32.to_le_bytes());
+    cpu.functions.insert(0x4000_0000, (result, vec![]));
+    cpu.functions.insert(0x4000_1000, (0x7777, vec![]));
+    cpu.functions.insert(0x4000_2000, (0x5000, vec![]));
+    cpu.x = resume.x;
+    (cpu.pc, cpu.sp) = (REGION.code() + stub.entry, REGION.stack_top());
+    (cpu.q, cpu.fpsr, cpu.fpcr) = (fp.v, fp.fpsr.into(), fp.fpcr.into());
+    // The tracer blocked signals with ptrace: the thread's own mask plus the call's.
+    cpu.mask = 0xfff3;
+    (cpu, stub)
+}
+
+/// The stub's whole run without a tracer: saves errno, calls with the six arguments, stores the
+/// result, restores errno, sets DONE, parks (again after a handler cut the park short), then
+/// puts back FP/SIMD state, the thread's own mask, flags, sp and every register — x16 included,
+/// through a `b` return slot — and lands on the thread's PC.
+#[test]
+fn stub_makes_the_call_and_returns_by_itself_exactly() {
+    let resume = resume_example();
+    let fp = fp_example();
+    let (mut cpu, stub) = stub_cpu(&resume, &fp, 1234);
+    cpu.write(0x5000, &11u32.to_le_bytes());
+    // ppoll cut short, ppoll timing out, rt_sigprocmask.
+    cpu.sys_results = vec![-4, 0, 0];
+    cpu.run_until(resume.pc, 400);
+    let data = REGION.data();
+    let calls = &cpu.functions[&0x4000_0000].1;
+    assert_eq!(calls, &[[1, 2, 3, 4, 5, 6]]);
+    assert!(
+        cpu.functions[&0x4000_1000].1.is_empty(),
+        "no dlerror after success"
+    );
+    assert_eq!(cpu.read_u64(data + data::RESULT), 1234);
+    assert_eq!(cpu.read_u64(data + data::DONE), Done::Returning as u64);
+    let nr: Vec<u64> = cpu.syscalls.iter().map(|s| s.nr).collect();
+    assert_eq!(nr, [PPOLL, PPOLL, RT_SIGPROCMASK]);
+    assert_eq!(cpu.syscalls[0].args[..4], [0, 0, data + data::PARK_TIME, 0]);
+    assert_eq!(cpu.syscalls[2].args[..3], [2, data + data::MASK, 0]);
+    assert_eq!(cpu.mask, 0x3, "the thread's own mask is back");
+    assert_eq!(cpu.x, resume.x, "every register, x16 included");
+    assert_eq!((cpu.sp, cpu.nzcv), (resume.sp, 0x6000_0000));
+    assert_eq!(
+        (cpu.q, cpu.fpsr, cpu.fpcr),
+        (fp.v, fp.fpsr.into(), fp.fpcr.into())
+    );
+    assert_eq!(cpu.read(0x5000, 4), 11u32.to_le_bytes(), "errno kept");
+    assert!(cpu.pc >= REGION.code() + stub.tail || cpu.pc == resume.pc);
+}
+
+/// A PC beyond ±128 MiB of the slot: the slot loads it into x16 and `ret`s, the only register
+/// that does not come back.
+#[test]
+fn a_far_pc_is_reached_through_x16() {
+    let mut resume = resume_example();
+    resume.pc = 0x55_0000_4444;
+    let slot = remote_call::return_slot(REGION.code() + 0x300, resume.pc);
+    assert!(!slot.exact);
+    assert_eq!(
+        disasm(&slot.bytes[..8], REGION.code() + 0x300),
+        [
+            Some(format!("ldr x16, #{:#x}", REGION.code() + 0x308)),
+            Some("ret x16".to_string())
+        ]
+    );
+    let (mut cpu, _) = stub_cpu(&resume, &fp_example(), 1);
+    cpu.run_until(resume.pc, 400);
+    let mut want = resume.x;
+    want[16] = resume.pc;
+    assert_eq!(cpu.x, want);
+    let near = remote_call::return_slot(REGION.code() + 0x300, REGION.code() + 0x7ff_0000);
+    assert!(near.exact);
+    assert_eq!(
+        disasm(&near.bytes, REGION.code() + 0x300)[0],
+        Some(format!("b #{:#x}", REGION.code() + 0x7ff_0000))
+    );
+}
+
+/// When the function returns 0 the second function (dlerror) runs in the same stub run.
+#[test]
+fn a_zero_result_calls_the_then_function() {
+    let resume = resume_example();
+    let (mut cpu, _) = stub_cpu(&resume, &fp_example(), 0);
+    cpu.run_until(resume.pc, 400);
+    assert_eq!(cpu.functions[&0x4000_1000].1.len(), 1);
+    assert_eq!(cpu.read_u64(REGION.data() + data::THEN_RESULT), 0x7777);
+    assert_eq!(cpu.x, resume.x);
+}
+
+/// The restore path, where the tracer sends a thread whose call faulted: errno back, DONE,
+/// the park, the return.
+#[test]
+fn the_restore_path_ends_like_a_return() {
+    let resume = resume_example();
+    let (mut cpu, stub) = stub_cpu(&resume, &fp_example(), 1);
+    // Where the fault left things: errno saved, errno clobbered by the callee.
+    cpu.write(REGION.data() + data::ERRNO_PTR, &0x5000u64.to_le_bytes());
+    cpu.write(REGION.data() + data::ERRNO_VALUE, &11u64.to_le_bytes());
+    cpu.write(REGION.data() + data::FP, &fp_example().to_prfpreg());
+    cpu.write(0x5000, &99u32.to_le_bytes());
+    cpu.pc = REGION.code() + stub.restore;
+    cpu.run_until(resume.pc, 400);
+    assert_eq!(cpu.read(0x5000, 4), 11u32.to_le_bytes());
+    assert_eq!(
+        cpu.read_u64(REGION.data() + data::DONE),
+        Done::Returning as u64
+    );
+    assert_eq!((cpu.x, cpu.mask), (resume.x, 0x3));
+}
+
+#[test]
+fn call_stub_layout_is_as_documented() {
+    let stub = remote_call::call_stub(REGION.page);
+    let text: Vec<String> = disasm(&stub.code[..stub.slot as usize], REGION.code())
         .into_iter()
         .map(Option::unwrap)
         .collect();
-    let addr = |off: u64| region.code() + off;
-    let call_at = text
-        .iter()
-        .position(|t| t.starts_with("ldp x0, x1"))
-        .unwrap() as u64
-        * 4;
-    let errno_done = text.iter().position(|t| t == "mov x0, #1").unwrap() as u64 * 4;
-    let labels = [
-        (addr(call_at), "call"),
-        (addr(stub.restore), "restore"),
-        (addr(errno_done), "errno_done"),
-    ];
-    let got: Vec<String> = text.iter().map(|t| describe(t, &labels)).collect();
-    let adr = format!("adr x19, #{:#x}", region.data());
-    let mut want: Vec<String> = [
-        adr.as_str(),
-        "mov x0, #2",
-        "add x1, &BLOCK_MASK",
-        "add x2, &FRAME.uc_sigmask",
-        "mov x3, #8",
-        "mov x8, #0x87",
-        "svc #0",
-        "mov x0, #0",
-        "add x1, &FRAME.uc_stack",
-        "mov x8, #0x84",
-        "svc #0",
-        "add x20, &FRAME.vregs",
-    ]
-    .map(String::from)
-    .to_vec();
-    for pair in 0..16 {
-        let offset = match pair {
-            0 => String::new(),
-            n => format!(", #{:#x}", 32 * n),
-        };
-        want.push(format!(
-            "stp q{}, q{}, [x20{offset}]",
-            2 * pair,
-            2 * pair + 1
-        ));
-    }
-    let rest = [
-        "mrs x0, fpsr",
-        "str w0, FRAME.fpsr",
-        "mrs x0, fpcr",
-        "str w0, FRAME.fpcr",
-        "ldr x16, ERRNO_LOCATION",
-        "cbz x16, ->call",
-        "blr x16",
-        "ldr w1, [x0]",
-        "str w1, ERRNO_VALUE",
-        "str x0, ERRNO_PTR",
-        "ldp x0, x1, ARG0",
-        "ldp x2, x3, ARG2",
-        "ldp x4, x5, ARG4",
-        "ldr x16, FUNCTION",
-        "blr x16",
-        "str x0, RESULT",
-        "cbnz x0, ->restore",
-        "ldr x16, THEN",
-        "cbz x16, ->restore",
-        "blr x16",
-        "str x0, THEN_RESULT",
-        // restore:
-        adr.as_str(),
-        "ldr x0, ERRNO_PTR",
-        "cbz x0, ->errno_done",
-        "ldr w1, ERRNO_VALUE",
-        "str w1, [x0]",
-        "mov x0, #1",
-        "str x0, DONE",
-        "add sp, &FRAME",
-        "mov x8, #0x8b",
-        "svc #0",
-    ];
-    want.extend(rest.map(String::from));
-    assert_eq!(got, want);
+    let at = |off: u64| &text[(off / 4) as usize];
+    assert_eq!(stub.entry, 0);
+    assert_eq!(at(stub.entry), &format!("adr x19, #{:#x}", REGION.data()));
+    assert_eq!(at(stub.restore), &format!("adr x19, #{:#x}", REGION.data()));
+    // The DONE store comes right before the tail, which starts with the park.
+    assert_eq!(at(stub.tail - 4), "str x0, [x19, #0x10]");
+    assert_eq!(at(stub.tail - 8), "mov x0, #1");
+    assert_eq!(at(stub.tail + 8), "add x2, x19, #0x88");
     assert_eq!(
-        text[(stub.restore / 4) as usize],
-        adr,
-        "restore recomputes the data base"
+        at(stub.tail + 28),
+        &format!("b.eq #{:#x}", REGION.code() + stub.tail)
     );
+    // No `br` anywhere, calls through `blr x16` only, the page ends in traps.
+    assert!(!text.iter().any(|t| t.starts_with("br ")));
     assert_eq!(
-        Done::Returning as u64,
-        1,
-        "the DONE store writes `Returning`"
+        text.iter()
+            .filter(|t| t.starts_with("blr"))
+            .collect::<Vec<_>>(),
+        ["blr x16"; 3]
     );
-    // Nothing runs after rt_sigreturn; the rest of the page traps.
     assert!(
-        words(&stub.code[stub.tail as usize..])
+        words(&stub.code[stub.slot as usize..])
             .iter()
             .all(|&w| w == insn::brk(0))
     );
+    // The tail restores every register but x16 and x19 from SAVED, then those two.
+    let tail_text = &text[(stub.tail / 4) as usize..];
+    let mut loaded = loaded_registers(tail_text);
+    assert_eq!(loaded.split_off(loaded.len() - 2), [16, 19]);
+    loaded.retain(|&r| r != 16);
+    loaded.sort();
+    assert_eq!(
+        loaded,
+        (0..31).filter(|&r| r != 16 && r != 19).collect::<Vec<_>>()
+    );
+    // A later rpatch recognises the page whatever a call left in the slot.
+    let mut found = stub.code.clone();
+    found[stub.slot as usize..][..RETURN_SLOT_LEN]
+        .copy_from_slice(&remote_call::return_slot(REGION.code() + stub.slot, 0x1000).bytes);
+    assert!(stub.matches(&found));
+    found[0] ^= 1;
+    assert!(!stub.matches(&found));
 }
 
 #[test]

@@ -10,6 +10,7 @@ const PTRACE_SEIZE: libc::c_uint = 0x4206;
 const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+const PTRACE_GETSIGINFO: libc::c_uint = 0x4202;
 const PTRACE_EVENT_STOP: i32 = 128;
 /// `NT_PRSTATUS`: x0..x30, sp, pc, pstate.
 pub const NT_PRSTATUS: u64 = 1;
@@ -66,22 +67,58 @@ pub enum Stop {
     Signal(i32),
 }
 
-/// Waits for `tid`'s next stop.
-pub fn wait_stop(tid: i32) -> Result<Stop, String> {
+/// Waits for `tid`'s next stop (`None` with `WNOHANG` in `flags` when there is none yet).
+fn wait(tid: i32, flags: i32) -> Result<Option<Stop>, String> {
     let mut status = 0;
     // SAFETY: waitpid writes the status into a local.
-    let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+    let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | flags) };
     if rc < 0 {
         return Err(format!("waitpid {tid}: {}", io::Error::last_os_error()));
     }
+    if rc == 0 {
+        return Ok(None);
+    }
     if libc::WIFSTOPPED(status) {
-        return Ok(if status >> 16 == PTRACE_EVENT_STOP {
+        return Ok(Some(if status >> 16 == PTRACE_EVENT_STOP {
             Stop::Event
         } else {
             Stop::Signal(libc::WSTOPSIG(status))
-        });
+        }));
     }
     Err(format!("thread {tid} ended (status {status:#x})"))
+}
+
+/// Waits for `tid`'s next stop.
+pub fn wait_stop(tid: i32) -> Result<Stop, String> {
+    Ok(wait(tid, 0)?.expect("a blocking wait reports a stop"))
+}
+
+/// `tid`'s stop if one is already there.
+pub fn poll_stop(tid: i32) -> Result<Option<Stop>, String> {
+    wait(tid, libc::WNOHANG)
+}
+
+/// `(si_code, si_pid)` of the signal `tid` is stopped for.
+pub fn siginfo(tid: i32) -> io::Result<(i32, i32)> {
+    // SAFETY: siginfo_t is plain data; PTRACE_GETSIGINFO fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    request(
+        PTRACE_GETSIGINFO,
+        tid,
+        0,
+        &raw mut info as u64,
+        "PTRACE_GETSIGINFO",
+    )?;
+    // SAFETY: si_pid is read for every signal; for kernel-raised faults it is the union's
+    // address field, only compared with a pid, never used.
+    Ok((info.si_code, unsafe { info.si_pid() }))
+}
+
+/// Sends `sig` to thread `tid` of process `pid`.
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: a system call with integer arguments.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+    check(rc, "tgkill", tid)
 }
 
 /// Stops `tid` (which runs): interrupt, then wait, passing on any signal that arrives first.
@@ -98,7 +135,7 @@ pub fn stop(tid: i32) -> Result<(), String> {
     }
 }
 
-/// Reads register set `nt` into a buffer of `len` bytes.
+/// Reads register set `nt` into a buffer of `len` bytes (or fewer: what the kernel filled).
 pub fn get_regset(tid: i32, nt: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut iov = libc::iovec {
