@@ -1,6 +1,8 @@
 //! arm64 (A64): `b imm26` entry jumps to islands within ±128 MiB, `ldr x16`/`br x16` absolute
 //! jumps, BTI and PAC landing-pad rules at the entry, the branch-back check, return-address
-//! facts (the call before it, PAC bits) and the page size.
+//! facts (the call before it, PAC bits) and the page size; remote calls ([`remote_call`]),
+//! system-call restart rules ([`syscall`]) and which threads' vector state allows borrowing
+//! them ([`vector`]).
 //!
 //! Instructions are encoded and decoded by hand ([`insn`]); the tests check every encoding with
 //! capstone and against words assembled by GNU `as`.

@@ -53,7 +53,9 @@
 //! the handler returns into the thread's own code. The return slot, the one part of the code
 //! page that changes, is after the tail, and is written only for a settled region.
 //!
-//! Everything here is pure (encodings and layouts) and unit-tested by decoding the bytes.
+//! Everything here is pure (encodings and layouts), unit-tested by decoding the bytes and by
+//! running them in a small interpreter (`tests/emulate.rs`), and run for real in the arm64 guest
+//! (`scripts/test-aarch64.sh`).
 
 use super::insn::{self, SVC0};
 use super::syscall::{SYS_PPOLL, SYS_RT_SIGPROCMASK};
