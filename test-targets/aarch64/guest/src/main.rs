@@ -161,6 +161,10 @@ fn changes_after(t: &Target, tid: i32, before: &Snapshot) -> Result<Vec<String>,
 /// blocked in `read`), the thread must afterwards be back in `read` with every register, its
 /// FP/SIMD state and its mask as before. Returns the region's address.
 fn remote_calls(t: &mut Target, tid: i32, exact: bool, reuse: Option<u64>) -> Result<u64, String> {
+    if exact {
+        // Not still on its way into `read` (printing, say): its state there is the reference.
+        remote::wait_in_call(t.pid, tid, SYS_READ)?;
+    }
     let mut s = Session::begin(t.pid, tid, reuse)?;
     let before = resting(&s);
     getpid_and_dlopen(t, &mut s)?;
@@ -401,6 +405,7 @@ fn tracer_dies_in_stub() -> Result<(), String> {
     let mut t = Target::spawn(SIGSTORM, &["4"])?;
     let tid = t.tids()?[2];
     let libc = remote::libc(t.pid)?;
+    remote::wait_in_call(t.pid, tid, SYS_READ)?;
     let mut s = Session::begin(t.pid, tid, None)?;
     s.park = Duration::from_millis(300);
     let before = resting(&s);
@@ -440,6 +445,7 @@ fn tracer_dies_in_stub() -> Result<(), String> {
 fn tracer_dies_in_bootstrap() -> Result<(), String> {
     let mut t = Target::spawn(SIGSTORM, &["4"])?;
     let tid = t.tids()?[2];
+    remote::wait_in_call(t.pid, tid, SYS_READ)?;
     let mut s = Session::seize(t.pid, tid)?;
     s.park = Duration::from_millis(300);
     let before = resting(&s);

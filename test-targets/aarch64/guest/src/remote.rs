@@ -223,6 +223,18 @@ pub fn wait_blocked(pid: i32, tid: i32, limit: Duration) -> Option<BlockedCall> 
     }
 }
 
+/// Waits until `tid` of `pid` is blocked in system call `nr`.
+pub fn wait_in_call(pid: i32, tid: i32, nr: u64) -> Result<(), String> {
+    let start = Instant::now();
+    while blocked_call(pid, tid).is_none_or(|b| b.nr != nr) {
+        if start.elapsed() > DEADLINE {
+            return Err(format!("thread {tid} is not blocked in system call {nr}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// A thread's registers, FP/SIMD state and signal mask at a stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
@@ -905,13 +917,7 @@ impl Drop for Session {
 /// Seizes `tid` of `pid` once it is blocked in system call `nr` again, stops it and returns its
 /// state (left stopped-then-detached: nothing is changed).
 pub fn snapshot_when_blocked(pid: i32, tid: i32, nr: u64) -> Result<Snapshot, String> {
-    let start = Instant::now();
-    while blocked_call(pid, tid).is_none_or(|b| b.nr != nr) {
-        if start.elapsed() > DEADLINE {
-            return Err(format!("thread {tid} is not blocked in system call {nr}"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_in_call(pid, tid, nr)?;
     ptrace::seize(tid).map_err(e)?;
     ptrace::stop(tid)?;
     let snap = Snapshot::take(tid);
