@@ -73,6 +73,7 @@ cc=aarch64-linux-gnu-gcc
 cflags=(-O1 -g -Wall -Wextra -fPIE -pie -pthread)
 $cc "${cflags[@]}" -o "$out/root/t/sigstorm" test-targets/c/sigstorm.c
 $cc "${cflags[@]}" -o "$out/root/t/sleepers" test-targets/aarch64/sleepers.c
+$cc "${cflags[@]}" -o "$out/root/t/vectors" test-targets/aarch64/vectors.c test-targets/aarch64/vector-spin.S
 $cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/planted.so" test-targets/c/planted.c
 # pac-ret and BTI landing pads. Debian's cross crt objects are unmarked, which would leave the
 # executable unmarked (and `-z force-bti` would guard their landing-pad-less _init and
@@ -124,7 +125,7 @@ boot() { # name, cpu, mode
   qemu=$!
   wait "$qemu" || true
   qemu=
-  tr -d '\r' <"$log" | grep -E '^(PASS|FAIL|guest:) ' | sed "s/^\(PASS\|FAIL\) /\1 $1:/" || true
+  tr -d '\r' <"$log" | grep -E '^(PASS|FAIL|note|guest:) ' | sed "s/^\(PASS\|FAIL\|note\) /\1 $1:/" || true
   local line
   line=$(tr -d '\r' <"$log" | grep -E '^guest: [0-9]+ passed, [0-9]+ failed' || true)
   if [ -z "$line" ]; then

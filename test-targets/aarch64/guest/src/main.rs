@@ -11,6 +11,7 @@ mod remote;
 
 use remote::{Moment, Session, Snapshot};
 use rpatch_arch::aarch64::syscall as sys;
+use rpatch_arch::aarch64::vector::VectorRefusal;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
@@ -100,6 +101,7 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
 /// `sigstorm 4`: workers 0..3 are busy, reader, sleeper (1 ms nanosleep), epoller (5 ms).
 const SIGSTORM: &str = "/t/sigstorm";
 const SLEEPERS: &str = "/t/sleepers";
+const VECTORS: &str = "/t/vectors";
 const BTIPAC: &str = "/t/btipac";
 const PLANTED: &str = "/t/planted.so";
 
@@ -465,6 +467,60 @@ fn tracer_dies_in_bootstrap() -> Result<(), String> {
     no_spurious_eintr(&mut t)
 }
 
+/// `vectors MODE`: a worker spinning with live SVE state, in SME streaming mode or with ZA on is
+/// seen so in its register-set headers (`want`) and refused for borrowing; on a CPU without the
+/// extension the target says `unsupported`, accepted only where `offered` is false (SME
+/// depends on the emulator). Returns a note for the PASS line.
+fn vector_state(mode: &str, offered: Option<bool>, want: VectorRefusal) -> Result<String, String> {
+    let mut t = Target::spawn(VECTORS, &[mode])?;
+    let said = t.line()?;
+    let tid: i32 = match (said.strip_prefix("spinning "), offered) {
+        (Some(tid), Some(false)) => {
+            return Err(format!("{mode} offered by a CPU that lacks it: {tid}"));
+        }
+        (Some(tid), _) => tid.parse().map_err(|_| format!("`{said}`"))?,
+        (None, Some(true)) if said == "unsupported" => {
+            return Err(format!("{mode} not offered by this CPU"));
+        }
+        (None, _) if said == "unsupported" => return Ok(format!("{mode} not offered")),
+        (None, _) => return Err(format!("`{said}`")),
+    };
+    // The worker enters its loop right after saying so: stop it until the state shows.
+    ptrace::seize(tid).map_err(|e| e.to_string())?;
+    let mut seen = None;
+    for _ in 0..200 {
+        ptrace::stop(tid)?;
+        let state = remote::vector_state(tid);
+        if state.may_borrow(false).is_err() {
+            seen = Some(state);
+            break;
+        }
+        ptrace::cont(tid, 0).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ptrace::detach(tid).map_err(|e| e.to_string())?;
+    let state = seen.ok_or(format!("{mode}: the headers never showed live state"))?;
+    if state.may_borrow(false) != Err(want) {
+        return Err(format!("{mode}: {state:?}"));
+    }
+    match Session::begin(t.pid, tid, None) {
+        Err(why) if why.contains(&want.to_string()) => Ok(format!("{mode}: {want}")),
+        Err(why) => Err(format!("{mode}: refused for another reason: {why}")),
+        Ok(_) => Err(format!("{mode}: borrowed")),
+    }
+}
+
+/// The three vector states, with what this CPU offers (`enforced`: the `max` boot, with SVE;
+/// SME as the emulator provides it).
+fn vector_states(enforced: bool) -> Result<(), String> {
+    let sve = vector_state("sve", Some(enforced), VectorRefusal::SveLive)?;
+    let sme = (!enforced).then_some(false);
+    let streaming = vector_state("streaming", sme, VectorRefusal::Streaming)?;
+    let za = vector_state("za", sme, VectorRefusal::ZaActive)?;
+    println!("note vector-states: {sve}; {streaming}; {za}");
+    Ok(())
+}
+
 fn base_scenarios() -> Vec<Scenario> {
     let sigrt1 = libc::SIGRTMIN() + 1;
     vec![
@@ -620,6 +676,7 @@ fn btipac_ends(mode: &str) -> Result<Result<i32, i32>, String> {
 /// same binary must run through (the control that shows the checks depend on the CPU).
 fn bti_scenarios(enforced: bool) -> Vec<Scenario> {
     vec![
+        ("vector-states", Box::new(move || vector_states(enforced))),
         (
             "hwcaps",
             Box::new(move || {
