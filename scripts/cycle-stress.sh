@@ -32,8 +32,11 @@ elapsed=$(echo "$(date +%s.%N) - $start" | bc)
 stop_senders
 wait_handled
 maps_end=$(wc -l < "/proc/$TPID/maps"); fds_end=$(ls "/proc/$TPID/fd" | wc -l)
-lib_maps=$(grep -c "$RPATCH_STATE_DIR/libs/" "/proc/$TPID/maps" || true)
-lib_files=$(grep "$RPATCH_STATE_DIR/libs/" "/proc/$TPID/maps" | awk '{print $6}' | sort -u | wc -l)
+# The library is mapped from the sealed memfd rpatch loads it through (or, where a memfd cannot
+# serve, from a private copy).
+lib_re="/memfd:rpatch:|$RPATCH_STATE_DIR/libs/|/\.rpatch-"
+lib_maps=$(grep -cE "$lib_re" "/proc/$TPID/maps" || true)
+lib_files=$( (grep -E "$lib_re" "/proc/$TPID/maps" || true) | awk '{print $6}' | sort -u | wc -l)
 crashed=no; kill -0 "$TPID" 2>/dev/null || crashed=yes
 traced=$(grep TracerPid "/proc/$TPID/status" | awk '{print $2}')
 

@@ -26,10 +26,11 @@ pub(crate) mod safety;
 pub(crate) mod symbols;
 
 pub use error::{Error, ErrorKind, ErrorSummary};
-pub use journal::{JumpMethod, PatchState};
+pub use journal::{Inconsistent, JumpMethod, Origin, PatchState};
 pub use patch::{
     Allowances, AttachOptions, AttachReport, Binding, FunctionRequest, PatchStatus, PatchSummary,
-    PatchView, RollbackOptions, RollbackReport, RollbackSelection, SlackLeft, StatusReport,
+    PatchView, RollbackOptions, RollbackReport, RollbackSelection, SharedMm, SlackLeft,
+    StatusReport,
 };
 pub use rehearse::{RehearseOptions, RehearseReport};
 pub use resolve::{ResolveOptions, ResolveReport};

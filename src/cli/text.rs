@@ -78,6 +78,33 @@ pub fn rollback(r: &RollbackReport) -> String {
 /// `status`: one line per recorded patch, and any bootstrap code left in slack bytes.
 pub fn status(r: &StatusReport) -> String {
     let mut out = String::new();
+    if let Some(shared) = &r.shared_mm {
+        let others: Vec<String> = shared
+            .processes
+            .iter()
+            .filter(|&&p| p != r.pid)
+            .map(|p| p.to_string())
+            .collect();
+        if shared.owner == r.pid {
+            out += &format!(
+                "PID {}: shares its address space with PID {} (not its threads): they run these patches too, and are frozen with it while rpatch writes\n",
+                r.pid,
+                others.join(", ")
+            );
+        } else {
+            out += &format!(
+                "PID {}: shares the address space of PID {} (vfork, posix_spawn before its exec, or clone(CLONE_VM)): its patches are PID {}'s, see rpatch status {}\n",
+                r.pid, shared.owner, shared.owner, shared.owner
+            );
+            return out;
+        }
+    }
+    if let Some(i) = &r.inconsistent {
+        out += &format!(
+            "PID {}: forked while rpatch was loading a library into PID {}: its loader state is half updated, so nothing is ever loaded into it (restart it to patch it; rollback works)\n",
+            r.pid, i.pid
+        );
+    }
     if r.patches.is_empty() {
         out += &format!("PID {}: no patches recorded\n", r.pid);
     }
@@ -91,6 +118,12 @@ pub fn status(r: &StatusReport) -> String {
         }
         if p.file_changed_on_disk {
             notes += "  [file on disk changed since it was mapped]";
+        }
+        if let Some(origin) = &p.inherited {
+            notes += &format!(
+                "  [inherited from PID {} (patch {})]",
+                origin.pid, origin.patch_id
+            );
         }
         out += &format!(
             "{:>3}  {:<11} {} at {:#x} -> {} ({}, {}){notes}\n",

@@ -12,15 +12,15 @@
 pub use crate::inject::{InjectError, ThreadRefusal};
 pub use crate::journal::JournalError;
 pub use crate::patch::{DeliveryError, Generated, GeneratedCode};
-pub use crate::process::ProcessError;
+pub use crate::process::{ForkFlag, ProcessError};
 pub use crate::safety::{Blocker, Doubt, FrameSource};
 pub use crate::symbols::SymbolError;
 
 mod facts;
 
 pub use facts::{
-    AmbiguityScope, Candidate, Exposure, LibraryAccess, LibraryProblem, NothingToUndo, Policy,
-    ReplacementMiss, SearchPlace, UnpatchableReason, Unsupported,
+    AmbiguityScope, Candidate, Exposure, LibraryAccess, LibraryProblem, NothingToUndo, PatchMemory,
+    Policy, ReplacementMiss, SearchPlace, UnpatchableReason, Unsupported,
 };
 
 pub use crate::kind::ErrorKind;

@@ -6,10 +6,11 @@ use super::admit::admit;
 use super::binding::{self, Binding};
 use super::code::expect_bytes;
 use super::delivery::Payload;
-use super::load::{LoadPhase, LoadRequest, load_until};
+use super::load::{LoadPhase, LoadRequest, LoaderWindow, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
 use crate::Error;
+use crate::error::{PatchMemory, Unsupported};
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::LoaderFunctions;
 use crate::isa;
@@ -133,6 +134,10 @@ pub struct AttachReport {
     pub warnings: Vec<String>,
     /// Private objects of the target the library's references are bound to (see `binding`).
     pub bindings: Vec<Binding>,
+    /// Children the target forked while the library was loading (by another thread): their
+    /// copy of the loader's state is half updated, so they are marked inconsistent and never
+    /// patched (also in `warnings`).
+    pub inconsistent_children: Vec<i32>,
 }
 
 impl AttachReport {
@@ -190,8 +195,14 @@ fn attach_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(pid, deadline, log)?;
+    super::lineage::refuse_shared_address_space(pid)?;
     admit(&info, &options.library, options.allow)?;
-    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    if let Some(i) = &journal.data.inconsistent {
+        return Err(Error::Unsupported {
+            reason: Unsupported::Inconsistent { pid, parent: i.pid },
+        });
+    }
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
     reconcile(&mut journal, &ProcMem::open(pid)?)?;
 
@@ -214,6 +225,7 @@ fn attach_once(
             total_ms: log.elapsed_ms(),
             warnings,
             bindings,
+            inconsistent_children: Vec::new(),
         });
     }
 
@@ -231,16 +243,33 @@ fn attach_once(
         planned: &planned,
         timeout: options.load_timeout,
     };
+    let mut window = LoaderWindow::default();
     let loaded = load_until(
         &mut tracer,
         &mut modules,
         &maps,
         &mut journal,
         &request,
+        &mut window,
         deadline,
         log,
-    )?;
+    );
+    // Whatever the outcome, a child forked while the loader ran holds a half-loaded library.
+    let inconsistent_children = match window.ticks() {
+        Some(ticks) => {
+            super::lineage::mark_born_during_load(&state, &journal.data, &info, ticks, log)
+        }
+        None => Vec::new(),
+    };
+    let mut warnings = warnings;
+    warnings.extend(inconsistent_children.iter().map(|child| {
+        format!(
+            "PID {child} was forked while the library loaded: its loader state is half updated, so rpatch will never patch it (restart it)"
+        )
+    }));
+    let loaded = loaded?;
     crate::fault::point(FaultPoint::Loaded);
+    copied_on_fork(pid, &loaded, &journal.data)?;
     // Unwind tables are read now: after the load (the new library is mapped), before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
     // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
@@ -306,7 +335,52 @@ fn attach_once(
         total_ms: log.elapsed_ms(),
         warnings,
         bindings,
+        inconsistent_children,
     })
+}
+
+/// Every piece of memory the patches will depend on — island pages, the stub region, the
+/// library's mappings — reaches a child the target forks as it is: refused when one is marked
+/// `MADV_DONTFORK` (the child would not have it) or `MADV_WIPEONFORK` (it would hold zeros), as
+/// the child would then run jumps into memory it lacks. Checked after the load (the pages
+/// exist), before anything is written.
+fn copied_on_fork(pid: i32, loaded: &LoadPhase, journal: &JournalData) -> Result<(), Error> {
+    let flagged = process::fork_flags(pid)?;
+    if flagged.is_empty() {
+        return Ok(());
+    }
+    let object = loaded.library.object;
+    let library = process::read_maps(pid)?
+        .into_iter()
+        .filter(|m| m.dev == object.dev && m.inode == object.inode)
+        .map(|m| (PatchMemory::PatchLibrary, m.start..m.end));
+    let islands = journal
+        .islands
+        .iter()
+        .chain(&loaded.new_islands)
+        .map(|i| (PatchMemory::IslandPage, i.address..i.address + i.size));
+    let ours = islands
+        .chain(std::iter::once((
+            PatchMemory::CallStub,
+            loaded.stub.clone(),
+        )))
+        .chain(library);
+    for (part, range) in ours {
+        if let Some((found, flag)) = flagged
+            .iter()
+            .find(|(f, _)| f.start < range.end && range.start < f.end)
+        {
+            return Err(Error::Unsupported {
+                reason: Unsupported::NotCopiedOnFork {
+                    pid,
+                    part,
+                    address: found.start.max(range.start),
+                    flag: *flag,
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Phase 2, *Plan*: every requested function in the target and its replacement in the library,
@@ -386,6 +460,7 @@ fn record_intent(
             created: now_secs(),
             rolled_back: None,
             loaded: Some(loaded.library.object),
+            inherited: None,
         })
         .collect();
     journal

@@ -7,6 +7,7 @@ mod binding;
 mod code;
 mod delivery;
 mod islands;
+mod lineage;
 mod load;
 mod plan;
 mod rollback;
@@ -19,14 +20,16 @@ pub use binding::Binding;
 pub use delivery::DeliveryError;
 pub use plan::{FunctionRequest, Generated, GeneratedCode};
 pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
-pub use status::{PatchStatus, PatchView, SlackLeft, StatusReport, status};
+pub use status::{PatchStatus, PatchView, SharedMm, SlackLeft, StatusReport, status};
 
 use crate::Error;
 use crate::fault::FrozenPoints;
 use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
-use crate::process::{self, CodeMemory, ProcessError, ProcessInfo, RealtimeGuard, Tracer};
-use crate::safety::{Blocker, GuardedRange, StackInspector, find_blocker};
+use crate::process::{
+    self, CodeMemory, FrozenSharers, ProcessError, ProcessInfo, RealtimeGuard, Tracer,
+};
+use crate::safety::{Blocker, GuardedRange, StackInspector, find_blocker, find_blocker_among};
 use std::time::{Duration, Instant};
 
 /// Phase 1 for every operation: identify the target and build its journal identity.
@@ -41,6 +44,7 @@ fn identify(pid: i32, log: &Log) -> Result<(ProcessInfo, TargetIdentity), Error>
         start_time: info.start_time,
         boot_id: info.boot_id.clone(),
         exe: info.exe.clone(),
+        image: Some(info.image),
     };
     Ok((info, identity))
 }
@@ -115,7 +119,9 @@ fn retry_while_traced_by_rpatch<T>(
 
 /// Phases 4 to 7: freeze every thread, check no PC is inside `ranges` (and, with `stacks`, no
 /// return address into their functions on any stack), run `write` while frozen, and thaw. When a
-/// thread is in the way, thaw, back off and retry until `timeout`.
+/// thread is in the way, thaw, back off and retry until `timeout`. Processes sharing the
+/// target's address space (a `clone(CLONE_VM)` child) run the same code: they are frozen and
+/// checked with it.
 /// Returns how long the world was frozen in the successful round. `fault` names the
 /// fault-injection points reached (see `fault`).
 fn frozen_write(
@@ -132,19 +138,36 @@ fn frozen_write(
     let mut backoff = Duration::from_micros(500);
     let pid = tracer.pid();
     loop {
+        // Listed before the window: a scan of /proc is not for the frozen time.
+        let sharers = process::address_space_sharers(pid);
         // Real-time priority for the frozen window only (dropped at the end of each round).
         let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
-        // A thread gets at least a second to stop even when the overall timeout is short.
-        let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
+        // A thread gets its chance to stop even when the overall timeout is short or spent: on a
+        // loaded machine it may wait long for a CPU (see `process::STOP_GRACE`).
+        let stop_deadline = deadline.max(frozen_at + process::STOP_GRACE);
         let (blocker, phase) = match tracer.freeze(stop_deadline) {
             Ok(frozen) => {
+                let sharers = FrozenSharers::freeze(pid, &sharers, stop_deadline)?;
                 log.step(
                     "freeze",
-                    format!("{} threads stopped", frozen.threads().count()),
+                    match sharers.thread_count() {
+                        0 => format!("{} threads stopped", frozen.threads().count()),
+                        n => format!(
+                            "{} threads stopped, and {n} threads of {} processes sharing its address space",
+                            frozen.threads().count(),
+                            sharers.process_count()
+                        ),
+                    },
                 );
                 crate::fault::point(fault.frozen);
-                match find_blocker(&frozen, ranges, stacks.as_deref_mut(), log) {
+                let found =
+                    find_blocker(&frozen, ranges, stacks.as_deref_mut(), log).or_else(|| {
+                        sharers.processes().find_map(|(sharer, threads)| {
+                            find_blocker_among(sharer, &threads, ranges, stacks.as_deref_mut(), log)
+                        })
+                    });
+                match found {
                     Some(blocker) => (blocker, "check"),
                     None => {
                         let (result, write_path) = {
@@ -157,6 +180,7 @@ fn frozen_write(
                         };
                         // Phase 7, Thaw.
                         drop(frozen);
+                        drop(sharers);
                         crate::fault::point(fault.thawed);
                         let elapsed = frozen_at.elapsed();
                         log.step(

@@ -79,7 +79,8 @@ fn rollback_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(pid, deadline, log)?;
-    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    super::lineage::refuse_shared_address_space(pid)?;
+    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;
     let selected = select(&journal, options)?;

@@ -17,7 +17,7 @@ mod stack;
 pub use stack::{Doubt, StackInspector, StackWalk};
 
 use crate::log::Log;
-use crate::process::{Frozen, thread_name};
+use crate::process::{Frozen, ThreadState, thread_name};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::time::Instant;
@@ -166,9 +166,22 @@ pub fn find_blocker(
     stacks: Option<&mut StackInspector>,
     log: &Log,
 ) -> Option<Blocker> {
+    let threads: Vec<&ThreadState> = frozen.threads().collect();
+    find_blocker_among(frozen.pid(), &threads, ranges, stacks, log)
+}
+
+/// [`find_blocker`] for the stopped `threads` of process `pid`: a frozen target's, or those of a
+/// process sharing its address space (`process::FrozenSharers`), which run the same code.
+pub fn find_blocker_among(
+    pid: i32,
+    threads: &[&ThreadState],
+    ranges: &[GuardedRange],
+    stacks: Option<&mut StackInspector>,
+    log: &Log,
+) -> Option<Blocker> {
     let blocker = |tid: i32, pc: u64, range: &GuardedRange| Blocker {
         tid,
-        name: thread_name(frozen.pid(), tid),
+        name: thread_name(pid, tid),
         function: range.function.clone(),
         pc,
         depth: 0,
@@ -178,7 +191,7 @@ pub fn find_blocker(
         outermost: false,
     };
     // PCs first: no memory to read, and the commonest blocker.
-    for t in frozen.threads() {
+    for t in threads {
         let pc = t.regs.rip;
         if let Some(r) = ranges.iter().find(|r| pc_blocks(r, pc)) {
             return Some(blocker(t.tid, pc, r));
@@ -204,7 +217,7 @@ pub fn find_blocker(
     let started = Instant::now();
     let mut summary = String::new();
     let mut found = None;
-    for t in frozen.threads() {
+    for t in threads {
         let (walk, hit) = stacks.find_in_stack(&t.regs, &functions, &resumes);
         // A context interrupted by a signal resumes at its saved PC when the handler returns:
         // that PC must not be inside the bytes being written either.
