@@ -16,7 +16,7 @@ use crate::isa;
 use crate::journal::{
     Journal, JournalData, JumpMethod, PatchRecord, PatchState, now_secs, reconcile,
 };
-use crate::log::Log;
+use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use crate::symbols::Signature;
@@ -126,6 +126,10 @@ pub struct AttachReport {
     pub patches: Vec<PatchSummary>,
     /// Microseconds all threads were stopped (freeze to thaw).
     pub frozen_us: u64,
+    /// Microseconds spent in each phase, in the order they ran: `identify`, `plan`, `load`,
+    /// `tables` (unwind tables), `journal` (the intent, fsynced), `freeze` (freeze, check, write,
+    /// thaw, with any retries), `settle`. They add up to nearly `total_ms`.
+    pub phases_us: Phases,
     /// Wall time of the whole operation.
     pub total_ms: f64,
     /// What the patch will not change or could not check (inlined copies, clones, aliases,
@@ -186,6 +190,7 @@ fn attach_once(
     log: &Log,
 ) -> Result<AttachReport, Error> {
     let pid = options.pid;
+    let mut clock = PhaseClock::start(log, "identify");
     // Phase 1, Identify (patch/mod.rs), and the policies (admit.rs).
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
@@ -196,6 +201,7 @@ fn attach_once(
     reconcile(&mut journal, &ProcMem::open(pid)?)?;
 
     // Phase 2, Plan (plan.rs, binding.rs): nothing is stopped.
+    clock.enter("plan");
     let library = plan::open_library(&options.library)?;
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe);
@@ -211,6 +217,7 @@ fn attach_once(
                 .map(|p| PatchSummary::planned(p, &options.library))
                 .collect(),
             frozen_us: 0,
+            phases_us: clock.finish(),
             total_ms: log.elapsed_ms(),
             warnings,
             bindings,
@@ -219,6 +226,7 @@ fn attach_once(
 
     // Phase 3, Load (load.rs, delivery.rs): one borrowed thread; the others keep running.
     // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
+    clock.enter("load");
     let library_bytes = read_library(&options.library)?;
     let shim = binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
@@ -245,9 +253,11 @@ fn attach_once(
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
     // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
     // skips only the return-address check.
+    clock.enter("tables");
     let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
 
     // The intent is durable before anything is stopped.
+    clock.enter("journal");
     let library_sha256 = Payload {
         what: "patch library",
         bytes: &library_bytes,
@@ -268,6 +278,7 @@ fn attach_once(
     crate::fault::point(FaultPoint::Intent);
 
     // Phases 4 to 7, Freeze, Check, Write, Thaw (patch/mod.rs, safety/).
+    clock.enter("freeze");
     let ranges = guarded_ranges(&planned, &records, &journal.data, options.allow.active);
     let result = frozen_write(
         FrozenPoints {
@@ -282,6 +293,7 @@ fn attach_once(
         log,
         |mem| write_patches(mem, pid, &records),
     );
+    clock.enter("settle");
     let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
     let final_state = if result.is_ok() {
         PatchState::Applied
@@ -303,6 +315,7 @@ fn attach_once(
             .map(|(p, r)| PatchSummary::applied(p, r))
             .collect(),
         frozen_us: frozen.as_micros() as u64,
+        phases_us: clock.finish(),
         total_ms: log.elapsed_ms(),
         warnings,
         bindings,

@@ -7,7 +7,7 @@ use crate::error::NothingToUndo;
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::isa;
 use crate::journal::{Journal, PatchRecord, PatchState, reconcile};
-use crate::log::Log;
+use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use serde::Serialize;
@@ -53,6 +53,10 @@ pub struct RollbackReport {
     pub rolled_back: Vec<u64>,
     /// Microseconds all threads were stopped.
     pub frozen_us: u64,
+    /// Microseconds spent in each phase, in the order they ran: `identify`, `plan`, `journal`
+    /// (the rollback intent, fsynced), `tables` (unwind tables), `freeze` (freeze, check, write,
+    /// thaw, with any retries), `settle`.
+    pub phases_us: Phases,
     /// Wall time.
     pub total_ms: f64,
 }
@@ -76,12 +80,14 @@ fn rollback_once(
     log: &Log,
 ) -> Result<RollbackReport, Error> {
     let pid = options.pid;
+    let mut clock = PhaseClock::start(log, "identify");
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(pid, deadline, log)?;
     let mut journal = Journal::open_locked(lock, &state, &identity)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;
+    clock.enter("plan");
     let selected = select(&journal, options)?;
     let maps = process::read_maps(pid)?;
     let modules = ModuleMap::new(pid, &maps, &info.exe);
@@ -90,6 +96,7 @@ fn rollback_once(
     let ranges = guarded_ranges(&selected, options.allow_active);
     // The rollback intent is durable before anything is stopped: if rpatch dies after writing
     // memory, the journal still tells what may have happened, and `reconcile` settles it.
+    clock.enter("journal");
     let ids: Vec<u64> = selected.iter().map(|r| r.id).collect();
     journal.data.mark(&ids, PatchState::RollingBack);
     journal.save()?;
@@ -97,7 +104,9 @@ fn rollback_once(
     // Unwind tables are read before anything is stopped. Stacks are unwound even with
     // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
     // being cleared, say), which the PC check covers.
+    clock.enter("tables");
     let mut stacks = StackInspector::new(&ModuleMap::new(pid, &maps, &info.exe), &maps, log)?;
+    clock.enter("freeze");
     let result = frozen_write(
         FrozenPoints {
             frozen: FaultPoint::RollbackFrozen,
@@ -119,6 +128,7 @@ fn rollback_once(
             return Err(e);
         }
     };
+    clock.enter("settle");
     journal.data.mark(&ids, PatchState::RolledBack);
     journal.save()?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
@@ -127,6 +137,7 @@ fn rollback_once(
         pid,
         rolled_back: ids,
         frozen_us: frozen.as_micros() as u64,
+        phases_us: clock.finish(),
         total_ms: log.elapsed_ms(),
     })
 }
