@@ -7,6 +7,7 @@
 //! knows their order; ARCHITECTURE.md follows one attach through the modules. The `rpatch`
 //! binary is a thin front end that turns reports and errors into text or JSON.
 
+pub(crate) mod cache;
 pub mod error;
 mod fault;
 pub(crate) mod files;

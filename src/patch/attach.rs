@@ -19,9 +19,10 @@ use crate::journal::{
 use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
-use crate::symbols::Signature;
+use crate::symbols::{Knowledge, Signature};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// What to patch.
@@ -202,11 +203,12 @@ fn attach_once(
 
     // Phase 2, Plan (plan.rs, binding.rs): nothing is stopped.
     clock.enter("plan");
-    let library = plan::open_library(&options.library)?;
+    let cache = Rc::new(state.cache());
+    let library = plan::open_library(&options.library, &cache)?;
     let maps = process::read_maps(pid)?;
-    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
+    let mut modules = ModuleMap::new(pid, &maps, &info.exe).with_cache(cache.clone());
     let (planned, warnings) = make_plan(&mut modules, &library, options, log)?;
-    let bindings = binding::plan_bindings(&mut modules, &options.library)?;
+    let bindings = binding::plan_bindings(&mut modules, &library)?;
     if options.dry_run {
         return Ok(AttachReport {
             schema_version: AttachReport::SCHEMA_VERSION,
@@ -227,49 +229,50 @@ fn attach_once(
     // Phase 3, Load (load.rs, delivery.rs): one borrowed thread; the others keep running.
     // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
     clock.enter("load");
-    let library_bytes = read_library(&options.library)?;
+    let (library_bytes, library_sha256) = read_library(&library, &options.library)?;
+    let payload = Payload::with_sha256("patch library", &library_bytes, library_sha256);
     let shim = binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
+    // The unwind tables of every module, read before anything is stopped: the load unwinds the
+    // threads it considers borrowing; the freeze, every thread.
+    let mut stacks = StackInspector::new(&mut modules, &maps, log)?;
     let request = LoadRequest {
         info: &info,
         functions: &functions,
         shim: shim.as_deref(),
-        library: &library_bytes,
+        library: &payload,
         planned: &planned,
         timeout: options.load_timeout,
     };
     let loaded = load_until(
         &mut tracer,
         &mut modules,
-        &maps,
+        &mut stacks,
         &mut journal,
         &request,
         deadline,
         log,
     )?;
     crate::fault::point(FaultPoint::Loaded);
-    // Unwind tables are read now: after the load (the new library is mapped), before the journal
+    // The unwind tables of what the load mapped (the library) are read now, before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
     // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
     // skips only the return-address check.
     clock.enter("tables");
-    let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
+    let maps_now = process::read_maps(pid)?;
+    let mut modules_now = ModuleMap::new(pid, &maps_now, &info.exe).with_cache(cache.clone());
+    stacks.refresh(&mut modules_now, &maps_now, log)?;
 
     // The intent is durable before anything is stopped.
     clock.enter("journal");
-    let library_sha256 = Payload {
-        what: "patch library",
-        bytes: &library_bytes,
-    }
-    .sha256();
     let records = record_intent(
         &mut journal,
         &mut modules,
         &planned,
         &loaded,
         &options.library,
-        library_sha256,
+        payload.sha256.clone(),
     )?;
     log.step(
         "journal",
@@ -301,10 +304,13 @@ fn attach_once(
         PatchState::Abandoned
     };
     journal.data.mark(&ids, final_state);
-    let saved = journal.save();
+    let saved = journal.save_settled();
     let frozen = result?;
     saved?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
+    // What was learnt about the modules and the library goes to the cache now.
+    drop((modules, library));
+    log_cache(&cache, log);
     Ok(AttachReport {
         schema_version: AttachReport::SCHEMA_VERSION,
         pid,
@@ -322,11 +328,27 @@ fn attach_once(
     })
 }
 
+/// The `-v` line saying what the program-knowledge cache did.
+pub(super) fn log_cache(cache: &crate::cache::Cache, log: &Log) {
+    if !cache.enabled() {
+        log.step("cache", "not used (its directory cannot be used)");
+        return;
+    }
+    let c = cache.counts();
+    log.step(
+        "cache",
+        format!(
+            "{} file(s) known from earlier runs, {} not, {} entr(ies) stored",
+            c.hits, c.misses, c.stores
+        ),
+    );
+}
+
 /// Phase 2, *Plan*: every requested function in the target and its replacement in the library,
 /// checked (see `plan`); the plan and its warnings are logged.
 fn make_plan(
     modules: &mut ModuleMap,
-    library: &crate::symbols::SymbolIndex,
+    library: &Knowledge,
     options: &AttachOptions,
     log: &Log,
 ) -> Result<(Vec<PlannedFunction>, Vec<String>), Error> {
@@ -495,12 +517,11 @@ fn write_patches(mem: &dyn Memory, pid: i32, records: &[PatchRecord]) -> Result<
     result
 }
 
-/// Reads the patch library given by the operator (a regular file, size-capped).
-fn read_library(path: &Path) -> Result<Vec<u8>, Error> {
-    crate::files::open_host(path)
-        .and_then(|f| crate::files::read_capped(&f, crate::files::max_file_size()))
-        .map_err(|e| Error::LibraryMissing {
-            path: path.into(),
-            problem: crate::error::LibraryAccess::Io(e),
-        })
+/// Reads the patch library given by the operator (a regular file, size-capped) through the
+/// descriptor the plan read, with its SHA-256.
+fn read_library(library: &Knowledge, path: &Path) -> Result<(Vec<u8>, String), Error> {
+    library.contents().map_err(|e| Error::LibraryMissing {
+        path: path.into(),
+        problem: crate::error::LibraryAccess::Io(e),
+    })
 }

@@ -12,6 +12,7 @@ use crate::process::{self, Memory, ModuleMap, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -90,8 +91,9 @@ fn rollback_once(
     clock.enter("plan");
     let selected = select(&journal, options)?;
     let maps = process::read_maps(pid)?;
-    let modules = ModuleMap::new(pid, &maps, &info.exe);
-    same_builds(modules, &selected, pid)?;
+    let cache = Rc::new(state.cache());
+    let mut modules = ModuleMap::new(pid, &maps, &info.exe).with_cache(cache.clone());
+    same_builds(&mut modules, &selected, pid)?;
     log.step("plan", format!("rolling back {}", Ids(&selected)));
     let ranges = guarded_ranges(&selected, options.allow_active);
     // The rollback intent is durable before anything is stopped: if rpatch dies after writing
@@ -105,7 +107,7 @@ fn rollback_once(
     // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
     // being cleared, say), which the PC check covers.
     clock.enter("tables");
-    let mut stacks = StackInspector::new(&ModuleMap::new(pid, &maps, &info.exe), &maps, log)?;
+    let mut stacks = StackInspector::new(&mut modules, &maps, log)?;
     clock.enter("freeze");
     let result = frozen_write(
         FrozenPoints {
@@ -130,8 +132,10 @@ fn rollback_once(
     };
     clock.enter("settle");
     journal.data.mark(&ids, PatchState::RolledBack);
-    journal.save()?;
+    journal.save_settled()?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
+    drop(modules);
+    super::attach::log_cache(&cache, log);
     Ok(RollbackReport {
         schema_version: RollbackReport::SCHEMA_VERSION,
         pid,
@@ -153,7 +157,7 @@ impl std::fmt::Display for Ids<'_> {
 }
 
 /// The code at each address must still be the build that was patched.
-fn same_builds(mut modules: ModuleMap, selected: &[PatchRecord], pid: i32) -> Result<(), Error> {
+fn same_builds(modules: &mut ModuleMap, selected: &[PatchRecord], pid: i32) -> Result<(), Error> {
     for r in selected {
         if let Some(recorded) = &r.module_build_id {
             let found = modules.mapped_build_id(&r.module);

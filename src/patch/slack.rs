@@ -112,7 +112,7 @@ pub(super) fn repair(
                 ),
             );
             settle_slack(journal, tracer.mem());
-            journal.save()?;
+            journal.save_settled()?;
             Ok(())
         }
         Err(Error::Busy { blocker, .. }) => {

@@ -121,7 +121,8 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     let (info, identity) = identify(pid, log)?;
     let exists = state.journal_path(pid).exists();
     let maps = process::read_maps(pid)?;
-    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
+    let mut modules =
+        ModuleMap::new(pid, &maps, &info.exe).with_cache(std::rc::Rc::new(state.cache()));
     // Identity of each patched module: the build mapped now, and the file on disk now.
     let mut identities: HashMap<PathBuf, (Option<String>, Option<String>)> = HashMap::new();
     let mut journal = Journal::open_locked(lock, &state, &identity)?;

@@ -8,7 +8,7 @@ use gimli::{AttributeValue, UnitOffset};
 use super::dwarf::{self, Dwarf, Subprogram, Unit};
 
 /// A type as DWARF names it, with its size in bytes when known.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TypeInfo {
     /// Type name as the compiler spells it (`int`, `const char *`, `u64`, `&str`).
     pub name: String,
@@ -26,7 +26,7 @@ impl std::fmt::Display for TypeInfo {
 }
 
 /// One formal parameter.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Parameter {
     /// Its name in the source, when recorded.
     pub name: Option<String>,
@@ -37,7 +37,7 @@ pub struct Parameter {
 
 /// Parameter and return types of a function, in order, as DWARF records them (C++ `this` and
 /// Rust `self` included: they are passed like any other parameter).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Signature {
     /// Formal parameters in order.
     pub params: Vec<Parameter>,
@@ -100,7 +100,7 @@ impl Signature {
 }
 
 /// What DWARF knows about a function.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionDetails {
     /// The DWARF qualified name (`app::pricing::calc`, `app::gen<u32>`), when it has DWARF.
     pub dwarf_name: Option<String>,

@@ -22,7 +22,7 @@ use super::names::{base_name, last_segment};
 use super::pattern::{NameFilter, Pattern};
 
 /// One place where a function's code was copied into another function.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InlineSite {
     /// The function holding the copy (its DWARF name): it keeps running the old code after
     /// the inlined function is patched.
