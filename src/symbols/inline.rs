@@ -72,7 +72,8 @@ pub(super) struct TargetKey {
     /// Qualified DWARF name: compared when the DIE has no linkage name (C).
     qualified: Option<String>,
     /// File-local C functions are matched in their own unit only (another unit's `static`
-    /// function of the same name is another function).
+    /// function of the same name is another function): the unit of the DIE naming them, which
+    /// with link-time optimisation is not the unit holding their code.
     unit: Option<u64>,
 }
 
@@ -99,7 +100,7 @@ impl TargetKey {
                 .all(|s| !s.global)
         });
         let unit = match sub {
-            Some(s) if local && !s.rust => Some(s.unit),
+            Some(s) if local && !s.rust => Some(s.home_unit),
             _ => None,
         };
         TargetKey {
