@@ -413,10 +413,11 @@ impl Journal {
 
     /// Writes the journal atomically (temp file, rename) without waiting for the disk: for a
     /// record of what memory holds *already* (an intent settled as applied or abandoned, a
-    /// rollback done, slack bytes restored). Losing it loses nothing: it only survives a crash
-    /// of the machine as far as the target does (a journal belongs to one process of one boot),
-    /// and a run that dies before it (SIGKILL included) leaves the page cache, and a journal
-    /// whose unsettled records [`super::reconcile`] settles again from memory.
+    /// rollback done, slack bytes restored), and for the record of bootstrap bytes about to be
+    /// written in slack (harmless where they are). Losing it loses nothing: it only survives a
+    /// crash of the machine as far as the target does (a journal belongs to one process of one
+    /// boot), a run that dies (SIGKILL included) leaves the page cache, and unsettled records
+    /// are settled again from memory by [`super::reconcile`].
     pub fn save_settled(&self) -> Result<(), JournalError> {
         self.write(false)
     }

@@ -18,7 +18,7 @@ use crate::journal::{
 };
 use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
-use crate::safety::{GuardedRange, StackInspector};
+use crate::safety::{GuardedRange, LoadedCopy, StackInspector};
 use crate::symbols::{Knowledge, Signature};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -195,7 +195,7 @@ fn attach_once(
     // Phase 1, Identify (patch/mod.rs), and the policies (admit.rs).
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
-    wait_untraced(pid, deadline, log)?;
+    wait_untraced(&info, deadline, log)?;
     admit(&info, &options.library, options.allow)?;
     let mut journal = Journal::open_locked(lock, &state, &identity)?;
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
@@ -229,7 +229,7 @@ fn attach_once(
     // Phase 3, Load (load.rs, delivery.rs): one borrowed thread; the others keep running.
     // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
     clock.enter("load");
-    let (library_bytes, library_sha256) = read_library(&library, &options.library)?;
+    let (library_bytes, library_sha256, library_known) = read_library(&library, &options.library)?;
     let payload = Payload::with_sha256("patch library", &library_bytes, library_sha256);
     let shim = binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
@@ -262,7 +262,15 @@ fn attach_once(
     clock.enter("tables");
     let maps_now = process::read_maps(pid)?;
     let mut modules_now = ModuleMap::new(pid, &maps_now, &info.exe).with_cache(cache.clone());
-    stacks.refresh(&mut modules_now, &maps_now, log)?;
+    // The library's own tables come from the bytes loaded (when they are the bytes what is
+    // known about the library was derived from), not from reading its copy again.
+    let copy = library_known.then_some(LoadedCopy {
+        dev: loaded.library.object.dev,
+        inode: loaded.library.object.inode,
+        known: &library,
+        bytes: &library_bytes,
+    });
+    stacks.refresh(&mut modules_now, &maps_now, copy, log)?;
 
     // The intent is durable before anything is stopped.
     clock.enter("journal");
@@ -519,7 +527,7 @@ fn write_patches(mem: &dyn Memory, pid: i32, records: &[PatchRecord]) -> Result<
 
 /// Reads the patch library given by the operator (a regular file, size-capped) through the
 /// descriptor the plan read, with its SHA-256.
-fn read_library(library: &Knowledge, path: &Path) -> Result<(Vec<u8>, String), Error> {
+fn read_library(library: &Knowledge, path: &Path) -> Result<(Vec<u8>, String, bool), Error> {
     library.contents().map_err(|e| Error::LibraryMissing {
         path: path.into(),
         problem: crate::error::LibraryAccess::Io(e),

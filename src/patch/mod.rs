@@ -26,7 +26,7 @@ use crate::fault::FrozenPoints;
 use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
 use crate::process::{self, CodeMemory, ProcessError, ProcessInfo, RealtimeGuard, Tracer};
-use crate::safety::{Blocker, GuardedRange, StackInspector, find_blocker};
+use crate::safety::{Blocker, GuardedRange, StackInspector, check};
 use std::time::{Duration, Instant};
 
 /// Phase 1 for every operation: identify the target and build its journal identity.
@@ -60,8 +60,17 @@ fn lock_target(pid: i32) -> Result<(StateDir, TargetLock), Error> {
 const RPATCH_COMM: &str = "rpatch";
 
 /// Waits until no other process traces `pid`: while the tracer is another rpatch, until
-/// `deadline`; any other tracer (a debugger, strace) is reported at once.
-fn wait_untraced(pid: i32, deadline: Instant, log: &Log) -> Result<(), Error> {
+/// `deadline`; any other tracer (a debugger, strace) is reported at once. `info` says whether
+/// one did when the process was identified (nothing is read again when none did).
+fn wait_untraced(info: &ProcessInfo, deadline: Instant, log: &Log) -> Result<(), Error> {
+    match info.tracer {
+        None => Ok(()),
+        Some(_) => wait_until_untraced(info.pid, deadline, log),
+    }
+}
+
+/// The wait of [`wait_untraced`], reading who traces `pid` until no one does.
+fn wait_until_untraced(pid: i32, deadline: Instant, log: &Log) -> Result<(), Error> {
     let mut logged = false;
     let since = Instant::now();
     loop {
@@ -106,7 +115,7 @@ fn retry_while_traced_by_rpatch<T>(
             Err(Error::Process(process::ProcessError::AlreadyTraced { tracer_name, .. }))
                 if tracer_name == RPATCH_COMM && Instant::now() < deadline =>
             {
-                wait_untraced(pid, deadline, log)?;
+                wait_until_untraced(pid, deadline, log)?;
             }
             result => return result,
         }
@@ -132,20 +141,35 @@ fn frozen_write(
     let mut backoff = Duration::from_micros(500);
     let pid = tracer.pid();
     loop {
+        // What costs a /proc read per thread is read before anything is stopped.
+        let survey = match tracer.survey() {
+            Ok(survey) => Ok(survey),
+            Err(ProcessError::InVfork { tid, .. }) => Err(tid),
+            Err(e) => return Err(e.into()),
+        };
         // Real-time priority for the frozen window only (dropped at the end of each round).
         let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
         // A thread gets at least a second to stop even when the overall timeout is short.
         let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
-        let (blocker, phase) = match tracer.freeze(stop_deadline) {
-            Ok(frozen) => {
-                log.step(
-                    "freeze",
-                    format!("{} threads stopped", frozen.threads().count()),
-                );
+        // Nothing is printed while the world is stopped: what `-v` says is kept for the thaw.
+        let (blocker, phase) = match survey.map(|s| tracer.freeze(s, stop_deadline)) {
+            Ok(Ok(frozen)) => {
+                let stopped = frozen.threads().count();
                 crate::fault::point(fault.frozen);
-                match find_blocker(&frozen, ranges, stacks.as_deref_mut(), log) {
-                    Some(blocker) => (blocker, "check"),
+                let (blocker, summary) = check(&frozen, ranges, stacks.as_deref_mut());
+                let said = |log: &Log| {
+                    log.step("freeze", format!("{stopped} threads stopped"));
+                    if let Some(summary) = &summary {
+                        log.step("check", summary.to_string());
+                    }
+                };
+                match blocker {
+                    Some(blocker) => {
+                        drop(frozen);
+                        said(log);
+                        (blocker, "check")
+                    }
                     None => {
                         let (result, write_path) = {
                             let memory = frozen.memory();
@@ -159,6 +183,7 @@ fn frozen_write(
                         drop(frozen);
                         crate::fault::point(fault.thawed);
                         let elapsed = frozen_at.elapsed();
+                        said(log);
                         log.step(
                             "thaw",
                             format!(
@@ -176,8 +201,10 @@ fn frozen_write(
             }
             // A thread in vfork() cannot be stopped until its child execs or exits, usually
             // within moments: like a busy thread, wait and retry until the timeout.
-            Err(ProcessError::InVfork { tid, .. }) => (Blocker::in_vfork(pid, tid), "freeze"),
-            Err(e) => return Err(e.into()),
+            Err(tid) | Ok(Err(ProcessError::InVfork { tid, .. })) => {
+                (Blocker::in_vfork(pid, tid), "freeze")
+            }
+            Ok(Err(e)) => return Err(e.into()),
         };
         // Thawed (the guard is gone): wait and retry, or give up naming the thread.
         if Instant::now() + backoff > deadline {

@@ -84,7 +84,7 @@ fn rollback_once(
     let mut clock = PhaseClock::start(log, "identify");
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
-    wait_untraced(pid, deadline, log)?;
+    wait_untraced(&info, deadline, log)?;
     let mut journal = Journal::open_locked(lock, &state, &identity)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;

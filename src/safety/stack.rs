@@ -162,6 +162,19 @@ pub(crate) struct StackHit {
     pub interrupted: bool,
 }
 
+/// A library rpatch just loaded, whose unwind tables [`StackInspector::refresh`] takes from the
+/// bytes loaded (`bytes`, what `known` was derived from) rather than reading its copy again.
+pub struct LoadedCopy<'a> {
+    /// Device of the copy the target mapped.
+    pub dev: u64,
+    /// Inode of that copy.
+    pub inode: u64,
+    /// What is known about the library.
+    pub known: &'a crate::symbols::Knowledge,
+    /// The bytes loaded.
+    pub bytes: &'a [u8],
+}
+
 /// One mapped module as the inspector knows it.
 struct KnownModule {
     name: String,
@@ -316,6 +329,7 @@ impl StackInspector {
         &mut self,
         modules: &mut ModuleMap,
         maps: &[Mapping],
+        copy: Option<LoadedCopy<'_>>,
         log: &Log,
     ) -> Result<(), ProcessError> {
         let started = Instant::now();
@@ -346,9 +360,36 @@ impl StackInspector {
                 .modules
                 .iter()
                 .any(|m| m.avma.start == module.start && m.avma.end == module.end);
-            if !known {
-                self.read_module(modules, &module, &mut failed);
-                added += 1;
+            if known {
+                continue;
+            }
+            added += 1;
+            match &copy {
+                Some(c) if c.dev == module.dev && c.inode == module.inode => {
+                    let read = c
+                        .known
+                        .remember("cfi-place", "v1", |index| locate_cfi(index.file_data()))
+                        .and_then(Result::ok)
+                        .map(|place| {
+                            place.and_then(|place| {
+                                Cfi::read(&place, |offset, len| {
+                                    let start = usize::try_from(offset).ok()?;
+                                    c.bytes
+                                        .get(start..start.checked_add(len)?)
+                                        .map(<[u8]>::to_vec)
+                                })
+                            })
+                        });
+                    match read {
+                        Some(cfi) => self.add(&module, module.bias(c.known.load_segments()), cfi),
+                        None => {
+                            self.read_module(modules, &module, &mut failed);
+                        }
+                    }
+                }
+                _ => {
+                    self.read_module(modules, &module, &mut failed);
+                }
             }
         }
         self.data = maps
@@ -766,7 +807,10 @@ mod tests {
     fn frozen(tracer: &mut Tracer) -> (Frozen<'_>, libc::user_regs_struct) {
         let pid = tracer.pid();
         let frozen = tracer
-            .freeze(Instant::now() + Duration::from_secs(5))
+            .freeze(
+                tracer.survey().unwrap(),
+                Instant::now() + Duration::from_secs(5),
+            )
             .unwrap();
         let regs = frozen
             .threads()

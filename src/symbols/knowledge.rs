@@ -287,8 +287,9 @@ impl Knowledge {
     /// The whole file as it is now, read through the descriptor opened, with its SHA-256 (hex):
     /// remembered while the file keeps the identity it had when opened (checked after the
     /// read), computed from the bytes otherwise. What a patch library is loaded and journaled
-    /// from.
-    pub fn contents(&self) -> std::io::Result<(Vec<u8>, String)> {
+    /// from. The flag says whether the bytes are those everything known here was derived from
+    /// (the file kept its identity).
+    pub fn contents(&self) -> std::io::Result<(Vec<u8>, String, bool)> {
         let Some(file) = &self.file else {
             return Err(std::io::Error::other("no file behind this index"));
         };
@@ -304,7 +305,7 @@ impl Knowledge {
         } else {
             hash()
         };
-        Ok((bytes, sha256))
+        Ok((bytes, sha256, unchanged))
     }
 
     /// The name used in messages.
