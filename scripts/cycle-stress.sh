@@ -36,7 +36,7 @@ maps_end=$(wc -l < "/proc/$TPID/maps"); fds_end=$(ls "/proc/$TPID/fd" | wc -l)
 # serve, from a private copy).
 lib_re="/memfd:rpatch:|$RPATCH_STATE_DIR/libs/|/\.rpatch-"
 lib_maps=$(grep -cE "$lib_re" "/proc/$TPID/maps" || true)
-lib_files=$( (grep -E "$lib_re" "/proc/$TPID/maps" || true) | awk '{print $6}' | sort -u | wc -l)
+lib_files=$( (grep -E "$lib_re" "/proc/$TPID/maps" || true) | awk '{print $5}' | sort -u | wc -l)
 crashed=no; kill -0 "$TPID" 2>/dev/null || crashed=yes
 traced=$(grep TracerPid "/proc/$TPID/status" | awk '{print $2}')
 

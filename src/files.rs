@@ -94,6 +94,14 @@ impl Root {
         })
     }
 
+    /// Another handle on the same root directory (a duplicated descriptor).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            dir: self.dir.try_clone()?,
+            name: self.name.clone(),
+        })
+    }
+
     /// A root at an open directory (tests; a directory rpatch created itself).
     #[cfg(test)]
     pub fn from_dir(dir: OwnedFd, name: PathBuf) -> Self {

@@ -7,6 +7,7 @@
 //! knows their order; ARCHITECTURE.md follows one attach through the modules. The `rpatch`
 //! binary is a thin front end that turns reports and errors into text or JSON.
 
+pub(crate) mod cache;
 pub mod error;
 mod fault;
 pub(crate) mod files;
@@ -92,13 +93,17 @@ fn exited_if_gone<T>(pid: i32, result: Result<T, Error>) -> Result<T, Error> {
 /// moment: for such an error the answer is awaited briefly (`process::exiting`) rather than read
 /// once.
 fn process_gone(pid: i32, e: &Error) -> bool {
-    let vanished = matches!(
-        e,
+    // ESRCH from a ptrace request or from /proc/PID/mem: a thread vanished under us.
+    let vanished = match e {
         Error::Process(ProcessError::Ptrace {
             errno: nix::errno::Errno::ESRCH,
             ..
-        })
-    );
+        }) => true,
+        Error::Process(ProcessError::Io { source, .. }) => {
+            source.raw_os_error() == Some(libc::ESRCH)
+        }
+        _ => false,
+    };
     if vanished {
         process::exiting(pid)
     } else {

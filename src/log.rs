@@ -99,3 +99,81 @@ impl Log {
 
 /// Characters of the status line at most (an 80-column terminal's line, less a margin).
 const STATUS_WIDTH: usize = 78;
+
+/// Times the phases of one operation: a phase lasts from its [`PhaseClock::enter`] to the next
+/// phase's (or to [`PhaseClock::finish`]), so the phases add up to the operation's time. With
+/// `-v` the end of each phase prints one line with its time (`[ 3.104 ms] load: 1.702 ms`),
+/// which is what to read first when an operation is slower than expected; the reports carry
+/// the same figures (`phases_us`).
+pub struct PhaseClock<'l> {
+    log: &'l Log,
+    current: Option<(&'static str, Instant)>,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl<'l> PhaseClock<'l> {
+    /// A clock whose first phase, `first`, starts now.
+    pub fn start(log: &'l Log, first: &'static str) -> Self {
+        Self {
+            log,
+            current: Some((first, Instant::now())),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the current phase and starts `phase` (time spent in a phase entered twice adds up).
+    pub fn enter(&mut self, phase: &'static str) {
+        self.stop();
+        self.current = Some((phase, Instant::now()));
+    }
+
+    fn stop(&mut self) {
+        let Some((name, since)) = self.current.take() else {
+            return;
+        };
+        let spent = since.elapsed();
+        self.log
+            .step(name, format!("{:.3} ms", spent.as_secs_f64() * 1000.0));
+        match self.done.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += spent,
+            None => self.done.push((name, spent)),
+        }
+    }
+
+    /// Ends the current phase; the time of each phase, in the order they ran.
+    pub fn finish(mut self) -> Phases {
+        self.stop();
+        Phases(
+            self.done
+                .iter()
+                .map(|(name, d)| ((*name).to_string(), d.as_micros() as u64))
+                .collect(),
+        )
+    }
+}
+
+/// Microseconds spent in each phase of an operation, in the order they ran; in JSON an object
+/// `{"identify": 412, "plan": 1530, ...}` (`phases_us`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Phases(pub Vec<(String, u64)>);
+
+impl Phases {
+    /// Microseconds spent in `phase` (0 when it did not run).
+    pub fn us(&self, phase: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(name, _)| name == phase)
+            .map_or(0, |(_, us)| *us)
+    }
+}
+
+impl serde::Serialize for Phases {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, us) in &self.0 {
+            map.serialize_entry(name, us)?;
+        }
+        map.end()
+    }
+}

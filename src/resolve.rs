@@ -183,11 +183,19 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
             );
             let mut out = Vec::new();
             for module in order {
-                match map.symbols(&module) {
-                    Ok(index) => {
+                // Opened here (`resolve` reads all of a module's names), remembered nowhere.
+                match map.symbols(&module).map(|known| known.index()) {
+                    Ok(Some(index)) => {
                         let bias = module.bias(index.load_segments());
                         out.push((module, index, bias));
                     }
+                    Ok(None) => log.step(
+                        "resolve",
+                        format!(
+                            "skipping {}: it can no longer be read",
+                            module.path.display()
+                        ),
+                    ),
                     Err(e) => log.step(
                         "resolve",
                         format!("skipping {}: {e}", module.path.display()),

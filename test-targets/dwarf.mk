@@ -2,7 +2,7 @@
 # signatures, and stripped executables whose DWARF lives in a separate debug file.
 # Included by the Makefile.
 
-DWARF_TARGETS := $(B)/inl $(B)/fix_inl.so $(B)/fix_sig.so \
+DWARF_TARGETS := $(B)/inl $(B)/lto $(B)/fix_inl.so $(B)/fix_sig.so \
                  $(B)/stripped_link $(B)/stripped_bid $(B)/stripped_dynsym
 
 all: $(DWARF_TARGETS)
@@ -10,6 +10,11 @@ all: $(DWARF_TARGETS)
 # -fipa-cp-clone: GCC clones mul_add for its constant argument (mul_add.constprop.0).
 $(B)/inl: c/inl.c c/common.h | $(B)
 	$(CC) -O2 -fipa-cp-clone -g -Wall -Wextra -fPIE -pie -o $@ $<
+
+# Link-time optimisation: scale (lto_scale.c) is inlined into caller_across (lto_main.c), and
+# the copy's DWARF sits in a unit of the link step's own that refers to scale's unit.
+$(B)/lto: c/lto_main.c c/lto_scale.c c/common.h | $(B)
+	$(CC) -O2 -g -flto -Wall -Wextra -fPIE -pie -o $@ c/lto_main.c c/lto_scale.c
 
 # basic.c, stripped, its DWARF in stripped_link.debug beside it, named by .gnu_debuglink.
 # Each stripped variant gets a build-id of its own (the same source and flags would give

@@ -160,6 +160,41 @@ fn inlined_copies_warned_and_strict_refuses() {
     assert_untraced(pid);
 }
 
+/// With link-time optimisation the inlined copy sits in another unit than the function's
+/// DWARF: attach still warns naming its caller (and `--strict` refuses), checks the signature,
+/// and patches the out-of-line copy only.
+#[test]
+fn lto_inlined_copy_in_another_unit_is_warned() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut target = Target::spawn(t.bin("lto"), &[]);
+    let pid = target.pid();
+    let lib = t.bin("fix_inl.so");
+    assert_eq!(target.cmd("call 4"), "scale 4 13");
+    assert_eq!(target.cmd("across 4"), "across 4 14");
+
+    let run = attach(state.path(), pid, &lib, &["scale"], &["--json", "--strict"]);
+    let message = run.expect_error(22);
+    assert!(message.contains("caller_across"), "{message}");
+    assert_nothing_applied(state.path(), pid);
+
+    let run = attach(state.path(), pid, &lib, &["scale"], &["--json"]);
+    run.expect_ok();
+    let w = warnings(&run.json());
+    assert!(
+        w.contains("caller_across") && w.contains("lto_main.c:"),
+        "{w}"
+    );
+    assert!(!w.contains("signature"), "the signature is checked: {w}");
+    assert_eq!(target.cmd("call 4"), "scale 4 400");
+    assert_eq!(
+        target.cmd("across 4"),
+        "across 4 14",
+        "the inlined copy keeps the old code"
+    );
+    assert_untraced(pid);
+}
+
 /// `offset_of` has no out-of-line copy: attach is refused (11) naming caller_c and caller_d,
 /// the functions to patch instead.
 #[test]

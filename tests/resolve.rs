@@ -116,6 +116,23 @@ fn c_exact_name_lists_inlined_sites() {
     assert!(run.stdout.contains("into caller_b at "), "{}", run.stdout);
 }
 
+/// C with link-time optimisation: `scale` (lto_scale.c) was inlined into `caller_across`
+/// (lto_main.c), a copy whose DWARF sits in a unit of the link step that refers across units to
+/// scale's: the scan of every unit finds it, and the signature is read where scale's parameters
+/// are declared.
+#[test]
+fn lto_copy_inlined_in_another_unit_is_found() {
+    let t = build_targets();
+    let v = resolve_exe(&t.bin("lto"), "scale");
+    let m = find(&v, "scale");
+    assert_eq!(m["signature_text"], "(x: int [4]) -> int [4]", "{m}");
+    let s = sites(m);
+    let call = line_of("c/lto_main.c", "int caller_across(int x)");
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].0, "caller_across");
+    assert!(s[0].1.ends_with(&format!("lto_main.c:{call}")), "{s:?}");
+}
+
 /// C, glob and substring: `caller_*` and `ller_` find the six callers; a function that exists
 /// only inlined (`offset_of`) is listed apart with the two callers holding it; `mul_add` lists
 /// its compiler clone `mul_add.constprop.0`.

@@ -173,9 +173,10 @@ impl OwnCode {
     }
 }
 
-/// Where the bytes rpatch writes into a module's slack are recorded, durably, before they are
-/// written: a run that dies, or gives up, before it can prove no thread will come back into
-/// them leaves them in place with a record that a later run settles (see `patch`).
+/// Where the bytes rpatch writes into a module's slack are recorded before they are written, so
+/// that the record outlives rpatch: a run that dies, or gives up, before it can prove no thread
+/// will come back into them leaves them in place with a record that a later run settles (see
+/// `patch`).
 pub trait SlackLedger {
     /// The bootstrap is about to be written at `slack` (or found there, left by a killed run).
     fn will_write(&mut self, slack: &Slack) -> Result<(), InjectError>;

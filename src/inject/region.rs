@@ -8,7 +8,6 @@ use crate::isa::remote_call::{
     BOOTSTRAP_LEN, Done, MAGIC_VALUE, PAGE, STACK_SIZE, StubRegion, bootstrap_code, data,
 };
 use crate::process::{Mapping, Memory, ModuleMap, Runtime, gaps};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 /// Bytes after the end of an executable segment up to the end of its last page: mapped with the
@@ -69,10 +68,8 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
                 continue;
             }
             let len = BOOTSTRAP_LEN;
-            let Ok(file) = modules.open(&module) else {
-                continue;
-            };
-            let Some(original) = file_bytes(&file, seg.offset + seg.filesz, len) else {
+            // Read from the mapped file itself (zeros past its end, as the kernel maps them).
+            let Some(original) = index.read_at(seg.offset + seg.filesz, len) else {
                 continue;
             };
             // Memory must hold the file's bytes, or our own code a killed rpatch left there;
@@ -92,21 +89,6 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
         }
     }
     None
-}
-
-/// `len` bytes of the file at `offset`, zeros past its end (as the kernel maps them).
-fn file_bytes(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    Some(buf)
 }
 
 /// Lowest address proposed for a region.

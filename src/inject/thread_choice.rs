@@ -86,7 +86,9 @@ fn is_stdio(name: &str) -> bool {
 }
 
 /// Where an address is, as far as the choice is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 enum Place {
     Harmless,
     Stdio,
@@ -104,18 +106,71 @@ fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
         Some(_) => {}
         None => return Place::Harmless,
     }
-    let Ok(index) = modules.symbols(&module) else {
+    let Ok(known) = modules.symbols(&module) else {
         return Place::Harmless;
     };
-    let bias = module.bias(index.load_segments());
+    let bias = module.bias(known.load_segments());
     // Symbol tables only (the debug file's when installed, with the allocator's internals):
     // this runs for every word of several stacks, where DWARF would cost tens of milliseconds.
-    match index.symbol_name_containing(addr.wrapping_sub(bias)) {
-        Some(name) if is_allocator(name) => Place::Allocator,
-        Some(name) if name.starts_with("_dl_") || name.starts_with("dl") => Place::Loader,
-        Some(name) if is_stdio(name) => Place::Stdio,
-        _ => Place::Harmless,
+    // The table of places is derived once per file and remembered with it.
+    let Some(places) = known.remember("thread-choice-places", "v1", places_of) else {
+        return Place::Harmless;
+    };
+    place_at(&places, addr.wrapping_sub(bias))
+}
+
+/// The functions of a runtime module that decide a place, as (start, end, place) by start
+/// (link-time addresses): what [`place_at`] looks addresses up in. Those of the allocator, the
+/// loader and stdio, and the harmless ones that overlap them (where functions nest, the
+/// innermost decides); the other harmless ones decide nothing and are left out, which keeps the
+/// table (remembered with the module) small.
+fn places_of(index: &crate::symbols::SymbolIndex) -> Vec<(u64, u64, Place)> {
+    let all = all_places(index);
+    let mut hazards: Vec<(u64, u64)> = Vec::new();
+    for &(start, end, _) in all.iter().filter(|p| p.2 != Place::Harmless) {
+        match hazards.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => hazards.push((start, end)),
+        }
     }
+    let overlaps_hazard = |start: u64, end: u64| {
+        let i = hazards.partition_point(|h| h.1 <= start);
+        hazards.get(i).is_some_and(|h| h.0 < end)
+    };
+    all.into_iter()
+        .filter(|&(start, end, place)| place != Place::Harmless || overlaps_hazard(start, end))
+        .collect()
+}
+
+/// Every function of a module with a size, as (start, end, place), by start.
+fn all_places(index: &crate::symbols::SymbolIndex) -> Vec<(u64, u64, Place)> {
+    index
+        .functions()
+        .map(|(name, start, end)| {
+            let place = if is_allocator(name) {
+                Place::Allocator
+            } else if name.starts_with("_dl_") || name.starts_with("dl") {
+                Place::Loader
+            } else if is_stdio(name) {
+                Place::Stdio
+            } else {
+                Place::Harmless
+            };
+            (start, end, place)
+        })
+        .collect()
+}
+
+/// The place of the function holding `vaddr`: the one starting closest below it whose range
+/// holds it (as `SymbolIndex::symbol_name_containing` picks), Harmless when none does.
+fn place_at(places: &[(u64, u64, Place)], vaddr: u64) -> Place {
+    let end = places.partition_point(|p| p.0 <= vaddr);
+    places[..end]
+        .iter()
+        .rev()
+        .take(64)
+        .find(|p| vaddr < p.1)
+        .map_or(Place::Harmless, |p| p.2)
 }
 
 /// Bytes of stack scanned for return addresses.

@@ -124,7 +124,7 @@ pub fn reconcile(journal: &mut Journal, mem: &dyn Memory) -> Result<(), JournalE
     let slack_before = journal.data.slack.len();
     settle_slack(journal, mem);
     if changed || journal.data.slack.len() != slack_before {
-        journal.save()?;
+        journal.save_settled()?;
     }
     Ok(())
 }

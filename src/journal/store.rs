@@ -167,9 +167,16 @@ impl StateDir {
             .map_err(io_err(&path))
     }
 
-    /// Replaces `name` in the directory with `bytes`, atomically and durably: an exclusively
-    /// created temporary file, fsync, rename over `name`, fsync of the directory.
-    fn replace_file(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), JournalError> {
+    /// Replaces `name` in the directory with `bytes`, atomically: an exclusively created
+    /// temporary file renamed over `name`; with `durable`, the file is fsynced before the rename
+    /// and the directory after it.
+    fn replace_file(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+        durable: bool,
+    ) -> Result<(), JournalError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = self.root.join(name);
         let (tmp, fd) = loop {
@@ -196,7 +203,7 @@ impl StateDir {
         let mut file = File::from(fd);
         let written = file
             .write_all(bytes)
-            .and_then(|()| file.sync_all())
+            .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
             .map_err(io_err(&path))
             .and_then(|()| {
                 renameat(self.dir.as_fd(), tmp.as_str(), self.dir.as_fd(), name)
@@ -206,7 +213,44 @@ impl StateDir {
             let _ = unlinkat(self.dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return written;
         }
+        if !durable {
+            return Ok(());
+        }
         nix::unistd::fsync(self.dir.as_fd()).map_err(errno_err(&self.root))
+    }
+
+    /// The program-knowledge cache of this state directory (`crate::cache`), disabled when its
+    /// directory cannot be used: a cache only saves time.
+    pub fn cache(&self) -> crate::cache::Cache {
+        self.cache_dir()
+            .map_or_else(|_| crate::cache::Cache::disabled(), crate::cache::Cache::at)
+    }
+
+    /// The program-knowledge cache's directory, `cache/` in the state directory: created (0700)
+    /// when missing, opened without following a symlink, and refused unless it is a directory
+    /// owned by rpatch's user that no one else may write.
+    pub fn cache_dir(&self) -> std::io::Result<OwnedFd> {
+        const NAME: &str = "cache";
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match openat(self.dir.as_fd(), NAME, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                match mkdirat(self.dir.as_fd(), NAME, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                openat(self.dir.as_fd(), NAME, flags, Mode::empty())?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let st = fstat(&fd)?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the cache directory is not rpatch's own",
+            ));
+        }
+        Ok(fd)
     }
 
     /// Opens (creating it, 0600) the lock file `name` in the directory.
@@ -451,11 +495,28 @@ impl Journal {
         &self.path
     }
 
-    /// Writes the journal atomically and durably (temp file, fsync, rename, fsync directory).
+    /// Writes the journal atomically and durably (temp file, fsync, rename, fsync directory):
+    /// for a record made *before* the target is changed (an intent, a rollback intent, slack
+    /// bytes about to be written), which must survive whatever the change survives.
     pub fn save(&self) -> Result<(), JournalError> {
+        self.write(true)
+    }
+
+    /// Writes the journal atomically (temp file, rename) without waiting for the disk: for a
+    /// record of what memory holds *already* (an intent settled as applied or abandoned, a
+    /// rollback done, slack bytes restored), and for the record of bootstrap bytes about to be
+    /// written in slack (harmless where they are). Losing it loses nothing: it only survives a
+    /// crash of the machine as far as the target does (a journal belongs to one process of one
+    /// boot), a run that dies (SIGKILL included) leaves the page cache, and unsettled records
+    /// are settled again from memory by [`super::reconcile`].
+    pub fn save_settled(&self) -> Result<(), JournalError> {
+        self.write(false)
+    }
+
+    fn write(&self, durable: bool) -> Result<(), JournalError> {
         let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
         let name = format!("{}.json", self.data.identity.pid);
-        self.state.replace_file(&name, &text, 0o600)
+        self.state.replace_file(&name, &text, 0o600, durable)
     }
 }
 

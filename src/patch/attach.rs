@@ -17,12 +17,13 @@ use crate::isa;
 use crate::journal::{
     Journal, JournalData, JumpMethod, PatchRecord, PatchState, now_secs, reconcile,
 };
-use crate::log::Log;
+use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
-use crate::safety::{GuardedRange, StackInspector};
-use crate::symbols::Signature;
+use crate::safety::{GuardedRange, LoadedCopy, StackInspector};
+use crate::symbols::{Knowledge, Signature};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// What to patch.
@@ -127,6 +128,10 @@ pub struct AttachReport {
     pub patches: Vec<PatchSummary>,
     /// Microseconds all threads were stopped (freeze to thaw).
     pub frozen_us: u64,
+    /// Microseconds spent in each phase, in the order they ran: `identify`, `plan`, `load`,
+    /// `tables` (unwind tables), `journal` (the intent, fsynced), `freeze` (freeze, check, write,
+    /// thaw, with any retries), `settle`. They add up to nearly `total_ms`.
+    pub phases_us: Phases,
     /// Wall time of the whole operation.
     pub total_ms: f64,
     /// What the patch will not change or could not check (inlined copies, clones, aliases,
@@ -191,10 +196,11 @@ fn attach_once(
     log: &Log,
 ) -> Result<AttachReport, Error> {
     let pid = options.pid;
+    let mut clock = PhaseClock::start(log, "identify");
     // Phase 1, Identify (patch/mod.rs), and the policies (admit.rs).
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
-    wait_untraced(pid, deadline, log)?;
+    wait_untraced(&info, deadline, log)?;
     super::lineage::refuse_shared_address_space(pid)?;
     admit(&info, &options.library, options.allow)?;
     let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
@@ -207,11 +213,13 @@ fn attach_once(
     reconcile(&mut journal, &ProcMem::open(pid)?)?;
 
     // Phase 2, Plan (plan.rs, binding.rs): nothing is stopped.
-    let library = plan::open_library(&options.library)?;
+    clock.enter("plan");
+    let cache = Rc::new(state.cache());
+    let library = plan::open_library(&options.library, &cache)?;
     let maps = process::read_maps(pid)?;
-    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
+    let mut modules = ModuleMap::new(pid, &maps, &info.exe).with_cache(cache.clone());
     let (planned, warnings) = make_plan(&mut modules, &library, options, log)?;
-    let bindings = binding::plan_bindings(&mut modules, &options.library)?;
+    let bindings = binding::plan_bindings(&mut modules, &library)?;
     if options.dry_run {
         return Ok(AttachReport {
             schema_version: AttachReport::SCHEMA_VERSION,
@@ -222,6 +230,7 @@ fn attach_once(
                 .map(|p| PatchSummary::planned(p, &options.library))
                 .collect(),
             frozen_us: 0,
+            phases_us: clock.finish(),
             total_ms: log.elapsed_ms(),
             warnings,
             bindings,
@@ -231,15 +240,20 @@ fn attach_once(
 
     // Phase 3, Load (load.rs, delivery.rs): one borrowed thread; the others keep running.
     // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
-    let library_bytes = read_library(&options.library)?;
+    clock.enter("load");
+    let (library_bytes, library_sha256, library_known) = read_library(&library, &options.library)?;
+    let payload = Payload::with_sha256("patch library", &library_bytes, library_sha256);
     let shim = binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
+    // The unwind tables of every module, read before anything is stopped: the load unwinds the
+    // threads it considers borrowing; the freeze, every thread.
+    let mut stacks = StackInspector::new(&mut modules, &maps, log)?;
     let request = LoadRequest {
         info: &info,
         functions: &functions,
         shim: shim.as_deref(),
-        library: &library_bytes,
+        library: &payload,
         planned: &planned,
         timeout: options.load_timeout,
     };
@@ -247,7 +261,7 @@ fn attach_once(
     let loaded = load_until(
         &mut tracer,
         &mut modules,
-        &maps,
+        &mut stacks,
         &mut journal,
         &request,
         &mut window,
@@ -270,25 +284,32 @@ fn attach_once(
     let loaded = loaded?;
     crate::fault::point(FaultPoint::Loaded);
     copied_on_fork(pid, &loaded, &journal.data)?;
-    // Unwind tables are read now: after the load (the new library is mapped), before the journal
+    // The unwind tables of what the load mapped (the library) are read now, before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
     // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
     // skips only the return-address check.
-    let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
+    clock.enter("tables");
+    let maps_now = process::read_maps(pid)?;
+    let mut modules_now = ModuleMap::new(pid, &maps_now, &info.exe).with_cache(cache.clone());
+    // The library's own tables come from the bytes loaded (when they are the bytes what is
+    // known about the library was derived from), not from reading its copy again.
+    let copy = library_known.then_some(LoadedCopy {
+        dev: loaded.library.object.dev,
+        inode: loaded.library.object.inode,
+        known: &library,
+        bytes: &library_bytes,
+    });
+    stacks.refresh(&mut modules_now, &maps_now, copy, log)?;
 
     // The intent is durable before anything is stopped.
-    let library_sha256 = Payload {
-        what: "patch library",
-        bytes: &library_bytes,
-    }
-    .sha256();
+    clock.enter("journal");
     let records = record_intent(
         &mut journal,
         &mut modules,
         &planned,
         &loaded,
         &options.library,
-        library_sha256,
+        payload.sha256.clone(),
     )?;
     log.step(
         "journal",
@@ -297,6 +318,7 @@ fn attach_once(
     crate::fault::point(FaultPoint::Intent);
 
     // Phases 4 to 7, Freeze, Check, Write, Thaw (patch/mod.rs, safety/).
+    clock.enter("freeze");
     let ranges = guarded_ranges(&planned, &records, &journal.data, options.allow.active);
     let result = frozen_write(
         FrozenPoints {
@@ -311,6 +333,7 @@ fn attach_once(
         log,
         |mem| write_patches(mem, pid, &records),
     );
+    clock.enter("settle");
     let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
     let final_state = if result.is_ok() {
         PatchState::Applied
@@ -318,10 +341,13 @@ fn attach_once(
         PatchState::Abandoned
     };
     journal.data.mark(&ids, final_state);
-    let saved = journal.save();
+    let saved = journal.save_settled();
     let frozen = result?;
     saved?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
+    // What was learnt about the modules and the library goes to the cache now.
+    drop((modules, library));
+    log_cache(&cache, log);
     Ok(AttachReport {
         schema_version: AttachReport::SCHEMA_VERSION,
         pid,
@@ -332,6 +358,7 @@ fn attach_once(
             .map(|(p, r)| PatchSummary::applied(p, r))
             .collect(),
         frozen_us: frozen.as_micros() as u64,
+        phases_us: clock.finish(),
         total_ms: log.elapsed_ms(),
         warnings,
         bindings,
@@ -383,11 +410,27 @@ fn copied_on_fork(pid: i32, loaded: &LoadPhase, journal: &JournalData) -> Result
     Ok(())
 }
 
+/// The `-v` line saying what the program-knowledge cache did.
+pub(super) fn log_cache(cache: &crate::cache::Cache, log: &Log) {
+    if !cache.enabled() {
+        log.step("cache", "not used (its directory cannot be used)");
+        return;
+    }
+    let c = cache.counts();
+    log.step(
+        "cache",
+        format!(
+            "{} file(s) known from earlier runs, {} not, {} entr(ies) stored",
+            c.hits, c.misses, c.stores
+        ),
+    );
+}
+
 /// Phase 2, *Plan*: every requested function in the target and its replacement in the library,
 /// checked (see `plan`); the plan and its warnings are logged.
 fn make_plan(
     modules: &mut ModuleMap,
-    library: &crate::symbols::SymbolIndex,
+    library: &Knowledge,
     options: &AttachOptions,
     log: &Log,
 ) -> Result<(Vec<PlannedFunction>, Vec<String>), Error> {
@@ -557,12 +600,11 @@ fn write_patches(mem: &dyn Memory, pid: i32, records: &[PatchRecord]) -> Result<
     result
 }
 
-/// Reads the patch library given by the operator (a regular file, size-capped).
-fn read_library(path: &Path) -> Result<Vec<u8>, Error> {
-    crate::files::open_host(path)
-        .and_then(|f| crate::files::read_capped(&f, crate::files::max_file_size()))
-        .map_err(|e| Error::LibraryMissing {
-            path: path.into(),
-            problem: crate::error::LibraryAccess::Io(e),
-        })
+/// Reads the patch library given by the operator (a regular file, size-capped) through the
+/// descriptor the plan read, with its SHA-256.
+fn read_library(library: &Knowledge, path: &Path) -> Result<(Vec<u8>, String, bool), Error> {
+    library.contents().map_err(|e| Error::LibraryMissing {
+        path: path.into(),
+        problem: crate::error::LibraryAccess::Io(e),
+    })
 }

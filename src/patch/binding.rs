@@ -20,11 +20,11 @@
 
 use super::shim::{self, AbsoluteSymbol};
 use crate::Error;
-use crate::error::{LibraryAccess, LibraryProblem, Unsupported};
+use crate::error::{LibraryProblem, Unsupported};
 use crate::hex::hex;
 use crate::log::Log;
 use crate::process::{LoadedModule, ModuleMap};
-use object::{Object, ObjectSymbol};
+use crate::symbols::Knowledge;
 use std::path::{Path, PathBuf};
 
 /// The first glibc that leaves absolute symbols unrelocated (BZ 19818, fixed in 2.28).
@@ -47,22 +47,15 @@ pub struct Binding {
     pub function: bool,
 }
 
-/// The non-weak undefined dynamic symbols of the library at `path`: what it expects some other
-/// loaded object to define.
-pub fn undefined_references(path: &Path) -> Result<Vec<String>, Error> {
-    let data = std::fs::read(path).map_err(|e| Error::LibraryMissing {
-        path: path.into(),
-        problem: LibraryAccess::Io(e),
-    })?;
-    let file = object::File::parse(&*data).map_err(|e| Error::LibraryInvalid {
-        path: path.into(),
-        problem: LibraryProblem::Unreadable(e.to_string()),
-    })?;
-    Ok(file
-        .dynamic_symbols()
-        .filter(|s| s.is_undefined() && !s.is_weak())
-        .filter_map(|s| s.name().ok().filter(|n| !n.is_empty()).map(str::to_string))
-        .collect())
+/// The non-weak undefined dynamic symbols of the library (opened by the plan): what it expects
+/// some other loaded object to define.
+pub fn undefined_references(library: &Knowledge) -> Result<Vec<String>, Error> {
+    library
+        .undefined_references()
+        .map_err(|e| Error::LibraryInvalid {
+            path: library.path().into(),
+            problem: LibraryProblem::Unreadable(e),
+        })
 }
 
 /// Finds, for each name in `names`, the private object of the target it must bind to; names the
@@ -155,7 +148,7 @@ fn check_libc(modules: &mut ModuleMap, pid: i32) -> Result<(), Error> {
     let version = libc
         .as_ref()
         .and_then(|m| modules.symbols(m).ok())
-        .and_then(|index| glibc_version(index.symbol_versions()));
+        .and_then(|index| glibc_version(index.symbol_versions().iter().map(String::as_str)));
     match version {
         Some(v) if v >= MIN_GLIBC => Ok(()),
         found => Err(Error::Unsupported {
@@ -171,9 +164,9 @@ fn check_libc(modules: &mut ModuleMap, pid: i32) -> Result<(), Error> {
 /// The private objects of the target that the library at `library` references and the loader
 /// would not bind by itself (part of the plan, so `--dry-run` shows them). Refused on a libc
 /// that would relocate the absolute symbols of the shim.
-pub fn plan_bindings(modules: &mut ModuleMap, library: &Path) -> Result<Vec<Binding>, Error> {
+pub fn plan_bindings(modules: &mut ModuleMap, library: &Knowledge) -> Result<Vec<Binding>, Error> {
     let names = undefined_references(library)?;
-    let bindings = find_bindings(modules, &names, library)?;
+    let bindings = find_bindings(modules, &names, library.path())?;
     if !bindings.is_empty() {
         check_libc(modules, modules.pid())?;
     }

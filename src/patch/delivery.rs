@@ -11,7 +11,7 @@
 //! descriptor of it with `pidfd_getfd` (never by reopening `/proc/PID/fd/N`, which another
 //! thread could `dup2` over first), checks it is a fresh, unsealed, unlinked tmpfs file with
 //! that name, writes the bytes, seals it (`SHRINK | GROW | WRITE | SEAL`: nobody can change it
-//! any more, even if it was not ours), and hashes it back through its own descriptor. The target
+//! any more, even if it was not ours), and reads it back through its own descriptor. The target
 //! then `dlopen`s `/proc/self/fd/N`. glibc first compares that *name* with the loaded objects'
 //! names, so N is chosen such that no loaded object is named `/proc/self/fd/N` (an earlier
 //! attach's copy would be returned instead); it then compares the file identity, which a new
@@ -68,19 +68,32 @@ const MAX_LINK_MAPS: usize = 65536;
 /// directory, best first.
 const FALLBACK_DIRS: [&str; 4] = ["dev/shm", "tmp", "var/tmp", "run"];
 
-/// A library to load: its bytes exactly as rpatch read or built them.
-#[derive(Debug, Clone, Copy)]
+/// A library to load: its bytes exactly as rpatch read or built them, and their SHA-256, taken
+/// once (it names the memfd, finds an earlier copy, and is journaled).
+#[derive(Debug, Clone)]
 pub struct Payload<'a> {
     /// What it is, for messages (`patch library`, `binding shim`).
     pub what: &'static str,
     /// The bytes.
     pub bytes: &'a [u8],
+    /// SHA-256 of `bytes` (hex).
+    pub sha256: String,
 }
 
-impl Payload<'_> {
-    /// SHA-256 of the bytes (hex).
-    pub fn sha256(&self) -> String {
-        crate::hex::hex(&Sha256::digest(self.bytes))
+impl<'a> Payload<'a> {
+    /// The payload `bytes`, hashed now.
+    pub fn new(what: &'static str, bytes: &'a [u8]) -> Self {
+        Self::with_sha256(what, bytes, crate::hex::hex(&Sha256::digest(bytes)))
+    }
+
+    /// The payload `bytes` whose SHA-256 is known already (`sha256`, hex): the program-knowledge
+    /// cache remembers it for a file whose identity has not changed since it was hashed.
+    pub fn with_sha256(what: &'static str, bytes: &'a [u8], sha256: String) -> Self {
+        Self {
+            what,
+            bytes,
+            sha256,
+        }
     }
 
     /// (page-aligned p_vaddr, page-aligned p_offset) of the first PT_LOAD: where the loader's
@@ -333,7 +346,7 @@ impl Delivery {
         payload: &Payload,
         timeout: Duration,
     ) -> Result<Option<Loaded>, Error> {
-        let sha = payload.sha256();
+        let sha = &payload.sha256;
         let Some((vaddr, offset)) = payload.first_segment() else {
             return Ok(None);
         };
@@ -342,7 +355,7 @@ impl Delivery {
             .patches
             .iter()
             .rev()
-            .filter(|r| r.library_sha256 == sha)
+            .filter(|r| r.library_sha256 == *sha)
             .filter_map(|r| Some((r.loaded?, r)))
             .find(|(o, _)| {
                 maps.iter().any(|m| {
@@ -375,7 +388,7 @@ impl Delivery {
             else {
                 continue;
             };
-            if verify_copy(&file, payload.bytes.len() as u64, &sha, true).is_err() {
+            if verify_copy(&file, payload.bytes, true).is_err() {
                 continue;
             }
             let l_addr = m.start.wrapping_sub(vaddr);
@@ -464,7 +477,7 @@ impl Delivery {
         ) else {
             return Ok(Err("not available".into()));
         };
-        let sha = payload.sha256();
+        let sha = &payload.sha256;
         let used = match fd_names_in_use(thread.mem(), r_debug) {
             Ok(used) => used,
             Err(e) => {
@@ -532,8 +545,7 @@ impl Delivery {
                 "cannot be sealed ({e}): someone else holds it writable"
             ))
         })?;
-        let (dev, inode) =
-            verify_copy(&ours, payload.bytes.len() as u64, &sha, true).map_err(tampered)?;
+        let (dev, inode) = verify_copy(&ours, payload.bytes, true).map_err(tampered)?;
         log.step(
             "load",
             format!(
@@ -614,7 +626,6 @@ impl Delivery {
         let Some(root) = &self.root else {
             return Ok(Err("the target's root directory cannot be opened".into()));
         };
-        let sha = payload.sha256();
         let mut skipped = Vec::new();
         for parent_path in FALLBACK_DIRS {
             let mut fresh = match FreshDir::create(root, parent_path) {
@@ -639,8 +650,7 @@ impl Delivery {
                 }
                 .into()
             };
-            let (dev, inode) =
-                verify_copy(&file, payload.bytes.len() as u64, &sha, false).map_err(tampered)?;
+            let (dev, inode) = verify_copy(&file, payload.bytes, false).map_err(tampered)?;
             let path = format!("/{parent_path}/{}/lib.so", fresh.name);
             log.step(
                 "load",
@@ -806,9 +816,11 @@ fn check_fresh_memfd(ours: &File, name: &str, sealed_exec: bool) -> Result<(), S
     Ok(())
 }
 
-/// Checks the copy through rpatch's own descriptor: `len` bytes with SHA-256 `sha` (and, for a
-/// memfd, all four seals). Returns its (dev, inode).
-fn verify_copy(file: &File, len: u64, sha: &str, memfd: bool) -> Result<(u64, u64), String> {
+/// Checks the copy through rpatch's own descriptor: exactly the bytes `want` (and, for a memfd,
+/// all four seals). Returns its (dev, inode). The bytes are compared, not hashed: the same
+/// proof at a fraction of the cost for a library of megabytes.
+fn verify_copy(file: &File, want: &[u8], memfd: bool) -> Result<(u64, u64), String> {
+    let len = want.len() as u64;
     if memfd {
         let seals =
             fcntl(file, FcntlArg::F_GET_SEALS).map_err(|e| format!("has no seals ({e})"))?;
@@ -822,9 +834,13 @@ fn verify_copy(file: &File, len: u64, sha: &str, memfd: bool) -> Result<(u64, u6
         return Err(format!("holds {} bytes, not {len}", meta.len()));
     }
     let bytes = files::read_capped(file, len).map_err(|e| format!("cannot be read back ({e})"))?;
-    let got = crate::hex::hex(&Sha256::digest(&bytes));
-    if got != sha {
-        return Err(format!("reads back with SHA-256 {got}, not {sha}"));
+    if let Some(at) = bytes.iter().zip(want).position(|(a, b)| a != b) {
+        return Err(format!(
+            "reads back other bytes than were written (from offset {at})"
+        ));
+    }
+    if bytes.len() != want.len() {
+        return Err(format!("reads back {} bytes, not {len}", bytes.len()));
     }
     Ok((meta.dev(), meta.ino()))
 }

@@ -75,8 +75,8 @@ pub(super) struct LoadRequest<'a> {
     pub functions: &'a LoaderFunctions,
     /// The binding shim, when the library references private symbols of the target.
     pub shim: Option<&'a [u8]>,
-    /// The library's bytes (read once: what is hashed and journaled).
-    pub library: &'a [u8],
+    /// The library's bytes (read once: what is hashed and journaled) and their hash.
+    pub library: &'a Payload<'a>,
     /// The functions to place jumps for.
     pub planned: &'a [PlannedFunction],
     /// How long the library's loading may take.
@@ -90,7 +90,7 @@ pub(super) struct LoadRequest<'a> {
 pub(super) fn load_until(
     tracer: &mut Tracer,
     modules: &mut ModuleMap,
-    maps: &[Mapping],
+    stacks: &mut StackInspector,
     journal: &mut Journal,
     request: &LoadRequest,
     window: &mut LoaderWindow,
@@ -100,7 +100,7 @@ pub(super) fn load_until(
     let mut backoff = Duration::from_millis(1);
     let since = Instant::now();
     loop {
-        match load(tracer, modules, maps, journal, request, window, log) {
+        match load(tracer, modules, stacks, journal, request, window, log) {
             Err(Error::Inject(
                 e @ (InjectError::NoSafeThread { .. } | InjectError::ThreadExited { .. }),
             )) if Instant::now() + backoff < deadline => {
@@ -117,21 +117,19 @@ pub(super) fn load_until(
 /// Borrows one thread, hands the binding shim (`RTLD_GLOBAL`) and the library to the target and
 /// loads them (see `delivery`: never through a name the target's side can write), or reuses the
 /// copy an earlier attach loaded; places every jump, and gives the thread back (also on error).
-/// `maps` is the snapshot the plan was made from.
+/// `stacks` (built from the snapshot the plan was made from) unwinds the candidate threads: it
+/// tells exactly what a thread is in the middle of (a signal handler, the loader).
 fn load(
     tracer: &mut Tracer,
     modules: &mut ModuleMap,
-    maps: &[Mapping],
+    stacks: &mut StackInspector,
     journal: &mut Journal,
     request: &LoadRequest,
     window: &mut LoaderWindow,
     log: &Log,
 ) -> Result<LoadPhase, Error> {
     let pid = tracer.pid();
-    // Unwinding tells exactly what a thread is in the middle of (a signal handler, the loader);
-    // without unwind tables the stack scan of `rank_threads` is what decides.
-    let mut stacks = StackInspector::new(modules, maps, log).ok();
-    let mut held = borrow_thread(tracer, modules, stacks.as_mut(), log)?;
+    let mut held = borrow_thread(tracer, modules, Some(&mut *stacks), log)?;
     let tid = held.tid();
     // With seccomp filters (--allow-seccomp), what the load calls is checked against the
     // borrowed thread's filters (it makes the calls) while it is stopped, before anything runs
@@ -139,10 +137,7 @@ fn load(
     let filtered = process::status_field(pid, tid, "Seccomp").as_deref() == Some("2");
     let seccomp_tid = filtered.then_some(tid);
     let mut delivery = Delivery::prepare(pid, request.info.start_time, modules, seccomp_tid, log)?;
-    let payload = Payload {
-        what: "patch library",
-        bytes: request.library,
-    };
+    let payload = request.library;
     let functions = request.functions;
     let mut ledger = JournalLedger::new(journal);
     let mut thread = InjectedThread::begin(
@@ -151,14 +146,14 @@ fn load(
         tid,
         functions,
         &mut ledger,
-        stacks.as_mut(),
+        Some(&mut *stacks),
         log,
     )?;
     let reused = delivery.reuse(
         &mut thread,
         functions,
         &journal.data,
-        &payload,
+        payload,
         request.timeout,
     )?;
     let library = match reused {
@@ -174,10 +169,7 @@ fn load(
         }
         None => {
             if let Some(shim) = request.shim {
-                let shim = Payload {
-                    what: "binding shim",
-                    bytes: shim,
-                };
+                let shim = Payload::new("binding shim", shim);
                 let loaded = window.around(|| {
                     delivery.load(&mut thread, functions, &shim, true, request.timeout, log)
                 })?;
@@ -187,14 +179,7 @@ fn load(
                 );
             }
             let loaded = window.around(|| {
-                delivery.load(
-                    &mut thread,
-                    functions,
-                    &payload,
-                    false,
-                    request.timeout,
-                    log,
-                )
+                delivery.load(&mut thread, functions, payload, false, request.timeout, log)
             })?;
             log.step(
                 "load",

@@ -29,7 +29,7 @@ use crate::log::Log;
 use crate::process::{
     self, CodeMemory, FrozenSharers, ProcessError, ProcessInfo, RealtimeGuard, Tracer,
 };
-use crate::safety::{Blocker, GuardedRange, StackInspector, find_blocker, find_blocker_among};
+use crate::safety::{Blocker, GuardedRange, StackInspector, check, check_among};
 use std::time::{Duration, Instant};
 
 /// Phase 1 for every operation: identify the target and build its journal identity.
@@ -64,8 +64,17 @@ fn lock_target(pid: i32) -> Result<(StateDir, TargetLock), Error> {
 const RPATCH_COMM: &str = "rpatch";
 
 /// Waits until no other process traces `pid`: while the tracer is another rpatch, until
-/// `deadline`; any other tracer (a debugger, strace) is reported at once.
-fn wait_untraced(pid: i32, deadline: Instant, log: &Log) -> Result<(), Error> {
+/// `deadline`; any other tracer (a debugger, strace) is reported at once. `info` says whether
+/// one did when the process was identified (nothing is read again when none did).
+fn wait_untraced(info: &ProcessInfo, deadline: Instant, log: &Log) -> Result<(), Error> {
+    match info.tracer {
+        None => Ok(()),
+        Some(_) => wait_until_untraced(info.pid, deadline, log),
+    }
+}
+
+/// The wait of [`wait_untraced`], reading who traces `pid` until no one does.
+fn wait_until_untraced(pid: i32, deadline: Instant, log: &Log) -> Result<(), Error> {
     let mut logged = false;
     let since = Instant::now();
     loop {
@@ -110,7 +119,7 @@ fn retry_while_traced_by_rpatch<T>(
             Err(Error::Process(process::ProcessError::AlreadyTraced { tracer_name, .. }))
                 if tracer_name == RPATCH_COMM && Instant::now() < deadline =>
             {
-                wait_untraced(pid, deadline, log)?;
+                wait_until_untraced(pid, deadline, log)?;
             }
             result => return result,
         }
@@ -140,35 +149,53 @@ fn frozen_write(
     loop {
         // Listed before the window: a scan of /proc is not for the frozen time.
         let sharers = process::address_space_sharers(pid);
+        // What costs a /proc read per thread is read before anything is stopped.
+        let survey = match tracer.survey() {
+            Ok(survey) => Ok(survey),
+            Err(ProcessError::InVfork { tid, .. }) => Err(tid),
+            Err(e) => return Err(e.into()),
+        };
         // Real-time priority for the frozen window only (dropped at the end of each round).
         let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
         // A thread gets its chance to stop even when the overall timeout is short or spent: on a
         // loaded machine it may wait long for a CPU (see `process::STOP_GRACE`).
         let stop_deadline = deadline.max(frozen_at + process::STOP_GRACE);
-        let (blocker, phase) = match tracer.freeze(stop_deadline) {
-            Ok(frozen) => {
+        // Nothing is printed while the world is stopped: what `-v` says is kept for the thaw.
+        let (blocker, phase) = match survey.map(|s| tracer.freeze(s, stop_deadline)) {
+            Ok(Ok(frozen)) => {
                 let sharers = FrozenSharers::freeze(pid, &sharers, stop_deadline)?;
-                log.step(
-                    "freeze",
-                    match sharers.thread_count() {
-                        0 => format!("{} threads stopped", frozen.threads().count()),
-                        n => format!(
-                            "{} threads stopped, and {n} threads of {} processes sharing its address space",
-                            frozen.threads().count(),
-                            sharers.process_count()
-                        ),
-                    },
-                );
+                let stopped = frozen.threads().count();
+                let (shared_threads, shared_processes) =
+                    (sharers.thread_count(), sharers.process_count());
                 crate::fault::point(fault.frozen);
-                let found =
-                    find_blocker(&frozen, ranges, stacks.as_deref_mut(), log).or_else(|| {
-                        sharers.processes().find_map(|(sharer, threads)| {
-                            find_blocker_among(sharer, &threads, ranges, stacks.as_deref_mut(), log)
-                        })
+                let (mut blocker, summary) = check(&frozen, ranges, stacks.as_deref_mut());
+                if blocker.is_none() {
+                    blocker = sharers.processes().find_map(|(sharer, threads)| {
+                        check_among(sharer, &threads, ranges, stacks.as_deref_mut()).0
                     });
-                match found {
-                    Some(blocker) => (blocker, "check"),
+                }
+                let said = |log: &Log| {
+                    log.step(
+                        "freeze",
+                        match shared_threads {
+                            0 => format!("{stopped} threads stopped"),
+                            n => format!(
+                                "{stopped} threads stopped, and {n} threads of {shared_processes} processes sharing its address space"
+                            ),
+                        },
+                    );
+                    if let Some(summary) = &summary {
+                        log.step("check", summary.to_string());
+                    }
+                };
+                match blocker {
+                    Some(blocker) => {
+                        drop(sharers);
+                        drop(frozen);
+                        said(log);
+                        (blocker, "check")
+                    }
                     None => {
                         let (result, write_path) = {
                             let memory = frozen.memory();
@@ -183,6 +210,7 @@ fn frozen_write(
                         drop(sharers);
                         crate::fault::point(fault.thawed);
                         let elapsed = frozen_at.elapsed();
+                        said(log);
                         log.step(
                             "thaw",
                             format!(
@@ -200,8 +228,10 @@ fn frozen_write(
             }
             // A thread in vfork() cannot be stopped until its child execs or exits, usually
             // within moments: like a busy thread, wait and retry until the timeout.
-            Err(ProcessError::InVfork { tid, .. }) => (Blocker::in_vfork(pid, tid), "freeze"),
-            Err(e) => return Err(e.into()),
+            Err(tid) | Ok(Err(ProcessError::InVfork { tid, .. })) => {
+                (Blocker::in_vfork(pid, tid), "freeze")
+            }
+            Ok(Err(e)) => return Err(e.into()),
         };
         // Thawed (the guard is gone): wait and retry, or give up naming the thread.
         if Instant::now() + backoff > deadline {

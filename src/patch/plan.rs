@@ -2,6 +2,7 @@
 //! each function can take an entry jump — all without stopping anything.
 
 use crate::Error;
+use crate::cache::Cache;
 use crate::error::{
     AmbiguityScope, Candidate, LibraryAccess, LibraryProblem, Policy, ReplacementMiss,
     UnpatchableReason,
@@ -10,8 +11,8 @@ use crate::hex::hex;
 use crate::isa;
 use crate::process::{LoadedModule, ModuleMap};
 use crate::symbols::{
-    DebugInfoSource, FunctionDetails, FunctionSymbol, InlineSite, InlineSites, Pattern, Resolution,
-    Signature, SymbolIndex,
+    DebugInfoSource, FunctionDetails, FunctionSymbol, InlineSite, InlineSites, Knowledge, Pattern,
+    Resolution, Signature,
 };
 use std::path::Path;
 use std::rc::Rc;
@@ -107,8 +108,9 @@ fn ser_hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex(b))
 }
 
-/// Opens the patch library and checks it is a shared object for this machine.
-pub fn open_library(path: &Path) -> Result<SymbolIndex, Error> {
+/// Opens the patch library and checks it is a shared object for this machine; what is known
+/// about it is remembered in `cache`.
+pub fn open_library(path: &Path, cache: &Rc<Cache>) -> Result<Knowledge, Error> {
     let missing = |problem| Error::LibraryMissing {
         path: path.into(),
         problem,
@@ -122,7 +124,8 @@ pub fn open_library(path: &Path) -> Result<SymbolIndex, Error> {
         path: path.into(),
         problem,
     };
-    let index = SymbolIndex::open(path).map_err(|e| invalid(LibraryProblem::NotElf(e)))?;
+    let index =
+        Knowledge::open_host(path, cache).map_err(|e| invalid(LibraryProblem::NotElf(e)))?;
     let ours = if cfg!(target_arch = "x86_64") {
         object::Architecture::X86_64
     } else {
@@ -144,7 +147,7 @@ pub fn open_library(path: &Path) -> Result<SymbolIndex, Error> {
 struct Located {
     module: LoadedModule,
     function: FunctionSymbol,
-    index: Rc<SymbolIndex>,
+    index: Rc<Knowledge>,
 }
 
 /// Resolves `name` in the target: the main executable first (a `crate::` path only there), then
@@ -253,7 +256,7 @@ fn search_order(modules: &ModuleMap, name: &str) -> Vec<LoadedModule> {
 }
 
 /// The generic instances of `name` (`name::<...>`), when it names a generic function.
-fn generic_instances(index: &SymbolIndex, name: &str) -> Vec<FunctionSymbol> {
+fn generic_instances(index: &Knowledge, name: &str) -> Vec<FunctionSymbol> {
     if name.contains('<') || !index.has_dwarf() {
         return Vec::new();
     }
@@ -312,7 +315,7 @@ fn candidate(f: &FunctionSymbol, bias: u64, module: &LoadedModule) -> Candidate 
 /// against its replacement (signature), its inlined copies, clones and aliases.
 pub fn plan(
     modules: &mut ModuleMap,
-    library: &SymbolIndex,
+    library: &Knowledge,
     requests: &[FunctionRequest],
     checks: Checks,
 ) -> Result<Plan, Error> {
@@ -363,7 +366,7 @@ struct Target {
 /// refused here, before anything else is looked at (unless `--force`).
 fn locate_requests(
     modules: &mut ModuleMap,
-    library: &SymbolIndex,
+    library: &Knowledge,
     requests: &[FunctionRequest],
     checks: Checks,
     warnings: &mut Vec<String>,
@@ -431,7 +434,7 @@ fn inline_sites(targets: &[Target]) -> Vec<Vec<InlineSite>> {
 /// signatures when DWARF gave them.
 fn check_function(
     target: &Target,
-    library: &SymbolIndex,
+    library: &Knowledge,
     inlined: &[InlineSite],
     checks: Checks,
     warnings: &mut Vec<String>,
@@ -737,7 +740,7 @@ fn generated_code(
 }
 
 /// Finds the replacement in the library.
-fn find_replacement(library: &SymbolIndex, name: &str) -> Result<FunctionSymbol, Error> {
+fn find_replacement(library: &Knowledge, name: &str) -> Result<FunctionSymbol, Error> {
     let missing = |miss| Error::ReplacementMissing {
         name: name.to_string(),
         library: library.path().into(),

@@ -7,11 +7,12 @@ use crate::error::NothingToUndo;
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::isa;
 use crate::journal::{Journal, PatchRecord, PatchState, reconcile};
-use crate::log::Log;
+use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -53,6 +54,10 @@ pub struct RollbackReport {
     pub rolled_back: Vec<u64>,
     /// Microseconds all threads were stopped.
     pub frozen_us: u64,
+    /// Microseconds spent in each phase, in the order they ran: `identify`, `plan`, `journal`
+    /// (the rollback intent, fsynced), `tables` (unwind tables), `freeze` (freeze, check, write,
+    /// thaw, with any retries), `settle`.
+    pub phases_us: Phases,
     /// Wall time.
     pub total_ms: f64,
 }
@@ -76,21 +81,25 @@ fn rollback_once(
     log: &Log,
 ) -> Result<RollbackReport, Error> {
     let pid = options.pid;
+    let mut clock = PhaseClock::start(log, "identify");
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
-    wait_untraced(pid, deadline, log)?;
+    wait_untraced(&info, deadline, log)?;
     super::lineage::refuse_shared_address_space(pid)?;
     let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;
+    clock.enter("plan");
     let selected = select(&journal, options)?;
     let maps = process::read_maps(pid)?;
-    let modules = ModuleMap::new(pid, &maps, &info.exe);
-    same_builds(modules, &selected, pid)?;
+    let cache = Rc::new(state.cache());
+    let mut modules = ModuleMap::new(pid, &maps, &info.exe).with_cache(cache.clone());
+    same_builds(&mut modules, &selected, pid)?;
     log.step("plan", format!("rolling back {}", Ids(&selected)));
     let ranges = guarded_ranges(&selected, options.allow_active);
     // The rollback intent is durable before anything is stopped: if rpatch dies after writing
     // memory, the journal still tells what may have happened, and `reconcile` settles it.
+    clock.enter("journal");
     let ids: Vec<u64> = selected.iter().map(|r| r.id).collect();
     journal.data.mark(&ids, PatchState::RollingBack);
     journal.save()?;
@@ -98,7 +107,9 @@ fn rollback_once(
     // Unwind tables are read before anything is stopped. Stacks are unwound even with
     // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
     // being cleared, say), which the PC check covers.
-    let mut stacks = StackInspector::new(&ModuleMap::new(pid, &maps, &info.exe), &maps, log)?;
+    clock.enter("tables");
+    let mut stacks = StackInspector::new(&mut modules, &maps, log)?;
+    clock.enter("freeze");
     let result = frozen_write(
         FrozenPoints {
             frozen: FaultPoint::RollbackFrozen,
@@ -120,14 +131,18 @@ fn rollback_once(
             return Err(e);
         }
     };
+    clock.enter("settle");
     journal.data.mark(&ids, PatchState::RolledBack);
-    journal.save()?;
+    journal.save_settled()?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
+    drop(modules);
+    super::attach::log_cache(&cache, log);
     Ok(RollbackReport {
         schema_version: RollbackReport::SCHEMA_VERSION,
         pid,
         rolled_back: ids,
         frozen_us: frozen.as_micros() as u64,
+        phases_us: clock.finish(),
         total_ms: log.elapsed_ms(),
     })
 }
@@ -143,7 +158,7 @@ impl std::fmt::Display for Ids<'_> {
 }
 
 /// The code at each address must still be the build that was patched.
-fn same_builds(mut modules: ModuleMap, selected: &[PatchRecord], pid: i32) -> Result<(), Error> {
+fn same_builds(modules: &mut ModuleMap, selected: &[PatchRecord], pid: i32) -> Result<(), Error> {
     for r in selected {
         if let Some(recorded) = &r.module_build_id {
             let found = modules.mapped_build_id(&r.module);

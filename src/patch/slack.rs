@@ -13,9 +13,11 @@ use crate::process::{Memory, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
 use std::time::Duration;
 
-/// The journal as the injection's [`SlackLedger`]: a record is made durable before the bytes are
-/// written; its removal once they are restored is saved with the journal's next save (a record
-/// whose bytes are already restored is dropped by [`settle`]).
+/// The journal as the injection's [`SlackLedger`]: a record is saved before the bytes are
+/// written (atomically, without waiting for the disk: it must outlive rpatch, whose death leaves
+/// the page cache, and the bytes are harmless where they are should a crash of the machine lose
+/// it, which ends the process anyway); its removal once they are restored is saved with the
+/// journal's next save (a record whose bytes are already restored is dropped by [`settle`]).
 pub(super) struct JournalLedger<'j> {
     journal: &'j mut Journal,
 }
@@ -39,7 +41,7 @@ impl SlackLedger for JournalLedger<'_> {
             code: crate::isa::remote_call::bootstrap_code(),
             module: slack.module.clone(),
         });
-        self.journal.save()?;
+        self.journal.save_settled()?;
         Ok(())
     }
 
@@ -112,7 +114,7 @@ pub(super) fn repair(
                 ),
             );
             settle_slack(journal, tracer.mem());
-            journal.save()?;
+            journal.save_settled()?;
             Ok(())
         }
         Err(Error::Busy { blocker, .. }) => {

@@ -161,7 +161,8 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
         });
     }
     let maps = process::read_maps(pid)?;
-    let mut modules = ModuleMap::new(pid, &maps, &info.exe);
+    let mut modules =
+        ModuleMap::new(pid, &maps, &info.exe).with_cache(std::rc::Rc::new(state.cache()));
     // Identity of each patched module: the build mapped now, and the file on disk now.
     let mut identities: HashMap<PathBuf, (Option<String>, Option<String>)> = HashMap::new();
     let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;

@@ -3,7 +3,7 @@
 //! Code that needs a stopped world takes a `&Frozen` — the activeness check, the writes of a
 //! patch — and its memory handle writes text pages with the fallback a stopped thread allows.
 
-use super::{CodeMemory, ProcessError, ThreadState, Tracer};
+use super::{CodeMemory, ProcessError, Survey, ThreadState, Tracer};
 use std::time::Instant;
 
 /// The process with every thread stopped by its tracer. Dropping it thaws: each thread is let
@@ -13,10 +13,15 @@ pub struct Frozen<'t> {
 }
 
 impl Tracer {
-    /// Phase 4, *Freeze*: seizes and stops every thread (see [`Tracer::freeze_all`]). On an error
-    /// every thread stopped so far is let go again before it is returned.
-    pub fn freeze(&mut self, deadline: Instant) -> Result<Frozen<'_>, ProcessError> {
-        match self.freeze_all(deadline) {
+    /// Phase 4, *Freeze*: seizes and stops every thread, from a [`Survey`] made just before
+    /// (see [`Tracer::freeze_all`]). On an error every thread stopped so far is let go again
+    /// before it is returned.
+    pub fn freeze(
+        &mut self,
+        survey: Survey,
+        deadline: Instant,
+    ) -> Result<Frozen<'_>, ProcessError> {
+        match self.freeze_all(survey, deadline) {
             Ok(()) => Ok(Frozen { tracer: self }),
             Err(e) => {
                 self.release_all();

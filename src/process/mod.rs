@@ -29,7 +29,7 @@ pub use shared_mm::{
     FrozenSharers, address_space_sharers, shared_address_space, shares_address_space,
 };
 pub use syscall::{blocked_syscall, repair_eintr};
-pub use tracer::{Birth, Held, Stop, ThreadState, Tracer};
+pub use tracer::{Birth, Held, Stop, Survey, ThreadState, Tracer};
 
 use std::fs;
 use std::path::PathBuf;
@@ -192,6 +192,8 @@ pub struct ProcessInfo {
     /// Threads running under a seccomp filter (`Seccomp: 2`): an injected syscall the filter
     /// does not expect may kill the whole process.
     pub seccomp_threads: Vec<i32>,
+    /// Another process tracing one of its threads when it was identified (`TracerPid`).
+    pub tracer: Option<i32>,
     /// Threads with an x86 shadow stack enabled (`x86_Thread_features: shstk`): a call that
     /// returns to an address the hardware did not push faults.
     pub shadow_stack_threads: Vec<i32>,
@@ -287,12 +289,25 @@ pub fn permission_denied(pid: i32, detail: String) -> ProcessError {
 
 /// Reads a `Key:\tvalue` field from `/proc/PID/task/TID/status`.
 pub fn status_field(pid: i32, tid: i32, key: &str) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .strip_prefix(':')
-            .map(|v| v.trim().to_string())
-    })
+    let [value] = status_fields(pid, tid, [key]);
+    value
+}
+
+/// Reads several `Key:\tvalue` fields of `/proc/PID/task/TID/status` from one read of it.
+pub fn status_fields<const N: usize>(pid: i32, tid: i32, keys: [&str; N]) -> [Option<String>; N] {
+    let mut out = [const { None }; N];
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+        return out;
+    };
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            out[i] = Some(value.trim().to_string());
+        }
+    }
+    out
 }
 
 /// Whether an `x86_Thread_features` status value (the features enabled for the thread, e.g.
@@ -393,12 +408,22 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let (mut seccomp_threads, mut shadow_stack_threads) = (Vec::new(), Vec::new());
+    let mut tracer = None;
+    let me = std::process::id() as i32;
     for tid in list_threads(pid)? {
-        if status_field(pid, tid, "Seccomp").as_deref() == Some("2") {
+        let [seccomp, features, traced_by] =
+            status_fields(pid, tid, ["Seccomp", "x86_Thread_features", "TracerPid"]);
+        if seccomp.as_deref() == Some("2") {
             seccomp_threads.push(tid);
         }
-        if status_field(pid, tid, "x86_Thread_features").is_some_and(|f| shadow_stack_enabled(&f)) {
+        if features.is_some_and(|f| shadow_stack_enabled(&f)) {
             shadow_stack_threads.push(tid);
+        }
+        if let Some(t) = traced_by.and_then(|v| v.parse::<i32>().ok())
+            && t != 0
+            && t != me
+        {
+            tracer.get_or_insert(t);
         }
     }
     Ok(ProcessInfo {
@@ -409,6 +434,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         image,
         state,
         seccomp_threads,
+        tracer,
         shadow_stack_threads,
     })
 }

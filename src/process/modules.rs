@@ -2,9 +2,10 @@
 //! its symbols — the one actually mapped, even if the path on disk was replaced since.
 
 use super::{Mapping, Runtime};
+use crate::cache::Cache;
 use crate::files::{self, Root};
 use crate::hex::hex;
-use crate::symbols::{LoadSegment, Location, SymbolError, SymbolIndex};
+use crate::symbols::{Knowledge, LoadSegment, Lookup, SymbolError};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fs::File;
@@ -65,7 +66,8 @@ impl LoadedModule {
     }
 }
 
-/// The mapped modules of a process and a cache of their symbol indexes.
+/// The mapped modules of a process and what is known about each (its symbols, opened once;
+/// remembered across runs when a program-knowledge cache is given, see [`Self::with_cache`]).
 ///
 /// Module files are the target's: they are opened through `/proc/PID/map_files` (the very inode
 /// mapped), or, where that is not permitted (it needs CAP_SYS_ADMIN), by name inside the
@@ -77,7 +79,8 @@ pub struct ModuleMap {
     /// the main executable, see `main_executable`.
     pub modules: Vec<LoadedModule>,
     exe: PathBuf,
-    cache: HashMap<PathBuf, Rc<SymbolIndex>>,
+    known: HashMap<PathBuf, Rc<Knowledge>>,
+    cache: Rc<Cache>,
     /// Start time of the process when the map was made: the root is only opened for it.
     start_time: Option<u64>,
     root: OnceCell<Option<Root>>,
@@ -124,10 +127,18 @@ impl ModuleMap {
             pid,
             modules,
             exe: exe.to_path_buf(),
-            cache: HashMap::new(),
+            known: HashMap::new(),
+            cache: Rc::new(Cache::disabled()),
             start_time: super::read_stat(pid, pid).ok().map(|(_, start, _)| start),
             root: OnceCell::new(),
         }
+    }
+
+    /// Uses `cache` to remember what is learnt about the modules (and to find what earlier runs
+    /// learnt about the same files).
+    pub fn with_cache(mut self, cache: Rc<Cache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The target's root directory, opened once (`None` when it cannot be).
@@ -221,30 +232,34 @@ impl ModuleMap {
             return None;
         }
         let file = self.root()?.open(path).ok()?;
-        let data = files::read_capped(&file, files::max_file_size()).ok()?;
-        let elf = object::File::parse(&*data).ok()?;
-        object::Object::build_id(&elf).ok()?.map(hex)
+        crate::symbols::read_build_id(&file).map(|id| hex(&id))
     }
 
-    /// The symbol index of a module, opened once.
-    pub fn symbols(&mut self, module: &LoadedModule) -> Result<Rc<SymbolIndex>, SymbolError> {
-        if let Some(index) = self.cache.get(&module.path) {
-            return Ok(index.clone());
+    /// What is known about a module's symbols (see [`Knowledge`]), opened once.
+    pub fn symbols(&mut self, module: &LoadedModule) -> Result<Rc<Knowledge>, SymbolError> {
+        if let Some(known) = self.known.get(&module.path) {
+            return Ok(known.clone());
         }
         let file = self.open(module).map_err(|source| SymbolError::Io {
             path: module.open_path.clone(),
             source,
         })?;
-        let location = match self.root() {
-            Some(root) if module.named => Location::InRoot {
+        let lookup = match self.root().map(Root::try_clone) {
+            Some(Ok(root)) if module.named => Lookup::InRoot {
                 root,
-                path: &module.path,
+                path: module.path.clone(),
             },
-            _ => Location::Nowhere,
+            _ => Lookup::Nowhere,
         };
-        let index = Rc::new(SymbolIndex::open_file(&file, &module.open_path, &location)?);
-        self.cache.insert(module.path.clone(), index.clone());
-        Ok(index)
+        // A memfd (a patch library's copy) belongs to this process alone: nothing to remember.
+        let cache = if module.path.to_string_lossy().starts_with("/memfd:") {
+            Rc::new(Cache::disabled())
+        } else {
+            self.cache.clone()
+        };
+        let known = Rc::new(Knowledge::open(file, &module.open_path, lookup, &cache)?);
+        self.known.insert(module.path.clone(), known.clone());
+        Ok(known)
     }
 }
 

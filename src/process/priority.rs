@@ -3,12 +3,19 @@
 //! The frozen window is spent waiting for threads to stop and writing a few bytes; on a machine
 //! whose cores are busy with the target's own threads, an ordinary-priority tracer waits for a
 //! time slice at every step and the window stretches to tens of milliseconds. Raising rpatch to
-//! SCHED_FIFO for just that window keeps it short. Without the privilege it stays as it was.
+//! SCHED_FIFO for just that window keeps it short: at priority 50 as root (CAP_SYS_NICE), else at
+//! the highest priority `RLIMIT_RTPRIO` grants (a user given `rtprio` in limits.conf, or a
+//! service with `LimitRTPRIO=`). Without either it stays as it was. Either way its sleeps while
+//! waiting for threads to stop are made exact (a timer slack of 1 ns instead of the default
+//! 50 us, which an ordinary thread would otherwise add to every short sleep).
 
-/// While alive, the calling thread runs under SCHED_FIFO (when permitted); dropping it restores
-/// the previous policy and priority.
+/// While alive, the calling thread runs under SCHED_FIFO (when permitted) with an exact timer
+/// slack; dropping it restores the previous policy, priority and slack.
 pub struct RealtimeGuard {
     previous: Option<(i32, libc::sched_param)>,
+    slack: Option<libc::c_int>,
+    /// The real-time priority taken, 0 when none.
+    pub priority: i32,
 }
 
 /// Priority used: above every ordinary (SCHED_OTHER) thread, below the kernel's own
@@ -16,8 +23,19 @@ pub struct RealtimeGuard {
 const FROZEN_PRIORITY: i32 = 50;
 
 impl RealtimeGuard {
-    /// Raises the calling thread to SCHED_FIFO if it is permitted; a no-op otherwise.
+    /// Raises the calling thread to SCHED_FIFO if it is permitted (see the module comment);
+    /// otherwise only the timer slack changes.
     pub fn raise() -> Self {
+        // SAFETY: PR_GET_TIMERSLACK / PR_SET_TIMERSLACK take and return plain integers.
+        let slack = unsafe {
+            let old = libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0);
+            (old > 0 && libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0).then_some(old)
+        };
+        let mut guard = Self {
+            previous: None,
+            slack,
+            priority: 0,
+        };
         // SAFETY: sched_getscheduler/sched_getparam/sched_setscheduler on pid 0 (this thread)
         // only read or write the plain sched_param structs passed by pointer, which live for
         // the duration of each call.
@@ -25,19 +43,38 @@ impl RealtimeGuard {
             let policy = libc::sched_getscheduler(0);
             let mut param = libc::sched_param { sched_priority: 0 };
             if policy < 0 || libc::sched_getparam(0, &mut param) != 0 {
-                return Self { previous: None };
+                return guard;
             }
-            let fifo = libc::sched_param {
-                sched_priority: FROZEN_PRIORITY,
-            };
-            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) != 0 {
-                return Self { previous: None };
-            }
-            Self {
-                previous: Some((policy, param)),
+            for priority in [FROZEN_PRIORITY, granted_priority()] {
+                if priority <= 0 {
+                    continue;
+                }
+                let fifo = libc::sched_param {
+                    sched_priority: priority,
+                };
+                if libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) == 0 {
+                    guard.previous = Some((policy, param));
+                    guard.priority = priority;
+                    return guard;
+                }
             }
         }
+        guard
     }
+}
+
+/// The highest real-time priority `RLIMIT_RTPRIO` lets an unprivileged thread take (at most
+/// [`FROZEN_PRIORITY`]); 0 when it grants none.
+fn granted_priority() -> i32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the rlimit struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_RTPRIO, &mut limit) } != 0 {
+        return 0;
+    }
+    limit.rlim_cur.min(FROZEN_PRIORITY as u64) as i32
 }
 
 impl Drop for RealtimeGuard {
@@ -45,6 +82,10 @@ impl Drop for RealtimeGuard {
         if let Some((policy, param)) = self.previous {
             // SAFETY: as in `raise`; restores what sched_getscheduler/sched_getparam returned.
             unsafe { libc::sched_setscheduler(0, policy, &param) };
+        }
+        if let Some(slack) = self.slack {
+            // SAFETY: as in `raise`.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack as libc::c_ulong, 0, 0, 0) };
         }
     }
 }

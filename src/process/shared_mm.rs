@@ -79,7 +79,10 @@ impl FrozenSharers {
         while !pending.is_empty() {
             for sharer in pending {
                 let mut tracer = Tracer::new(sharer)?;
-                match tracer.freeze_all(deadline) {
+                match tracer
+                    .survey()
+                    .and_then(|survey| tracer.freeze_all(survey, deadline))
+                {
                     Ok(()) => frozen.tracers.push(tracer),
                     Err(ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. }) => {}
                     Err(e) => return Err(e),

@@ -2,7 +2,7 @@
 //! fact that needs repairing after a ptrace interrupt: calls that fail with EINTR instead of
 //! restarting.
 
-use super::{Memory, status_field};
+use super::{Memory, status_fields};
 
 /// Syscalls that return plain `-EINTR` when a ptrace interrupt arrives, with no restart code
 /// (x86_64: semop, rt_sigtimedwait, semtimedop, epoll_wait, epoll_pwait, epoll_pwait2).
@@ -83,12 +83,11 @@ pub fn repair_eintr(
     if regs.rax as i64 != -(libc::EINTR as i64) || !EINTR_ONLY_SYSCALLS.contains(&regs.orig_rax) {
         return false;
     }
-    let mask = |key| {
-        status_field(pid, tid, key)
-            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+    let [pending, blocked] = status_fields(pid, tid, ["SigPnd", "SigBlk"]).map(|v| {
+        v.and_then(|v| u64::from_str_radix(&v, 16).ok())
             .unwrap_or(u64::MAX)
-    };
-    if mask("SigPnd") & !mask("SigBlk") != 0 {
+    });
+    if pending & !blocked != 0 {
         return false;
     }
     let mut insn = [0u8; 2];

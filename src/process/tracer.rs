@@ -72,6 +72,9 @@ const NT_X86_XSTATE: usize = 0x202;
 pub struct Tracer {
     pid: i32,
     threads: BTreeMap<i32, ThreadState>,
+    /// The held threads in the order they were asked to stop, which is the order they are let
+    /// go in: the busy threads a freeze stops first go first.
+    order: Vec<i32>,
     mem: ProcMem,
     /// Not Send: ptrace requests are valid only from the attaching thread.
     _not_send: std::marker::PhantomData<*const ()>,
@@ -88,6 +91,7 @@ impl Tracer {
         Ok(Self {
             pid,
             threads: BTreeMap::new(),
+            order: Vec::new(),
             mem,
             _not_send: std::marker::PhantomData,
         })
@@ -168,7 +172,12 @@ impl Tracer {
             Err(e) => return Err(ptrace_err("SEIZE", tid)(e)),
         }
         match ptrace::interrupt(Pid::from_raw(tid)) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                if !self.order.contains(&tid) {
+                    self.order.push(tid);
+                }
+                Ok(true)
+            }
             Err(Errno::ESRCH) => Ok(self.forget_if_gone(tid)),
             Err(e) => {
                 let _ = ptrace::detach(Pid::from_raw(tid), None);
@@ -204,6 +213,9 @@ impl Tracer {
             ptrace::setregs(Pid::from_raw(tid), regs).map_err(ptrace_err("SETREGS", tid))?;
         }
         self.threads.insert(tid, ThreadState { tid, stop, regs });
+        if !self.order.contains(&tid) {
+            self.order.push(tid);
+        }
         Ok(())
     }
 
@@ -268,13 +280,91 @@ impl Tracer {
         }
     }
 
-    /// Seizes and stops every thread, re-listing until no new thread appears (see
-    /// [`Tracer::freeze`], which makes the result a guard).
-    /// A thread can only be created by a running thread, and a clone completes before its caller
-    /// stops, so once a listing finds nothing new while all listed threads are stopped, the set is
-    /// complete.
-    pub(super) fn freeze_all(&mut self, deadline: Instant) -> Result<(), ProcessError> {
+    /// Looks at every thread before the world is stopped (see [`Survey`]): what the freeze
+    /// needs to know that costs a read of /proc per thread is read here, outside the frozen
+    /// window. A thread in `vfork` (which cannot be stopped until its child execs or exits) is
+    /// reported at once.
+    pub fn survey(&self) -> Result<Survey, ProcessError> {
+        let tids = match super::list_threads(self.pid) {
+            Ok(t) => t,
+            Err(ProcessError::NoSuchProcess { .. }) => {
+                return Err(ProcessError::Exited { pid: self.pid });
+            }
+            Err(e) => return Err(e),
+        };
+        let mut survey = Survey::default();
+        for tid in tids {
+            let blocked = super::blocked_syscall(self.pid, tid);
+            match blocked {
+                Some(b) if b.in_vfork() => {
+                    return Err(ProcessError::InVfork { pid: self.pid, tid });
+                }
+                Some(b) if b.eintr_only() => survey.eintr_only.push(tid),
+                Some(_) => survey.blocked.push(tid),
+                None => survey.running.push(tid),
+            }
+        }
+        Ok(survey)
+    }
+
+    /// Seizes and stops every thread (see [`Tracer::freeze`], which makes the result a guard),
+    /// from a `survey` made just before. Every thread is asked to stop before any stop is waited
+    /// for, running threads first (they need a CPU to reach the stop, sleeping ones stop at
+    /// once); a thread blocked in a call that a ptrace interrupt makes fail with EINTR is
+    /// stopped and repaired on its own, so that at most one such thread at a time is between
+    /// its interrupt and its repair. Then the thread list is read again, and threads created
+    /// meanwhile are stopped the same way, until a listing finds nothing new: a thread can only
+    /// be created by a running thread, and a clone completes before its caller stops, so once a
+    /// listing finds nothing new while all listed threads are stopped, the set is complete.
+    pub(super) fn freeze_all(
+        &mut self,
+        survey: Survey,
+        deadline: Instant,
+    ) -> Result<(), ProcessError> {
+        let mut round = survey;
+        // Every thread asked to stop so far: one that is still listed but not held could not
+        // be seized (a zombie leader, a thread exiting) and is not new.
+        let mut tried: Vec<i32> = Vec::new();
         loop {
+            tried.extend(
+                round
+                    .running
+                    .iter()
+                    .chain(&round.blocked)
+                    .chain(&round.eintr_only),
+            );
+            let mut asked = Vec::new();
+            for &tid in round.running.iter().chain(&round.blocked) {
+                if !self.threads.contains_key(&tid) && self.seize_and_interrupt(tid)? {
+                    asked.push(tid);
+                }
+            }
+            let mut failure = None;
+            for &tid in &round.eintr_only {
+                if self.threads.contains_key(&tid) {
+                    continue;
+                }
+                // Stopped and repaired at once: between the interrupt and the repair, a tracer
+                // that dies would leave this thread's call returning EINTR, so that window is
+                // kept to the few microseconds a sleeping thread takes to stop.
+                match self.seize_and_interrupt(tid) {
+                    Ok(true) => {
+                        if let Err(e) = self.await_stop(tid, deadline) {
+                            failure = failure.or(Some(e));
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => failure = failure.or(Some(e)),
+                }
+            }
+            // Every thread recorded is one the caller's release lets go rather than leaving it
+            // in its trap: the others' stops are collected even after a failure.
+            if let Err(e) = self.await_stops(&asked, deadline) {
+                failure = failure.or(Some(e));
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
             let tids = match super::list_threads(self.pid) {
                 Ok(t) => t,
                 Err(ProcessError::NoSuchProcess { .. }) => {
@@ -282,55 +372,94 @@ impl Tracer {
                 }
                 Err(e) => return Err(e),
             };
-            let mut asked = Vec::new();
-            let mut new = false;
-            // Checked before anything of this round is seized, so that the caller's release
-            // lets every thread go.
-            if let Some(&tid) = tids
+            let new: Vec<i32> = tids
                 .iter()
-                .find(|&&t| super::blocked_syscall(self.pid, t).is_some_and(|b| b.in_vfork()))
-            {
-                return Err(ProcessError::InVfork { pid: self.pid, tid });
-            }
-            for &tid in &tids {
-                if self.threads.contains_key(&tid) {
-                    continue;
-                }
-                if super::blocked_syscall(self.pid, tid).is_some_and(|b| b.eintr_only()) {
-                    // Stopped and repaired at once: between the interrupt and the repair, a
-                    // tracer that dies would leave this thread's call returning EINTR, so that
-                    // window is kept to the few microseconds a sleeping thread takes to stop.
-                    if self.seize_and_interrupt(tid)? {
-                        new |= self.await_stop(tid, deadline)?;
-                    }
-                } else if self.seize_and_interrupt(tid)? {
-                    asked.push(tid);
-                }
-            }
-            let mut failure = None;
-            for tid in asked {
-                match self.await_stop(tid, deadline) {
-                    Ok(stopped) => new |= stopped,
-                    // Keep collecting the others' stops: every thread recorded is one the
-                    // caller's release lets go rather than leaving it in its trap.
-                    Err(e) => failure = failure.or(Some(e)),
-                }
-            }
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            if !new && !tids.is_empty() {
+                .copied()
+                .filter(|t| !self.threads.contains_key(t) && !tried.contains(t))
+                .collect();
+            if new.is_empty() {
                 // Threads that exited since being stopped are dropped from the set.
                 self.threads.retain(|tid, _| tids.contains(tid));
+                self.order.retain(|tid| tids.contains(tid));
                 if self.threads.is_empty() {
                     return Err(ProcessError::Exited { pid: self.pid });
                 }
                 return Ok(());
             }
-            if tids.is_empty() {
-                return Err(ProcessError::Exited { pid: self.pid });
+            // Rare: threads created since the survey. Their state is read now.
+            round = Survey::default();
+            for tid in new {
+                match super::blocked_syscall(self.pid, tid) {
+                    Some(b) if b.in_vfork() => {
+                        return Err(ProcessError::InVfork { pid: self.pid, tid });
+                    }
+                    Some(b) if b.eintr_only() => round.eintr_only.push(tid),
+                    Some(_) => round.blocked.push(tid),
+                    None => round.running.push(tid),
+                }
             }
         }
+    }
+
+    /// Waits for the stops of the threads `tids` (just interrupted), in whatever order they
+    /// come, and records them. A thread that exits meanwhile is forgotten. Each thread is waited
+    /// for by its own id: `waitpid(-1)` would also reap children of rpatch's that are not
+    /// tracees (a library user's, or `rehearse`'s target).
+    fn await_stops(&mut self, tids: &[i32], deadline: Instant) -> Result<(), ProcessError> {
+        let mut pending: Vec<i32> = tids.to_vec();
+        let start = Instant::now();
+        let mut idle = 0u32;
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut i = 0;
+            while i < pending.len() {
+                let tid = pending[i];
+                let mut status = 0i32;
+                // SAFETY: waitpid only writes the status integer we pass a pointer to.
+                let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+                if rc == 0 || (rc < 0 && Errno::last() == Errno::EINTR) {
+                    i += 1;
+                    continue;
+                }
+                pending.swap_remove(i);
+                if rc < 0 {
+                    match Errno::last() {
+                        // Gone, and reaped already.
+                        Errno::ECHILD => {
+                            self.threads.remove(&tid);
+                            continue;
+                        }
+                        e => return Err(ptrace_err("waitpid", tid)(e)),
+                    }
+                }
+                if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                    self.threads.remove(&tid);
+                } else if libc::WIFSTOPPED(status) {
+                    self.record_stop(tid, stop_of(status))?;
+                }
+            }
+            if pending.len() < before {
+                idle = 0;
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(ProcessError::StopTimeout {
+                    pid: self.pid,
+                    tid: pending[0],
+                    ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            // A running thread stops within microseconds of the interrupt, once it has a CPU.
+            // Spin briefly, then short sleeps (not yields, which hand a whole time slice to a
+            // busy target thread on a loaded machine).
+            idle += 1;
+            if idle < 16 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(10));
+            }
+        }
+        Ok(())
     }
 
     /// Sets registers of a held thread (and records them as its current state).
@@ -399,6 +528,7 @@ impl Tracer {
 
     /// Lets one thread go, delivering a signal that arrived while it was held.
     pub fn release(&mut self, tid: i32) {
+        self.order.retain(|&t| t != tid);
         if let Some(t) = self.threads.remove(&tid) {
             let sig = match t.stop {
                 Stop::Signal(s) => s,
@@ -410,9 +540,17 @@ impl Tracer {
         }
     }
 
-    /// Phase 7, *Thaw*: lets every held thread go.
+    /// Phase 7, *Thaw*: lets every held thread go, in the order they were stopped (a busy
+    /// thread, stopped first, waits least).
     pub fn release_all(&mut self) {
-        let tids: Vec<i32> = self.threads.keys().copied().collect();
+        let mut tids = std::mem::take(&mut self.order);
+        tids.extend(
+            self.threads
+                .keys()
+                .filter(|t| !tids.contains(t))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
         for tid in tids {
             self.release(tid);
         }
@@ -455,6 +593,27 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.tracer.release(self.tid);
     }
+}
+
+/// The kind of ptrace stop a `waitpid` status reports.
+fn stop_of(status: i32) -> Stop {
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    if event != 0 || sig == libc::SIGTRAP | 0x80 {
+        Stop::Event
+    } else {
+        Stop::Signal(sig)
+    }
+}
+
+/// What a freeze needs to know about each thread, read just before it (see
+/// [`Tracer::survey`]): which threads run (asked to stop first), which sleep, and which sleep in
+/// a call that a ptrace interrupt makes fail with EINTR (stopped and repaired one at a time).
+#[derive(Debug, Default, Clone)]
+pub struct Survey {
+    running: Vec<i32>,
+    blocked: Vec<i32>,
+    eintr_only: Vec<i32>,
 }
 
 /// Whether a thread is gone, a zombie, or dead: an EPERM from PTRACE_SEIZE then means "exiting",

@@ -112,6 +112,65 @@ pub(super) fn cfi_len(cfi: &Cfi) -> usize {
     cfi.eh_frame.len() + cfi.eh_frame_hdr.as_ref().map_or(0, |(b, _)| b.len())
 }
 
+/// Where a module's CFI sections are in its file: byte ranges (offset, length) and addresses.
+/// Derived once per file and remembered with it (`symbols::Knowledge`); the bytes are read from
+/// the file itself at these offsets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct CfiPlace {
+    /// `.eh_frame`: (file offset, length, address).
+    pub eh_frame: (u64, u64, u64),
+    /// `.eh_frame_hdr`: (file offset, length, address).
+    pub eh_frame_hdr: Option<(u64, u64, u64)>,
+    pub text_svma: Option<Range<u64>>,
+    pub got_svma: Option<Range<u64>>,
+}
+
+/// The place of the CFI sections of an ELF image (`None`: it has no `.eh_frame`).
+pub(super) fn locate_cfi(data: &[u8]) -> Result<Option<CfiPlace>, String> {
+    let file = object::File::parse(data).map_err(|e| e.to_string())?;
+    // As in `read_cfi`: a section whose address range would wrap counts as missing.
+    let section = |name: &str| {
+        let s = file.section_by_name(name)?;
+        let (offset, len) = s.file_range()?;
+        s.address().checked_add(len)?;
+        (len > 0).then_some((offset, len, s.address()))
+    };
+    let svma_range = |name: &str| {
+        let s = file.section_by_name(name)?;
+        Some(s.address()..s.address().checked_add(s.size())?)
+    };
+    Ok(section(".eh_frame").map(|eh_frame| CfiPlace {
+        eh_frame,
+        eh_frame_hdr: section(".eh_frame_hdr"),
+        text_svma: svma_range(".text"),
+        got_svma: svma_range(".got"),
+    }))
+}
+
+impl Cfi {
+    /// The CFI at `place`, its bytes read with `read(offset, length)`.
+    pub(super) fn read(
+        place: &CfiPlace,
+        read: impl Fn(u64, usize) -> Option<Vec<u8>>,
+    ) -> Option<Self> {
+        let (offset, len, svma) = place.eh_frame;
+        let eh_frame = Bytes::from(read(offset, usize::try_from(len).ok()?)?);
+        let eh_frame_hdr = match place.eh_frame_hdr {
+            Some((offset, len, svma)) => {
+                Some((Bytes::from(read(offset, usize::try_from(len).ok()?)?), svma))
+            }
+            None => None,
+        };
+        Some(Cfi {
+            eh_frame,
+            eh_frame_svma: svma,
+            eh_frame_hdr,
+            text_svma: place.text_svma.clone(),
+            got_svma: place.got_svma.clone(),
+        })
+    }
+}
+
 /// The PT_LOAD segments (for the load bias) and the CFI sections of an ELF image.
 pub(super) fn read_cfi<'data, R: object::ReadRef<'data>>(
     data: R,

@@ -14,8 +14,9 @@ mod cfi;
 mod scan;
 mod stack;
 
-pub use stack::{Doubt, StackInspector, StackWalk};
+pub use stack::{Doubt, LoadedCopy, StackInspector, StackWalk};
 
+#[cfg(test)]
 use crate::log::Log;
 use crate::process::{Frozen, ThreadState, thread_name};
 use std::fmt::Write as _;
@@ -155,30 +156,74 @@ pub fn pc_blocks(range: &GuardedRange, pc: u64) -> bool {
     (first_unsafe..range.bytes.end).contains(&pc)
 }
 
-/// Phase 5, *Check*: the first frozen thread that blocks the write, if any. Every PC is checked
-/// against the bytes to be written; then, with a `stacks` inspector, every thread's stack is
-/// unwound: the PCs of contexts interrupted by signals are checked like PCs, and for the ranges
-/// that have a `stack_range` the return addresses are checked against the whole function
-/// (conservatively when the unwind stops early). Prints the per-thread unwind times with `-v`.
+/// [`check`], printing the per-thread unwind times with `-v` at once.
+#[cfg(test)]
 pub fn find_blocker(
     frozen: &Frozen,
     ranges: &[GuardedRange],
     stacks: Option<&mut StackInspector>,
     log: &Log,
 ) -> Option<Blocker> {
-    let threads: Vec<&ThreadState> = frozen.threads().collect();
-    find_blocker_among(frozen.pid(), &threads, ranges, stacks, log)
+    let (blocker, summary) = check(frozen, ranges, stacks);
+    if let Some(summary) = summary {
+        log.step("check", summary.to_string());
+    }
+    blocker
 }
 
-/// [`find_blocker`] for the stopped `threads` of process `pid`: a frozen target's, or those of a
+/// The stack walks of one check, for `-v` (formatted only when printed, after the thaw).
+pub struct CheckSummary {
+    elapsed: std::time::Duration,
+    walks: Vec<(i32, StackWalk)>,
+}
+
+impl std::fmt::Display for CheckSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stacks unwound in {} us", self.elapsed.as_micros())?;
+        for (tid, walk) in &self.walks {
+            write!(
+                f,
+                "; {tid}: {} frames{} in {} us ({} KiB copied{})",
+                walk.frames.len(),
+                match &walk.doubt {
+                    None => String::new(),
+                    Some(d) => format!(", incomplete: {d}"),
+                },
+                walk.elapsed.as_micros(),
+                walk.copied / 1024,
+                match walk.direct_reads {
+                    0 => String::new(),
+                    n => format!(", {n} direct reads"),
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Phase 5, *Check*: the first frozen thread that blocks the write, if any. Every PC is checked
+/// against the bytes to be written; then, with a `stacks` inspector, every thread's stack is
+/// unwound: the PCs of contexts interrupted by signals are checked like PCs, and for the ranges
+/// that have a `stack_range` the return addresses are checked against the whole function
+/// (conservatively when the unwind stops early). Nothing is printed here (the world is
+/// stopped): the summary of the walks is returned for `-v`.
+pub fn check(
+    frozen: &Frozen,
+    ranges: &[GuardedRange],
+    stacks: Option<&mut StackInspector>,
+) -> (Option<Blocker>, Option<CheckSummary>) {
+    let threads: Vec<&ThreadState> = frozen.threads().collect();
+    check_among(frozen.pid(), &threads, ranges, stacks)
+}
+
+/// [`check`] for the stopped `threads` of process `pid`: a frozen target's, or those of a
 /// process sharing its address space (`process::FrozenSharers`), which run the same code.
-pub fn find_blocker_among(
+pub fn check_among(
     pid: i32,
     threads: &[&ThreadState],
     ranges: &[GuardedRange],
     stacks: Option<&mut StackInspector>,
-    log: &Log,
-) -> Option<Blocker> {
+) -> (Option<Blocker>, Option<CheckSummary>) {
     let blocker = |tid: i32, pc: u64, range: &GuardedRange| Blocker {
         tid,
         name: thread_name(pid, tid),
@@ -194,12 +239,14 @@ pub fn find_blocker_among(
     for t in threads {
         let pc = t.regs.rip;
         if let Some(r) = ranges.iter().find(|r| pc_blocks(r, pc)) {
-            return Some(blocker(t.tid, pc, r));
+            return (Some(blocker(t.tid, pc, r)), None);
         }
     }
     // Every stack is unwound even when no range asks for the return-address check: a context
     // a signal interrupted resumes at its saved PC, which must not be in the bytes either.
-    let stacks = stacks?;
+    let Some(stacks) = stacks else {
+        return (None, None);
+    };
     let functions: Vec<(usize, Range<u64>)> = ranges
         .iter()
         .enumerate()
@@ -215,7 +262,7 @@ pub fn find_blocker_among(
         })
         .collect();
     let started = Instant::now();
-    let mut summary = String::new();
+    let mut walks = Vec::with_capacity(threads.len());
     let mut found = None;
     for t in threads {
         let (walk, hit) = stacks.find_in_stack(&t.regs, &functions, &resumes);
@@ -235,22 +282,8 @@ pub fn find_blocker_among(
             found = interrupted;
             break;
         }
-        let _ = write!(
-            summary,
-            "; {}: {} frames{} in {} us ({} KiB copied{})",
-            t.tid,
-            walk.frames.len(),
-            match &walk.doubt {
-                None => String::new(),
-                Some(d) => format!(", incomplete: {d}"),
-            },
-            walk.elapsed.as_micros(),
-            walk.copied / 1024,
-            match walk.direct_reads {
-                0 => String::new(),
-                n => format!(", {n} direct reads"),
-            }
-        );
+        let doubt = walk.doubt.clone();
+        walks.push((t.tid, walk));
         if let Some(hit) = hit {
             let range = &ranges[hit.range];
             found = Some(Blocker {
@@ -261,21 +294,18 @@ pub fn find_blocker_among(
                     (false, true) => FrameSource::Scanned,
                     (false, false) => FrameSource::Unwound,
                 },
-                incomplete: walk.doubt.clone(),
+                incomplete: doubt,
                 outermost: hit.outermost,
                 ..blocker(t.tid, t.regs.rip, range)
             });
             break;
         }
     }
-    log.step(
-        "check",
-        format!(
-            "stacks unwound in {} us{summary}",
-            started.elapsed().as_micros()
-        ),
-    );
-    found
+    let summary = CheckSummary {
+        elapsed: started.elapsed(),
+        walks,
+    };
+    (found, Some(summary))
 }
 
 #[cfg(test)]

@@ -11,16 +11,19 @@
 //! the same sections) that the address has an FDE framehop can evaluate; when not, the walk is
 //! *incomplete* and the caller scans the rest of the stack conservatively (see `scan`).
 
-use super::cfi::{Bytes, Cfi, cfi_len, read_cfi};
+use super::cfi::{Bytes, Cfi, cfi_len, locate_cfi, read_cfi};
 use super::scan;
 use crate::log::Log;
-use crate::process::{self, LoadedModule, Mapping, Memory, ModuleMap, ProcMem, ProcessError};
+#[cfg(test)]
+use crate::process;
+use crate::process::{LoadedModule, Mapping, Memory, ModuleMap, ProcMem, ProcessError};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 use gimli::UnwindContext;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
+#[cfg(test)]
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -159,6 +162,19 @@ pub(crate) struct StackHit {
     pub interrupted: bool,
 }
 
+/// A library rpatch just loaded, whose unwind tables [`StackInspector::refresh`] takes from the
+/// bytes loaded (`bytes`, what `known` was derived from) rather than reading its copy again.
+pub struct LoadedCopy<'a> {
+    /// Device of the copy the target mapped.
+    pub dev: u64,
+    /// Inode of that copy.
+    pub inode: u64,
+    /// What is known about the library.
+    pub known: &'a crate::symbols::Knowledge,
+    /// The bytes loaded.
+    pub bytes: &'a [u8],
+}
+
 /// One mapped module as the inspector knows it.
 struct KnownModule {
     name: String,
@@ -188,17 +204,18 @@ pub struct StackInspector {
 
 impl StackInspector {
     /// Reads the target's maps and builds an inspector for all its modules (see [`Self::new`]).
+    #[cfg(test)]
     pub fn for_process(pid: i32, exe: &Path, log: &Log) -> Result<Self, ProcessError> {
         let maps = process::read_maps(pid)?;
-        let modules = ModuleMap::new(pid, &maps, exe);
-        Self::new(&modules, &maps, log)
+        let mut modules = ModuleMap::new(pid, &maps, exe);
+        Self::new(&mut modules, &maps, log)
     }
 
     /// Reads the unwind sections (`.eh_frame`, `.eh_frame_hdr`) of every module in `modules` and
     /// of the vDSO, and remembers the data mappings of `maps` (to bound each stack copy). Call it
     /// before freezing: it reads files. A module that cannot be read is kept without CFI (a walk
     /// reaching it is incomplete and falls back to the conservative scan).
-    pub fn new(modules: &ModuleMap, maps: &[Mapping], log: &Log) -> Result<Self, ProcessError> {
+    pub fn new(modules: &mut ModuleMap, maps: &[Mapping], log: &Log) -> Result<Self, ProcessError> {
         let started = Instant::now();
         let pid = modules.pid();
         let mem = Box::new(ProcMem::open(pid)?);
@@ -218,38 +235,10 @@ impl StackInspector {
             buf: vec![0xcc; (STACK_CHUNK + RED_ZONE) as usize],
         };
         inspector.data.sort_by_key(|r| r.start);
-        let mut cfi_bytes = 0usize;
         let mut failed = Vec::new();
-        for module in &modules.modules {
-            // The target's file, checked to be the mapped inode; read on demand (never mapped:
-            // its owner may truncate it), and no larger than rpatch reads from such files.
-            let read = modules
-                .open(module)
-                .and_then(|f| {
-                    let cap = crate::files::max_file_size();
-                    match f.metadata()?.len() {
-                        len if len > cap => Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("{len} bytes, over the {cap}-byte cap"),
-                        )),
-                        _ => Ok(f),
-                    }
-                })
-                .map_err(|e| e.to_string())
-                .and_then(|f| {
-                    let cache = object::ReadCache::new(f);
-                    read_cfi(&cache)
-                });
-            match read {
-                Ok((segments, cfi)) => {
-                    cfi_bytes += cfi.as_ref().map_or(0, cfi_len);
-                    inspector.add(module, module.bias(&segments), cfi);
-                }
-                Err(why) => {
-                    failed.push(format!("{}: {why}", module.path.display()));
-                    inspector.add(module, module.start, None);
-                }
-            }
+        let mut cfi_bytes = 0usize;
+        for module in modules.modules.clone() {
+            cfi_bytes += inspector.read_module(modules, &module, &mut failed);
         }
         if let Some(vdso) = maps.iter().find(|m| m.path == "[vdso]") {
             let module = LoadedModule {
@@ -330,6 +319,137 @@ impl StackInspector {
             inspector.add(&module, module.bias(&segments), cfi);
         }
         inspector
+    }
+
+    /// Brings the inspector up to date with the target's maps now: reads the unwind tables of
+    /// modules mapped since it was built (the patch library a load just mapped), forgets those
+    /// unmapped meanwhile, and takes the data mappings anew (the stub region's stack, new thread
+    /// stacks). Call it before freezing: it reads files.
+    pub fn refresh(
+        &mut self,
+        modules: &mut ModuleMap,
+        maps: &[Mapping],
+        copy: Option<LoadedCopy<'_>>,
+        log: &Log,
+    ) -> Result<(), ProcessError> {
+        let started = Instant::now();
+        let current = |m: &KnownModule| {
+            m.name == "[vdso]"
+                || modules.modules.iter().any(|x| {
+                    x.start == m.avma.start
+                        && x.end == m.avma.end
+                        && x.path.display().to_string() == m.name
+                })
+        };
+        let gone: Vec<u64> = self
+            .modules
+            .iter()
+            .filter(|m| !current(m))
+            .map(|m| m.avma.start)
+            .collect();
+        for start in &gone {
+            self.unwinder.remove_module(*start);
+        }
+        self.modules.retain(|m| !gone.contains(&m.avma.start));
+        self.trust.clear();
+        self.cache = CacheX86_64::new();
+        let mut failed = Vec::new();
+        let mut added = 0;
+        for module in modules.modules.clone() {
+            let known = self
+                .modules
+                .iter()
+                .any(|m| m.avma.start == module.start && m.avma.end == module.end);
+            if known {
+                continue;
+            }
+            added += 1;
+            match &copy {
+                Some(c) if c.dev == module.dev && c.inode == module.inode => {
+                    let read = c
+                        .known
+                        .remember("cfi-place", "v1", |index| locate_cfi(index.file_data()))
+                        .and_then(Result::ok)
+                        .map(|place| {
+                            place.and_then(|place| {
+                                Cfi::read(&place, |offset, len| {
+                                    let start = usize::try_from(offset).ok()?;
+                                    c.bytes
+                                        .get(start..start.checked_add(len)?)
+                                        .map(<[u8]>::to_vec)
+                                })
+                            })
+                        });
+                    match read {
+                        Some(cfi) => self.add(&module, module.bias(c.known.load_segments()), cfi),
+                        None => {
+                            self.read_module(modules, &module, &mut failed);
+                        }
+                    }
+                }
+                _ => {
+                    self.read_module(modules, &module, &mut failed);
+                }
+            }
+        }
+        self.data = maps
+            .iter()
+            .filter(|m| m.perms.read_write())
+            .map(|m| m.start..m.end)
+            .collect();
+        self.data.sort_by_key(|r| r.start);
+        log.step(
+            "check",
+            format!(
+                "unwind tables: {added} module(s) added, {} gone, in {:.2} ms",
+                gone.len(),
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
+        );
+        for f in failed {
+            log.step("check", format!("no CFI for {f}"));
+        }
+        Ok(())
+    }
+
+    /// Reads one module's unwind tables from its file (checked to be the mapped inode, read
+    /// where the remembered place of its CFI says, never mapped: its owner may truncate it) and
+    /// adds it; a module that cannot be read is kept without CFI (a walk reaching it is
+    /// incomplete). Returns the CFI bytes read.
+    fn read_module(
+        &mut self,
+        modules: &mut ModuleMap,
+        module: &LoadedModule,
+        failed: &mut Vec<String>,
+    ) -> usize {
+        let read = modules
+            .symbols(module)
+            .map_err(|e| e.to_string())
+            .and_then(|known| {
+                let place = known
+                    .remember("cfi-place", "v1", |index| locate_cfi(index.file_data()))
+                    .ok_or("the file can no longer be read")??;
+                let cfi = match place {
+                    Some(place) => Some(
+                        Cfi::read(&place, |offset, len| known.read_at(offset, len))
+                            .ok_or("its unwind sections cannot be read")?,
+                    ),
+                    None => None,
+                };
+                Ok((module.bias(known.load_segments()), cfi))
+            });
+        match read {
+            Ok((bias, cfi)) => {
+                let bytes = cfi.as_ref().map_or(0, cfi_len);
+                self.add(module, bias, cfi);
+                bytes
+            }
+            Err(why) => {
+                failed.push(format!("{}: {why}", module.path.display()));
+                self.add(module, module.start, None);
+                0
+            }
+        }
     }
 
     fn add(&mut self, module: &LoadedModule, bias: u64, cfi: Option<Cfi>) {
@@ -687,7 +807,10 @@ mod tests {
     fn frozen(tracer: &mut Tracer) -> (Frozen<'_>, libc::user_regs_struct) {
         let pid = tracer.pid();
         let frozen = tracer
-            .freeze(Instant::now() + Duration::from_secs(5))
+            .freeze(
+                tracer.survey().unwrap(),
+                Instant::now() + Duration::from_secs(5),
+            )
             .unwrap();
         let regs = frozen
             .threads()

@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 
 use super::FileData;
 use super::elf::{self, ElfInfo};
+use crate::cache::FileIdentity;
 use crate::files::Root;
 
 /// Where a file's DWARF comes from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DebugInfoSource {
     /// The file's own debug sections.
@@ -48,6 +49,59 @@ pub(super) struct DebugFile {
     pub found_by: &'static str,
     pub data: FileData,
     pub info: ElfInfo,
+}
+
+/// Where a candidate debug file was looked for: on rpatch's side, or inside the target's root.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Place {
+    /// A path on rpatch's side (debug roots, debuginfod cache, beside a host file).
+    Host(PathBuf),
+    /// A path inside the target's root (beside a module of the target).
+    InRoot(PathBuf),
+}
+
+/// One candidate the search looked at, and what was there: the identity of the file found
+/// (`None`: nothing, or nothing that could be opened). The debug file a search finds depends on
+/// exactly these, so a result remembered from an earlier search holds while each candidate
+/// still has the same identity (see [`unchanged`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Visited {
+    /// The candidate.
+    pub place: Place,
+    /// What was there.
+    pub identity: Option<FileIdentity>,
+}
+
+/// Whether every candidate a search visited still holds what it held (`root`: the target's
+/// root, for candidates inside it): then the search would find the same debug file again.
+pub fn unchanged(visited: &[Visited], root: Option<&Root>) -> bool {
+    visited.iter().all(|v| {
+        let file = match &v.place {
+            Place::Host(path) => crate::files::open_host(path),
+            Place::InRoot(path) => match root {
+                Some(root) => root.open(path),
+                None => return false,
+            },
+        };
+        file.and_then(|f| FileIdentity::of(&f)).ok() == v.identity
+    })
+}
+
+/// The facts besides the module's own file that decide which debug file a search finds: the
+/// debug roots and debuginfod caches (from the environment), as text for a cache key.
+pub fn search_config() -> String {
+    let join = |paths: Vec<PathBuf>| {
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    format!(
+        "roots={} debuginfod={}",
+        join(debug_roots()),
+        join(debuginfod_caches())
+    )
 }
 
 /// The debug roots: `$RPATCH_DEBUG_ROOT` (colon-separated list), else `/usr/lib/debug`.
@@ -96,8 +150,13 @@ fn plain_file_name(name: &str) -> bool {
 }
 
 /// Finds and verifies the separate debug file of the file at `location` (facts in `info`);
-/// on failure, the places searched.
-pub(super) fn find(location: &Location<'_>, info: &ElfInfo) -> Result<DebugFile, Vec<String>> {
+/// on failure, the places searched. `visited` receives every candidate looked at, in order, with
+/// what was there.
+pub(super) fn find(
+    location: &Location<'_>,
+    info: &ElfInfo,
+    visited: &mut Vec<Visited>,
+) -> Result<DebugFile, Vec<String>> {
     let mut searched = Vec::new();
     if matches!(location, Location::Nowhere) {
         return Err(searched);
@@ -125,7 +184,7 @@ pub(super) fn find(location: &Location<'_>, info: &ElfInfo) -> Result<DebugFile,
             } else {
                 "debuginfod cache"
             };
-            match verify(&candidate, Candidate::Host(&candidate), info, None) {
+            match verify(&candidate, Candidate::Host(&candidate), info, None, visited) {
                 Ok(Some((data, debug))) => {
                     return Ok(DebugFile {
                         path: candidate,
@@ -171,7 +230,7 @@ pub(super) fn find(location: &Location<'_>, info: &ElfInfo) -> Result<DebugFile,
                 ),
                 _ => (candidate.clone(), Candidate::Host(&candidate)),
             };
-            match verify(&shown, how, info, Some(*crc)) {
+            match verify(&shown, how, info, Some(*crc), visited) {
                 Ok(Some((data, debug))) => {
                     return Ok(DebugFile {
                         path: shown,
@@ -197,10 +256,26 @@ enum Candidate<'a> {
 }
 
 impl Candidate<'_> {
-    fn open(&self) -> std::io::Result<FileData> {
+    /// The candidate's bytes and its identity (taken on the descriptor read).
+    fn open(&self) -> std::io::Result<(FileData, FileIdentity)> {
         match self {
-            Candidate::Host(path) => FileData::open(path),
-            Candidate::InRoot(root, path) => FileData::read(&root.open(path)?),
+            Candidate::Host(path) => {
+                let file = crate::files::open_host(path)?;
+                let identity = FileIdentity::of(&file)?;
+                Ok((FileData::map(&file)?, identity))
+            }
+            Candidate::InRoot(root, path) => {
+                let file = root.open(path)?;
+                let identity = FileIdentity::of(&file)?;
+                Ok((FileData::read(&file)?, identity))
+            }
+        }
+    }
+
+    fn place(&self) -> Place {
+        match self {
+            Candidate::Host(path) => Place::Host(path.to_path_buf()),
+            Candidate::InRoot(_, path) => Place::InRoot(path.to_path_buf()),
         }
     }
 }
@@ -211,9 +286,15 @@ fn verify(
     how: Candidate<'_>,
     info: &ElfInfo,
     crc: Option<u32>,
+    visited: &mut Vec<Visited>,
 ) -> Result<Option<(FileData, ElfInfo)>, String> {
-    let data = match how.open() {
-        Ok(data) => data,
+    let opened = how.open();
+    visited.push(Visited {
+        place: how.place(),
+        identity: opened.as_ref().ok().map(|(_, id)| *id),
+    });
+    let data = match opened {
+        Ok((data, _)) => data,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };

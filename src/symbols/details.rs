@@ -8,7 +8,7 @@ use gimli::{AttributeValue, UnitOffset};
 use super::dwarf::{self, Dwarf, Subprogram, Unit};
 
 /// A type as DWARF names it, with its size in bytes when known.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TypeInfo {
     /// Type name as the compiler spells it (`int`, `const char *`, `u64`, `&str`).
     pub name: String,
@@ -26,7 +26,7 @@ impl std::fmt::Display for TypeInfo {
 }
 
 /// One formal parameter.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Parameter {
     /// Its name in the source, when recorded.
     pub name: Option<String>,
@@ -37,7 +37,7 @@ pub struct Parameter {
 
 /// Parameter and return types of a function, in order, as DWARF records them (C++ `this` and
 /// Rust `self` included: they are passed like any other parameter).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Signature {
     /// Formal parameters in order.
     pub params: Vec<Parameter>,
@@ -100,7 +100,7 @@ impl Signature {
 }
 
 /// What DWARF knows about a function.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionDetails {
     /// The DWARF qualified name (`app::pricing::calc`, `app::gen<u32>`), when it has DWARF.
     pub dwarf_name: Option<String>,
@@ -139,7 +139,29 @@ pub(super) fn of(dwarf: &Dwarf<'_>, sub: &Subprogram) -> FunctionDetails {
         unit: &unit,
         base: sub.unit,
     };
-    if let Some((signature, generic)) = reader.signature(UnitOffset(die as usize)) {
+    // With link-time optimisation the code DIE is in a unit of its own and its parameters only
+    // refer to the DIE that declares them, in the function's original unit: read it there.
+    let home = reader
+        .foreign_origin(UnitOffset(die as usize))
+        .filter(|_| sub.home_unit != sub.unit)
+        .and_then(|target| {
+            let unit = dwarf
+                .unit_header(gimli::DebugInfoOffset(sub.home_unit as usize))
+                .ok()
+                .and_then(|h| dwarf::open_unit(dwarf, h, false).ok())?;
+            let offset = target.checked_sub(sub.home_unit)?;
+            Some((unit, offset))
+        });
+    let found = match &home {
+        Some((unit, offset)) => Reader {
+            dwarf,
+            unit,
+            base: sub.home_unit,
+        }
+        .signature(UnitOffset(*offset as usize)),
+        None => reader.signature(UnitOffset(die as usize)),
+    };
+    if let Some((signature, generic)) = found {
         details.signature = Some(signature);
         details.generic |= generic;
     }
@@ -176,6 +198,23 @@ impl<'a> Reader<'_, 'a> {
             }
             _ => None,
         }
+    }
+
+    /// The `.debug_info` offset the DIE at `offset` refers to by its abstract origin or
+    /// specification, when that is in another unit.
+    fn foreign_origin(&self, offset: UnitOffset) -> Option<u64> {
+        let entry = self.unit.entry(offset).ok()?;
+        for attr in entry.attrs() {
+            if matches!(
+                attr.name(),
+                gimli::DW_AT_abstract_origin | gimli::DW_AT_specification
+            ) && let AttributeValue::DebugInfoRef(o) = attr.value()
+                && self.local_ref(attr.value()).is_none()
+            {
+                return Some(o.0 as u64);
+            }
+        }
+        None
     }
 
     fn string(&self, value: AttributeValue<dwarf::Reader<'a>>) -> Option<String> {

@@ -41,6 +41,12 @@ pub(super) struct Subprogram {
     pub linkage: Option<Box<str>>,
     /// `.debug_info` offset of the unit that holds the code DIE.
     pub unit: u64,
+    /// `.debug_info` offset of the unit that holds the DIE naming the function, at the end of
+    /// its specification/origin links: the code DIE's own unit, except where link-time
+    /// optimisation put the code in a unit of its own that refers to the function's original
+    /// unit. A file-local function is that unit's (another unit's `static` of the same name is
+    /// another function), and so are its inlined copies, wherever they sit.
+    pub home_unit: u64,
     /// `.debug_info` offset of the code DIE itself.
     pub die: u64,
     /// Declared file: (unit whose file table the index refers to, file index).
@@ -907,6 +913,8 @@ pub(super) struct Identity {
     pub linkage: Option<String>,
     pub decl_file: Option<(u64, u64)>,
     pub decl_line: Option<u64>,
+    /// The unit holding the DIE that names it (see [`Subprogram::home_unit`]).
+    pub home_unit: u64,
 }
 
 /// The identity of record `index` of `scan` (names are read here: callers filter with
@@ -923,9 +931,11 @@ pub(super) fn identity<'a>(
     let mut decl_file = r.decl_file.map(|f| (scan.unit, f));
     let mut decl_line = r.decl_line;
     let mut prefix = None;
+    let mut home_unit = scan.unit;
     if let (Some(target), Some(foreign)) = (r.foreign, foreign)
         && let Some((other, i)) = foreign.lookup(dwarf, target)
     {
+        home_unit = other.unit;
         let o = other.resolved(i);
         name = name.or(o.name);
         linkage = linkage.or(o.linkage);
@@ -960,6 +970,7 @@ pub(super) fn identity<'a>(
         linkage: linkage.and_then(|n| n.text(dwarf)),
         decl_file,
         decl_line,
+        home_unit,
     }
 }
 
@@ -983,6 +994,7 @@ fn finish_unit<'a>(
             generic_name: id.generic.map(Into::into),
             linkage: id.linkage.map(Into::into),
             unit: scan.unit,
+            home_unit: id.home_unit,
             die: rec.offset,
             decl_file: id.decl_file,
             decl_line: id.decl_line,

@@ -323,3 +323,64 @@ pub(super) fn dedup_symbols(symbols: &mut Vec<ElfSym>) {
     let mut keep = keep.into_iter();
     symbols.retain(|_| keep.next().unwrap_or(true));
 }
+
+/// The largest program-header table or note segment [`read_build_id`] reads.
+const MAX_NOTES: u64 = 64 << 10;
+
+/// The build-id of the ELF file `file`, read from its notes alone: the file header, the program
+/// headers and the PT_NOTE segments, a few small reads wherever the file is large (what a cache
+/// key needs before anything is parsed). `None` for a file without one, or not ELF.
+pub(crate) fn read_build_id(file: &std::fs::File) -> Option<Vec<u8>> {
+    let head = read_range(file, 0, 64)?;
+    match FileKind::parse(&*head).ok()? {
+        FileKind::Elf64 => build_id_from_notes::<elf::FileHeader64<Endianness>>(file, &head),
+        FileKind::Elf32 => build_id_from_notes::<elf::FileHeader32<Endianness>>(file, &head),
+        _ => None,
+    }
+}
+
+fn build_id_from_notes<Elf: FileHeader<Endian = Endianness>>(
+    file: &std::fs::File,
+    head: &[u8],
+) -> Option<Vec<u8>> {
+    let header = Elf::parse(head).ok()?;
+    let endian = header.endian().ok()?;
+    let phoff: u64 = header.e_phoff(endian).into();
+    let count = u64::from(header.e_phnum(endian));
+    let entry = u64::from(header.e_phentsize(endian));
+    if entry != std::mem::size_of::<Elf::ProgramHeader>() as u64 || count * entry > MAX_NOTES {
+        return None;
+    }
+    let table = read_range(file, phoff, (count * entry) as usize)?;
+    let (headers, _) =
+        object::pod::slice_from_bytes::<Elf::ProgramHeader>(&table, count as usize).ok()?;
+    for ph in headers {
+        if ph.p_type(endian) != elf::PT_NOTE {
+            continue;
+        }
+        let (offset, size): (u64, u64) = (ph.p_offset(endian).into(), ph.p_filesz(endian).into());
+        if size > MAX_NOTES {
+            continue;
+        }
+        let notes = read_range(file, offset, size as usize)?;
+        let Ok(mut iter) =
+            object::read::elf::NoteIterator::<Elf>::new(endian, ph.p_align(endian), &notes)
+        else {
+            continue;
+        };
+        while let Ok(Some(note)) = iter.next() {
+            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                return Some(note.desc().to_vec());
+            }
+        }
+    }
+    None
+}
+
+/// Exactly `len` bytes of `file` at `offset`, or `None`.
+fn read_range(file: &std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset).ok()?;
+    Some(buf)
+}

@@ -22,7 +22,7 @@ use super::names::{base_name, last_segment};
 use super::pattern::{NameFilter, Pattern};
 
 /// One place where a function's code was copied into another function.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InlineSite {
     /// The function holding the copy (its DWARF name): it keeps running the old code after
     /// the inlined function is patched.
@@ -72,7 +72,8 @@ pub(super) struct TargetKey {
     /// Qualified DWARF name: compared when the DIE has no linkage name (C).
     qualified: Option<String>,
     /// File-local C functions are matched in their own unit only (another unit's `static`
-    /// function of the same name is another function).
+    /// function of the same name is another function): the unit of the DIE naming them, which
+    /// with link-time optimisation is not the unit holding their code.
     unit: Option<u64>,
 }
 
@@ -99,7 +100,7 @@ impl TargetKey {
                 .all(|s| !s.global)
         });
         let unit = match sub {
-            Some(s) if local && !s.rust => Some(s.unit),
+            Some(s) if local && !s.rust => Some(s.home_unit),
             _ => None,
         };
         TargetKey {

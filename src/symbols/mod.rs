@@ -13,6 +13,7 @@ mod dwarf;
 mod elf;
 mod hash;
 mod inline;
+mod knowledge;
 mod names;
 mod pattern;
 #[cfg(test)]
@@ -20,13 +21,15 @@ mod tests;
 
 pub use debuginfo::{DebugInfoSource, Location};
 pub use details::{FunctionDetails, Parameter, Signature, TypeInfo};
+pub(crate) use elf::read_build_id;
 pub use inline::{InlineSite, InlineSites, InlinedOnly};
+pub use knowledge::{Knowledge, Lookup};
 pub use pattern::Pattern;
 
 use hash::FxHashMap;
 
 /// A function found in an ELF file, with addresses as linked (add the load bias for runtime).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionSymbol {
     /// Human name: demangled, without Rust hash, e.g. `app::pricing::calc` or `ns::Cls::m(int)`.
     pub name: String,
@@ -41,7 +44,7 @@ pub struct FunctionSymbol {
 }
 
 /// Outcome of looking a name up: expected misses are values, not errors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Resolution {
     /// Exactly one function (possibly reached through several aliases at one address).
     Found(FunctionSymbol),
@@ -55,7 +58,7 @@ pub enum Resolution {
 }
 
 /// One PT_LOAD segment, used to compute the load bias and to read original bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoadSegment {
     /// p_vaddr
     pub vaddr: u64,
@@ -71,7 +74,7 @@ pub struct LoadSegment {
 
 /// A compiler clone of a function (`f.constprop.0`, `f.isra.0`, `f.part.0`) or its split-off
 /// cold part (`f.cold`): separate code that callers may enter instead of the function itself.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CloneSymbol {
     /// The clone's symbol, e.g. `scale_by.constprop.0`.
     pub symbol: String,
@@ -136,7 +139,11 @@ impl FileData {
     /// A mapping, unlike a copy, costs no time or memory for the parts never read (most of a
     /// large file's DWARF). Files of a target are never mapped (see [`Self::read`]).
     pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
-        let file = crate::files::open_host(path)?;
+        Self::map(&crate::files::open_host(path)?)
+    }
+
+    /// Maps an open file on rpatch's own side (see [`Self::open`]).
+    pub(crate) fn map(file: &std::fs::File) -> std::io::Result<Self> {
         let len = file.metadata()?.len();
         if len == 0 {
             return Ok(FileData::Owned(Vec::new()));
@@ -144,10 +151,10 @@ impl FileData {
         // SAFETY: the mapping is read-only and private to this process, of a file on rpatch's
         // own side: a redeploy replaces such files (new inode) rather than rewriting them in
         // place.
-        match unsafe { memmap2::Mmap::map(&file) } {
+        match unsafe { memmap2::Mmap::map(file) } {
             Ok(map) => Ok(FileData::Mapped(map)),
             Err(_) => {
-                crate::files::read_capped(&file, crate::files::max_file_size()).map(FileData::Owned)
+                crate::files::read_capped(file, crate::files::max_file_size()).map(FileData::Owned)
             }
         }
     }
@@ -214,7 +221,7 @@ fn page_span(range: std::ops::Range<usize>, len: usize) -> (usize, usize) {
 }
 
 /// A defined symbol found by [`SymbolIndex::defined_symbols`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DefinedSymbol {
     /// Raw linkage name in the file.
     pub name: String,
@@ -246,6 +253,8 @@ pub struct SymbolIndex {
     /// Separate debug file holding the DWARF, when the file itself has none.
     debug: Option<debuginfo::DebugFile>,
     debug_source: DebugInfoSource,
+    /// Every candidate the search for a separate debug file looked at, and what was there.
+    debug_visited: Vec<debuginfo::Visited>,
     sections: OnceCell<dwarf::Sections>,
     dwarf: OnceCell<dwarf::DwarfIndex>,
     units: OnceCell<dwarf::UnitTable>,
@@ -277,6 +286,16 @@ impl SymbolIndex {
         Self::index(path, data, &Location::Host(path))
     }
 
+    /// Opens and indexes `file`, opened by the caller at `path` on rpatch's own side (mapped, as
+    /// [`Self::open`] does).
+    pub fn open_mapped(file: &std::fs::File, path: &Path) -> Result<Self, SymbolError> {
+        let data = FileData::map(file).map_err(|source| SymbolError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::index(path, data, &Location::Host(path))
+    }
+
     /// Indexes a target's module from `file` (opened by the caller, e.g. through
     /// `/proc/PID/map_files`), read as a size-capped copy; `name` is used in messages, and
     /// `location` says where to look for a debug file beside it.
@@ -300,10 +319,11 @@ impl SymbolIndex {
 
     fn index(path: &Path, data: FileData, location: &Location<'_>) -> Result<Self, SymbolError> {
         let mut info = elf::parse(path, &data)?;
+        let mut debug_visited = Vec::new();
         let (debug, debug_source) = if info.has_dwarf() {
             (None, DebugInfoSource::Embedded)
         } else {
-            match debuginfo::find(location, &info) {
+            match debuginfo::find(location, &info, &mut debug_visited) {
                 Ok(file) => {
                     let source = DebugInfoSource::Separate {
                         path: file.path.clone(),
@@ -323,6 +343,7 @@ impl SymbolIndex {
             info,
             debug,
             debug_source,
+            debug_visited,
             sections: OnceCell::new(),
             dwarf: OnceCell::new(),
             units: OnceCell::new(),
@@ -331,9 +352,14 @@ impl SymbolIndex {
         })
     }
 
-    /// The path the index was opened from, for messages and for matching /proc/PID/maps.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Every candidate the search for a separate debug file looked at, and what was there.
+    pub(crate) fn debug_candidates(&self) -> &[debuginfo::Visited] {
+        &self.debug_visited
+    }
+
+    /// The file's bytes (as read or mapped when it was opened).
+    pub(crate) fn file_data(&self) -> &[u8] {
+        &self.data
     }
 
     /// `object::Architecture` of the file, so rpatch can refuse a library of another arch.
@@ -544,6 +570,18 @@ impl SymbolIndex {
             .collect()
     }
 
+    /// The non-weak undefined dynamic symbols: what the file expects another loaded object to
+    /// define. Reads `.dynsym` only.
+    pub fn undefined_references(&self) -> Result<Vec<String>, String> {
+        use object::{Object, ObjectSymbol};
+        let file = object::File::parse(&*self.data).map_err(|e| e.to_string())?;
+        Ok(file
+            .dynamic_symbols()
+            .filter(|s| s.is_undefined() && !s.is_weak())
+            .filter_map(|s| s.name().ok().filter(|n| !n.is_empty()).map(str::to_string))
+            .collect())
+    }
+
     /// The version names the file's defined dynamic symbols carry (`GLIBC_2.34`, ...): a
     /// library's versions tell which release of it this is without running code in it.
     pub fn symbol_versions(&self) -> std::collections::BTreeSet<&str> {
@@ -600,6 +638,14 @@ impl SymbolIndex {
             .map(|&i| &info.symbols[i as usize])
             .find(|s| vaddr < s.address.saturating_add(s.size))
             .map(|s| &*s.name)
+    }
+
+    /// Every function symbol with a size (name, link-time start, end), by address.
+    pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.info.functions_by_address.iter().map(|&i| {
+            let s = &self.info.symbols[i as usize];
+            (&*s.name, s.address, s.address.saturating_add(s.size))
+        })
     }
 
     /// `len` bytes as stored in the file at link-time address `vaddr`, read through the PT_LOAD
