@@ -229,6 +229,14 @@ pub enum Error {
         /// Found bytes.
         found: Vec<u8>,
     },
+    /// A patch manifest cannot be read, or does not describe a patch.
+    #[error("manifest {}: {problem}", path.display())]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: crate::fleet::ManifestProblem,
+    },
     /// `rehearse`: a step did not pass (a probe, an expectation, the load, the target died or
     /// was not ready), or an attach or rollback inside the rehearsal failed.
     #[error("rehearsal failed at step '{step}': {message}")]
@@ -285,6 +293,7 @@ impl Error {
             Error::Refused { .. } => ErrorKind::Refused,
             Error::SignatureMismatch { .. } => ErrorKind::SignatureMismatch,
             Error::InlinedCopies { .. } => ErrorKind::InlinedCopies,
+            Error::Manifest { .. } => ErrorKind::ManifestInvalid,
             // An attach or rollback that failed inside a rehearsal keeps its own kind.
             Error::RehearsalFailed { cause: Some(c), .. } => c.kind(),
             Error::RehearsalFailed { .. } => ErrorKind::RehearsalFailed,
@@ -330,12 +339,12 @@ mod tests {
     use crate::journal::PatchState;
 
     /// Kinds and exit codes are one-to-one, names are snake_case, and the codes are those the
-    /// README documents (1, 3 to 26).
+    /// README documents (1, 3 to 27).
     #[test]
     fn kinds_have_distinct_codes_and_snake_case_names() {
         let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
         codes.sort_unstable();
-        let expected: Vec<u8> = std::iter::once(1).chain(3..=26).collect();
+        let expected: Vec<u8> = std::iter::once(1).chain(3..=27).collect();
         assert_eq!(codes, expected);
         for kind in ErrorKind::ALL {
             let json = serde_json::to_value(kind).unwrap();

@@ -204,6 +204,11 @@ pub struct PatchRecord {
     /// later attach of the same content reuses it if it is still mapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loaded: Option<LoadedObject>,
+    /// The name of the manifest this patch was applied from (`attach --manifest`), if any: with
+    /// `library_sha256`, what makes a later run of that manifest find it applied (none in
+    /// journals written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// The identity of a library copy loaded in the target, as its mappings show it (its name,

@@ -410,6 +410,7 @@ mod tests {
                 created: 0,
                 rolled_back: None,
                 loaded: None,
+                manifest: None,
             });
             j.save().unwrap();
         }

@@ -10,11 +10,13 @@ use super::load::{LoadPhase, LoadRequest, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
 use crate::Error;
+use crate::error::LibraryProblem;
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::LoaderFunctions;
 use crate::isa;
 use crate::journal::{
-    Journal, JournalData, JumpMethod, PatchRecord, PatchState, now_secs, reconcile,
+    Journal, JournalData, JumpMethod, Observed, PatchRecord, PatchState, now_secs, observe,
+    reconcile,
 };
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
@@ -175,16 +177,86 @@ impl PatchSummary {
 
 /// Replaces the requested functions in the target with the library's versions.
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
+    match attach_as(options, None, log)? {
+        AttachOutcome::Done(report) => Ok(report),
+        AttachOutcome::AlreadyApplied(_) => {
+            unreachable!("only a manifest's patch is found applied")
+        }
+    }
+}
+
+/// The manifest a patch is applied from (`attach --manifest`): its name is recorded with each
+/// patch, and the library's bytes must hash to `library_sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestTag {
+    /// The manifest's `name`.
+    pub name: String,
+    /// The SHA-256 (hex) the manifest gives for its library.
+    pub library_sha256: String,
+}
+
+impl ManifestTag {
+    /// Whether `record` was applied from this manifest (same name, same library content).
+    pub fn tags(&self, record: &PatchRecord) -> bool {
+        record.manifest.as_deref() == Some(&self.name)
+            && record.library_sha256 == self.library_sha256
+    }
+}
+
+/// What an attach from a manifest did.
+#[derive(Debug, Clone)]
+pub enum AttachOutcome {
+    /// The patch was applied (or, in a dry run, planned).
+    Done(AttachReport),
+    /// The process carries this manifest's patch already (checked under the journal's lock,
+    /// against memory): nothing was done. The ids of its records.
+    AlreadyApplied(Vec<u64>),
+}
+
+/// [`attach`], applying the patch as `manifest`'s when one is given: a process that carries it
+/// already is left alone, and every record carries its name.
+pub fn attach_as(
+    options: &AttachOptions,
+    manifest: Option<&ManifestTag>,
+    log: &Log,
+) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
-    retry_while_traced_by_rpatch(pid, deadline, log, || attach_once(options, deadline, log))
+    retry_while_traced_by_rpatch(pid, deadline, log, || {
+        attach_once(options, manifest, deadline, log)
+    })
+}
+
+/// The records of the newest attach of `manifest` in `journal` when every one of them is applied
+/// and memory holds it.
+fn applied_from(
+    journal: &JournalData,
+    manifest: &ManifestTag,
+    mem: &dyn Memory,
+) -> Option<Vec<u64>> {
+    let group = journal
+        .patches
+        .iter()
+        .filter(|r| manifest.tags(r))
+        .map(|r| r.group)
+        .max()?;
+    let records: Vec<&PatchRecord> = journal
+        .patches
+        .iter()
+        .filter(|r| r.group == group)
+        .collect();
+    let all_in_memory = records
+        .iter()
+        .all(|r| r.state == PatchState::Applied && observe(mem, journal, r) == Observed::Applied);
+    all_in_memory.then(|| records.iter().map(|r| r.id).collect())
 }
 
 fn attach_once(
     options: &AttachOptions,
+    manifest: Option<&ManifestTag>,
     deadline: Instant,
     log: &Log,
-) -> Result<AttachReport, Error> {
+) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     // Phase 1, Identify (patch/mod.rs), and the policies (admit.rs).
     let (state, lock) = lock_target(pid)?;
@@ -193,7 +265,13 @@ fn attach_once(
     admit(&info, &options.library, options.allow)?;
     let mut journal = Journal::open_locked(lock, &state, &identity)?;
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
-    reconcile(&mut journal, &ProcMem::open(pid)?)?;
+    let mem = ProcMem::open(pid)?;
+    reconcile(&mut journal, &mem)?;
+    if let Some(ids) = manifest.and_then(|m| applied_from(&journal.data, m, &mem)) {
+        log.step("journal", format!("already applied: patches {ids:?}"));
+        return Ok(AttachOutcome::AlreadyApplied(ids));
+    }
+    drop(mem);
 
     // Phase 2, Plan (plan.rs, binding.rs): nothing is stopped.
     let library = plan::open_library(&options.library)?;
@@ -202,7 +280,7 @@ fn attach_once(
     let (planned, warnings) = make_plan(&mut modules, &library, options, log)?;
     let bindings = binding::plan_bindings(&mut modules, &options.library)?;
     if options.dry_run {
-        return Ok(AttachReport {
+        return Ok(AttachOutcome::Done(AttachReport {
             schema_version: AttachReport::SCHEMA_VERSION,
             pid,
             dry_run: true,
@@ -214,12 +292,26 @@ fn attach_once(
             total_ms: log.elapsed_ms(),
             warnings,
             bindings,
-        });
+        }));
     }
 
     // Phase 3, Load (load.rs, delivery.rs): one borrowed thread; the others keep running.
     // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
     let library_bytes = read_library(&options.library)?;
+    let library_sha256 = Payload {
+        what: "patch library",
+        bytes: &library_bytes,
+    }
+    .sha256();
+    if let Some(m) = manifest.filter(|m| m.library_sha256 != library_sha256) {
+        return Err(Error::LibraryInvalid {
+            path: options.library.clone(),
+            problem: LibraryProblem::HashMismatch {
+                expected: m.library_sha256.clone(),
+                found: library_sha256,
+            },
+        });
+    }
     let shim = binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
     let functions = LoaderFunctions::find(&mut modules)?;
@@ -248,11 +340,6 @@ fn attach_once(
     let mut stacks = StackInspector::for_process(pid, &info.exe, log)?;
 
     // The intent is durable before anything is stopped.
-    let library_sha256 = Payload {
-        what: "patch library",
-        bytes: &library_bytes,
-    }
-    .sha256();
     let records = record_intent(
         &mut journal,
         &mut modules,
@@ -260,6 +347,7 @@ fn attach_once(
         &loaded,
         &options.library,
         library_sha256,
+        manifest.map(|m| m.name.clone()),
     )?;
     log.step(
         "journal",
@@ -293,7 +381,7 @@ fn attach_once(
     let frozen = result?;
     saved?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
-    Ok(AttachReport {
+    Ok(AttachOutcome::Done(AttachReport {
         schema_version: AttachReport::SCHEMA_VERSION,
         pid,
         dry_run: false,
@@ -306,7 +394,7 @@ fn attach_once(
         total_ms: log.elapsed_ms(),
         warnings,
         bindings,
-    })
+    }))
 }
 
 /// Phase 2, *Plan*: every requested function in the target and its replacement in the library,
@@ -359,6 +447,7 @@ fn record_intent(
     loaded: &LoadPhase,
     library: &Path,
     library_sha256: String,
+    manifest: Option<String>,
 ) -> Result<Vec<PatchRecord>, Error> {
     let group = journal.data.next_group();
     let ids = journal.data.next_id()..;
@@ -386,6 +475,7 @@ fn record_intent(
             created: now_secs(),
             rolled_back: None,
             loaded: Some(loaded.library.object),
+            manifest: manifest.clone(),
         })
         .collect();
     journal

@@ -14,11 +14,16 @@ pub mod shim;
 mod slack;
 mod status;
 
-pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
+pub use attach::{
+    Allowances, AttachOptions, AttachOutcome, AttachReport, ManifestTag, PatchSummary, attach,
+    attach_as,
+};
 pub use binding::Binding;
 pub use delivery::DeliveryError;
-pub use plan::{FunctionRequest, Generated, GeneratedCode};
-pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
+pub use plan::{FunctionRequest, Generated, GeneratedCode, open_library};
+pub use rollback::{
+    RollbackOptions, RollbackReport, RollbackSelection, rollback, rollback_preview,
+};
 pub use status::{PatchStatus, PatchView, SlackLeft, StatusReport, status};
 
 use crate::Error;

@@ -1,5 +1,6 @@
 //! `rollback`: undo patches, newest first, restoring the bytes each one replaced.
 
+use super::attach::ManifestTag;
 use super::code::{expect_bytes, write_verified};
 use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
 use crate::Error;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 /// Which patches to undo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RollbackSelection {
     /// Every patch of the most recent attach that is still applied.
     Last,
@@ -24,6 +25,8 @@ pub enum RollbackSelection {
     Id(u64),
     /// Every applied patch.
     All,
+    /// Every applied patch of a manifest (`rollback --manifest`: same name, same library).
+    Manifest(ManifestTag),
 }
 
 /// What to roll back.
@@ -68,6 +71,18 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
     retry_while_traced_by_rpatch(pid, deadline, log, || rollback_once(options, deadline, log))
+}
+
+/// The ids `rollback` would undo now, newest first, and nothing else: the journal is settled
+/// from memory (as `status` does), but the target is neither traced nor stopped
+/// (`rollback --manifest --dry-run`).
+pub fn rollback_preview(options: &RollbackOptions, log: &Log) -> Result<Vec<u64>, Error> {
+    let pid = options.pid;
+    let (state, lock) = lock_target(pid)?;
+    let (_, identity) = identify(pid, log)?;
+    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    reconcile(&mut journal, &process::ProcMem::open(pid)?)?;
+    Ok(select(&journal, options)?.iter().map(|r| r.id).collect())
 }
 
 fn rollback_once(
@@ -205,8 +220,22 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
         .iter()
         .filter(|r| r.state == PatchState::Applied)
         .collect();
-    let mut chosen: Vec<PatchRecord> = match options.selection {
+    let mut chosen: Vec<PatchRecord> = match &options.selection {
         RollbackSelection::All => applied.iter().map(|r| (*r).clone()).collect(),
+        RollbackSelection::Manifest(manifest) => {
+            let mine: Vec<PatchRecord> = applied
+                .iter()
+                .filter(|r| manifest.tags(r))
+                .map(|r| (*r).clone())
+                .collect();
+            if mine.is_empty() {
+                return Err(Error::NothingToRollBack {
+                    pid,
+                    why: NothingToUndo::ManifestNotApplied(manifest.name.clone()),
+                });
+            }
+            mine
+        }
         RollbackSelection::Last => {
             let Some(group) = applied.iter().map(|r| r.group).max() else {
                 return Err(Error::NothingToRollBack {
@@ -220,7 +249,7 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
                 .map(|r| (*r).clone())
                 .collect()
         }
-        RollbackSelection::Id(id) => {
+        &RollbackSelection::Id(id) => {
             let Some(record) = journal.data.patches.iter().find(|r| r.id == id) else {
                 return Err(Error::NothingToRollBack {
                     pid,

@@ -79,6 +79,8 @@ pub struct PatchStatus {
     /// The file on disk at the module's path is another build than the one mapped (rebuilt or
     /// upgraded since the process started): a restart would run different code.
     pub file_changed_on_disk: bool,
+    /// The manifest the patch was applied from (`attach --manifest`), if any.
+    pub manifest: Option<String>,
 }
 
 /// Bootstrap code an earlier run left in a module's slack bytes (it died, or could not prove no
@@ -174,6 +176,7 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
                 module_build_id: r.module_build_id.clone(),
                 module_replaced,
                 file_changed_on_disk,
+                manifest: r.manifest.clone(),
             }
         })
         .collect();

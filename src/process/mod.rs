@@ -4,6 +4,7 @@
 //! seized thread, re-delivering any signal that arrived while it was stopped), so an error or a
 //! panic anywhere above leaves the target running as before.
 
+mod build_id;
 mod frozen;
 mod maps;
 mod memory;
@@ -14,6 +15,7 @@ pub mod seccomp;
 mod syscall;
 mod tracer;
 
+pub use build_id::build_id_in_memory;
 pub use frozen::Frozen;
 pub use maps::{Mapping, gaps, parse_maps};
 #[cfg(test)]
