@@ -388,3 +388,86 @@ fn manifest_arguments_are_checked() {
         rpatch(state.path(), &args).expect_code(exit::USAGE);
     }
 }
+
+/// rpatch run in a container that shares the host's PID namespace (its own mount namespace,
+/// so its own, empty state directory) works on the host's processes, and on one patched from
+/// the host it says so: `status` lists the host's patch library copies, `rollback` (13) and an
+/// attach of the patched function (16) name them; the host's patch is left in place.
+#[test]
+fn an_rpatch_sharing_the_pid_namespace_names_patches_made_from_the_host() {
+    let t = build_targets();
+    let state = state_dir();
+    let hide = state.path().to_str().unwrap();
+    let in_container = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o mode=0700 tmpfs \"$0\" && exec \"$@\"",
+        hide,
+    ];
+    let mut patched = Target::spawn(t.bin("basic_pie"), &[]);
+    let mut other = Target::spawn(t.bin("basic_pie"), &[]);
+    let lib = t.bin("fix_basic.so");
+    attach_ok(state.path(), patched.pid(), &lib, &["compute"]);
+
+    let run = rpatch_via(
+        &in_container,
+        state.path(),
+        &["status", &patched.pid_arg(), "--json"],
+    );
+    run.expect_ok();
+    let report = run.json();
+    assert_eq!(report["patches"], serde_json::json!([]), "{report}");
+    let libraries = report["unrecorded_libraries"].as_array().unwrap();
+    assert_eq!(libraries.len(), 1, "{report}");
+    assert!(
+        libraries[0].as_str().unwrap().starts_with("/memfd:rpatch:"),
+        "{report}"
+    );
+    let text = rpatch_via(&in_container, state.path(), &["status", &patched.pid_arg()]);
+    text.expect_ok();
+    assert!(
+        text.stdout.contains("the host, or another container"),
+        "{}",
+        text.stdout
+    );
+
+    let run = rpatch_via(
+        &in_container,
+        state.path(),
+        &["rollback", &patched.pid_arg()],
+    );
+    let message = run.expect_error(exit::NOTHING_TO_ROLL_BACK);
+    assert!(message.contains("/memfd:rpatch:"), "{message}");
+    let args = [
+        "attach",
+        &patched.pid_arg(),
+        "--lib",
+        lib.to_str().unwrap(),
+        "--func",
+        "compute",
+    ];
+    let run = rpatch_via(&in_container, state.path(), &args);
+    let message = run.expect_error(exit::UNEXPECTED_BYTES);
+    assert!(message.contains("another mount namespace"), "{message}");
+    assert_eq!(patched.cmd("call 5"), "compute 5 500");
+
+    // It works on a process nobody patched, and keeps its own journal.
+    let args = [
+        "attach",
+        &other.pid_arg(),
+        "--lib",
+        lib.to_str().unwrap(),
+        "--func",
+        "compute",
+    ];
+    rpatch_via(&in_container, state.path(), &args).expect_ok();
+    assert_eq!(other.cmd("call 5"), "compute 5 500");
+    assert!(!state.path().join(format!("{}.json", other.pid())).exists());
+    assert_untraced(patched.pid());
+    assert_untraced(other.pid());
+}

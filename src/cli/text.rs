@@ -108,6 +108,19 @@ pub fn status(r: &StatusReport) -> String {
             p.method,
         );
     }
+    if !r.unrecorded_libraries.is_empty() {
+        let names: Vec<String> = r
+            .unrecorded_libraries
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        out += &format!(
+            "PID {} maps patch libraries loaded by an rpatch whose journal is not here ({}): it was patched from another mount namespace (the host, or another container) or with another RPATCH_STATE_DIR; run `rpatch status {}` there\n",
+            r.pid,
+            names.join(", "),
+            r.pid
+        );
+    }
     for left in &r.slack_left {
         out += &format!(
             "bootstrap code left at {:#x} in the slack of {} by an interrupted run: harmless, restored by the next attach or rollback\n",

@@ -229,6 +229,25 @@ pub enum Error {
         /// Found bytes.
         found: Vec<u8>,
     },
+    /// Memory or the journal is not what this rpatch expects, and the process maps patch
+    /// libraries no record of this state directory loaded: another rpatch, with another state
+    /// directory (the host's seen from a container, or another container's), patched it. Keeps
+    /// the kind (and exit code) of `cause`.
+    #[error(
+        "{cause}; PID {pid} maps patch libraries loaded by an rpatch whose journal is not in {}: {}: it was patched from another mount namespace (the host, or another container) or with another RPATCH_STATE_DIR; run rpatch status/rollback there",
+        state_dir.display(),
+        Paths(libraries)
+    )]
+    PatchedElsewhere {
+        /// The process.
+        pid: i32,
+        /// The copies of patch libraries no record here loaded (`/memfd:rpatch:...`).
+        libraries: Vec<PathBuf>,
+        /// This rpatch's state directory.
+        state_dir: PathBuf,
+        /// The error this explains.
+        cause: Box<Error>,
+    },
     /// A patch manifest cannot be read, or does not describe a patch.
     #[error("manifest {}: {problem}", path.display())]
     Manifest {
@@ -294,6 +313,7 @@ impl Error {
             Error::SignatureMismatch { .. } => ErrorKind::SignatureMismatch,
             Error::InlinedCopies { .. } => ErrorKind::InlinedCopies,
             Error::Manifest { .. } => ErrorKind::ManifestInvalid,
+            Error::PatchedElsewhere { cause, .. } => cause.kind(),
             // An attach or rollback that failed inside a rehearsal keeps its own kind.
             Error::RehearsalFailed { cause: Some(c), .. } => c.kind(),
             Error::RehearsalFailed { .. } => ErrorKind::RehearsalFailed,
@@ -303,6 +323,21 @@ impl Error {
     /// The documented exit code of this error: that of its kind.
     pub fn exit_code(&self) -> i32 {
         i32::from(self.kind().exit_code())
+    }
+}
+
+/// Paths for messages: `a, b`.
+struct Paths<'a>(&'a [PathBuf]);
+
+impl std::fmt::Display for Paths<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", p.display())?;
+        }
+        Ok(())
     }
 }
 

@@ -151,13 +151,23 @@ pub fn rollback(options: &ManifestRollbackOptions, log: &Log) -> Result<FleetRep
         } else {
             patch::rollback(&rollback, log).map(|r| r.rolled_back)
         };
+        let mut reason = None;
         let result = match crate::exited_if_gone(job.pid, ids) {
             Ok(ids) if fleet.dry_run => Ok((Outcome::WouldRollBack, ids)),
             Ok(ids) => Ok((Outcome::RolledBack, ids)),
-            Err(Error::NothingToRollBack { .. }) => Ok((Outcome::NotApplied, Vec::new())),
+            Err(e) if e.kind() == ErrorKind::NothingToRollBack => {
+                // Said when another rpatch's patch libraries are there (`PatchedElsewhere`).
+                if let Error::PatchedElsewhere { .. } = e {
+                    reason = Some(e.to_string());
+                }
+                Ok((Outcome::NotApplied, Vec::new()))
+            }
             Err(e) => Err(e),
         };
-        finish(job, log, result)
+        finish(job, log, result).map(|outcome| ProcessOutcome {
+            reason: outcome.reason.or(reason),
+            ..outcome
+        })
     });
     outcomes.extend(done.into_iter().flatten());
     Ok(report(Operation::Rollback, &manifest, fleet, outcomes, log))

@@ -8,7 +8,10 @@ use super::code::expect_bytes;
 use super::delivery::Payload;
 use super::load::{LoadPhase, LoadRequest, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
-use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
+use super::{
+    explain_elsewhere, frozen_write, identify, lock_target, retry_while_traced_by_rpatch,
+    wait_untraced,
+};
 use crate::Error;
 use crate::error::LibraryProblem;
 use crate::fault::{FaultPoint, FrozenPoints};
@@ -222,9 +225,11 @@ pub fn attach_as(
 ) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
+    let since = crate::journal::now_secs();
     retry_while_traced_by_rpatch(pid, deadline, log, || {
         attach_once(options, manifest, deadline, log)
     })
+    .map_err(|e| explain_elsewhere(e, pid, since))
 }
 
 /// The records of the newest attach of `manifest` in `journal` when every one of them is applied

@@ -6,6 +6,7 @@ mod attach;
 mod binding;
 mod code;
 mod delivery;
+mod elsewhere;
 mod islands;
 mod load;
 mod plan;
@@ -58,6 +59,40 @@ fn lock_target(pid: i32) -> Result<(StateDir, TargetLock), Error> {
     let state = StateDir::from_env()?;
     let lock = state.lock(pid)?;
     Ok((state, lock))
+}
+
+/// `e`, explained when `pid` maps patch libraries no record of this state directory loaded (see
+/// `elsewhere`): memory that does not hold what the journal says (an attach), or nothing to roll
+/// back, most likely means another rpatch with another state directory patched it. Called after
+/// the operation let the target's lock go; records abandoned since `since` (Unix seconds: this
+/// operation's, which may have reused the other rpatch's copy) do not count as recording theirs.
+fn explain_elsewhere(e: Error, pid: i32, since: u64) -> Error {
+    if !matches!(
+        e,
+        Error::UnexpectedBytes { .. } | Error::NothingToRollBack { .. }
+    ) {
+        return e;
+    }
+    let found = (|| {
+        let (state, lock) = lock_target(pid).ok()?;
+        let (_, identity) = identify(pid, &Log::quiet()).ok()?;
+        let journal = crate::journal::Journal::open_locked(lock, &state, &identity).ok()?;
+        let maps = process::read_maps(pid).ok()?;
+        let libraries = elsewhere::unrecorded_libraries(&maps, &journal.data, |r| {
+            r.state == crate::journal::PatchState::Abandoned && r.created >= since
+        });
+        let state_dir = state.journal_path(pid).parent()?.to_path_buf();
+        (!libraries.is_empty()).then_some((libraries, state_dir))
+    })();
+    match found {
+        Some((libraries, state_dir)) => Error::PatchedElsewhere {
+            pid,
+            libraries,
+            state_dir,
+            cause: Box::new(e),
+        },
+        None => e,
+    }
 }
 
 /// The name every rpatch process has: a tracer of that name is another run (another state

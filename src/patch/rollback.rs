@@ -2,7 +2,10 @@
 
 use super::attach::ManifestTag;
 use super::code::{expect_bytes, write_verified};
-use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
+use super::{
+    explain_elsewhere, frozen_write, identify, lock_target, retry_while_traced_by_rpatch,
+    wait_untraced,
+};
 use crate::Error;
 use crate::error::NothingToUndo;
 use crate::fault::{FaultPoint, FrozenPoints};
@@ -70,7 +73,9 @@ impl RollbackReport {
 pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
+    let since = crate::journal::now_secs();
     retry_while_traced_by_rpatch(pid, deadline, log, || rollback_once(options, deadline, log))
+        .map_err(|e| explain_elsewhere(e, pid, since))
 }
 
 /// The ids `rollback` would undo now, newest first, and nothing else: the journal is settled
@@ -78,11 +83,17 @@ pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, 
 /// (`rollback --manifest --dry-run`).
 pub fn rollback_preview(options: &RollbackOptions, log: &Log) -> Result<Vec<u64>, Error> {
     let pid = options.pid;
+    let since = crate::journal::now_secs();
     let (state, lock) = lock_target(pid)?;
     let (_, identity) = identify(pid, log)?;
     let mut journal = Journal::open_locked(lock, &state, &identity)?;
     reconcile(&mut journal, &process::ProcMem::open(pid)?)?;
-    Ok(select(&journal, options)?.iter().map(|r| r.id).collect())
+    let selected = select(&journal, options);
+    drop(journal);
+    match selected {
+        Ok(records) => Ok(records.iter().map(|r| r.id).collect()),
+        Err(e) => Err(explain_elsewhere(e, pid, since)),
+    }
 }
 
 fn rollback_once(

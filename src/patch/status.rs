@@ -108,6 +108,10 @@ pub struct StatusReport {
     pub patches: Vec<PatchStatus>,
     /// Bootstrap code left in slack bytes, verified in memory.
     pub slack_left: Vec<SlackLeft>,
+    /// Copies of patch libraries the process maps that no record here loaded: another rpatch,
+    /// with another state directory, patched it (from the host, seen from a container sharing
+    /// its PID namespace, or from another container). Its journal tells what they changed.
+    pub unrecorded_libraries: Vec<PathBuf>,
 }
 
 impl StatusReport {
@@ -195,5 +199,8 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
         journal: exists.then(|| journal.path().to_path_buf()),
         patches,
         slack_left,
+        unrecorded_libraries: super::elsewhere::unrecorded_libraries(&maps, &journal.data, |_| {
+            false
+        }),
     })
 }
