@@ -79,6 +79,17 @@ pub fn status_all(log: &Log) -> Result<StatusAllReport, Error> {
     fleet::status_all(log)
 }
 
+/// Keeps manifests applied to every matching process, now and as processes start, until `stop`
+/// is set (`rpatch watch`; see [`fleet::watch`]). Each action is reported to `report`.
+pub fn watch(
+    options: &fleet::WatchOptions,
+    log: &Log,
+    stop: &std::sync::atomic::AtomicBool,
+    report: &mut dyn FnMut(fleet::WatchEvent),
+) -> Result<(), Error> {
+    fleet::watch(options, log, stop, report)
+}
+
 /// Writes a manifest for a patch library and a module (`manifest new`).
 pub fn new_manifest(options: &NewManifestOptions) -> Result<NewManifestReport, Error> {
     fleet::new_manifest(options)

@@ -41,6 +41,11 @@ enum Command {
     /// replaces (docs/manifest.md).
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Keep manifests applied: to every matching process now, to each one that starts later (a
+    /// restarted service: new PID), and as manifests are added to, changed in or removed from a
+    /// directory (removed: rolled back everywhere). One line per action on stdout; SIGTERM
+    /// stops it and the patches stay.
+    Watch(WatchArgs),
     /// List the functions matching a name, glob (`crate::*::calc`) or substring, with size,
     /// file:line, signature, generic instance, aliases, clones and inlined copies.
     Resolve(ResolveArgs),
@@ -112,6 +117,33 @@ struct ManifestNewArgs {
     /// The manifest file to write.
     #[arg(short, long, value_name = "FILE.toml")]
     output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "A new process is patched once its dynamic loader is done (its main thread runs \
+main), at most once per manifest; a patch rolled back by hand is not applied again. Manifests, \
+their directories and libraries must be owned by root and not writable by group or others. New \
+processes come from the kernel's proc connector (probed at start), else from a scan of /proc \
+every 100 ms."
+)]
+struct WatchArgs {
+    /// Manifest files, or directories whose *.toml files are manifests (read again every
+    /// second).
+    #[arg(required = true, value_name = "FILE.toml|DIR")]
+    paths: Vec<PathBuf>,
+    /// Scan /proc every 100 ms for new processes instead of listening to the proc connector.
+    #[arg(long)]
+    poll: bool,
+    /// Per attach: seconds to wait for threads to leave the functions.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Per attach: seconds the library's loading may take.
+    #[arg(long, default_value_t = 10.0)]
+    load_timeout: f64,
+    /// Print each phase of each operation with timings on stderr.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +460,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let result = rpatch::rollback(&options, &log).map(Output::Rollback);
             (r.common, log, result)
         }
+        Command::Watch(w) => return watch(w),
         Command::Manifest(ManifestCommand::New(m)) => {
             let options = NewManifestOptions {
                 library: m.lib,
@@ -580,6 +613,49 @@ fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rpatch watch`: runs until SIGTERM, SIGINT or SIGHUP, one line per action on stdout.
+fn watch(w: WatchArgs) -> anyhow::Result<i32> {
+    use nix::sys::signal::{SigSet, Signal};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    // The signals are taken synchronously by one thread (blocked everywhere else, before any
+    // other thread exists): the loop sees the flag within 100 ms and stops between actions.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let caught = Arc::new(AtomicI32::new(0));
+    {
+        let (stop, caught) = (stop.clone(), caught.clone());
+        std::thread::spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                caught.store(signal as i32, Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let options = rpatch::fleet::WatchOptions {
+        paths: w.paths,
+        poll: w.poll,
+        timeout: seconds(w.timeout),
+        load_timeout: seconds(w.load_timeout),
+    };
+    let log = Log::new(w.verbose);
+    let result = rpatch::watch(&options, &log, &stop, &mut |event| {
+        let signal = Signal::try_from(caught.load(Ordering::SeqCst)).ok();
+        println!("{}", text::watch_event(&event, signal));
+    });
+    match result {
+        Ok(()) => Ok(0),
+        Err(error) => {
+            report_error(&error, false)?;
+            Ok(error.exit_code())
+        }
+    }
 }
 
 /// Compiles a regex given on the command line, or exits with a usage error.

@@ -2,7 +2,7 @@
 //! the same facts as the library's report types serialise them). Enum values appear as the same
 //! snake_case words as in JSON.
 
-use rpatch::fleet::Outcome;
+use rpatch::fleet::{EventSource, Outcome, ProcessEvent, WatchEvent};
 use rpatch::rehearse::{Step, StepStatus};
 use rpatch::{
     AttachReport, ErrorKind, FleetReport, NewManifestReport, PatchView, RehearseReport,
@@ -219,6 +219,77 @@ pub fn fleet_failure(r: &FleetReport, kind: ErrorKind) -> String {
             "manifest {}: no process matched (all skipped)",
             r.manifest.name
         )
+    }
+}
+
+/// One line of `watch`'s log.
+pub fn watch_event(e: &WatchEvent, signal: Option<nix::sys::signal::Signal>) -> String {
+    let ids = |ids: &[u64]| {
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        ids.join(", ")
+    };
+    match e {
+        WatchEvent::Started { manifests, source } => format!(
+            "watching {} manifest(s){}; new processes: {}",
+            manifests.len(),
+            if manifests.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", manifests.join(", "))
+            },
+            match source {
+                EventSource::ProcConnector => "proc connector".to_string(),
+                EventSource::Polling(why) => format!("scanning /proc every 100 ms ({why})"),
+            }
+        ),
+        WatchEvent::ManifestLoaded { name, path } => {
+            format!("manifest {name} loaded from {}", path.display())
+        }
+        WatchEvent::ManifestRefused { path, reason } => {
+            format!("manifest {} refused: {reason}", path.display())
+        }
+        WatchEvent::ManifestRemoved { name, path } => format!(
+            "manifest {name} ({}) removed or changed: rolling its patch back",
+            path.display()
+        ),
+        WatchEvent::Process {
+            pid,
+            exe,
+            manifest,
+            what,
+        } => {
+            let head = format!("PID {pid} {}: {manifest}", exe.display());
+            match what {
+                ProcessEvent::Applied {
+                    patch_ids,
+                    after_start_ms,
+                } => format!(
+                    "{head}: applied (patch {}){}",
+                    ids(patch_ids),
+                    after_start_ms
+                        .map(|ms| format!(", {ms} ms after the process started"))
+                        .unwrap_or_default()
+                ),
+                ProcessEvent::AlreadyApplied(p) => {
+                    format!("{head}: already applied (patch {})", ids(p))
+                }
+                ProcessEvent::KeptRolledBack(p) => format!(
+                    "{head}: rolled back by hand (patch {}), not applied again",
+                    ids(p)
+                ),
+                ProcessEvent::Skipped(reason) => format!("{head}: skipped: {reason}"),
+                ProcessEvent::NotReady(why) => {
+                    format!("{head}: not patched: its loader was not done in time ({why})")
+                }
+                ProcessEvent::Failed(f) => format!("{head}: failed ({}): {}", f.kind, f.message),
+                ProcessEvent::RolledBack(p) => format!("{head}: rolled back (patch {})", ids(p)),
+            }
+        }
+        WatchEvent::EventsLost => "events were lost: looking at every process again".into(),
+        WatchEvent::Stopped => format!(
+            "stopped{}; patches stay applied",
+            signal.map(|s| format!(" by {s}")).unwrap_or_default()
+        ),
     }
 }
 

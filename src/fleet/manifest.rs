@@ -149,6 +149,7 @@ impl LoadedManifest {
         ManifestTag {
             name: self.manifest.name.clone(),
             library_sha256: self.manifest.library_sha256.clone(),
+            keep_rolled_back: false,
         }
     }
 

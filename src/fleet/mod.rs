@@ -6,11 +6,13 @@
 //! This layer drives the operations of `patch` (attach, rollback, status) per process and never
 //! traces a process itself.
 
+mod events;
 mod jobs;
 mod manifest;
 mod report;
 mod select;
 mod status_all;
+mod watch;
 
 pub use manifest::{
     LoadedManifest, Manifest, ManifestFunction, ManifestProblem, ManifestTarget,
@@ -18,6 +20,7 @@ pub use manifest::{
 };
 pub use report::{Failure, FleetReport, ManifestSummary, Operation, Outcome, ProcessOutcome};
 pub use status_all::{ProcessStatus, StatusAllReport, status_all};
+pub use watch::{EventSource, ProcessEvent, WatchEvent, WatchOptions, watch};
 
 use crate::log::Log;
 use crate::patch::{
@@ -125,6 +128,7 @@ pub fn attach(options: &ManifestAttachOptions, log: &Log) -> Result<FleetReport,
                     (Outcome::Applied, r.patches.iter().map(|p| p.id).collect())
                 }
                 AttachOutcome::AlreadyApplied(ids) => (Outcome::AlreadyApplied, ids),
+                AttachOutcome::RolledBack(_) => unreachable!("attach --manifest applies it again"),
             }),
         )
     });
@@ -134,10 +138,19 @@ pub fn attach(options: &ManifestAttachOptions, log: &Log) -> Result<FleetReport,
 
 /// Rolls a manifest's patch back in every selected process that maps a module build it is for.
 pub fn rollback(options: &ManifestRollbackOptions, log: &Log) -> Result<FleetReport, Error> {
+    let manifest = LoadedManifest::load(&options.fleet.manifest)?;
+    Ok(rollback_loaded(&manifest, options, log))
+}
+
+/// [`rollback`] of a manifest already loaded (`watch` rolls back manifests whose file is gone).
+fn rollback_loaded(
+    manifest: &LoadedManifest,
+    options: &ManifestRollbackOptions,
+    log: &Log,
+) -> FleetReport {
     let fleet = &options.fleet;
-    let manifest = LoadedManifest::load(&fleet.manifest)?;
     let tag = manifest.tag();
-    let (jobs, mut outcomes) = select(&manifest, fleet, log);
+    let (jobs, mut outcomes) = select(manifest, fleet, log);
     let done = jobs::run_each(&jobs, fleet.jobs, log, |job, log| {
         let rollback = RollbackOptions {
             pid: job.pid,
@@ -170,7 +183,7 @@ pub fn rollback(options: &ManifestRollbackOptions, log: &Log) -> Result<FleetRep
         })
     });
     outcomes.extend(done.into_iter().flatten());
-    Ok(report(Operation::Rollback, &manifest, fleet, outcomes, log))
+    report(Operation::Rollback, manifest, fleet, outcomes, log)
 }
 
 /// The outcome of one job; `None` for a process found by `--all` that exited meanwhile (it no

@@ -182,8 +182,8 @@ impl PatchSummary {
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
     match attach_as(options, None, log)? {
         AttachOutcome::Done(report) => Ok(report),
-        AttachOutcome::AlreadyApplied(_) => {
-            unreachable!("only a manifest's patch is found applied")
+        AttachOutcome::AlreadyApplied(_) | AttachOutcome::RolledBack(_) => {
+            unreachable!("only a manifest's patch is found applied or rolled back")
         }
     }
 }
@@ -196,6 +196,9 @@ pub struct ManifestTag {
     pub name: String,
     /// The SHA-256 (hex) the manifest gives for its library.
     pub library_sha256: String,
+    /// Leave a process whose newest patch from this manifest was rolled back (by hand) alone
+    /// (`watch`), rather than apply it again (`attach --manifest`, which is asked to).
+    pub keep_rolled_back: bool,
 }
 
 impl ManifestTag {
@@ -214,6 +217,9 @@ pub enum AttachOutcome {
     /// The process carries this manifest's patch already (checked under the journal's lock,
     /// against memory): nothing was done. The ids of its records.
     AlreadyApplied(Vec<u64>),
+    /// With [`ManifestTag::keep_rolled_back`]: the newest patch from this manifest was rolled
+    /// back in this process; nothing was done. The ids of its records.
+    RolledBack(Vec<u64>),
 }
 
 /// [`attach`], applying the patch as `manifest`'s when one is given: a process that carries it
@@ -230,6 +236,27 @@ pub fn attach_as(
         attach_once(options, manifest, deadline, log)
     })
     .map_err(|e| explain_elsewhere(e, pid, since))
+}
+
+/// The records of the newest attach of `manifest` in `journal` when they were rolled back (and
+/// none is applied again).
+fn rolled_back_from(journal: &JournalData, manifest: &ManifestTag) -> Option<Vec<u64>> {
+    let group = journal
+        .patches
+        .iter()
+        .filter(|r| manifest.tags(r))
+        .map(|r| r.group)
+        .max()?;
+    let records: Vec<&PatchRecord> = journal
+        .patches
+        .iter()
+        .filter(|r| r.group == group)
+        .collect();
+    let rolled_back = records.iter().any(|r| r.state == PatchState::RolledBack)
+        && records
+            .iter()
+            .all(|r| matches!(r.state, PatchState::RolledBack | PatchState::Abandoned));
+    rolled_back.then(|| records.iter().map(|r| r.id).collect())
 }
 
 /// The records of the newest attach of `manifest` in `journal` when every one of them is applied
@@ -275,6 +302,13 @@ fn attach_once(
     if let Some(ids) = manifest.and_then(|m| applied_from(&journal.data, m, &mem)) {
         log.step("journal", format!("already applied: patches {ids:?}"));
         return Ok(AttachOutcome::AlreadyApplied(ids));
+    }
+    if let Some(ids) = manifest
+        .filter(|m| m.keep_rolled_back)
+        .and_then(|m| rolled_back_from(&journal.data, m))
+    {
+        log.step("journal", format!("rolled back by hand: patches {ids:?}"));
+        return Ok(AttachOutcome::RolledBack(ids));
     }
     drop(mem);
 

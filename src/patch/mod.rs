@@ -10,6 +10,7 @@ mod elsewhere;
 mod islands;
 mod load;
 mod plan;
+mod ready;
 mod rollback;
 pub mod shim;
 mod slack;
@@ -22,6 +23,7 @@ pub use attach::{
 pub use binding::Binding;
 pub use delivery::DeliveryError;
 pub use plan::{FunctionRequest, Generated, GeneratedCode, open_library};
+pub use ready::{Readiness, loader_done};
 pub use rollback::{
     RollbackOptions, RollbackReport, RollbackSelection, rollback, rollback_preview,
 };
