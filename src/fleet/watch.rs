@@ -268,8 +268,9 @@ struct Watcher<'a> {
     manifests: Vec<Watched>,
     /// Whether new processes come from scanning `/proc` (no `exec` events).
     polling: bool,
-    /// Files refused, with their content then (said once per content).
-    refused: HashMap<PathBuf, Vec<u8>>,
+    /// Files refused, with why (said once per reason; tried again at every refresh, as the
+    /// library may be fixed without the manifest changing).
+    refused: HashMap<PathBuf, String>,
     processes: HashMap<i32, Tracked>,
     report: &'a mut dyn FnMut(WatchEvent),
 }
@@ -476,19 +477,23 @@ impl Watcher<'_> {
     /// process, removed ones rolled back everywhere, changed ones both.
     fn refresh_manifests(&mut self) {
         let mut found: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        let mut listed: Vec<PathBuf> = self.options.paths.clone();
         for path in &self.options.paths {
             match manifest_files(path) {
                 Ok(files) => {
+                    listed.extend(files.iter().cloned());
                     for file in files {
                         match read_checked(&file) {
                             Ok(text) => found.push((file, text)),
-                            Err(reason) => self.refuse(file, Vec::new(), reason),
+                            Err(reason) => self.refuse(file, reason),
                         }
                     }
                 }
-                Err(reason) => self.refuse(path.clone(), Vec::new(), reason),
+                Err(reason) => self.refuse(path.clone(), reason),
             }
         }
+        // A file refused and gone is said again if it comes back refused.
+        self.refused.retain(|p, _| listed.contains(p));
         // Removed or changed.
         let (kept, gone): (Vec<Watched>, Vec<Watched>) = std::mem::take(&mut self.manifests)
             .into_iter()
@@ -507,9 +512,6 @@ impl Watcher<'_> {
             if self.manifests.iter().any(|w| w.path == path) {
                 continue;
             }
-            if self.refused.get(&path) == Some(&text) {
-                continue;
-            }
             match load_checked(&path) {
                 Ok(loaded) => {
                     self.refused.remove(&path);
@@ -520,7 +522,7 @@ impl Watcher<'_> {
                     self.manifests.push(Watched { path, text, loaded });
                     added = true;
                 }
-                Err(reason) => self.refuse(path, text, reason),
+                Err(reason) => self.refuse(path, reason),
             }
         }
         if added {
@@ -530,10 +532,10 @@ impl Watcher<'_> {
         }
     }
 
-    /// Says once (per content) that `path` is refused.
-    fn refuse(&mut self, path: PathBuf, text: Vec<u8>, reason: String) {
-        if self.refused.get(&path) != Some(&text) {
-            self.refused.insert(path.clone(), text);
+    /// Says once (per reason) that `path` is refused.
+    fn refuse(&mut self, path: PathBuf, reason: String) {
+        if self.refused.get(&path) != Some(&reason) {
+            self.refused.insert(path.clone(), reason.clone());
             (self.report)(WatchEvent::ManifestRefused { path, reason });
         }
     }
