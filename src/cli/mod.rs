@@ -170,7 +170,8 @@ struct AttachArgs {
     /// With --manifest: every process on the host (any PID, mount or user namespace).
     #[arg(long, requires = "manifest", conflicts_with = "pids")]
     all: bool,
-    /// With --manifest: how many processes are patched at once (default: the CPUs).
+    /// With --manifest: how many processes are patched at once (default: twice the CPUs, at
+    /// least 4).
     #[arg(long, requires = "manifest", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
     /// Seconds to wait for threads to leave the functions before giving up.
@@ -337,7 +338,8 @@ struct RollbackArgs {
     /// With --manifest: show what would be rolled back, change nothing.
     #[arg(long, requires = "manifest")]
     dry_run: bool,
-    /// With --manifest: how many processes are worked on at once (default: the CPUs).
+    /// With --manifest: how many processes are worked on at once (default: twice the CPUs, at
+    /// least 4).
     #[arg(long, requires = "manifest", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
     /// Seconds to wait for threads to leave the bytes being restored and the replacements.
@@ -535,7 +537,11 @@ fn fleet_options(
     jobs: Option<u16>,
     timeout: f64,
 ) -> FleetOptions {
+    // Patching is mostly waiting for the targets (threads to stop, the loader to run): twice
+    // as many jobs as CPUs, at least 4 (50 processes on 2 CPUs: 1.25 s with 2 jobs, 0.66 s
+    // with 4).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default_jobs = (2 * cpus).max(4);
     FleetOptions {
         manifest,
         processes: if all {
@@ -544,7 +550,7 @@ fn fleet_options(
             Selection::Pids(pids)
         },
         dry_run,
-        jobs: jobs.map_or(cpus, usize::from),
+        jobs: jobs.map_or(default_jobs, usize::from),
         timeout: seconds(timeout),
     }
 }
