@@ -286,6 +286,7 @@ pub fn watch_event(e: &WatchEvent, signal: Option<nix::sys::signal::Signal>) -> 
             }
         }
         WatchEvent::EventsLost => "events were lost: looking at every process again".into(),
+        WatchEvent::Polling(why) => format!("{why}: scanning /proc every 100 ms from now on"),
         WatchEvent::Stopped => format!(
             "stopped{}; patches stay applied",
             signal.map(|s| format!(" by {s}")).unwrap_or_default()

@@ -92,6 +92,8 @@ pub enum WatchEvent {
     },
     /// The proc connector lost events: every process is looked at again.
     EventsLost,
+    /// The proc connector failed (why): `/proc` is scanned every 100 ms from now on.
+    Polling(String),
     /// Watching stopped (SIGTERM); patches stay.
     Stopped,
 }
@@ -133,8 +135,9 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// The manifests being kept applied, each by its identity (name and library hash).
 type Key = (String, String);
 
-/// Runs until `stop` is set (checked at least every 100 ms), reporting every action to
-/// `report`. Returns an error only when it cannot start (no manifest path can be read at all).
+/// Runs until `stop` is set (checked at least every 100 ms, between actions), reporting every
+/// action to `report`. Paths that cannot be read, and manifests that are refused, are reported
+/// and looked at again every second; nothing here ends the daemon but `stop`.
 pub fn watch(
     options: &WatchOptions,
     log: &Log,
@@ -156,7 +159,7 @@ pub fn watch(
     } else {
         ProcConnector::connect()
     };
-    let (connector, source) = match connector {
+    let (mut connector, source) = match connector {
         Ok(c) => (Some(c), EventSource::ProcConnector),
         Err(why) => (None, EventSource::Polling(why)),
     };
@@ -182,7 +185,19 @@ pub fn watch(
         let timeout = due.min(now + POLL_INTERVAL).saturating_duration_since(now);
         match &connector {
             Some(c) => {
-                let Events { execs, lost } = c.wait(timeout).unwrap_or_default();
+                let Events { execs, lost } = match c.wait(timeout) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        // The socket broke: scan /proc from now on, starting with every process.
+                        (watcher.report)(WatchEvent::Polling(format!("proc connector: {e}")));
+                        connector = None;
+                        watcher.polling = true;
+                        Events {
+                            execs: Vec::new(),
+                            lost: true,
+                        }
+                    }
+                };
                 for pid in execs {
                     watcher.exec(pid);
                 }
