@@ -131,6 +131,9 @@ const READY_RETRY: Duration = Duration::from_millis(10);
 const READY_WAIT: Duration = Duration::from_secs(5);
 /// How often manifest files and directories are read again.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How often every process is looked at again: one may load a manifest's library late (a
+/// plugin's `dlopen`), or `exec` where no event tells (when scanning `/proc`).
+const RESCAN: Duration = Duration::from_secs(30);
 
 /// The manifests being kept applied, each by its identity (name and library hash).
 type Key = (String, String);
@@ -179,6 +182,7 @@ pub fn watch(
     }
     let mut next_poll = Instant::now() + POLL_INTERVAL;
     let mut next_refresh = Instant::now() + REFRESH;
+    let mut next_rescan = Instant::now() + RESCAN;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let due = watcher.next_due().unwrap_or(now + POLL_INTERVAL);
@@ -228,6 +232,12 @@ pub fn watch(
             watcher.forget_exited();
             next_refresh = Instant::now() + REFRESH;
         }
+        if Instant::now() >= next_rescan {
+            for pid in select::all_pids() {
+                watcher.enqueue(pid, Duration::ZERO);
+            }
+            next_rescan = Instant::now() + RESCAN;
+        }
     }
     (watcher.report)(WatchEvent::Stopped);
     Ok(())
@@ -261,7 +271,8 @@ impl Watched {
 /// What watch knows of one process.
 struct Tracked {
     start_time: u64,
-    /// The manifests it was given (or found not to be for it): each manifest once.
+    /// The manifests it was given (or found to map another build of): each manifest once. A
+    /// manifest it maps no module of is looked at again at the next rescan.
     done: HashSet<Key>,
     pending: Option<Pending>,
 }
@@ -312,9 +323,17 @@ impl Watcher<'_> {
                 pending: None,
             };
         }
+        // A process already waited for keeps the longer of its window and this one.
+        let (window_end, ready_by) = match &tracked.pending {
+            Some(p) => (
+                p.window_end.max(now + window),
+                p.ready_by.max(now + READY_WAIT),
+            ),
+            None => (now + window, now + READY_WAIT),
+        };
         tracked.pending = Some(Pending {
-            window_end: now + window,
-            ready_by: now + READY_WAIT,
+            window_end,
+            ready_by,
             next: now,
             interval: READY_RETRY,
         });
@@ -380,9 +399,7 @@ impl Watcher<'_> {
                 Match::Unrelated if window_open && may_load_later(m, &scanned, self.polling) => {
                     waiting = true
                 }
-                Match::Unrelated => {
-                    tracked.done.insert(key);
-                }
+                Match::Unrelated => {}
             }
         }
         let mut retry_soon = false;
