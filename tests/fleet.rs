@@ -471,3 +471,62 @@ fn an_rpatch_sharing_the_pid_namespace_names_patches_made_from_the_host() {
     assert_untraced(patched.pid());
     assert_untraced(other.pid());
 }
+
+/// A manifest for a shared library patches the processes that load that build of it, whatever
+/// their executable; a function that resolves in the executable instead (searched first) is
+/// not patched: that process fails with function_not_found, nothing loaded.
+#[test]
+fn a_library_target_patches_its_users_and_only_in_that_library() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut builds = Builds::new();
+    let (user, _) = builds.copy(&t.bin("uses_lib"), "a", "user");
+    let (lib, lib_build) = builds.copy_named(&t.bin("libvictim.so"), "a", "libvictim.so");
+    let manifest = builds.dir().join("a/victim.toml");
+    manifest_new(
+        state.path(),
+        &t.bin("fix_victim.so"),
+        &lib,
+        &["lib_compute"],
+        &manifest,
+    );
+    let mut users: Vec<Target> = (0..2).map(|_| Target::spawn(&user, &[])).collect();
+    let run = fleet(state.path(), "attach", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    assert_eq!(report["counts"]["applied"], 2, "{report}");
+    assert_eq!(report["processes"][0]["build_id"], lib_build.as_str());
+    for u in &mut users {
+        assert_eq!(u.cmd("call 2"), "lib_compute 2 600");
+    }
+
+    // `main` is the executable's, not the library's.
+    let wrong = builds.dir().join("a/wrong.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "{ name = \"lib_compute\" }",
+        "{ name = \"main\", replacement = \"lib_compute\" }",
+    );
+    std::fs::write(
+        &wrong,
+        text.replace("name = \"fix_victim\"", "name = \"wrong\""),
+    )
+    .unwrap();
+    let run = fleet(
+        state.path(),
+        "attach",
+        &wrong,
+        &[&users[0].pid_arg(), "--force", "--json"],
+    );
+    run.expect_code(exit::SOME_FAILED);
+    let failure = run.json()["processes"][0]["error"].clone();
+    assert_eq!(failure["kind"], "function_not_found", "{failure}");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("not to a module of a build manifest wrong names"),
+        "{failure}"
+    );
+    assert_eq!(users[0].cmd("call 2"), "lib_compute 2 600");
+    assert_untraced(users[0].pid());
+}

@@ -248,6 +248,23 @@ pub enum Error {
         /// The error this explains.
         cause: Box<Error>,
     },
+    /// `--manifest`: a function resolved in a module that is not of a build the manifest names
+    /// (the executable defines the name too, and is searched first).
+    #[error(
+        "{function} resolves to {} ({}), not to a module of a build manifest {manifest} names; nothing was done",
+        module.display(),
+        build_id.as_deref().map_or("no build-id".to_string(), |id| format!("build-id {id}"))
+    )]
+    OutsideManifest {
+        /// The function.
+        function: String,
+        /// The module it resolved in.
+        module: PathBuf,
+        /// That module's build-id, read from memory.
+        build_id: Option<String>,
+        /// The manifest's name.
+        manifest: String,
+    },
     /// A patch manifest cannot be read, or does not describe a patch.
     #[error("manifest {}: {problem}", path.display())]
     Manifest {
@@ -313,6 +330,7 @@ impl Error {
             Error::SignatureMismatch { .. } => ErrorKind::SignatureMismatch,
             Error::InlinedCopies { .. } => ErrorKind::InlinedCopies,
             Error::Manifest { .. } => ErrorKind::ManifestInvalid,
+            Error::OutsideManifest { .. } => ErrorKind::FunctionNotFound,
             Error::PatchedElsewhere { cause, .. } => cause.kind(),
             // An attach or rollback that failed inside a rehearsal keeps its own kind.
             Error::RehearsalFailed { cause: Some(c), .. } => c.kind(),

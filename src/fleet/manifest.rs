@@ -150,6 +150,12 @@ impl LoadedManifest {
             name: self.manifest.name.clone(),
             library_sha256: self.manifest.library_sha256.clone(),
             keep_rolled_back: false,
+            build_ids: self
+                .manifest
+                .targets
+                .iter()
+                .map(|t| t.build_id.clone())
+                .collect(),
         }
     }
 

@@ -199,6 +199,9 @@ pub struct ManifestTag {
     /// Leave a process whose newest patch from this manifest was rolled back (by hand) alone
     /// (`watch`), rather than apply it again (`attach --manifest`, which is asked to).
     pub keep_rolled_back: bool,
+    /// The build-ids (hex) of the manifest's modules: every function must resolve in a module
+    /// of one of these builds (read from memory), not in another module with the same name.
+    pub build_ids: Vec<String>,
 }
 
 impl ManifestTag {
@@ -317,6 +320,9 @@ fn attach_once(
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe);
     let (planned, warnings) = make_plan(&mut modules, &library, options, log)?;
+    if let Some(m) = manifest {
+        in_manifest_modules(&modules, &planned, m, pid)?;
+    }
     let bindings = binding::plan_bindings(&mut modules, &options.library)?;
     if options.dry_run {
         return Ok(AttachOutcome::Done(AttachReport {
@@ -475,6 +481,37 @@ fn make_plan(
         );
     }
     Ok((planned, warnings))
+}
+
+/// Each planned function must be in a module of a build the manifest names (a name the
+/// executable also defines resolves there first).
+fn in_manifest_modules(
+    modules: &ModuleMap,
+    planned: &[PlannedFunction],
+    manifest: &ManifestTag,
+    pid: i32,
+) -> Result<(), Error> {
+    let mem = ProcMem::open(pid)?;
+    for p in planned {
+        let found = modules
+            .modules
+            .iter()
+            .find(|m| m.path == p.module)
+            .and_then(|m| process::build_id_in_memory(&mem, m))
+            .map(|id| crate::hex::hex(&id));
+        if !found
+            .as_ref()
+            .is_some_and(|id| manifest.build_ids.contains(id))
+        {
+            return Err(Error::OutsideManifest {
+                function: p.function.name.clone(),
+                module: p.module.clone(),
+                build_id: found,
+                manifest: manifest.name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The journal records of this attach, in state `intent`, saved (fsynced) with the island pages

@@ -1210,6 +1210,14 @@ impl Builds {
         &self.dir
     }
 
+    /// As [`Builds::copy`], under exactly `name` (a shared library its users find by name).
+    pub fn copy_named(&mut self, src: &Path, build: &str, name: &str) -> (PathBuf, String) {
+        let (path, id) = self.copy(src, build, name);
+        let named = path.with_file_name(name);
+        std::fs::rename(&path, &named).unwrap();
+        (named, id)
+    }
+
     /// Copies `src` to `<dir>/<build>/<name>-<unique suffix>` with a build-id no other file has;
     /// returns the copy and its build-id (hex). Copies made with one `name` by one `Builds`
     /// share their file name (another build of the same module).
