@@ -16,7 +16,6 @@ export RPATCH_STATE_DIR="$work/state"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -41,6 +40,7 @@ for i in $(seq "$n"); do
     mkfifo "$work/in.$i"
     "$work/bench_target" <"$work/in.$i" >"$work/out.$i" &
     pids+=($!)
+    disown $!                   # killed by PID at the end, without job-control noise
     exec {fd}>"$work/in.$i"     # each target's stdin, kept open
     fds+=("$fd")
 done
