@@ -69,6 +69,14 @@ pub enum LibraryProblem {
     Executable,
     /// Its undefined references cannot be read.
     Unreadable(String),
+    /// Its content is not what the manifest that names it says (the file was changed, or the
+    /// manifest was made for another build of the library).
+    HashMismatch {
+        /// The SHA-256 (hex) the manifest gives.
+        expected: String,
+        /// The SHA-256 (hex) of the file's content.
+        found: String,
+    },
     /// It references a name that several different private symbols of one module carry.
     AmbiguousPrivateSymbol {
         /// The name referenced.
@@ -109,6 +117,10 @@ impl fmt::Display for LibraryProblem {
                 f.write_str("it is an executable, not a shared object: link it with -shared")
             }
             LibraryProblem::Unreadable(reason) => f.write_str(reason),
+            LibraryProblem::HashMismatch { expected, found } => write!(
+                f,
+                "its SHA-256 is {found}, the manifest says {expected}: nothing was touched; rebuild the manifest (rpatch manifest new) or restore the library it was made for"
+            ),
             LibraryProblem::AmbiguousPrivateSymbol {
                 name,
                 module,
@@ -332,6 +344,8 @@ pub enum NothingToUndo {
         /// Its state.
         state: PatchState,
     },
+    /// No patch of this manifest (name and library) is applied.
+    ManifestNotApplied(String),
 }
 
 impl fmt::Display for NothingToUndo {
@@ -341,6 +355,9 @@ impl fmt::Display for NothingToUndo {
             NothingToUndo::NoSuchPatch(id) => write!(f, "there is no patch {id}"),
             NothingToUndo::NotApplied { id, state } => {
                 write!(f, "patch {id} is {}, not applied", state.name())
+            }
+            NothingToUndo::ManifestNotApplied(name) => {
+                write!(f, "no patch of manifest {name} is applied")
             }
         }
     }

@@ -225,6 +225,7 @@ mod tests {
             rolled_back: None,
             loaded: Some(LIB),
             inherited: None,
+            manifest: None,
         }
     }
 

@@ -234,6 +234,11 @@ pub struct PatchRecord {
     /// [`inherit`]): where it came from. `None` for a patch made in this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inherited: Option<Origin>,
+    /// The name of the manifest this patch was applied from (`attach --manifest`), if any: with
+    /// `library_sha256`, what makes a later run of that manifest find it applied (none in
+    /// journals written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// The identity of a library copy loaded in the target, as its mappings show it (its name,

@@ -564,6 +564,7 @@ mod tests {
                 rolled_back: None,
                 loaded: None,
                 inherited: None,
+                manifest: None,
             });
             j.save().unwrap();
         }

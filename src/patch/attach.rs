@@ -8,14 +8,18 @@ use super::code::expect_bytes;
 use super::delivery::Payload;
 use super::load::{LoadPhase, LoadRequest, LoaderWindow, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
-use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
+use super::{
+    explain_elsewhere, frozen_write, identify, lock_target, retry_while_traced_by_rpatch,
+    wait_untraced,
+};
 use crate::Error;
-use crate::error::{PatchMemory, Unsupported};
+use crate::error::{LibraryProblem, PatchMemory, Unsupported};
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::LoaderFunctions;
 use crate::isa;
 use crate::journal::{
-    Journal, JournalData, JumpMethod, PatchRecord, PatchState, now_secs, reconcile,
+    Journal, JournalData, JumpMethod, Observed, PatchRecord, PatchState, now_secs, observe,
+    reconcile,
 };
 use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
@@ -185,16 +189,118 @@ impl PatchSummary {
 
 /// Replaces the requested functions in the target with the library's versions.
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
+    match attach_as(options, None, log)? {
+        AttachOutcome::Done(report) => Ok(report),
+        AttachOutcome::AlreadyApplied(_) | AttachOutcome::RolledBack(_) => {
+            unreachable!("only a manifest's patch is found applied or rolled back")
+        }
+    }
+}
+
+/// The manifest a patch is applied from (`attach --manifest`): its name is recorded with each
+/// patch, and the library's bytes must hash to `library_sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestTag {
+    /// The manifest's `name`.
+    pub name: String,
+    /// The SHA-256 (hex) the manifest gives for its library.
+    pub library_sha256: String,
+    /// Leave a process whose newest patch from this manifest was rolled back (by hand) alone
+    /// (`watch`), rather than apply it again (`attach --manifest`, which is asked to).
+    pub keep_rolled_back: bool,
+    /// The build-ids (hex) of the manifest's modules: every function must resolve in a module
+    /// of one of these builds (read from memory), not in another module with the same name.
+    pub build_ids: Vec<String>,
+}
+
+impl ManifestTag {
+    /// Whether `record` was applied from this manifest (same name, same library content).
+    pub fn tags(&self, record: &PatchRecord) -> bool {
+        record.manifest.as_deref() == Some(&self.name)
+            && record.library_sha256 == self.library_sha256
+    }
+}
+
+/// What an attach from a manifest did.
+#[derive(Debug, Clone)]
+pub enum AttachOutcome {
+    /// The patch was applied (or, in a dry run, planned).
+    Done(AttachReport),
+    /// The process carries this manifest's patch already (checked under the journal's lock,
+    /// against memory): nothing was done. The ids of its records.
+    AlreadyApplied(Vec<u64>),
+    /// With [`ManifestTag::keep_rolled_back`]: the newest patch from this manifest was rolled
+    /// back in this process; nothing was done. The ids of its records.
+    RolledBack(Vec<u64>),
+}
+
+/// [`attach`], applying the patch as `manifest`'s when one is given: a process that carries it
+/// already is left alone, and every record carries its name.
+pub fn attach_as(
+    options: &AttachOptions,
+    manifest: Option<&ManifestTag>,
+    log: &Log,
+) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
-    retry_while_traced_by_rpatch(pid, deadline, log, || attach_once(options, deadline, log))
+    let since = crate::journal::now_secs();
+    retry_while_traced_by_rpatch(pid, deadline, log, || {
+        attach_once(options, manifest, deadline, log)
+    })
+    .map_err(|e| explain_elsewhere(e, pid, since))
+}
+
+/// The records of the newest attach of `manifest` in `journal` when they were rolled back (and
+/// none is applied again).
+fn rolled_back_from(journal: &JournalData, manifest: &ManifestTag) -> Option<Vec<u64>> {
+    let group = journal
+        .patches
+        .iter()
+        .filter(|r| manifest.tags(r))
+        .map(|r| r.group)
+        .max()?;
+    let records: Vec<&PatchRecord> = journal
+        .patches
+        .iter()
+        .filter(|r| r.group == group)
+        .collect();
+    let rolled_back = records.iter().any(|r| r.state == PatchState::RolledBack)
+        && records
+            .iter()
+            .all(|r| matches!(r.state, PatchState::RolledBack | PatchState::Abandoned));
+    rolled_back.then(|| records.iter().map(|r| r.id).collect())
+}
+
+/// The records of the newest attach of `manifest` in `journal` when every one of them is applied
+/// and memory holds it.
+fn applied_from(
+    journal: &JournalData,
+    manifest: &ManifestTag,
+    mem: &dyn Memory,
+) -> Option<Vec<u64>> {
+    let group = journal
+        .patches
+        .iter()
+        .filter(|r| manifest.tags(r))
+        .map(|r| r.group)
+        .max()?;
+    let records: Vec<&PatchRecord> = journal
+        .patches
+        .iter()
+        .filter(|r| r.group == group)
+        .collect();
+    let all_in_memory = records
+        .iter()
+        .all(|r| r.state == PatchState::Applied && observe(mem, journal, r) == Observed::Applied);
+    all_in_memory.then(|| records.iter().map(|r| r.id).collect())
 }
 
 fn attach_once(
     options: &AttachOptions,
+    manifest: Option<&ManifestTag>,
     deadline: Instant,
     log: &Log,
-) -> Result<AttachReport, Error> {
+) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     let mut clock = PhaseClock::start(log, "identify");
     // Phase 1, Identify (patch/mod.rs), and the policies (admit.rs).
@@ -210,7 +316,20 @@ fn attach_once(
         });
     }
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
-    reconcile(&mut journal, &ProcMem::open(pid)?)?;
+    let mem = ProcMem::open(pid)?;
+    reconcile(&mut journal, &mem)?;
+    if let Some(ids) = manifest.and_then(|m| applied_from(&journal.data, m, &mem)) {
+        log.step("journal", format!("already applied: patches {ids:?}"));
+        return Ok(AttachOutcome::AlreadyApplied(ids));
+    }
+    if let Some(ids) = manifest
+        .filter(|m| m.keep_rolled_back)
+        .and_then(|m| rolled_back_from(&journal.data, m))
+    {
+        log.step("journal", format!("rolled back by hand: patches {ids:?}"));
+        return Ok(AttachOutcome::RolledBack(ids));
+    }
+    drop(mem);
 
     // Phase 2, Plan (plan.rs, binding.rs): nothing is stopped.
     clock.enter("plan");
@@ -219,9 +338,12 @@ fn attach_once(
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe).with_cache(cache.clone());
     let (planned, warnings) = make_plan(&mut modules, &library, options, log)?;
+    if let Some(m) = manifest {
+        in_manifest_modules(&modules, &planned, m, pid)?;
+    }
     let bindings = binding::plan_bindings(&mut modules, &library)?;
     if options.dry_run {
-        return Ok(AttachReport {
+        return Ok(AttachOutcome::Done(AttachReport {
             schema_version: AttachReport::SCHEMA_VERSION,
             pid,
             dry_run: true,
@@ -235,13 +357,22 @@ fn attach_once(
             warnings,
             bindings,
             inconsistent_children: Vec::new(),
-        });
+        }));
     }
 
     // Phase 3, Load (load.rs, delivery.rs): one borrowed thread; the others keep running.
     // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
     clock.enter("load");
     let (library_bytes, library_sha256, library_known) = read_library(&library, &options.library)?;
+    if let Some(m) = manifest.filter(|m| m.library_sha256 != library_sha256) {
+        return Err(Error::LibraryInvalid {
+            path: options.library.clone(),
+            problem: LibraryProblem::HashMismatch {
+                expected: m.library_sha256.clone(),
+                found: library_sha256,
+            },
+        });
+    }
     let payload = Payload::with_sha256("patch library", &library_bytes, library_sha256);
     let shim = binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
@@ -310,6 +441,7 @@ fn attach_once(
         &loaded,
         &options.library,
         payload.sha256.clone(),
+        manifest.map(|m| m.name.clone()),
     )?;
     log.step(
         "journal",
@@ -348,7 +480,7 @@ fn attach_once(
     // What was learnt about the modules and the library goes to the cache now.
     drop((modules, library));
     log_cache(&cache, log);
-    Ok(AttachReport {
+    Ok(AttachOutcome::Done(AttachReport {
         schema_version: AttachReport::SCHEMA_VERSION,
         pid,
         dry_run: false,
@@ -363,7 +495,7 @@ fn attach_once(
         warnings,
         bindings,
         inconsistent_children,
-    })
+    }))
 }
 
 /// Every piece of memory the patches will depend on — island pages, the stub region, the
@@ -467,6 +599,37 @@ fn make_plan(
     Ok((planned, warnings))
 }
 
+/// Each planned function must be in a module of a build the manifest names (a name the
+/// executable also defines resolves there first).
+fn in_manifest_modules(
+    modules: &ModuleMap,
+    planned: &[PlannedFunction],
+    manifest: &ManifestTag,
+    pid: i32,
+) -> Result<(), Error> {
+    let mem = ProcMem::open(pid)?;
+    for p in planned {
+        let found = modules
+            .modules
+            .iter()
+            .find(|m| m.path == p.module)
+            .and_then(|m| process::build_id_in_memory(&mem, m))
+            .map(|id| crate::hex::hex(&id));
+        if !found
+            .as_ref()
+            .is_some_and(|id| manifest.build_ids.contains(id))
+        {
+            return Err(Error::OutsideManifest {
+                function: p.function.name.clone(),
+                module: p.module.clone(),
+                build_id: found,
+                manifest: manifest.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The journal records of this attach, in state `intent`, saved (fsynced) with the island pages
 /// the load mapped: from here on a run that dies leaves records `reconcile` settles.
 fn record_intent(
@@ -476,6 +639,7 @@ fn record_intent(
     loaded: &LoadPhase,
     library: &Path,
     library_sha256: String,
+    manifest: Option<String>,
 ) -> Result<Vec<PatchRecord>, Error> {
     let group = journal.data.next_group();
     let ids = journal.data.next_id()..;
@@ -504,6 +668,7 @@ fn record_intent(
             rolled_back: None,
             loaded: Some(loaded.library.object),
             inherited: None,
+            manifest: manifest.clone(),
         })
         .collect();
     journal

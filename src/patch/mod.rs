@@ -6,20 +6,28 @@ mod attach;
 mod binding;
 mod code;
 mod delivery;
+mod elsewhere;
 mod islands;
 mod lineage;
 mod load;
 mod plan;
+mod ready;
 mod rollback;
 pub mod shim;
 mod slack;
 mod status;
 
-pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
+pub use attach::{
+    Allowances, AttachOptions, AttachOutcome, AttachReport, ManifestTag, PatchSummary, attach,
+    attach_as,
+};
 pub use binding::Binding;
 pub use delivery::DeliveryError;
-pub use plan::{FunctionRequest, Generated, GeneratedCode};
-pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
+pub use plan::{FunctionRequest, Generated, GeneratedCode, open_library};
+pub use ready::{Readiness, loader_done};
+pub use rollback::{
+    RollbackOptions, RollbackReport, RollbackSelection, rollback, rollback_preview,
+};
 pub use status::{PatchStatus, PatchView, SharedMm, SlackLeft, StatusReport, status};
 
 use crate::Error;
@@ -57,6 +65,40 @@ fn lock_target(pid: i32) -> Result<(StateDir, TargetLock), Error> {
     let state = StateDir::from_env()?;
     let lock = state.lock(pid)?;
     Ok((state, lock))
+}
+
+/// `e`, explained when `pid` maps patch libraries no record of this state directory loaded (see
+/// `elsewhere`): memory that does not hold what the journal says (an attach), or nothing to roll
+/// back, most likely means another rpatch with another state directory patched it. Called after
+/// the operation let the target's lock go; records abandoned since `since` (Unix seconds: this
+/// operation's, which may have reused the other rpatch's copy) do not count as recording theirs.
+fn explain_elsewhere(e: Error, pid: i32, since: u64) -> Error {
+    if !matches!(
+        e,
+        Error::UnexpectedBytes { .. } | Error::NothingToRollBack { .. }
+    ) {
+        return e;
+    }
+    let found = (|| {
+        let (state, lock) = lock_target(pid).ok()?;
+        let (_, identity) = identify(pid, &Log::quiet()).ok()?;
+        let journal = crate::journal::Journal::open_locked(lock, &state, &identity).ok()?;
+        let maps = process::read_maps(pid).ok()?;
+        let libraries = elsewhere::unrecorded_libraries(&maps, &journal.data, |r| {
+            r.state == crate::journal::PatchState::Abandoned && r.created >= since
+        });
+        let state_dir = state.journal_path(pid).parent()?.to_path_buf();
+        (!libraries.is_empty()).then_some((libraries, state_dir))
+    })();
+    match found {
+        Some((libraries, state_dir)) => Error::PatchedElsewhere {
+            pid,
+            libraries,
+            state_dir,
+            cause: Box::new(e),
+        },
+        None => e,
+    }
 }
 
 /// The name every rpatch process has: a tracer of that name is another run (another state

@@ -82,6 +82,8 @@ pub struct PatchStatus {
     /// The process inherited this patch from the process it was forked from: that process (PID,
     /// start time, boot id) and the patch's id in its journal. `null` for a patch made here.
     pub inherited: Option<Origin>,
+    /// The manifest the patch was applied from (`attach --manifest`), if any.
+    pub manifest: Option<String>,
 }
 
 /// Bootstrap code an earlier run left in a module's slack bytes (it died, or could not prove no
@@ -117,6 +119,10 @@ pub struct StatusReport {
     /// posix_spawn child before its exec, a `clone(CLONE_VM)` child): they run the same code,
     /// recorded in the journal of the oldest of them, the owner. `null` when none does.
     pub shared_mm: Option<SharedMm>,
+    /// Copies of patch libraries the process maps that no record here loaded: another rpatch,
+    /// with another state directory, patched it (from the host, seen from a container sharing
+    /// its PID namespace, or from another container). Its journal tells what they changed.
+    pub unrecorded_libraries: Vec<PathBuf>,
 }
 
 /// Processes sharing one address space (see [`StatusReport::shared_mm`]).
@@ -158,6 +164,7 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
             slack_left: Vec::new(),
             inconsistent: None,
             shared_mm,
+            unrecorded_libraries: Vec::new(),
         });
     }
     let maps = process::read_maps(pid)?;
@@ -217,6 +224,7 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
                 module_replaced,
                 file_changed_on_disk,
                 inherited: r.inherited.clone(),
+                manifest: r.manifest.clone(),
             }
         })
         .collect();
@@ -237,5 +245,8 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
         slack_left,
         inconsistent: journal.data.inconsistent.clone(),
         shared_mm,
+        unrecorded_libraries: super::elsewhere::unrecorded_libraries(&maps, &journal.data, |_| {
+            false
+        }),
     })
 }

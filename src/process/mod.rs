@@ -4,6 +4,7 @@
 //! seized thread, re-delivering any signal that arrived while it was stopped), so an error or a
 //! panic anywhere above leaves the target running as before.
 
+mod build_id;
 mod frozen;
 mod image;
 mod maps;
@@ -16,6 +17,7 @@ mod shared_mm;
 mod syscall;
 mod tracer;
 
+pub use build_id::build_id_in_memory;
 pub use frozen::Frozen;
 pub use image::{ExecImage, all_pids, holders, read_image, runs_executable};
 pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
