@@ -804,7 +804,7 @@ impl<'t> InjectedThread<'t> {
             "mmap",
             functions.mmap,
             &[addr, len, prot, flags, u64::MAX, 0],
-            Duration::from_secs(2),
+            SETTLE_TIMEOUT,
         )?;
         // Anything but the exact address is a refusal (MAP_FAILED, or a pre-4.17 kernel that
         // ignored MAP_FIXED_NOREPLACE: such a page is simply left unused).
