@@ -250,20 +250,30 @@ pub fn attach_as(
     .map_err(|e| explain_elsewhere(e, pid, since))
 }
 
-/// The records of the newest attach of `manifest` in `journal` when they were rolled back (and
-/// none is applied again).
-fn rolled_back_from(journal: &JournalData, manifest: &ManifestTag) -> Option<Vec<u64>> {
+/// The records of the newest attach (one group) tagged with `manifest` in `journal`, if any.
+fn newest_attach_of<'j>(
+    journal: &'j JournalData,
+    manifest: &ManifestTag,
+) -> Option<Vec<&'j PatchRecord>> {
     let group = journal
         .patches
         .iter()
         .filter(|r| manifest.tags(r))
         .map(|r| r.group)
         .max()?;
-    let records: Vec<&PatchRecord> = journal
-        .patches
-        .iter()
-        .filter(|r| r.group == group)
-        .collect();
+    Some(
+        journal
+            .patches
+            .iter()
+            .filter(|r| r.group == group)
+            .collect(),
+    )
+}
+
+/// The records of the newest attach of `manifest` in `journal` when they were rolled back (and
+/// none is applied again).
+fn rolled_back_from(journal: &JournalData, manifest: &ManifestTag) -> Option<Vec<u64>> {
+    let records = newest_attach_of(journal, manifest)?;
     let rolled_back = records.iter().any(|r| r.state == PatchState::RolledBack)
         && records
             .iter()
@@ -278,17 +288,7 @@ fn applied_from(
     manifest: &ManifestTag,
     mem: &dyn Memory,
 ) -> Option<Vec<u64>> {
-    let group = journal
-        .patches
-        .iter()
-        .filter(|r| manifest.tags(r))
-        .map(|r| r.group)
-        .max()?;
-    let records: Vec<&PatchRecord> = journal
-        .patches
-        .iter()
-        .filter(|r| r.group == group)
-        .collect();
+    let records = newest_attach_of(journal, manifest)?;
     let all_in_memory = records
         .iter()
         .all(|r| r.state == PatchState::Applied && observe(mem, journal, r) == Observed::Applied);
