@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The master of test-targets/c/prefork.c.
 fn prefork() -> Target {
@@ -406,4 +406,115 @@ fn a_fork_by_the_borrowed_thread_is_stopped_and_fails_the_attach() {
     assert_eq!(master.cmd("call 5"), "compute 5 6");
     assert_nothing_applied(s, m);
     assert_untraced(m);
+}
+
+/// `rpatch CMD --manifest MANIFEST EXTRA...`.
+fn fleet(state: &Path, command: &str, manifest: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![command, "--manifest", manifest.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    rpatch(state, &args)
+}
+
+/// A master of its own build (a copy of prefork with a build-id no other test's process has,
+/// so `--all` reaches only this test's processes) and a manifest of `lib` for its `compute`.
+fn prefork_build(builds: &mut Builds, state: &Path, lib: &str) -> (Target, PathBuf) {
+    let t = build_targets();
+    let (app, _) = builds.copy(&t.bin("prefork"), "a", "prefork");
+    let manifest = app.with_file_name("fix.toml");
+    manifest_new(state, &t.bin(lib), &app, &["compute"], &manifest);
+    (Target::spawn(&app, &[]), manifest)
+}
+
+/// `status --all --json`: each listed process's PID with its patches as (id, state,
+/// inherited-from PID or 0), by PID.
+#[track_caller]
+fn status_all(state: &Path) -> std::collections::BTreeMap<u32, Vec<(u64, String, u64)>> {
+    let run = rpatch(state, &["status", "--all", "--json"]);
+    run.expect_ok();
+    run.json()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let patches = p["patches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["id"].as_u64().unwrap(),
+                        p["state"].as_str().unwrap().to_string(),
+                        p["inherited"]["pid"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            (p["pid"].as_u64().unwrap() as u32, patches)
+        })
+        .collect()
+}
+
+/// The acceptance scenario of forked children with a manifest: a master patched by `attach
+/// --manifest` forks 3 workers; `status --all` lists them (never looked at before) with the
+/// patch inherited, and so does each one's `status`; `attach --manifest --all` finds all four
+/// `already_applied`; rolling back one worker leaves the others and the master patched;
+/// `rollback --manifest --all` leaves none patched — each process's behaviour checked.
+#[test]
+fn a_manifests_patch_is_inherited_found_applied_and_rolled_back_everywhere() {
+    let state = state_dir();
+    let s = state.path();
+    let mut builds = Builds::new();
+    let (mut master, manifest) = prefork_build(&mut builds, s, "fix_basic.so");
+    let m = master.pid();
+    let run = fleet(s, "attach", &manifest, &[&master.pid_arg(), "--json"]);
+    run.expect_ok();
+    assert_eq!(fleet_results(&run.json())[&m], "applied");
+    let workers = pids(&master.cmd("fork 3"), "forked ");
+    assert_eq!(workers.len(), 3);
+
+    let inherited = vec![(1, "applied".to_string(), u64::from(m))];
+    let listed = status_all(s);
+    assert_eq!(listed.get(&m), Some(&vec![(1, "applied".into(), 0)]));
+    for w in &workers {
+        assert_eq!(listed.get(w), Some(&inherited), "{listed:?}");
+    }
+    for (i, &w) in workers.iter().enumerate() {
+        assert_eq!(inherited_states(s, w), inherited);
+        assert_eq!(status(s, w)[0]["manifest"], "fix_basic");
+        assert_eq!(master.cmd(&format!("w {i} call 5")), "compute 5 500");
+    }
+
+    let run = fleet(s, "attach", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results.len(), 4, "{report}");
+    for p in workers.iter().chain([&m]) {
+        assert_eq!(results[p], "already_applied", "{report}");
+    }
+    assert_eq!(report["counts"]["already_applied"], 4, "{report}");
+
+    assert_eq!(rollback_ok(s, workers[0], &[]), vec![1]);
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+    assert_eq!(master.cmd("w 1 call 5"), "compute 5 500");
+    assert_eq!(master.cmd("w 2 call 5"), "compute 5 500");
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+
+    let run = fleet(s, "rollback", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&workers[0]], "not_applied", "{report}");
+    for p in [m, workers[1], workers[2]] {
+        assert_eq!(results[&p], "rolled_back", "{report}");
+    }
+    assert_eq!(master.cmd("call 5"), "compute 5 6");
+    for i in 0..3 {
+        assert_eq!(master.cmd(&format!("w {i} call 5")), "compute 5 6");
+    }
+    let listed = status_all(s);
+    for p in workers.iter().chain([&m]) {
+        let states: Vec<&str> = listed[p].iter().map(|(_, st, _)| st.as_str()).collect();
+        assert_eq!(states, vec!["rolled_back"], "{listed:?}");
+        assert_untraced(*p);
+    }
 }

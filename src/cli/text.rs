@@ -189,7 +189,25 @@ pub fn status_all(r: &StatusAllReport) -> String {
                     .manifest
                     .as_deref()
                     .map(|m| format!("  manifest {m}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+            );
+            if let Some(o) = &patch.inherited {
+                out += &format!(
+                    "       inherited from PID {} (patch {})\n",
+                    o.pid, o.patch_id
+                );
+            }
+        }
+        if let Some(shared) = p.shared_mm.as_ref().filter(|s| s.owner != p.pid) {
+            out += &format!(
+                "  shares PID {}'s address space: its patches are PID {}'s\n",
+                shared.owner, shared.owner
+            );
+        }
+        if let Some(i) = &p.inconsistent {
+            out += &format!(
+                "  inconsistent: forked while a library loaded into PID {}; never patched (restart it to run a fix)\n",
+                i.pid
             );
         }
     }
