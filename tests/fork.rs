@@ -499,22 +499,120 @@ fn a_manifests_patch_is_inherited_found_applied_and_rolled_back_everywhere() {
     assert_eq!(master.cmd("w 2 call 5"), "compute 5 500");
     assert_eq!(master.cmd("call 5"), "compute 5 500");
 
+    // A worker forked now is first seen by the dry run, which finds its inherited patch.
+    let late = pids(&master.cmd("fork 1"), "forked ")[0];
+    let run = fleet(s, "rollback", &manifest, &["--all", "--dry-run", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&workers[0]], "not_applied", "{report}");
+    for p in [m, workers[1], workers[2], late] {
+        assert_eq!(results[&p], "would_roll_back", "{report}");
+    }
+    assert_eq!(master.cmd("w 3 call 5"), "compute 5 500");
+
     let run = fleet(s, "rollback", &manifest, &["--all", "--json"]);
     run.expect_ok();
     let report = run.json();
     let results = fleet_results(&report);
     assert_eq!(results[&workers[0]], "not_applied", "{report}");
-    for p in [m, workers[1], workers[2]] {
+    for p in [m, workers[1], workers[2], late] {
         assert_eq!(results[&p], "rolled_back", "{report}");
     }
     assert_eq!(master.cmd("call 5"), "compute 5 6");
-    for i in 0..3 {
+    for i in 0..4 {
         assert_eq!(master.cmd(&format!("w {i} call 5")), "compute 5 6");
     }
     let listed = status_all(s);
-    for p in workers.iter().chain([&m]) {
+    for p in workers.iter().chain([&m, &late]) {
         let states: Vec<&str> = listed[p].iter().map(|(_, st, _)| st.as_str()).collect();
         assert_eq!(states, vec!["rolled_back"], "{listed:?}");
         assert_untraced(*p);
+    }
+}
+
+/// `--all` reports the processes not patched on their own, with why: a `clone(CLONE_VM)`
+/// process sharing the master's address space is `shared_mm` (its code is the master's: done
+/// with it, exit 0), listed by `status --all`; a worker forked while the library loaded is
+/// `inconsistent` (never patched: attach ends with 25), listed by `status --all` too.
+#[test]
+fn all_reports_sharers_and_inconsistent_children_with_their_reason() {
+    let state = state_dir();
+    let s = state.path();
+    let mut builds = Builds::new();
+    let (mut master, manifest) = prefork_build(&mut builds, s, "fix_forkmid.so");
+    let m = master.pid();
+    let sharer = pids(&master.cmd("share"), "shared ")[0];
+    let run = fleet(s, "attach", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let worker = pids(&master.cmd("workers"), "workers ")[0];
+    let results = fleet_results(&report);
+    assert_eq!(results[&m], "applied", "{report}");
+    assert_eq!(results[&sharer], "shared_mm", "{report}");
+    assert_eq!(report["counts"]["shared_mm"], 1, "{report}");
+    let reason = |report: &Value, pid: u32| -> String {
+        report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        reason(&report, sharer).contains(&format!("with PID {m} ")),
+        "{report}"
+    );
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+
+    let run = fleet(s, "attach", &manifest, &["--all", "--json"]);
+    run.expect_code(exit::SOME_FAILED);
+    assert!(run.stderr.contains("1 inconsistent"), "{}", run.stderr);
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&m], "already_applied", "{report}");
+    assert_eq!(results[&sharer], "shared_mm", "{report}");
+    assert_eq!(results[&worker], "inconsistent", "{report}");
+    assert!(
+        reason(&report, worker).contains(&format!("into PID {m}")),
+        "{report}"
+    );
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+
+    let run = rpatch(s, &["status", "--all", "--json"]);
+    run.expect_ok();
+    let listed = run.json();
+    let entry = |pid: u32| {
+        listed["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("PID {pid} not listed: {listed}"))
+            .clone()
+    };
+    assert_eq!(entry(sharer)["shared_mm"]["owner"], m, "{listed}");
+    assert_eq!(entry(sharer)["patches"], Value::Array(vec![]));
+    assert_eq!(entry(worker)["inconsistent"]["pid"], m, "{listed}");
+    assert_eq!(
+        entry(m)["manifest_names"],
+        serde_json::json!(["fix_forkmid"])
+    );
+
+    let run = fleet(s, "rollback", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&m], "rolled_back", "{report}");
+    assert_eq!(results[&sharer], "shared_mm", "{report}");
+    assert_eq!(results[&worker], "not_applied", "{report}");
+    assert_eq!(master.cmd("call 5"), "compute 5 6");
+    assert_eq!(master.cmd("unshare"), "unshared");
+    for p in [m, worker] {
+        assert_untraced(p);
     }
 }

@@ -255,11 +255,18 @@ pub fn fleet(r: &FleetReport) -> String {
 pub fn fleet_failure(r: &FleetReport, kind: ErrorKind) -> String {
     if kind == ErrorKind::SomeProcessesFailed {
         let n = r.count(Outcome::Failed);
-        format!(
+        let mut text = format!(
             "manifest {}: {n} of {} process(es) failed (each was left as it was)",
             r.manifest.name,
             r.processes.len()
-        )
+        );
+        let inconsistent = r.not_done() - n;
+        if inconsistent > 0 {
+            text += &format!(
+                "; {inconsistent} inconsistent (forked while a library loaded: never patched, restart it)"
+            );
+        }
+        text
     } else if r.processes.is_empty() {
         format!(
             "manifest {}: no process maps a module build it is for",

@@ -22,6 +22,7 @@ pub use report::{Failure, FleetReport, ManifestSummary, Operation, Outcome, Proc
 pub use status_all::{ProcessStatus, StatusAllReport, status_all};
 pub use watch::{EventSource, ProcessEvent, WatchEvent, WatchOptions, watch};
 
+use crate::error::Unsupported;
 use crate::log::Log;
 use crate::patch::{
     self, Allowances, AttachOptions, AttachOutcome, FunctionRequest, RollbackOptions,
@@ -211,6 +212,17 @@ fn finish(
             log.step("fleet", format!("PID {}: exited meanwhile", job.pid));
             None
         }
+        Err(e) if relation(&e).is_some() => {
+            let result = relation(&e).expect("checked");
+            log.step("fleet", format!("PID {}: {result}: {e}", job.pid));
+            Some(ProcessOutcome::related(
+                job.pid,
+                job.exe.clone(),
+                build_id,
+                result,
+                &e,
+            ))
+        }
         Err(e) => {
             log.step("fleet", format!("PID {}: failed: {e}", job.pid));
             Some(ProcessOutcome::failed(
@@ -220,6 +232,21 @@ fn finish(
                 &e,
             ))
         }
+    }
+}
+
+/// The outcome of a process that is not patched on its own because of its relation to
+/// another: it shares that one's address space (`shared_mm`), or was forked while a library
+/// loaded into it (`inconsistent`).
+fn relation(e: &Error) -> Option<Outcome> {
+    match e {
+        Error::Unsupported {
+            reason: Unsupported::SharedAddressSpace { .. },
+        } => Some(Outcome::SharedMm),
+        Error::Unsupported {
+            reason: Unsupported::Inconsistent { .. },
+        } => Some(Outcome::Inconsistent),
+        _ => None,
     }
 }
 
