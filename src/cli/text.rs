@@ -341,6 +341,8 @@ pub fn watch_event(e: &WatchEvent, signal: Option<nix::sys::signal::Signal>) -> 
                 }
                 ProcessEvent::Failed(f) => format!("{head}: failed ({}): {}", f.kind, f.message),
                 ProcessEvent::RolledBack(p) => format!("{head}: rolled back (patch {})", ids(p)),
+                ProcessEvent::SharedMm(reason) => format!("{head}: shared_mm: {reason}"),
+                ProcessEvent::Inconsistent(reason) => format!("{head}: inconsistent: {reason}"),
             }
         }
         WatchEvent::EventsLost => "events were lost: looking at every process again".into(),
