@@ -32,6 +32,9 @@ fn status_json(state: &Path, pid: u32) -> Value {
 
 /// A patch made before an `execve` is never taken for the new image's: the same PID and start
 /// time then show no records, rollback has nothing to undo, and a new attach starts at id 1.
+/// The old image's journal is kept aside while a worker forked before the exec still runs that
+/// image (the worker adopts its patch from it), and deleted by the first operation after the
+/// worker is gone.
 #[test]
 fn exec_after_patch_leaves_the_new_image_without_records() {
     let t = build_targets();
@@ -40,20 +43,49 @@ fn exec_after_patch_leaves_the_new_image_without_records() {
     let pid = master.pid();
     attach_ok(state.path(), pid, &t.bin("fix_basic.so"), &["compute"]);
     assert_eq!(master.cmd("call 5"), "compute 5 500");
+    let worker = pids(&master.cmd("orphans 1"), "forked ")[0];
+    let _reaper = Reaper(vec![worker]);
 
     assert_eq!(master.cmd("exec"), format!("ready {pid}"));
     assert_eq!(master.cmd("call 5"), "compute 5 6");
     let after = status_json(state.path(), pid);
     assert_eq!(after["patches"], Value::Array(vec![]), "{after}");
     rollback(state.path(), pid, &["--json"]).expect_error(exit::NOTHING_TO_ROLL_BACK);
-    // The old image's journal is kept aside (children forked before the exec may hold its
-    // patches), and the new image is patched afresh.
-    let retired: Vec<String> = std::fs::read_dir(state.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(&format!("retired-{pid}-")))
-        .collect();
-    assert_eq!(retired.len(), 1, "{retired:?}");
+    let retired = || -> Vec<String> {
+        std::fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(&format!("retired-{pid}-")))
+            .collect()
+    };
+    assert_eq!(
+        retired().len(),
+        1,
+        "kept while the worker runs the old image"
+    );
+    assert_eq!(
+        inherited_states(state.path(), worker),
+        vec![(1, "applied".into(), u64::from(pid))]
+    );
+    // SAFETY: kill(2) with a PID and a signal number has no memory effects.
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while std::fs::read_to_string(format!("/proc/{worker}/stat"))
+        .is_ok_and(|s| s[s.rfind(')').unwrap() + 1..].split_whitespace().next() != Some("Z"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {worker} lives on"
+        );
+        std::thread::yield_now();
+    }
+    status_json(state.path(), pid);
+    assert_eq!(
+        retired(),
+        Vec::<String>::new(),
+        "no live process runs the old image"
+    );
+
     let again = attach_ok(state.path(), pid, &t.bin("fix_basic_b.so"), &["compute"]);
     assert_eq!(again["patches"][0]["id"], 1, "{again}");
     assert_eq!(master.cmd("call 5"), "compute 5 35");

@@ -56,6 +56,7 @@ impl StatusAllReport {
 /// process now has) is not listed. Nothing is stopped.
 pub fn status_all(log: &Log) -> Result<StatusAllReport, Error> {
     let state = StateDir::from_env()?;
+    crate::prune_retired(log);
     let images = recorded_images(&state);
     let mut processes = Vec::new();
     for pid in select::all_pids() {
@@ -63,7 +64,7 @@ pub fn status_all(log: &Log) -> Result<StatusAllReport, Error> {
         if !own && !runs_one_of(pid, &images) {
             continue;
         }
-        let report = match crate::status(pid, log) {
+        let report = match crate::status_of(pid, log) {
             Ok(r) => r,
             // A process found by its image only is listed when it can be looked at.
             Err(e)
