@@ -313,5 +313,10 @@ fn an_exec_keeping_the_pid_is_patched_again_when_polling() {
         serde_json::json!([1]),
         "a new image starts a journal: {v}"
     );
+    let after = v["after_start_ms"].as_u64().unwrap();
+    assert!(
+        after <= took.as_millis() as u64,
+        "counted from the exec: {v}"
+    );
     assert_untraced(pid);
 }

@@ -321,11 +321,16 @@ pub fn watch_event(e: &WatchEvent, signal: Option<nix::sys::signal::Signal>) -> 
                 ProcessEvent::Applied {
                     patch_ids,
                     after_start_ms,
+                    after_exec,
                 } => format!(
                     "{head}: applied (patch {}){}",
                     ids(patch_ids),
                     after_start_ms
-                        .map(|ms| format!(", {ms} ms after the process started"))
+                        .map(|ms| if *after_exec {
+                            format!(", {ms} ms after its exec was seen")
+                        } else {
+                            format!(", {ms} ms after the process started")
+                        })
                         .unwrap_or_default()
                 ),
                 ProcessEvent::AlreadyApplied(p) => {

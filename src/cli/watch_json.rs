@@ -62,6 +62,7 @@ fn process(what: &ProcessEvent) -> Value {
         ProcessEvent::Applied {
             patch_ids,
             after_start_ms,
+            ..
         } => ("applied", patch_ids.as_slice(), *after_start_ms, None, None),
         ProcessEvent::AlreadyApplied(ids) => ("already_applied", ids.as_slice(), None, None, None),
         ProcessEvent::KeptRolledBack(ids) => ("kept_rolled_back", ids.as_slice(), None, None, None),

@@ -106,8 +106,12 @@ pub enum ProcessEvent {
     Applied {
         /// Patch ids.
         patch_ids: Vec<u64>,
-        /// Milliseconds from the process's start (its `exec`) to the patch.
+        /// Milliseconds from the process's start to the patch; for a process already known
+        /// that executed a new program, from when watch learnt of that `exec` (its start time
+        /// is its fork's).
         after_start_ms: Option<u64>,
+        /// Whether `after_start_ms` counts from such an `exec`.
+        after_exec: bool,
     },
     /// It carried the patch already.
     AlreadyApplied(Vec<u64>),
@@ -286,6 +290,8 @@ struct Tracked {
     /// What its last `exec` made of its address space, when polling: a change is an `exec`
     /// that kept the PID (see [`ExecKey`]).
     exec_key: Option<ExecKey>,
+    /// When watch learnt that this process, settled before, executed a new program.
+    execed: Option<Instant>,
     /// The manifests it was given (or found to map another build of): each manifest once. A
     /// manifest it maps no module of is looked at again at the next rescan.
     done: HashSet<Key>,
@@ -329,6 +335,7 @@ impl Watcher<'_> {
         let fresh = || Tracked {
             start_time,
             exec_key: ExecKey::of(pid),
+            execed: None,
             done: HashSet::new(),
             pending: None,
         };
@@ -357,6 +364,11 @@ impl Watcher<'_> {
         if let Some(t) = self.processes.get_mut(&pid) {
             t.done.clear();
             t.exec_key = ExecKey::of(pid);
+            // A process still being looked at since it appeared is still starting (a fork,
+            // then its exec): its start time stays the reference.
+            if t.pending.is_none() {
+                t.execed = Some(Instant::now());
+            }
         }
         self.enqueue(pid, NEW_PROCESS_WINDOW);
     }
@@ -497,6 +509,7 @@ impl Watcher<'_> {
             pending.next = Instant::now() + pending.interval;
         } else {
             tracked.pending = None;
+            tracked.execed = None;
         }
     }
 
@@ -529,10 +542,16 @@ impl Watcher<'_> {
             format!("PID {pid} ({}): {result:?}", exe.display()),
         );
         match result {
-            Ok(AttachOutcome::Done(r)) => ProcessEvent::Applied {
-                patch_ids: r.patches.iter().map(|p| p.id).collect(),
-                after_start_ms: since_start_ms(pid),
-            },
+            Ok(AttachOutcome::Done(r)) => {
+                let execed = self.processes.get(&pid).and_then(|t| t.execed);
+                ProcessEvent::Applied {
+                    patch_ids: r.patches.iter().map(|p| p.id).collect(),
+                    after_start_ms: execed
+                        .map(|at| at.elapsed().as_millis() as u64)
+                        .or_else(|| since_start_ms(pid)),
+                    after_exec: execed.is_some(),
+                }
+            }
             Ok(AttachOutcome::AlreadyApplied(ids)) => ProcessEvent::AlreadyApplied(ids),
             Ok(AttachOutcome::RolledBack(ids)) => ProcessEvent::KeptRolledBack(ids),
             Err(e) => match super::relation(&e) {
