@@ -192,6 +192,8 @@ fn attach_once(
 ) -> Result<AttachReport, Error> {
     let pid = options.pid;
     let mut clock = PhaseClock::start(log, "identify");
+    // Remote calls and stops are waited for with short sleeps: they are exact meanwhile.
+    let _exact = process::ExactSleeps::new();
     // Phase 1, Identify (patch/mod.rs), and the policies (admit.rs).
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;

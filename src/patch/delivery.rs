@@ -833,14 +833,26 @@ fn verify_copy(file: &File, want: &[u8], memfd: bool) -> Result<(u64, u64), Stri
     if meta.len() != len {
         return Err(format!("holds {} bytes, not {len}", meta.len()));
     }
-    let bytes = files::read_capped(file, len).map_err(|e| format!("cannot be read back ({e})"))?;
-    if let Some(at) = bytes.iter().zip(want).position(|(a, b)| a != b) {
-        return Err(format!(
-            "reads back other bytes than were written (from offset {at})"
-        ));
+    // Read back a piece at a time into one buffer (a library of megabytes is not copied whole
+    // again), each piece compared with what was written.
+    let mut buf = vec![0u8; want.len().clamp(1, 256 * 1024)];
+    let mut at = 0usize;
+    while at < want.len() {
+        let n = (want.len() - at).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at as u64)
+            .map_err(|e| format!("cannot be read back ({e})"))?;
+        if buf[..n] != want[at..at + n] {
+            let first = buf[..n].iter().zip(&want[at..]).position(|(a, b)| a != b);
+            return Err(format!(
+                "reads back other bytes than were written (from offset {})",
+                at + first.unwrap_or(0)
+            ));
+        }
+        at += n;
     }
-    if bytes.len() != want.len() {
-        return Err(format!("reads back {} bytes, not {len}", bytes.len()));
+    let mut past = [0u8; 1];
+    if file.read_at(&mut past, len).is_ok_and(|n| n > 0) {
+        return Err(format!("holds more than {len} bytes"));
     }
     Ok((meta.dev(), meta.ino()))
 }

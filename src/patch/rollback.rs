@@ -82,6 +82,7 @@ fn rollback_once(
 ) -> Result<RollbackReport, Error> {
     let pid = options.pid;
     let mut clock = PhaseClock::start(log, "identify");
+    let _exact = process::ExactSleeps::new();
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(&info, deadline, log)?;

@@ -20,7 +20,7 @@ pub use maps::{Mapping, gaps, parse_maps};
 pub use memory::FakeMemory;
 pub use memory::{CodeMemory, Memory, ProcMem};
 pub use modules::{LoadedModule, ModuleMap};
-pub use priority::RealtimeGuard;
+pub use priority::{ExactSleeps, RealtimeGuard};
 pub use runtime::Runtime;
 pub use syscall::{blocked_syscall, repair_eintr};
 pub use tracer::{Held, Stop, Survey, ThreadState, Tracer};
@@ -305,9 +305,9 @@ pub fn exiting(pid: i32) -> bool {
 /// empty — the directory of a live thread, which shares the address space.
 pub fn proc_dir(pid: i32) -> PathBuf {
     let leader_gone = read_stat(pid, pid).is_ok_and(|(s, ..)| matches!(s, 'Z' | 'X' | 'x'));
-    match live_task(pid) {
-        Some(tid) if leader_gone => PathBuf::from(format!("/proc/{pid}/task/{tid}")),
-        _ => PathBuf::from(format!("/proc/{pid}")),
+    match leader_gone.then(|| live_task(pid)).flatten() {
+        Some(tid) => PathBuf::from(format!("/proc/{pid}/task/{tid}")),
+        None => PathBuf::from(format!("/proc/{pid}")),
     }
 }
 

@@ -364,6 +364,7 @@ impl Tracer {
         let mut pending: Vec<i32> = tids.to_vec();
         let start = Instant::now();
         let mut idle = 0u32;
+        let mut pause = Duration::from_micros(10);
         while !pending.is_empty() {
             let before = pending.len();
             let mut i = 0;
@@ -395,6 +396,7 @@ impl Tracer {
             }
             if pending.len() < before {
                 idle = 0;
+                pause = Duration::from_micros(10);
                 continue;
             }
             if Instant::now() >= deadline {
@@ -405,13 +407,15 @@ impl Tracer {
                 });
             }
             // A running thread stops within microseconds of the interrupt, once it has a CPU.
-            // Spin briefly, then short sleeps (not yields, which hand a whole time slice to a
-            // busy target thread on a loaded machine).
+            // Spin briefly, then sleep (not yield, which hands a whole time slice to a busy
+            // target thread on a loaded machine), longer each time up to 100 us: a thread that
+            // waits for a CPU is not helped by a tracer waking up to ask, which takes CPU from it.
             idle += 1;
             if idle < 16 {
                 std::hint::spin_loop();
             } else {
-                std::thread::sleep(Duration::from_micros(10));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_micros(100));
             }
         }
         Ok(())
