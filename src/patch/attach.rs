@@ -5,7 +5,7 @@
 use super::admit::admit;
 use super::binding::{self, Binding};
 use super::code::expect_bytes;
-use super::delivery::Payload;
+use super::delivery::{Payload, loadable_image};
 use super::load::{LoadPhase, LoadRequest, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
@@ -319,7 +319,8 @@ fn attach_once(
     saved?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
     // What was learnt about the modules and the library goes to the cache now.
-    drop((modules, library));
+    stacks.remember();
+    drop((stacks, modules, modules_now, library));
     log_cache(&cache, log);
     Ok(AttachReport {
         schema_version: AttachReport::SCHEMA_VERSION,
@@ -528,10 +529,19 @@ fn write_patches(mem: &dyn Memory, pid: i32, records: &[PatchRecord]) -> Result<
 }
 
 /// Reads the patch library given by the operator (a regular file, size-capped) through the
-/// descriptor the plan read, with its SHA-256.
+/// descriptor the plan read: the part the target loads (see [`loadable_image`]), with the
+/// SHA-256 of the whole file, and whether it is the content the plan was made from.
 fn read_library(library: &Knowledge, path: &Path) -> Result<(Vec<u8>, String, bool), Error> {
-    library.contents().map_err(|e| Error::LibraryMissing {
+    let end = library
+        .load_segments()
+        .iter()
+        .map(|s| s.offset.saturating_add(s.filesz))
+        .max()
+        .unwrap_or(u64::MAX);
+    let (mut bytes, sha256, known) = library.contents(end).map_err(|e| Error::LibraryMissing {
         path: path.into(),
         problem: crate::error::LibraryAccess::Io(e),
-    })
+    })?;
+    loadable_image(&mut bytes);
+    Ok((bytes, sha256, known))
 }

@@ -25,8 +25,10 @@ use crate::Error;
 use crate::fault::FrozenPoints;
 use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
-use crate::process::{self, CodeMemory, ProcessError, ProcessInfo, RealtimeGuard, Tracer};
-use crate::safety::{Blocker, GuardedRange, StackInspector, check};
+use crate::process::{
+    self, CodeMemory, ProcessError, ProcessInfo, RealtimeGuard, ThreadState, Tracer,
+};
+use crate::safety::{Blocker, Checker, GuardedRange, StackInspector};
 use std::time::{Duration, Instant};
 
 /// Phase 1 for every operation: identify the target and build its journal identity.
@@ -152,52 +154,57 @@ fn frozen_write(
         let frozen_at = Instant::now();
         // A thread gets at least a second to stop even when the overall timeout is short.
         let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
-        // Nothing is printed while the world is stopped: what `-v` says is kept for the thaw.
-        let (blocker, phase) = match survey.map(|s| tracer.freeze(s, stop_deadline)) {
-            Ok(Ok(frozen)) => {
+        // Phase 5, Check, runs on each thread as soon as it is stopped (see `safety::Checker`):
+        // a thread in the way ends the freeze at once. Nothing is printed while the world is
+        // stopped: what `-v` says is kept for the thaw.
+        let mut checker = Checker::new(pid, ranges, stacks.as_deref_mut());
+        let frozen = survey.map(|s| {
+            tracer.freeze_checked(s, stop_deadline, &mut |t: &ThreadState| checker.visit(t))
+        });
+        let (blocker, phase) = match frozen {
+            Ok(Ok(None)) => {
+                let (blocker, summary) = checker.finish();
+                if let Some(summary) = &summary {
+                    log.step("check", summary.to_string());
+                }
+                (
+                    blocker.expect("a check that ends a freeze names its thread"),
+                    "check",
+                )
+            }
+            Ok(Ok(Some(frozen))) => {
                 let stopped = frozen.threads().count();
                 crate::fault::point(fault.frozen);
-                let (blocker, summary) = check(&frozen, ranges, stacks.as_deref_mut());
-                let said = |log: &Log| {
-                    log.step("freeze", format!("{stopped} threads stopped"));
-                    if let Some(summary) = &summary {
-                        log.step("check", summary.to_string());
+                // Phase 6, Write.
+                let (result, write_path) = {
+                    let memory = frozen.memory();
+                    let result = write(&memory);
+                    if result.is_ok() {
+                        crate::fault::point(fault.written);
                     }
+                    (result, memory.write_path())
                 };
-                match blocker {
-                    Some(blocker) => {
-                        drop(frozen);
-                        said(log);
-                        (blocker, "check")
-                    }
-                    None => {
-                        let (result, write_path) = {
-                            let memory = frozen.memory();
-                            let result = write(&memory);
-                            if result.is_ok() {
-                                crate::fault::point(fault.written);
-                            }
-                            (result, memory.write_path())
-                        };
-                        // Phase 7, Thaw.
-                        drop(frozen);
-                        crate::fault::point(fault.thawed);
-                        let elapsed = frozen_at.elapsed();
-                        said(log);
-                        log.step(
-                            "thaw",
-                            format!(
-                                "frozen for {} us ({})",
-                                elapsed.as_micros(),
-                                match write_path {
-                                    Some(path) => format!("writes via {path}"),
-                                    None => "nothing written".into(),
-                                }
-                            ),
-                        );
-                        return result.map(|()| elapsed);
-                    }
+                // Phase 7, Thaw.
+                drop(frozen);
+                crate::fault::point(fault.thawed);
+                let elapsed = frozen_at.elapsed();
+                let (_, summary) = checker.finish();
+                log.step("freeze", format!("{stopped} threads stopped"));
+                if let Some(summary) = &summary {
+                    log.step("check", summary.to_string());
                 }
+                log.step(
+                    "thaw",
+                    format!(
+                        "frozen for {} us ({})",
+                        elapsed.as_micros(),
+                        match write_path {
+                            Some(path) => format!("writes via {path}"),
+                            None => "nothing written".into(),
+                        }
+                    ),
+                );
+                return result.map(|()| elapsed);
             }
             // A thread in vfork() cannot be stopped until its child execs or exits, usually
             // within moments: like a busy thread, wait and retry until the timeout.

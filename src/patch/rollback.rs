@@ -135,7 +135,8 @@ fn rollback_once(
     journal.data.mark(&ids, PatchState::RolledBack);
     journal.save_settled()?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
-    drop(modules);
+    stacks.remember();
+    drop((stacks, modules));
     super::attach::log_cache(&cache, log);
     Ok(RollbackReport {
         schema_version: RollbackReport::SCHEMA_VERSION,

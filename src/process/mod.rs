@@ -14,6 +14,7 @@ pub mod seccomp;
 mod syscall;
 mod tracer;
 
+#[cfg(test)]
 pub use frozen::Frozen;
 pub use maps::{Mapping, gaps, parse_maps};
 #[cfg(test)]

@@ -250,43 +250,42 @@ impl<'a> Worker<'a> {
         for inl in &scan.inlines {
             // Each origin is judged once: the same few are copied all over a unit, so the
             // verdict is looked up by the origin's offset before anything about it is read.
-            let verdict =
-                match (scan.unit..scan.unit_end).contains(&inl.origin) {
-                    true => verdicts.entry(inl.origin).or_insert_with(|| {
-                        match scan.rec_at(inl.origin) {
-                            Some(i) => classify(
+            let verdict = match (scan.unit..scan.unit_end).contains(&inl.origin) {
+                true => verdicts.entry(inl.origin).or_insert_with(|| {
+                    match scan.rec_at(inl.origin) {
+                        Some(i) => classify(
+                            dwarf,
+                            scan,
+                            i,
+                            Some(&mut self.foreign),
+                            keys,
+                            pattern,
+                            strings,
+                            &mut scope_paths,
+                        ),
+                        // Not a subprogram DIE.
+                        None => Verdict::default(),
+                    }
+                }),
+                false => {
+                    let foreign = &mut self.foreign;
+                    self.foreign_verdicts.entry(inl.origin).or_insert_with(|| {
+                        match foreign.lookup(dwarf, inl.origin) {
+                            Some((other, i)) => classify(
                                 dwarf,
-                                scan,
+                                other,
                                 i,
-                                Some(&mut self.foreign),
+                                None,
                                 keys,
                                 pattern,
                                 strings,
-                                &mut scope_paths,
+                                &mut FxHashMap::default(),
                             ),
-                            // Not a subprogram DIE.
                             None => Verdict::default(),
                         }
-                    }),
-                    false => {
-                        let foreign = &mut self.foreign;
-                        self.foreign_verdicts.entry(inl.origin).or_insert_with(|| {
-                            match foreign.lookup(dwarf, inl.origin) {
-                                Some((other, i)) => classify(
-                                    dwarf,
-                                    other,
-                                    i,
-                                    None,
-                                    keys,
-                                    pattern,
-                                    strings,
-                                    &mut FxHashMap::default(),
-                                ),
-                                None => Verdict::default(),
-                            }
-                        })
-                    }
-                };
+                    })
+                }
+            };
             if verdict.is_empty() {
                 continue;
             }
