@@ -24,6 +24,7 @@ use crate::cache::{Cache, FileIdentity, Key};
 use crate::files::Root;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -102,12 +103,13 @@ impl Facts {
     }
 }
 
-/// A cache entry.
+/// A cache entry. Each answer stays JSON text until it is asked for: an operation decodes
+/// only what it needs of an entry.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     facts: Facts,
     /// `table\u{1f}key` -> answer.
-    answers: BTreeMap<String, serde_json::Value>,
+    answers: BTreeMap<String, Box<RawValue>>,
 }
 
 /// How a lazily opened index is made.
@@ -132,7 +134,7 @@ pub struct Knowledge {
     opener: RefCell<Option<Opener>>,
     /// The file, for reads of its bytes at known offsets.
     file: Option<File>,
-    answers: RefCell<BTreeMap<String, serde_json::Value>>,
+    answers: RefCell<BTreeMap<String, Box<RawValue>>>,
     /// Answers asked for many times, kept decoded (see [`Knowledge::remember_shared`]).
     decoded: RefCell<BTreeMap<String, Rc<dyn std::any::Any>>>,
     changed: Cell<bool>,
@@ -248,13 +250,13 @@ impl Knowledge {
         }
         let slot = format!("{table}\u{1f}{key}");
         if let Some(value) = self.answers.borrow().get(&slot)
-            && let Ok(known) = T::deserialize(value)
+            && let Ok(known) = serde_json::from_str::<T>(value.get())
         {
             return Some(known);
         }
         let index = self.index()?;
         let answer = derive(&index);
-        if let Ok(value) = serde_json::to_value(&answer) {
+        if let Ok(value) = serde_json::value::to_raw_value(&answer) {
             self.answers.borrow_mut().insert(slot, value);
             self.changed.set(true);
         }
@@ -264,7 +266,7 @@ impl Knowledge {
     /// What is remembered under `key` of `table`, if anything (nothing is derived).
     pub fn recall<T: DeserializeOwned>(&self, table: &str, key: &str) -> Option<T> {
         let slot = format!("{table}\u{1f}{key}");
-        T::deserialize(self.answers.borrow().get(&slot)?).ok()
+        serde_json::from_str(self.answers.borrow().get(&slot)?.get()).ok()
     }
 
     /// Remembers `value` under `key` of `table`, replacing what was there: for facts learnt a
@@ -274,7 +276,7 @@ impl Knowledge {
         if self.keeping.is_none() {
             return;
         }
-        if let Ok(value) = serde_json::to_value(value) {
+        if let Ok(value) = serde_json::value::to_raw_value(value) {
             let slot = format!("{table}\u{1f}{key}");
             self.answers.borrow_mut().insert(slot, value);
             self.changed.set(true);
@@ -351,7 +353,7 @@ impl Knowledge {
                 .answers
                 .borrow()
                 .get(slot)
-                .and_then(|v| String::deserialize(v).ok());
+                .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
             if let Some(sha256) = known {
                 let prefix = read_prefix(file, len, cap)?;
                 if same() {
@@ -471,7 +473,7 @@ impl Knowledge {
                 let answers = self.answers.borrow();
                 answers
                     .get(&slot(f))
-                    .and_then(|v| Vec::<InlineSite>::deserialize(v).ok())
+                    .and_then(|v| serde_json::from_str::<Vec<InlineSite>>(v.get()).ok())
             })
             .collect();
         let missing: Vec<usize> = (0..targets.len()).filter(|&i| sites[i].is_none()).collect();
@@ -483,7 +485,7 @@ impl Knowledge {
             };
             for (&i, s) in missing.iter().zip(found) {
                 if self.opened()
-                    && let Ok(value) = serde_json::to_value(&s)
+                    && let Ok(value) = serde_json::value::to_raw_value(&s)
                 {
                     self.answers.borrow_mut().insert(slot(&targets[i]), value);
                     self.changed.set(true);
