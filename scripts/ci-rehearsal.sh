@@ -5,12 +5,13 @@
 #
 #   scripts/ci-rehearsal.sh                       as the pipelines do (release build)
 #   RPATCH=target/debug/rpatch scripts/ci-rehearsal.sh   with an rpatch already built
-#   REHEARSAL_PORT=18080 (default)                the service's loopback port
+#   REHEARSAL_PORT=N (default: a free one)        the service's loopback port
 # Exits as rpatch rehearse does: 0 when every step passed, 24 when a check failed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PORT="${REHEARSAL_PORT:-18080}"
+# A port the kernel has free now (a fixed one collides with another run on the machine).
+PORT="${REHEARSAL_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 OUT="$ROOT/target/rehearsal"
 mkdir -p "$OUT"
 

@@ -32,10 +32,11 @@ elapsed=$(echo "$(date +%s.%N) - $start" | bc)
 stop_senders
 wait_handled
 maps_end=$(wc -l < "/proc/$TPID/maps"); fds_end=$(ls "/proc/$TPID/fd" | wc -l)
-# The library is loaded from a sealed memfd (/memfd:rpatch:<sha256 prefix>), once: later
-# attaches reuse that copy.
-lib_maps=$(grep -c "/memfd:rpatch:" "/proc/$TPID/maps" || true)
-lib_files=$({ grep "/memfd:rpatch:" "/proc/$TPID/maps" || true; } | awk '{print $5}' | sort -u | wc -l)
+# The library is mapped from the sealed memfd rpatch loads it through (or, where a memfd cannot
+# serve, from a private copy).
+lib_re="/memfd:rpatch:|$RPATCH_STATE_DIR/libs/|/\.rpatch-"
+lib_maps=$(grep -cE "$lib_re" "/proc/$TPID/maps" || true)
+lib_files=$( (grep -E "$lib_re" "/proc/$TPID/maps" || true) | awk '{print $5}' | sort -u | wc -l)
 crashed=no; kill -0 "$TPID" 2>/dev/null || crashed=yes
 traced=$(grep TracerPid "/proc/$TPID/status" | awk '{print $2}')
 

@@ -26,13 +26,14 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "demo: cargo (Rust) is required" >&2; exit 1; }
 
+# RPATCH=/usr/bin/rpatch runs the demo with an installed rpatch (scripts/deb-test.sh).
 heading "building rpatch and the test targets"
-cargo build --release --quiet
+[ -n "${RPATCH:-}" ] || cargo build --release --quiet
 make -C test-targets --quiet -j"$(nproc)"
 cargo build --release --quiet --manifest-path test-targets/rust/Cargo.toml \
     --target-dir test-targets/target
 
-RPATCH="$ROOT/target/release/rpatch"
+RPATCH="${RPATCH:-$ROOT/target/release/rpatch}"
 APP="$ROOT/test-targets/target/release/calcapp"
 FIX="$ROOT/test-targets/target/release/libcalcapp.so"
 

@@ -41,7 +41,8 @@ if [ "${1:-}" = "--clients" ]; then
 fi
 
 cd "$ROOT"
-PORT="${REHEARSAL_PORT:-18090}"
+# A port the kernel has free now (a fixed one collides with another run on the machine).
+PORT="${REHEARSAL_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 OUT="$ROOT/target/load-rehearsal"
 rm -rf "$OUT"
 mkdir -p "$OUT"

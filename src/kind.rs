@@ -61,11 +61,13 @@ pub enum ErrorKind {
     SomeProcessesFailed,
     /// A multi-process operation matched no process (exit 26).
     NoProcessMatched,
+    /// A patch manifest cannot be read or does not describe a patch (exit 27).
+    ManifestInvalid,
 }
 
 impl ErrorKind {
     /// Every kind, in exit-code order.
-    pub const ALL: [ErrorKind; 25] = [
+    pub const ALL: [ErrorKind; 26] = [
         ErrorKind::Internal,
         ErrorKind::NoSuchProcess,
         ErrorKind::PermissionDenied,
@@ -91,6 +93,7 @@ impl ErrorKind {
         ErrorKind::RehearsalFailed,
         ErrorKind::SomeProcessesFailed,
         ErrorKind::NoProcessMatched,
+        ErrorKind::ManifestInvalid,
     ];
 
     /// The documented exit code of this kind (see README, "Exit codes"). 2 (usage) belongs to
@@ -122,6 +125,7 @@ impl ErrorKind {
             ErrorKind::RehearsalFailed => 24,
             ErrorKind::SomeProcessesFailed => 25,
             ErrorKind::NoProcessMatched => 26,
+            ErrorKind::ManifestInvalid => 27,
         }
     }
 
@@ -153,6 +157,7 @@ impl ErrorKind {
             ErrorKind::RehearsalFailed => "rehearsal_failed",
             ErrorKind::SomeProcessesFailed => "some_processes_failed",
             ErrorKind::NoProcessMatched => "no_process_matched",
+            ErrorKind::ManifestInvalid => "manifest_invalid",
         }
     }
 }

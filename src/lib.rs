@@ -11,6 +11,7 @@ pub(crate) mod cache;
 pub mod error;
 mod fault;
 pub(crate) mod files;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hex;
@@ -27,10 +28,15 @@ pub(crate) mod safety;
 pub(crate) mod symbols;
 
 pub use error::{Error, ErrorKind, ErrorSummary};
-pub use journal::{JumpMethod, PatchState};
+pub use fleet::{
+    FleetOptions, FleetReport, ManifestAttachOptions, ManifestRollbackOptions, NewManifestOptions,
+    NewManifestReport, Selection, StatusAllReport,
+};
+pub use journal::{Inconsistent, JumpMethod, Origin, PatchState};
 pub use patch::{
     Allowances, AttachOptions, AttachReport, Binding, FunctionRequest, PatchStatus, PatchSummary,
-    PatchView, RollbackOptions, RollbackReport, RollbackSelection, SlackLeft, StatusReport,
+    PatchView, RollbackOptions, RollbackReport, RollbackSelection, SharedMm, SlackLeft,
+    StatusReport,
 };
 pub use rehearse::{RehearseOptions, RehearseReport};
 pub use resolve::{ResolveOptions, ResolveReport};
@@ -54,6 +60,43 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     exited_if_gone(pid, patch::status(pid, log))
 }
 
+/// Applies a manifest's patch to every selected process that maps a module build it was made
+/// for (`attach --manifest`; see [`fleet`]). Per-process failures are in the report
+/// ([`FleetReport::failure`] gives the kind the run ends with); an error here means nothing was
+/// touched (the manifest is invalid, its library's hash differs).
+pub fn attach_manifest(options: &ManifestAttachOptions, log: &Log) -> Result<FleetReport, Error> {
+    fleet::attach(options, log)
+}
+
+/// Rolls a manifest's patch back in every selected process (`rollback --manifest`).
+pub fn rollback_manifest(
+    options: &ManifestRollbackOptions,
+    log: &Log,
+) -> Result<FleetReport, Error> {
+    fleet::rollback(options, log)
+}
+
+/// Every live process with recorded patches in this state directory (`status --all`).
+pub fn status_all(log: &Log) -> Result<StatusAllReport, Error> {
+    fleet::status_all(log)
+}
+
+/// Keeps manifests applied to every matching process, now and as processes start, until `stop`
+/// is set (`rpatch watch`; see [`fleet::watch`]). Each action is reported to `report`.
+pub fn watch(
+    options: &fleet::WatchOptions,
+    log: &Log,
+    stop: &std::sync::atomic::AtomicBool,
+    report: &mut dyn FnMut(fleet::WatchEvent),
+) -> Result<(), Error> {
+    fleet::watch(options, log, stop, report)
+}
+
+/// Writes a manifest for a patch library and a module (`manifest new`).
+pub fn new_manifest(options: &NewManifestOptions) -> Result<NewManifestReport, Error> {
+    fleet::new_manifest(options)
+}
+
 /// Rehearses a patch on a target it starts: probes before, while and after the patch is applied,
 /// attach/rollback cycles beside an optional load, a JUnit report (see [`RehearseOptions`] and
 /// [`rehearse::rehearse`], which this calls). Call it from the main thread.
@@ -73,7 +116,7 @@ pub fn resolve(options: &ResolveOptions, log: &Log) -> Result<ResolveReport, Err
 /// A failure of any kind while the target died under us is reported as the death: whichever
 /// ptrace or /proc call noticed first is an accident of timing. (Process errors reach the top
 /// one way only, as [`Error::Process`]: see `From<InjectError> for Error`.)
-fn exited_if_gone<T>(pid: i32, result: Result<T, Error>) -> Result<T, Error> {
+pub(crate) fn exited_if_gone<T>(pid: i32, result: Result<T, Error>) -> Result<T, Error> {
     result.map_err(|e| {
         let benign = matches!(
             e,

@@ -46,6 +46,17 @@ impl Log {
         self
     }
 
+    /// A log for an operation run on another thread beside others (`attach --manifest
+    /// --jobs N`): the same `-v` lines and clock, never the status line (several threads would
+    /// draw over each other).
+    pub fn for_worker(&self) -> Log {
+        Self {
+            live: false,
+            drawn: Cell::new(None),
+            ..self.clone()
+        }
+    }
+
     /// Prints one progress line (`[  1.234 ms] phase: message`).
     pub fn step(&self, phase: &str, message: impl AsRef<str>) {
         if self.verbose {

@@ -10,8 +10,15 @@ use serde_json::json;
 use std::collections::BTreeSet;
 
 /// The schemas, by the name `schema_of` gives.
-const SCHEMAS: [&str; 6] = [
-    "attach", "rollback", "status", "resolve", "rehearse", "error",
+const SCHEMAS: [&str; 8] = [
+    "attach",
+    "rollback",
+    "status",
+    "status-all",
+    "fleet",
+    "resolve",
+    "rehearse",
+    "error",
 ];
 
 fn load(name: &str) -> Value {
@@ -103,6 +110,15 @@ fn error_kinds_are_the_librarys() {
         assert!(schema_violations("error", &wrong_code).is_err(), "{kind}");
     }
     assert_eq!(load("rehearse")["$defs"]["error"], schema["$defs"]["error"]);
+}
+
+/// `status --all` lists each patch as `status PID` does: the two schemas define it alike.
+#[test]
+fn status_all_patches_are_status_patches() {
+    assert_eq!(
+        load("status-all")["$defs"]["patch"],
+        load("status")["$defs"]["patch"]
+    );
 }
 
 /// Real outputs of attach (a dry run, and a patch binding the target's private globals), status,

@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches a process: every function is pure, so it is unit-tested on byte slices.
 
+pub mod aarch64;
 pub mod x86_64;
 
 /// Why a function cannot take an entry trampoline.
@@ -26,5 +27,14 @@ pub enum Unpatchable {
         from: u64,
         /// Its target.
         target: u64,
+    },
+    /// The jump cannot reach its destination from where it would be written (arm64 `b`:
+    /// ±128 MiB); the caller uses an island in reach, or the absolute jump.
+    #[error("a branch at {from:#x} cannot reach {to:#x}")]
+    OutOfReach {
+        /// Address of the branch.
+        from: u64,
+        /// Where it should go.
+        to: u64,
     },
 }

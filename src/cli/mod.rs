@@ -8,9 +8,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use rpatch::log::Log;
 use rpatch::rehearse::StepStatus;
 use rpatch::{
-    Allowances, AttachOptions, AttachReport, Error, ErrorSummary, FunctionRequest, RehearseOptions,
-    ResolveOptions, ResolveReport, RollbackOptions, RollbackReport, RollbackSelection,
-    StatusReport,
+    Allowances, AttachOptions, AttachReport, Error, ErrorSummary, FleetOptions, FleetReport,
+    FunctionRequest, ManifestAttachOptions, ManifestRollbackOptions, NewManifestOptions,
+    RehearseOptions, ResolveOptions, ResolveReport, RollbackOptions, RollbackReport,
+    RollbackSelection, Selection, StatusAllReport, StatusReport,
 };
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -27,12 +28,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replace functions in PID with the versions in a patch library.
+    /// Replace functions in PID with the versions in a patch library, or apply a manifest's
+    /// patch to every process that maps the module build it is for (--manifest).
     Attach(AttachArgs),
-    /// Undo patches (default: those of the most recent attach still applied).
+    /// Undo patches (default: those of the most recent attach still applied), or a manifest's
+    /// patch in every process that carries it (--manifest).
     Rollback(RollbackArgs),
-    /// Show recorded patches, each verified against the target's memory.
+    /// Show recorded patches, each verified against the target's memory (--all: every
+    /// patched process on the host).
     Status(StatusArgs),
+    /// Patch manifests: a library, its SHA-256, and per module build-id the functions it
+    /// replaces (docs/manifest.md).
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Keep manifests applied: to every matching process now, to each one that starts later (a
+    /// restarted service: new PID), and as manifests are added to, changed in or removed from a
+    /// directory (removed: rolled back everywhere). One line per action on stdout; SIGTERM
+    /// stops it and the patches stay.
+    Watch(WatchArgs),
     /// List the functions matching a name, glob (`crate::*::calc`) or substring, with size,
     /// file:line, signature, generic instance, aliases, clones and inlined copies.
     Resolve(ResolveArgs),
@@ -76,17 +89,91 @@ struct Common {
     verbose: bool,
 }
 
+/// `rpatch manifest ...`.
+#[derive(Debug, Subcommand)]
+enum ManifestCommand {
+    /// Write a manifest for a patch library: its SHA-256, the module's build-id (both read from
+    /// the files) and the functions; each must exist in the module, each replacement in the
+    /// library.
+    New(ManifestNewArgs),
+}
+
 #[derive(Debug, Args)]
-struct AttachArgs {
-    /// Target process id.
-    pid: i32,
-    /// Patch library (a shared object: C/C++ -shared -fPIC, Rust cdylib).
+struct ManifestNewArgs {
+    /// Patch library (named in the manifest relative to the manifest's directory when it is
+    /// inside it, else by its absolute path).
     #[arg(long)]
     lib: PathBuf,
+    /// The module the patch is for (an executable or a shared library of the exact build the
+    /// processes run): its build-id is the contract.
+    #[arg(long, value_name = "PATH")]
+    module: PathBuf,
     /// Function to replace: NAME, or NAME=REPLACEMENT when the library names it differently.
-    /// Repeat to patch several functions together (all or none).
     #[arg(long = "func", required = true, value_name = "NAME[=REPLACEMENT]", value_parser = function_request)]
     funcs: Vec<FunctionRequest>,
+    /// The patch's name (default: the library's file stem): journals record it.
+    #[arg(long)]
+    name: Option<String>,
+    /// The manifest file to write.
+    #[arg(short, long, value_name = "FILE.toml")]
+    output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "A new process is patched once its dynamic loader is done (its main thread runs \
+main), at most once per manifest; a patch rolled back by hand is not applied again. Manifests, \
+their directories and libraries must be owned by root and not writable by group or others. New \
+processes come from the kernel's proc connector (probed at start), else from a scan of /proc \
+every 100 ms."
+)]
+struct WatchArgs {
+    /// Manifest files, or directories whose *.toml files are manifests (read again every
+    /// second).
+    #[arg(required = true, value_name = "FILE.toml|DIR")]
+    paths: Vec<PathBuf>,
+    /// Scan /proc every 100 ms for new processes instead of listening to the proc connector.
+    #[arg(long)]
+    poll: bool,
+    /// Per attach: seconds to wait for threads to leave the functions.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Per attach: seconds the library's loading may take.
+    #[arg(long, default_value_t = 10.0)]
+    load_timeout: f64,
+    /// Print each phase of each operation with timings on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Debug, Args)]
+struct AttachArgs {
+    /// Target process id; with --manifest, any number of them (or --all).
+    #[arg(value_name = "PID", required_unless_present = "all")]
+    pids: Vec<i32>,
+    /// Patch library (a shared object: C/C++ -shared -fPIC, Rust cdylib).
+    #[arg(
+        long,
+        required_unless_present = "manifest",
+        conflicts_with = "manifest"
+    )]
+    lib: Option<PathBuf>,
+    /// Function to replace: NAME, or NAME=REPLACEMENT when the library names it differently.
+    /// Repeat to patch several functions together (all or none).
+    #[arg(long = "func", required_unless_present = "manifest", conflicts_with = "manifest", value_name = "NAME[=REPLACEMENT]", value_parser = function_request)]
+    funcs: Vec<FunctionRequest>,
+    /// Apply this manifest's patch (its library, build-ids and functions) to the PIDs given,
+    /// or with --all to every process on the host that maps a module build it is for; each
+    /// process is reported (exit 25 when some failed, 26 when none matched).
+    #[arg(long, value_name = "FILE.toml")]
+    manifest: Option<PathBuf>,
+    /// With --manifest: every process on the host (any PID, mount or user namespace).
+    #[arg(long, requires = "manifest", conflicts_with = "pids")]
+    all: bool,
+    /// With --manifest: how many processes are patched at once (default: twice the CPUs, at
+    /// least 4).
+    #[arg(long, requires = "manifest", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Seconds to wait for threads to leave the functions before giving up.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
@@ -231,17 +318,30 @@ struct ResolveArgs {
 
 #[derive(Debug, Args)]
 struct RollbackArgs {
-    /// Target process id.
-    pid: i32,
+    /// Target process id; with --manifest, any number of them (or --all).
+    #[arg(value_name = "PID", required_unless_present = "all")]
+    pids: Vec<i32>,
     /// Undo this patch id.
-    #[arg(long, conflicts_with = "all")]
+    #[arg(long, conflicts_with_all = ["all", "manifest"])]
     id: Option<u64>,
-    /// Undo every applied patch, newest first.
+    /// Without --manifest: undo every applied patch of PID, newest first. With --manifest:
+    /// every process on the host that maps a module build the manifest is for.
     #[arg(long)]
     all: bool,
-    /// With --id: also undo later patches stacked on the same function.
+    /// With --id or --manifest: also undo later patches stacked on the same functions.
     #[arg(long)]
     cascade: bool,
+    /// Roll back this manifest's patch (same name, same library) in the PIDs given, or with
+    /// --all in every process on the host that maps a module build it is for.
+    #[arg(long, value_name = "FILE.toml")]
+    manifest: Option<PathBuf>,
+    /// With --manifest: show what would be rolled back, change nothing.
+    #[arg(long, requires = "manifest")]
+    dry_run: bool,
+    /// With --manifest: how many processes are worked on at once (default: twice the CPUs, at
+    /// least 4).
+    #[arg(long, requires = "manifest", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Seconds to wait for threads to leave the bytes being restored and the replacements.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
@@ -256,7 +356,11 @@ struct RollbackArgs {
 #[derive(Debug, Args)]
 struct StatusArgs {
     /// Target process id.
-    pid: i32,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pid: Option<i32>,
+    /// Every live process with patches recorded in this state directory.
+    #[arg(long)]
+    all: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -293,9 +397,30 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let (common, log, result) = match cli.command {
         Command::Attach(a) => {
             let log = a.common.log();
+            let allow = Allowances {
+                stopped: a.allow_stopped,
+                seccomp: a.allow_seccomp,
+                insecure_lib: a.allow_insecure_lib,
+                active: a.allow_active,
+            };
+            if let Some(manifest) = a.manifest {
+                let options = ManifestAttachOptions {
+                    fleet: fleet_options(manifest, a.all, a.pids, a.dry_run, a.jobs, a.timeout),
+                    load_timeout: seconds(a.load_timeout),
+                    force: a.force,
+                    strict: a.strict,
+                    all_matches: a.all_matches,
+                    allow,
+                };
+                let result = rpatch::attach_manifest(&options, &log);
+                return finish(&a.common, &log, result.map(|r| Output::Fleet(Box::new(r))));
+            }
+            let (Some(library), [pid]) = (a.lib, a.pids.as_slice()) else {
+                usage("give one PID (several PIDs, or --all, need --manifest)".into())
+            };
             let options = AttachOptions {
-                pid: a.pid,
-                library: a.lib,
+                pid: *pid,
+                library,
                 functions: a.funcs,
                 timeout: seconds(a.timeout),
                 load_timeout: seconds(a.load_timeout),
@@ -303,18 +428,25 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 force: a.force,
                 strict: a.strict,
                 all_matches: a.all_matches,
-                allow: Allowances {
-                    stopped: a.allow_stopped,
-                    seccomp: a.allow_seccomp,
-                    insecure_lib: a.allow_insecure_lib,
-                    active: a.allow_active,
-                },
+                allow,
             };
             let result = rpatch::attach(&options, &log).map(|r| Output::Attach(Box::new(r)));
             (a.common, log, result)
         }
         Command::Rollback(r) => {
             let log = r.common.log();
+            if let Some(manifest) = r.manifest {
+                let options = ManifestRollbackOptions {
+                    fleet: fleet_options(manifest, r.all, r.pids, r.dry_run, r.jobs, r.timeout),
+                    cascade: r.cascade,
+                    allow_active: r.allow_active,
+                };
+                let result = rpatch::rollback_manifest(&options, &log);
+                return finish(&r.common, &log, result.map(|r| Output::Fleet(Box::new(r))));
+            }
+            let [pid] = r.pids.as_slice() else {
+                usage("give one PID (several PIDs need --manifest)".into())
+            };
             let selection = match (r.id, r.all) {
                 (Some(id), _) => RollbackSelection::Id(id),
                 (None, true) => RollbackSelection::All,
@@ -322,13 +454,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             let options = RollbackOptions {
                 allow_active: r.allow_active,
-                pid: r.pid,
+                pid: *pid,
                 selection,
                 cascade: r.cascade,
                 timeout: seconds(r.timeout),
             };
             let result = rpatch::rollback(&options, &log).map(Output::Rollback);
             (r.common, log, result)
+        }
+        Command::Watch(w) => return watch(w),
+        Command::Manifest(ManifestCommand::New(m)) => {
+            let options = NewManifestOptions {
+                library: m.lib,
+                module: m.module,
+                functions: m.funcs,
+                name: m.name,
+                output: m.output,
+            };
+            return match rpatch::new_manifest(&options) {
+                Ok(report) => {
+                    print!("{}", text::new_manifest(&report));
+                    Ok(0)
+                }
+                Err(error) => {
+                    report_error(&error, false)?;
+                    Ok(error.exit_code())
+                }
+            };
         }
         Command::Resolve(r) => {
             let log = r.common.log();
@@ -353,7 +505,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rehearse(r) => return rehearse(*r),
         Command::Status(s) => {
             let log = s.common.log();
-            let result = rpatch::status(s.pid, &log).map(Output::Status);
+            let result = match s.pid {
+                Some(pid) => rpatch::status(pid, &log).map(Output::Status),
+                None => rpatch::status_all(&log).map(|r| Output::StatusAll(Box::new(r))),
+            };
             (s.common, log, result)
         }
         Command::Completions { shell } => {
@@ -370,6 +525,40 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(0);
         }
     };
+    finish(&common, &log, result)
+}
+
+/// The options every manifest operation takes, from the command line.
+fn fleet_options(
+    manifest: PathBuf,
+    all: bool,
+    pids: Vec<i32>,
+    dry_run: bool,
+    jobs: Option<u16>,
+    timeout: f64,
+) -> FleetOptions {
+    // Patching is mostly waiting for the targets (threads to stop, the loader to run): twice
+    // as many jobs as CPUs, at least 4 (50 processes on 2 CPUs: 1.25 s with 2 jobs, 0.66 s
+    // with 4).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default_jobs = (2 * cpus).max(4);
+    FleetOptions {
+        manifest,
+        processes: if all {
+            Selection::All
+        } else {
+            Selection::Pids(pids)
+        },
+        dry_run,
+        jobs: jobs.map_or(default_jobs, usize::from),
+        timeout: seconds(timeout),
+    }
+}
+
+/// Prints an operation's report (text or JSON) or its error, and returns the exit code. A fleet
+/// report is printed whatever its processes' outcomes; its exit code is that of the kind the run
+/// ends with (25 some failed, 26 none matched), said on stderr too.
+fn finish(common: &Common, log: &Log, result: Result<Output, Error>) -> anyhow::Result<i32> {
     log.clear_status();
     match result {
         Ok(output) => {
@@ -385,6 +574,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 print!("{}", output.text());
             }
+            if let Output::Fleet(r) = &output
+                && let Some(kind) = r.failure()
+            {
+                eprintln!("rpatch: error: {}", text::fleet_failure(r, kind));
+                return Ok(i32::from(kind.exit_code()));
+            }
             Ok(0)
         }
         Err(error) => {
@@ -399,9 +594,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let top = Cli::command();
     let mut pages = vec![top.clone()];
-    for sub in top.get_subcommands() {
-        let name = format!("rpatch-{}", sub.get_name());
-        pages.push(sub.clone().name(name.clone()).bin_name(name));
+    // A page per command and per command of a command group (`rpatch-manifest-new`).
+    let mut queue: Vec<(String, clap::Command)> = top
+        .get_subcommands()
+        .map(|c| (format!("rpatch-{}", c.get_name()), c.clone()))
+        .collect();
+    while let Some((name, sub)) = queue.pop() {
+        queue.extend(
+            sub.get_subcommands()
+                .map(|c| (format!("{name}-{}", c.get_name()), c.clone())),
+        );
+        pages.push(sub.name(name.clone()).bin_name(name));
     }
     for page in pages {
         let mut roff = Vec::new();
@@ -416,6 +619,49 @@ fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rpatch watch`: runs until SIGTERM, SIGINT or SIGHUP, one line per action on stdout.
+fn watch(w: WatchArgs) -> anyhow::Result<i32> {
+    use nix::sys::signal::{SigSet, Signal};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    // The signals are taken synchronously by one thread (blocked everywhere else, before any
+    // other thread exists): the loop sees the flag within 100 ms and stops between actions.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let caught = Arc::new(AtomicI32::new(0));
+    {
+        let (stop, caught) = (stop.clone(), caught.clone());
+        std::thread::spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                caught.store(signal as i32, Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let options = rpatch::fleet::WatchOptions {
+        paths: w.paths,
+        poll: w.poll,
+        timeout: seconds(w.timeout),
+        load_timeout: seconds(w.load_timeout),
+    };
+    let log = Log::new(w.verbose);
+    let result = rpatch::watch(&options, &log, &stop, &mut |event| {
+        let signal = Signal::try_from(caught.load(Ordering::SeqCst)).ok();
+        println!("{}", text::watch_event(&event, signal));
+    });
+    match result {
+        Ok(()) => Ok(0),
+        Err(error) => {
+            report_error(&error, false)?;
+            Ok(error.exit_code())
+        }
+    }
 }
 
 /// Compiles a regex given on the command line, or exits with a usage error.
@@ -565,7 +811,9 @@ enum Output {
     Attach(Box<AttachReport>),
     Rollback(RollbackReport),
     Status(StatusReport),
+    StatusAll(Box<StatusAllReport>),
     Resolve(Box<ResolveReport>),
+    Fleet(Box<FleetReport>),
 }
 
 impl Output {
@@ -574,7 +822,9 @@ impl Output {
             Output::Attach(r) => serde_json::to_string(r),
             Output::Rollback(r) => serde_json::to_string(r),
             Output::Status(r) => serde_json::to_string(r),
+            Output::StatusAll(r) => serde_json::to_string(r),
             Output::Resolve(r) => serde_json::to_string(r),
+            Output::Fleet(r) => serde_json::to_string(r),
         }
     }
 
@@ -583,7 +833,9 @@ impl Output {
             Output::Attach(r) => text::attach(r),
             Output::Rollback(r) => text::rollback(r),
             Output::Status(r) => text::status(r),
+            Output::StatusAll(r) => text::status_all(r),
             Output::Resolve(r) => text::resolve(r),
+            Output::Fleet(r) => text::fleet(r),
         }
     }
 }

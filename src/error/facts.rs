@@ -3,6 +3,7 @@
 //! Each renders the words of its message.
 
 use crate::journal::PatchState;
+use crate::process::ForkFlag;
 use crate::symbols::{InlineSite, InlineSites, SymbolError};
 use std::fmt;
 use std::path::PathBuf;
@@ -68,6 +69,14 @@ pub enum LibraryProblem {
     Executable,
     /// Its undefined references cannot be read.
     Unreadable(String),
+    /// Its content is not what the manifest that names it says (the file was changed, or the
+    /// manifest was made for another build of the library).
+    HashMismatch {
+        /// The SHA-256 (hex) the manifest gives.
+        expected: String,
+        /// The SHA-256 (hex) of the file's content.
+        found: String,
+    },
     /// It references a name that several different private symbols of one module carry.
     AmbiguousPrivateSymbol {
         /// The name referenced.
@@ -108,6 +117,10 @@ impl fmt::Display for LibraryProblem {
                 f.write_str("it is an executable, not a shared object: link it with -shared")
             }
             LibraryProblem::Unreadable(reason) => f.write_str(reason),
+            LibraryProblem::HashMismatch { expected, found } => write!(
+                f,
+                "its SHA-256 is {found}, the manifest says {expected}: nothing was touched; rebuild the manifest (rpatch manifest new) or restore the library it was made for"
+            ),
             LibraryProblem::AmbiguousPrivateSymbol {
                 name,
                 module,
@@ -331,6 +344,8 @@ pub enum NothingToUndo {
         /// Its state.
         state: PatchState,
     },
+    /// No patch of this manifest (name and library) is applied.
+    ManifestNotApplied(String),
 }
 
 impl fmt::Display for NothingToUndo {
@@ -340,6 +355,9 @@ impl fmt::Display for NothingToUndo {
             NothingToUndo::NoSuchPatch(id) => write!(f, "there is no patch {id}"),
             NothingToUndo::NotApplied { id, state } => {
                 write!(f, "patch {id} is {}, not applied", state.name())
+            }
+            NothingToUndo::ManifestNotApplied(name) => {
+                write!(f, "no patch of manifest {name} is applied")
             }
         }
     }
@@ -473,6 +491,56 @@ pub enum Unsupported {
         /// Its glibc version, if it is a glibc.
         glibc: Option<(u32, u32)>,
     },
+    /// Memory a patch depends on would not reach a child the target forks as it is: the child
+    /// would jump into memory it does not have, or into zeros.
+    NotCopiedOnFork {
+        /// The PID.
+        pid: i32,
+        /// What that memory is.
+        part: PatchMemory,
+        /// The first address of the mapping.
+        address: u64,
+        /// How fork treats it.
+        flag: ForkFlag,
+    },
+    /// The process shares its address space with another process without being one of its
+    /// threads (vfork or posix_spawn before the exec, `clone(CLONE_VM)`): its code is that
+    /// process's, patched and recorded through it.
+    SharedAddressSpace {
+        /// The PID given.
+        pid: i32,
+        /// The process whose journal describes the shared address space (the oldest of them).
+        owner: i32,
+    },
+    /// The process was forked while rpatch loaded a library into `parent` (or descends from
+    /// such a child): its copy of the loader's state is half updated.
+    Inconsistent {
+        /// The PID.
+        pid: i32,
+        /// The process the library was being loaded into.
+        parent: i32,
+    },
+}
+
+/// rpatch's own memory in a target, named in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchMemory {
+    /// A page of jump islands.
+    IslandPage,
+    /// The region of rpatch's call stub (its code, stack and data block).
+    CallStub,
+    /// The loaded patch library.
+    PatchLibrary,
+}
+
+impl fmt::Display for PatchMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PatchMemory::IslandPage => "the jump island page",
+            PatchMemory::CallStub => "rpatch's call stub region",
+            PatchMemory::PatchLibrary => "the patch library's mapping",
+        })
+    }
 }
 
 impl fmt::Display for Unsupported {
@@ -494,6 +562,24 @@ impl fmt::Display for Unsupported {
                     "the patch library references private symbols of PID {pid}, which rpatch binds with absolute symbols; its C library ({found}) does not keep absolute symbols unrelocated (glibc >= 2.28 does, BZ 19818): export those symbols from the target instead, or avoid referencing them"
                 )
             }
+            Unsupported::NotCopiedOnFork {
+                pid,
+                part,
+                address,
+                flag,
+            } => write!(
+                f,
+                "{part} at {address:#x} in PID {pid} is marked {}: a child it forks would inherit jumps into memory it does not have as it is; rpatch cannot patch this process (nothing was written; the library stays loaded)",
+                flag.advice()
+            ),
+            Unsupported::SharedAddressSpace { pid, owner } => write!(
+                f,
+                "PID {pid} shares its address space with PID {owner} without being one of its threads (vfork, posix_spawn before its exec, or clone(CLONE_VM)): its code is PID {owner}'s; patch, roll back and inspect it through PID {owner}"
+            ),
+            Unsupported::Inconsistent { pid, parent } => write!(
+                f,
+                "PID {pid} was forked while rpatch was loading a library into PID {parent}: its copy of the dynamic loader's state is half updated, so nothing is ever loaded into it; restart it to patch it (rollback works)"
+            ),
         }
     }
 }

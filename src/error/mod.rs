@@ -12,15 +12,15 @@
 pub use crate::inject::{InjectError, ThreadRefusal};
 pub use crate::journal::JournalError;
 pub use crate::patch::{DeliveryError, Generated, GeneratedCode};
-pub use crate::process::ProcessError;
+pub use crate::process::{ForkFlag, ProcessError};
 pub use crate::safety::{Blocker, Doubt, FrameSource};
 pub use crate::symbols::SymbolError;
 
 mod facts;
 
 pub use facts::{
-    AmbiguityScope, Candidate, Exposure, LibraryAccess, LibraryProblem, NothingToUndo, Policy,
-    ReplacementMiss, SearchPlace, UnpatchableReason, Unsupported,
+    AmbiguityScope, Candidate, Exposure, LibraryAccess, LibraryProblem, NothingToUndo, PatchMemory,
+    Policy, ReplacementMiss, SearchPlace, UnpatchableReason, Unsupported,
 };
 
 pub use crate::kind::ErrorKind;
@@ -229,6 +229,50 @@ pub enum Error {
         /// Found bytes.
         found: Vec<u8>,
     },
+    /// Memory or the journal is not what this rpatch expects, and the process maps patch
+    /// libraries no record of this state directory loaded: another rpatch, with another state
+    /// directory (the host's seen from a container, or another container's), patched it. Keeps
+    /// the kind (and exit code) of `cause`.
+    #[error(
+        "{cause}; PID {pid} maps patch libraries loaded by an rpatch whose journal is not in {}: {}: it was patched from another mount namespace (the host, or another container) or with another RPATCH_STATE_DIR; run rpatch status/rollback there",
+        state_dir.display(),
+        Paths(libraries)
+    )]
+    PatchedElsewhere {
+        /// The process.
+        pid: i32,
+        /// The copies of patch libraries no record here loaded (`/memfd:rpatch:...`).
+        libraries: Vec<PathBuf>,
+        /// This rpatch's state directory.
+        state_dir: PathBuf,
+        /// The error this explains.
+        cause: Box<Error>,
+    },
+    /// `--manifest`: a function resolved in a module that is not of a build the manifest names
+    /// (the executable defines the name too, and is searched first).
+    #[error(
+        "{function} resolves to {} ({}), not to a module of a build manifest {manifest} names; nothing was done",
+        module.display(),
+        build_id.as_deref().map_or("no build-id".to_string(), |id| format!("build-id {id}"))
+    )]
+    OutsideManifest {
+        /// The function.
+        function: String,
+        /// The module it resolved in.
+        module: PathBuf,
+        /// That module's build-id, read from memory.
+        build_id: Option<String>,
+        /// The manifest's name.
+        manifest: String,
+    },
+    /// A patch manifest cannot be read, or does not describe a patch.
+    #[error("manifest {}: {problem}", path.display())]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: crate::fleet::ManifestProblem,
+    },
     /// `rehearse`: a step did not pass (a probe, an expectation, the load, the target died or
     /// was not ready), or an attach or rollback inside the rehearsal failed.
     #[error("rehearsal failed at step '{step}': {message}")]
@@ -285,6 +329,9 @@ impl Error {
             Error::Refused { .. } => ErrorKind::Refused,
             Error::SignatureMismatch { .. } => ErrorKind::SignatureMismatch,
             Error::InlinedCopies { .. } => ErrorKind::InlinedCopies,
+            Error::Manifest { .. } => ErrorKind::ManifestInvalid,
+            Error::OutsideManifest { .. } => ErrorKind::FunctionNotFound,
+            Error::PatchedElsewhere { cause, .. } => cause.kind(),
             // An attach or rollback that failed inside a rehearsal keeps its own kind.
             Error::RehearsalFailed { cause: Some(c), .. } => c.kind(),
             Error::RehearsalFailed { .. } => ErrorKind::RehearsalFailed,
@@ -294,6 +341,21 @@ impl Error {
     /// The documented exit code of this error: that of its kind.
     pub fn exit_code(&self) -> i32 {
         i32::from(self.kind().exit_code())
+    }
+}
+
+/// Paths for messages: `a, b`.
+struct Paths<'a>(&'a [PathBuf]);
+
+impl std::fmt::Display for Paths<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", p.display())?;
+        }
+        Ok(())
     }
 }
 
@@ -330,12 +392,12 @@ mod tests {
     use crate::journal::PatchState;
 
     /// Kinds and exit codes are one-to-one, names are snake_case, and the codes are those the
-    /// README documents (1, 3 to 26).
+    /// README documents (1, 3 to 27).
     #[test]
     fn kinds_have_distinct_codes_and_snake_case_names() {
         let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
         codes.sort_unstable();
-        let expected: Vec<u8> = std::iter::once(1).chain(3..=26).collect();
+        let expected: Vec<u8> = std::iter::once(1).chain(3..=27).collect();
         assert_eq!(codes, expected);
         for kind in ErrorKind::ALL {
             let json = serde_json::to_value(kind).unwrap();

@@ -52,6 +52,30 @@ pub enum InjectError {
         /// Thread.
         tid: i32,
     },
+    /// Code the injected call ran (a library constructor) forked in the borrowed thread. The
+    /// child's copy of that thread would return from the call through the stub into the
+    /// thread's own code, running it twice: it is left stopped, and nothing is patched.
+    #[error(
+        "the injected call to {function} forked in thread {tid} of PID {pid} (a constructor of the library?): the child{} {} would have returned through rpatch's call stub into a copy of that thread's own code, so {} left stopped (SIGSTOP); kill {} (kill -KILL {}) or let {} run on (kill -CONT {}) once you know what {} does; nothing was patched, the library stays loaded",
+        if children.len() == 1 { "" } else { "ren" },
+        Pids(children),
+        if children.len() == 1 { "it is" } else { "they are" },
+        if children.len() == 1 { "it" } else { "them" },
+        Pids(children),
+        if children.len() == 1 { "it" } else { "them" },
+        Pids(children),
+        if children.len() == 1 { "it" } else { "they" }
+    )]
+    ForkedInCall {
+        /// The PID.
+        pid: i32,
+        /// The borrowed thread.
+        tid: i32,
+        /// Function called.
+        function: String,
+        /// The children left stopped.
+        children: Vec<i32>,
+    },
     /// A signal delivered at the end of an injected call left the borrowed thread in a handler
     /// that did not return in time; no further call was made.
     #[error(
@@ -127,6 +151,7 @@ impl InjectError {
             | InjectError::CallFaulted { .. }
             | InjectError::CallTimeout { .. }
             | InjectError::CallAborted { .. }
+            | InjectError::ForkedInCall { .. }
             | InjectError::InSignalHandler { .. } => ErrorKind::LoadFailed,
             // Both pass: another thread, or the same one a moment later, will do.
             InjectError::NoSafeThread { .. } | InjectError::ThreadExited { .. } => {
@@ -206,5 +231,15 @@ impl std::fmt::Display for Refusals<'_> {
             write!(f, "{r}")?;
         }
         Ok(())
+    }
+}
+
+/// PIDs for messages: `12 13 14`.
+struct Pids<'a>(&'a [i32]);
+
+impl std::fmt::Display for Pids<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pids: Vec<String> = self.0.iter().map(|p| p.to_string()).collect();
+        f.write_str(&pids.join(" "))
     }
 }

@@ -81,8 +81,9 @@ pub const CALL_BLOCK_MASK: u64 = {
 const BOOTSTRAP_ATTEMPTS: usize = 8;
 
 /// How long the bootstrap and the return to the thread's own code may take: both are a few
-/// instructions and system calls that never block.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// instructions and system calls that never block, but on a loaded machine the thread may wait
+/// long for a CPU, and failing here costs the whole operation.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a thread found in the allocator or loader after the bootstrap is given to leave it.
 const SAFE_POINT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -226,6 +227,9 @@ pub struct InjectedThread<'t> {
     stacks: Option<&'t mut StackInspector>,
     /// rpatch's code the thread was last sent into.
     running_in: OwnCode,
+    /// Copies of the process the current call made in this thread (a constructor that forks),
+    /// left stopped: the call's end reports them.
+    forked_in_call: Vec<i32>,
     /// Progress lines, and the status line while a call takes long.
     log: &'t crate::log::Log,
 }

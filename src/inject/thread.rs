@@ -7,9 +7,10 @@ use super::*;
 use crate::fault::FaultPoint;
 use crate::isa::remote_call::{self as stub, CallBlock, Done, ENTRY_RFLAGS, StubRegion, data};
 use crate::log::Log;
-use crate::process::{self, CodeMemory, Memory, ModuleMap, ProcMem, ProcessError, Stop};
+use crate::process::{self, Birth, CodeMemory, Memory, ModuleMap, ProcMem, ProcessError, Stop};
 use crate::safety::StackInspector;
 use nix::errno::Errno;
+use nix::sys::ptrace::Options;
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
@@ -77,8 +78,20 @@ impl<'t> InjectedThread<'t> {
             signals_moved: 0,
             stacks,
             running_in: OwnCode::Nothing,
+            forked_in_call: Vec::new(),
             log,
         };
+        // Every process or thread the borrowed thread makes is reported (see `child_born`).
+        let births = Options::PTRACE_O_TRACEFORK
+            | Options::PTRACE_O_TRACEVFORK
+            | Options::PTRACE_O_TRACECLONE;
+        nix::sys::ptrace::setoptions(Pid::from_raw(tid), births).map_err(|errno| {
+            ProcessError::Ptrace {
+                op: "SETOPTIONS",
+                tid,
+                errno,
+            }
+        })?;
         match reusable {
             Some(r) => log.step(
                 "load",
@@ -90,6 +103,11 @@ impl<'t> InjectedThread<'t> {
             }
         }
         Ok(thread)
+    }
+
+    /// The addresses of the stub region the thread's calls run through.
+    pub fn region(&self) -> std::ops::Range<u64> {
+        self.region.base..self.region.base + self.region.len()
     }
 
     /// The target's memory.
@@ -236,23 +254,25 @@ impl<'t> InjectedThread<'t> {
     /// already stopped would stop it again right after the next PTRACE_CONT, before it runs a
     /// single instruction: in a SIGSTOPped process, where every resume is followed by a group-stop
     /// trap, the thread would never run at all). Signals reported before the stop go through
-    /// [`Self::pass_signal`].
+    /// [`Self::pass_signal`]. Any ptrace-stop clears a pending interrupt (kernel `ptrace_stop`:
+    /// "any trap clears pending STOP trap"), so after a signal, a fork/clone event or a suppressed
+    /// stop the thread is asked again: a thread that creates threads all the time would
+    /// otherwise never be seen stopping.
     fn interrupt(
         &mut self,
         deadline: Instant,
         what: &str,
         own: &OwnCode,
     ) -> Result<libc::user_regs_struct, InjectError> {
-        let mut asked = false;
+        // A thread asked to stop does so as soon as it next runs: it gets that chance even when
+        // the caller's deadline ran out while it was running.
+        let stop_by = deadline.max(Instant::now() + process::STOP_GRACE);
         loop {
             let stop = match self.poll_stop()? {
                 Some(stop) => stop,
                 None => {
-                    if !asked {
-                        self.ask_to_stop()?;
-                        asked = true;
-                    }
-                    match self.tracer.wait_stop(self.tid, deadline)? {
+                    self.ask_to_stop()?;
+                    match self.tracer.wait_stop(self.tid, stop_by)? {
                         Some(stop) => stop,
                         None => return Err(self.vanished()),
                     }
@@ -262,6 +282,10 @@ impl<'t> InjectedThread<'t> {
                 Stop::Event => break,
                 Stop::Signal(sig) => self.pass_signal(sig, what, own)?,
                 Stop::Suppressed => self.tracer.cont(self.tid, 0)?,
+                Stop::Born { child, birth } => {
+                    self.child_born(child, birth)?;
+                    self.tracer.cont(self.tid, 0)?;
+                }
             }
         }
         // Stopped, though maybe still inside rpatch's code: the caller decides what that means.
@@ -331,6 +355,55 @@ impl<'t> InjectedThread<'t> {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
         }
+    }
+
+    /// A process or thread the borrowed thread just made, traced by us and stopping at birth.
+    /// A copy of the process made while the thread runs an injected call (a constructor that
+    /// forks) would, like the thread, return from the call through the stub — into a copy of
+    /// the thread's own code, running it twice: it is left stopped (SIGSTOP, then let go, so it
+    /// stays stopped untraced) and the call's end reports it. Anything else — a thread, a vfork
+    /// child that will exec, a process sharing the address space, a child the thread's own code
+    /// made — goes its way.
+    fn child_born(&mut self, child: i32, birth: Birth) -> Result<(), InjectError> {
+        let pid = self.pid();
+        let in_call = matches!(self.running_in, OwnCode::Stub(_))
+            && self
+                .tracer
+                .mem()
+                .read_u64(self.region.data() + data::DONE)
+                .is_ok_and(|done| done == Done::Running as u64);
+        let copy = match birth {
+            Birth::Fork => true,
+            Birth::Vfork => false,
+            Birth::Clone => {
+                process::read_stat(pid, child).is_err()
+                    && !process::shares_address_space(pid, child)
+            }
+        };
+        // Its first stop comes at once (it is stopped before it runs); one that exits first
+        // needs nothing more.
+        if self
+            .tracer
+            .wait_stop(child, Instant::now() + SETTLE_TIMEOUT)?
+            .is_none()
+        {
+            return Ok(());
+        }
+        if in_call && copy {
+            // SAFETY: kill(2) with a PID and a signal number has no memory effects.
+            unsafe { libc::kill(child, libc::SIGSTOP) };
+            self.forked_in_call.push(child);
+            self.log.step(
+                "load",
+                format!(
+                    "the call forked PID {child} in thread {}: leaving it stopped",
+                    self.tid
+                ),
+            );
+        }
+        // ESRCH: it died meanwhile.
+        let _ = nix::sys::ptrace::detach(Pid::from_raw(child), None);
+        Ok(())
     }
 
     /// Puts a thread whose fault happened in rpatch's own code (never expected: a bug, or a data
@@ -407,11 +480,13 @@ impl<'t> InjectedThread<'t> {
     /// After a call during which a signal was delivered (at the call's end, where the stub
     /// restored the mask), the thread may be in that signal's handler: let it run until it has
     /// returned from it, so the next call starts where the thread was, not inside the handler.
-    fn leave_signal_handlers(&mut self, after: &str) -> Result<(), InjectError> {
+    /// A handler may sleep, and on a loaded machine the thread may wait long for a CPU, so it is
+    /// given as long as the call itself was (`timeout`), not a fixed moment.
+    fn leave_signal_handlers(&mut self, after: &str, timeout: Duration) -> Result<(), InjectError> {
         if !self.signalled {
             return Ok(());
         }
-        let deadline = Instant::now() + SAFE_POINT_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             let regs = self.at_rest;
             let in_handler = match self.stacks.as_deref_mut() {
@@ -550,6 +625,10 @@ impl<'t> InjectedThread<'t> {
                 }
                 Some(Stop::Signal(sig)) => self.pass_signal(sig, call.name, &own)?,
                 Some(Stop::Event | Stop::Suppressed) => self.cont(0)?,
+                Some(Stop::Born { child, birth }) => {
+                    self.child_born(child, birth)?;
+                    self.cont(0)?;
+                }
                 None => {}
             }
             let done = self
@@ -578,6 +657,14 @@ impl<'t> InjectedThread<'t> {
             }
         }
         self.settle(call.name, &own)?;
+        if !self.forked_in_call.is_empty() {
+            return Err(InjectError::ForkedInCall {
+                pid: self.pid(),
+                tid: self.tid,
+                function: call.name.to_string(),
+                children: std::mem::take(&mut self.forked_in_call),
+            });
+        }
         // Back in its own code, out of the tail: the region is free for the next call (and,
         // marked settled, for a later rpatch).
         self.tracer
@@ -606,7 +693,7 @@ impl<'t> InjectedThread<'t> {
                 address,
             });
         }
-        self.leave_signal_handlers(call.name)?;
+        self.leave_signal_handlers(call.name, call.timeout)?;
         Ok(CallOutcome { value, then_value })
     }
 
@@ -717,7 +804,7 @@ impl<'t> InjectedThread<'t> {
             "mmap",
             functions.mmap,
             &[addr, len, prot, flags, u64::MAX, 0],
-            Duration::from_secs(2),
+            SETTLE_TIMEOUT,
         )?;
         // Anything but the exact address is a refusal (MAP_FAILED, or a pre-4.17 kernel that
         // ignored MAP_FIXED_NOREPLACE: such a page is simply left unused).

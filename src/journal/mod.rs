@@ -7,14 +7,17 @@
 //! disk wait while threads are stopped) and completed afterwards; `status` reconciles an intent left
 //! behind by a crash with what memory actually holds.
 
+mod inherit;
 mod settle;
 mod store;
 
+pub use inherit::{Inconsistent, Origin, inherit};
 pub use settle::{Observed, now_secs, observe, reconcile, settle_slack};
 pub use store::{Journal, StateDir, TargetLock};
 
+pub use crate::process::ExecImage;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Format version of the journal file; bumped on incompatible changes.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -80,6 +83,29 @@ pub struct TargetIdentity {
     /// Executable path as the kernel reports it.
     #[serde(default)]
     pub exe: PathBuf,
+    /// The exec image (executable and `AT_RANDOM` bytes): `execve` keeps PID and start time,
+    /// so this is what tells the image the journal describes from a later one. `None` in
+    /// journals written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ExecImage>,
+}
+
+impl TargetIdentity {
+    /// Whether a journal recorded for `self` describes the image `live` runs (same process
+    /// assumed): the same exec image, or, for a journal that recorded none, the same
+    /// executable path.
+    pub fn same_image(&self, live: &TargetIdentity) -> bool {
+        match (&self.image, &live.image) {
+            (Some(a), Some(b)) => a == b,
+            _ => {
+                let path = |p: &Path| {
+                    let s = p.to_string_lossy();
+                    s.strip_suffix(" (deleted)").unwrap_or(&s).to_string()
+                };
+                self.exe.as_os_str().is_empty() || path(&self.exe) == path(&live.exe)
+            }
+        }
+    }
 }
 
 /// Life cycle of one patch.
@@ -204,6 +230,15 @@ pub struct PatchRecord {
     /// later attach of the same content reuses it if it is still mapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loaded: Option<LoadedObject>,
+    /// Adopted from an ancestor's journal by a forked child that holds its bytes (see
+    /// [`inherit`]): where it came from. `None` for a patch made in this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited: Option<Origin>,
+    /// The name of the manifest this patch was applied from (`attach --manifest`), if any: with
+    /// `library_sha256`, what makes a later run of that manifest find it applied (none in
+    /// journals written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// The identity of a library copy loaded in the target, as its mappings show it (its name,
@@ -252,6 +287,10 @@ pub struct JournalData {
     /// Bootstrap code in slack bytes not yet seen restored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slack: Vec<SlackRecord>,
+    /// The process was forked while rpatch loaded a library into its parent (or descends from
+    /// one that was): nothing is ever loaded into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconsistent: Option<Inconsistent>,
 }
 
 impl JournalData {
@@ -263,6 +302,7 @@ impl JournalData {
             islands: Vec::new(),
             patches: Vec::new(),
             slack: Vec::new(),
+            inconsistent: None,
         }
     }
 

@@ -14,7 +14,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,6 +85,66 @@ impl StateDir {
     /// Journal file of a PID (for messages; files are opened relative to the directory fd).
     pub fn journal_path(&self, pid: i32) -> PathBuf {
         self.root.join(format!("{pid}.json"))
+    }
+
+    /// Reads and parses the journal file `name`, `None` when it does not exist.
+    fn read_journal(&self, name: &str) -> Result<Option<JournalData>, JournalError> {
+        let Some(bytes) = self.read_file(name, MAX_JOURNAL_SIZE)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| JournalError::Corrupt {
+                path: self.root.join(name),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The journal of `pid` as saved now, read without its lock (files are replaced atomically,
+    /// so what is read is one saved version); `None` when there is none or it cannot be read.
+    pub fn peek(&self, pid: i32) -> Option<JournalData> {
+        self.read_journal(&format!("{pid}.json")).ok().flatten()
+    }
+
+    /// The journal file `name` (one [`StateDir::journals`] listed) as saved now, read without
+    /// a lock; `None` when it is gone or cannot be read.
+    pub fn journal_named(&self, name: &str) -> Option<JournalData> {
+        self.read_journal(name).ok().flatten()
+    }
+
+    /// Every readable journal in the directory, current (`PID.json`) and retired
+    /// (`retired-*.json`), with its file name. Unreadable or corrupt files are skipped.
+    pub fn journals(&self) -> Vec<(String, JournalData)> {
+        // Listed through the directory as opened (its fd), like every file in it.
+        let listing = format!("/proc/self/fd/{}", self.dir.as_raw_fd());
+        let Ok(dir) = std::fs::read_dir(listing) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+            .filter_map(|n| {
+                let data = self.read_journal(&n).ok()??;
+                Some((n, data))
+            })
+            .collect()
+    }
+
+    /// Moves the journal `name` (recorded for `identity`) aside as
+    /// `retired-PID-START-IMAGE.json`, durably: the image it describes is no longer the one
+    /// its process runs, but children forked from it may still hold its patches.
+    fn retire(&self, name: &str, identity: &TargetIdentity) -> Result<(), JournalError> {
+        let image = match &identity.image {
+            Some(image) => image.short(),
+            None => format!("{:x}", super::now_secs()),
+        };
+        let retired = format!(
+            "retired-{}-{}-{image}.json",
+            identity.pid, identity.start_time
+        );
+        let path = self.root.join(&retired);
+        renameat(self.dir.as_fd(), name, self.dir.as_fd(), retired.as_str())
+            .map_err(errno_err(&path))?;
+        nix::unistd::fsync(self.dir.as_fd()).map_err(errno_err(&self.root))
     }
 
     /// Opens `name` in the directory for reading, `None` when it does not exist. A symlink, a
@@ -348,6 +408,20 @@ pub struct Journal {
     _lock: File,
     /// The journal content; change it, then `save`.
     pub data: JournalData,
+    existed: bool,
+}
+
+/// Whether some live process still runs the image a journal of a dead process recorded: a
+/// child it forked, which may hold its patches.
+fn still_held(recorded: &TargetIdentity) -> bool {
+    let live = crate::process::read_stat(recorded.pid, recorded.pid)
+        .is_ok_and(|(_, start, _)| start == recorded.start_time);
+    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .is_ok_and(|b| b.trim() == recorded.boot_id);
+    match &recorded.image {
+        Some(image) if this_boot && !live => !crate::process::holders(image).is_empty(),
+        _ => false,
+    }
 }
 
 impl Journal {
@@ -361,6 +435,12 @@ impl Journal {
 
     /// Opens (or starts) the journal of `identity.pid`, refusing one that belongs to another
     /// process with the same PID; the target's lock is taken already.
+    ///
+    /// A journal of an earlier exec image of this very process (`execve` keeps PID and start
+    /// time) is retired, not used: its records describe an address space that is gone, yet
+    /// children forked before the exec may still hold its patches and adopt them from it. For
+    /// the same reason the journal of a dead process whose PID was reused is retired rather than
+    /// refused while some live process still runs its image.
     pub fn open_locked(
         lock: TargetLock,
         state: &StateDir,
@@ -368,17 +448,13 @@ impl Journal {
     ) -> Result<Self, JournalError> {
         assert_eq!(lock.pid, identity.pid, "the lock of another target");
         let path = state.journal_path(identity.pid);
-        let data = match state.read_file(&format!("{}.json", identity.pid), MAX_JOURNAL_SIZE)? {
-            Some(bytes) => {
-                let data: JournalData =
-                    serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if data.identity.start_time != identity.start_time
-                    || data.identity.boot_id != identity.boot_id
-                    || data.identity.pid != identity.pid
-                {
+        let name = format!("{}.json", identity.pid);
+        let (data, existed) = match state.read_journal(&name)? {
+            Some(data) => {
+                let same_process = data.identity.start_time == identity.start_time
+                    && data.identity.boot_id == identity.boot_id
+                    && data.identity.pid == identity.pid;
+                if !same_process && !still_held(&data.identity) {
                     return Err(JournalError::OtherProcess {
                         path,
                         pid: identity.pid,
@@ -387,16 +463,31 @@ impl Journal {
                         actual_start: identity.start_time,
                     });
                 }
-                data
+                if same_process && data.identity.same_image(identity) {
+                    let mut data = data;
+                    // A journal written before images were recorded learns its image now.
+                    data.identity.image = data.identity.image.or(identity.image);
+                    (data, true)
+                } else {
+                    state.retire(&name, &data.identity)?;
+                    (JournalData::new(identity.clone()), false)
+                }
             }
-            None => JournalData::new(identity.clone()),
+            None => (JournalData::new(identity.clone()), false),
         };
         Ok(Self {
             path,
             state: state.clone(),
             _lock: lock.file,
             data,
+            existed,
         })
+    }
+
+    /// Whether the journal file existed when it was opened: a new journal is where a forked
+    /// child adopts what it inherited (see `journal::inherit`).
+    pub fn existed(&self) -> bool {
+        self.existed
     }
 
     /// Path of the journal file.
@@ -440,6 +531,7 @@ mod tests {
             start_time: start,
             boot_id: "b".into(),
             exe: "/bin/x".into(),
+            image: None,
         }
     }
 
@@ -471,6 +563,8 @@ mod tests {
                 created: 0,
                 rolled_back: None,
                 loaded: None,
+                inherited: None,
+                manifest: None,
             });
             j.save().unwrap();
         }
@@ -482,6 +576,59 @@ mod tests {
             Journal::open(&state, &identity(8)),
             Err(JournalError::OtherProcess { .. })
         ));
+    }
+
+    fn image(byte: u8) -> crate::process::ExecImage {
+        crate::process::ExecImage {
+            exe_dev: 1,
+            exe_inode: 2,
+            at_random: [byte; 16],
+        }
+    }
+
+    /// A journal of an earlier exec image of the same process (same PID and start time) is
+    /// moved aside and a new one starts; one written before images were recorded is kept when
+    /// the executable path is the same, and learns its image.
+    #[test]
+    fn another_exec_image_retires_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().to_path_buf()).unwrap();
+        let legacy = TargetIdentity {
+            image: None,
+            ..identity(7)
+        };
+        let mut j = Journal::open(&state, &legacy).unwrap();
+        assert!(!j.existed());
+        j.data.islands.push(crate::journal::Island {
+            address: 0x1000,
+            size: 4096,
+        });
+        j.save().unwrap();
+        drop(j);
+        let first = TargetIdentity {
+            image: Some(image(1)),
+            ..identity(7)
+        };
+        let j = Journal::open(&state, &first).unwrap();
+        assert!(j.existed());
+        assert_eq!(j.data.islands.len(), 1, "same executable path: kept");
+        assert_eq!(j.data.identity.image, Some(image(1)));
+        j.save().unwrap();
+        drop(j);
+        let execed = TargetIdentity {
+            image: Some(image(2)),
+            ..identity(7)
+        };
+        let j = Journal::open(&state, &execed).unwrap();
+        assert!(!j.existed());
+        assert!(j.data.islands.is_empty());
+        drop(j);
+        let names: Vec<String> = state.journals().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            vec![format!("retired-42-7-{}.json", image(1).short())],
+            "the old image's journal is kept aside"
+        );
     }
 
     fn mode(path: &Path) -> u32 {

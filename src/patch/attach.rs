@@ -6,15 +6,20 @@ use super::admit::admit;
 use super::binding::{self, Binding};
 use super::code::expect_bytes;
 use super::delivery::{Payload, loadable_image};
-use super::load::{LoadPhase, LoadRequest, load_until};
+use super::load::{LoadPhase, LoadRequest, LoaderWindow, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
-use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
+use super::{
+    explain_elsewhere, frozen_write, identify, lock_target, retry_while_traced_by_rpatch,
+    wait_untraced,
+};
 use crate::Error;
+use crate::error::{LibraryProblem, PatchMemory, Unsupported};
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::LoaderFunctions;
 use crate::isa;
 use crate::journal::{
-    Journal, JournalData, JumpMethod, PatchRecord, PatchState, now_secs, reconcile,
+    Journal, JournalData, JumpMethod, Observed, PatchRecord, PatchState, now_secs, observe,
+    reconcile,
 };
 use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
@@ -138,6 +143,10 @@ pub struct AttachReport {
     pub warnings: Vec<String>,
     /// Private objects of the target the library's references are bound to (see `binding`).
     pub bindings: Vec<Binding>,
+    /// Children the target forked while the library was loading (by another thread): their
+    /// copy of the loader's state is half updated, so they are marked inconsistent and never
+    /// patched (also in `warnings`).
+    pub inconsistent_children: Vec<i32>,
 }
 
 impl AttachReport {
@@ -180,16 +189,118 @@ impl PatchSummary {
 
 /// Replaces the requested functions in the target with the library's versions.
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
+    match attach_as(options, None, log)? {
+        AttachOutcome::Done(report) => Ok(report),
+        AttachOutcome::AlreadyApplied(_) | AttachOutcome::RolledBack(_) => {
+            unreachable!("only a manifest's patch is found applied or rolled back")
+        }
+    }
+}
+
+/// The manifest a patch is applied from (`attach --manifest`): its name is recorded with each
+/// patch, and the library's bytes must hash to `library_sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestTag {
+    /// The manifest's `name`.
+    pub name: String,
+    /// The SHA-256 (hex) the manifest gives for its library.
+    pub library_sha256: String,
+    /// Leave a process whose newest patch from this manifest was rolled back (by hand) alone
+    /// (`watch`), rather than apply it again (`attach --manifest`, which is asked to).
+    pub keep_rolled_back: bool,
+    /// The build-ids (hex) of the manifest's modules: every function must resolve in a module
+    /// of one of these builds (read from memory), not in another module with the same name.
+    pub build_ids: Vec<String>,
+}
+
+impl ManifestTag {
+    /// Whether `record` was applied from this manifest (same name, same library content).
+    pub fn tags(&self, record: &PatchRecord) -> bool {
+        record.manifest.as_deref() == Some(&self.name)
+            && record.library_sha256 == self.library_sha256
+    }
+}
+
+/// What an attach from a manifest did.
+#[derive(Debug, Clone)]
+pub enum AttachOutcome {
+    /// The patch was applied (or, in a dry run, planned).
+    Done(AttachReport),
+    /// The process carries this manifest's patch already (checked under the journal's lock,
+    /// against memory): nothing was done. The ids of its records.
+    AlreadyApplied(Vec<u64>),
+    /// With [`ManifestTag::keep_rolled_back`]: the newest patch from this manifest was rolled
+    /// back in this process; nothing was done. The ids of its records.
+    RolledBack(Vec<u64>),
+}
+
+/// [`attach`], applying the patch as `manifest`'s when one is given: a process that carries it
+/// already is left alone, and every record carries its name.
+pub fn attach_as(
+    options: &AttachOptions,
+    manifest: Option<&ManifestTag>,
+    log: &Log,
+) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
-    retry_while_traced_by_rpatch(pid, deadline, log, || attach_once(options, deadline, log))
+    let since = crate::journal::now_secs();
+    retry_while_traced_by_rpatch(pid, deadline, log, || {
+        attach_once(options, manifest, deadline, log)
+    })
+    .map_err(|e| explain_elsewhere(e, pid, since))
+}
+
+/// The records of the newest attach (one group) tagged with `manifest` in `journal`, if any.
+fn newest_attach_of<'j>(
+    journal: &'j JournalData,
+    manifest: &ManifestTag,
+) -> Option<Vec<&'j PatchRecord>> {
+    let group = journal
+        .patches
+        .iter()
+        .filter(|r| manifest.tags(r))
+        .map(|r| r.group)
+        .max()?;
+    Some(
+        journal
+            .patches
+            .iter()
+            .filter(|r| r.group == group)
+            .collect(),
+    )
+}
+
+/// The records of the newest attach of `manifest` in `journal` when they were rolled back (and
+/// none is applied again).
+fn rolled_back_from(journal: &JournalData, manifest: &ManifestTag) -> Option<Vec<u64>> {
+    let records = newest_attach_of(journal, manifest)?;
+    let rolled_back = records.iter().any(|r| r.state == PatchState::RolledBack)
+        && records
+            .iter()
+            .all(|r| matches!(r.state, PatchState::RolledBack | PatchState::Abandoned));
+    rolled_back.then(|| records.iter().map(|r| r.id).collect())
+}
+
+/// The records of the newest attach of `manifest` in `journal` when every one of them is applied
+/// and memory holds it.
+fn applied_from(
+    journal: &JournalData,
+    manifest: &ManifestTag,
+    mem: &dyn Memory,
+) -> Option<Vec<u64>> {
+    let records = newest_attach_of(journal, manifest)?;
+    let all_in_memory = records
+        .iter()
+        .all(|r| r.state == PatchState::Applied && observe(mem, journal, r) == Observed::Applied);
+    all_in_memory.then(|| records.iter().map(|r| r.id).collect())
 }
 
 fn attach_once(
     options: &AttachOptions,
+    manifest: Option<&ManifestTag>,
     deadline: Instant,
     log: &Log,
-) -> Result<AttachReport, Error> {
+) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     let mut clock = PhaseClock::start(log, "identify");
     // Remote calls and stops are waited for with short sleeps: they are exact meanwhile.
@@ -198,10 +309,29 @@ fn attach_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(&info, deadline, log)?;
+    super::lineage::refuse_shared_address_space(pid)?;
     admit(&info, &options.library, options.allow)?;
-    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    if let Some(i) = &journal.data.inconsistent {
+        return Err(Error::Unsupported {
+            reason: Unsupported::Inconsistent { pid, parent: i.pid },
+        });
+    }
     // Records an interrupted earlier run left unsettled decide what memory must hold now.
-    reconcile(&mut journal, &ProcMem::open(pid)?)?;
+    let mem = ProcMem::open(pid)?;
+    reconcile(&mut journal, &mem)?;
+    if let Some(ids) = manifest.and_then(|m| applied_from(&journal.data, m, &mem)) {
+        log.step("journal", format!("already applied: patches {ids:?}"));
+        return Ok(AttachOutcome::AlreadyApplied(ids));
+    }
+    if let Some(ids) = manifest
+        .filter(|m| m.keep_rolled_back)
+        .and_then(|m| rolled_back_from(&journal.data, m))
+    {
+        log.step("journal", format!("rolled back by hand: patches {ids:?}"));
+        return Ok(AttachOutcome::RolledBack(ids));
+    }
+    drop(mem);
 
     // Phase 2, Plan (plan.rs, binding.rs): nothing is stopped.
     clock.enter("plan");
@@ -210,9 +340,12 @@ fn attach_once(
     let maps = process::read_maps(pid)?;
     let mut modules = ModuleMap::new(pid, &maps, &info.exe).with_cache(cache.clone());
     let (planned, warnings) = make_plan(&mut modules, &library, options, log)?;
+    if let Some(m) = manifest {
+        in_manifest_modules(&modules, &planned, m, pid)?;
+    }
     let bindings = binding::plan_bindings(&mut modules, &library)?;
     if options.dry_run {
-        return Ok(AttachReport {
+        return Ok(AttachOutcome::Done(AttachReport {
             schema_version: AttachReport::SCHEMA_VERSION,
             pid,
             dry_run: true,
@@ -225,13 +358,23 @@ fn attach_once(
             total_ms: log.elapsed_ms(),
             warnings,
             bindings,
-        });
+            inconsistent_children: Vec::new(),
+        }));
     }
 
     // Phase 3, Load (load.rs, delivery.rs): one borrowed thread; the others keep running.
     // The bytes loaded are the bytes read here, once: they are what is hashed and journaled.
     clock.enter("load");
     let (library_bytes, library_sha256, library_known) = read_library(&library, &options.library)?;
+    if let Some(m) = manifest.filter(|m| m.library_sha256 != library_sha256) {
+        return Err(Error::LibraryInvalid {
+            path: options.library.clone(),
+            problem: LibraryProblem::HashMismatch {
+                expected: m.library_sha256.clone(),
+                found: library_sha256,
+            },
+        });
+    }
     let payload = Payload::with_sha256("patch library", &library_bytes, library_sha256);
     let shim = binding::prepare_shim(&bindings, log);
     let mut tracer = Tracer::new(pid)?;
@@ -247,16 +390,33 @@ fn attach_once(
         planned: &planned,
         timeout: options.load_timeout,
     };
+    let mut window = LoaderWindow::default();
     let loaded = load_until(
         &mut tracer,
         &mut modules,
         &mut stacks,
         &mut journal,
         &request,
+        &mut window,
         deadline,
         log,
-    )?;
+    );
+    // Whatever the outcome, a child forked while the loader ran holds a half-loaded library.
+    let inconsistent_children = match window.ticks() {
+        Some(ticks) => {
+            super::lineage::mark_born_during_load(&state, &journal.data, &info, ticks, log)
+        }
+        None => Vec::new(),
+    };
+    let mut warnings = warnings;
+    warnings.extend(inconsistent_children.iter().map(|child| {
+        format!(
+            "PID {child} was forked while the library loaded: its loader state is half updated, so rpatch will never patch it (restart it)"
+        )
+    }));
+    let loaded = loaded?;
     crate::fault::point(FaultPoint::Loaded);
+    copied_on_fork(pid, &loaded, &journal.data)?;
     // The unwind tables of what the load mapped (the library) are read now, before the journal
     // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
     // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
@@ -283,6 +443,7 @@ fn attach_once(
         &loaded,
         &options.library,
         payload.sha256.clone(),
+        manifest.map(|m| m.name.clone()),
     )?;
     log.step(
         "journal",
@@ -322,7 +483,7 @@ fn attach_once(
     stacks.remember();
     drop((stacks, modules, modules_now, library));
     log_cache(&cache, log);
-    Ok(AttachReport {
+    Ok(AttachOutcome::Done(AttachReport {
         schema_version: AttachReport::SCHEMA_VERSION,
         pid,
         dry_run: false,
@@ -336,7 +497,52 @@ fn attach_once(
         total_ms: log.elapsed_ms(),
         warnings,
         bindings,
-    })
+        inconsistent_children,
+    }))
+}
+
+/// Every piece of memory the patches will depend on — island pages, the stub region, the
+/// library's mappings — reaches a child the target forks as it is: refused when one is marked
+/// `MADV_DONTFORK` (the child would not have it) or `MADV_WIPEONFORK` (it would hold zeros), as
+/// the child would then run jumps into memory it lacks. Checked after the load (the pages
+/// exist), before anything is written.
+fn copied_on_fork(pid: i32, loaded: &LoadPhase, journal: &JournalData) -> Result<(), Error> {
+    let flagged = process::fork_flags(pid)?;
+    if flagged.is_empty() {
+        return Ok(());
+    }
+    let object = loaded.library.object;
+    let library = process::read_maps(pid)?
+        .into_iter()
+        .filter(|m| m.dev == object.dev && m.inode == object.inode)
+        .map(|m| (PatchMemory::PatchLibrary, m.start..m.end));
+    let islands = journal
+        .islands
+        .iter()
+        .chain(&loaded.new_islands)
+        .map(|i| (PatchMemory::IslandPage, i.address..i.address + i.size));
+    let ours = islands
+        .chain(std::iter::once((
+            PatchMemory::CallStub,
+            loaded.stub.clone(),
+        )))
+        .chain(library);
+    for (part, range) in ours {
+        if let Some((found, flag)) = flagged
+            .iter()
+            .find(|(f, _)| f.start < range.end && range.start < f.end)
+        {
+            return Err(Error::Unsupported {
+                reason: Unsupported::NotCopiedOnFork {
+                    pid,
+                    part,
+                    address: found.start.max(range.start),
+                    flag: *flag,
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The `-v` line saying what the program-knowledge cache did.
@@ -396,6 +602,37 @@ fn make_plan(
     Ok((planned, warnings))
 }
 
+/// Each planned function must be in a module of a build the manifest names (a name the
+/// executable also defines resolves there first).
+fn in_manifest_modules(
+    modules: &ModuleMap,
+    planned: &[PlannedFunction],
+    manifest: &ManifestTag,
+    pid: i32,
+) -> Result<(), Error> {
+    let mem = ProcMem::open(pid)?;
+    for p in planned {
+        let found = modules
+            .modules
+            .iter()
+            .find(|m| m.path == p.module)
+            .and_then(|m| process::build_id_in_memory(&mem, m))
+            .map(|id| crate::hex::hex(&id));
+        if !found
+            .as_ref()
+            .is_some_and(|id| manifest.build_ids.contains(id))
+        {
+            return Err(Error::OutsideManifest {
+                function: p.function.name.clone(),
+                module: p.module.clone(),
+                build_id: found,
+                manifest: manifest.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The journal records of this attach, in state `intent`, saved (fsynced) with the island pages
 /// the load mapped: from here on a run that dies leaves records `reconcile` settles.
 fn record_intent(
@@ -405,6 +642,7 @@ fn record_intent(
     loaded: &LoadPhase,
     library: &Path,
     library_sha256: String,
+    manifest: Option<String>,
 ) -> Result<Vec<PatchRecord>, Error> {
     let group = journal.data.next_group();
     let ids = journal.data.next_id()..;
@@ -432,6 +670,8 @@ fn record_intent(
             created: now_secs(),
             rolled_back: None,
             loaded: Some(loaded.library.object),
+            inherited: None,
+            manifest: manifest.clone(),
         })
         .collect();
     journal

@@ -60,8 +60,10 @@ const MFD_ALLOW_SEALING: u64 = 0x2;
 const MFD_NOEXEC_SEAL: u64 = 0x8;
 /// `F_DUPFD_CLOEXEC`.
 const F_DUPFD_CLOEXEC: u64 = 1030;
-/// How long each small remote call (memfd_create, fcntl, close) may take.
-const SMALL_CALL: Duration = Duration::from_secs(2);
+/// How long each small remote call (memfd_create, fcntl, close) may take: it never blocks, but
+/// on a loaded machine, with signals handled in the borrowed thread meanwhile, it can take
+/// seconds; the bound only matters when something is wrong.
+const SMALL_CALL: Duration = Duration::from_secs(10);
 /// The most link-map entries walked (a loop in a corrupted list must end).
 const MAX_LINK_MAPS: usize = 65536;
 /// Directories of the target's file system where the fresh-directory route may create its

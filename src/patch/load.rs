@@ -41,6 +41,30 @@ pub(super) struct LoadPhase {
     pub placements: Vec<Placement>,
     /// Island pages mapped during this load.
     pub new_islands: Vec<Island>,
+    /// The stub region the load's calls ran through.
+    pub stub: std::ops::Range<u64>,
+}
+
+/// When the target's dynamic loader ran a `dlopen` of this attach (clock ticks after boot, as
+/// process start times count them): a child forked meanwhile holds a half-updated loader (see
+/// `lineage::mark_born_during_load`). Kept across attempts and failures alike.
+#[derive(Debug, Default)]
+pub(super) struct LoaderWindow(Option<(u64, u64)>);
+
+impl LoaderWindow {
+    /// Runs `load` (a `dlopen` in the target), widening the window to cover it.
+    fn around<T>(&mut self, load: impl FnOnce() -> T) -> T {
+        let start = process::boot_ticks();
+        let result = load();
+        let end = process::boot_ticks();
+        self.0 = Some((self.0.map_or(start, |(first, _)| first), end));
+        result
+    }
+
+    /// The ticks the loader ran in, if it ran.
+    pub fn ticks(&self) -> Option<std::ops::RangeInclusive<u64>> {
+        self.0.map(|(start, end)| start..=end)
+    }
 }
 
 /// What to load and for which functions.
@@ -62,19 +86,21 @@ pub(super) struct LoadRequest<'a> {
 /// Runs [`load`] until it succeeds, fails for good, or `deadline` passes: no thread may be fit
 /// to borrow right now (all in signal handlers, the allocator, the loader), or the one borrowed
 /// may exit before the first call; both pass, so they are retried like a busy function.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn load_until(
     tracer: &mut Tracer,
     modules: &mut ModuleMap,
     stacks: &mut StackInspector,
     journal: &mut Journal,
     request: &LoadRequest,
+    window: &mut LoaderWindow,
     deadline: Instant,
     log: &Log,
 ) -> Result<LoadPhase, Error> {
     let mut backoff = Duration::from_millis(1);
     let since = Instant::now();
     loop {
-        match load(tracer, modules, stacks, journal, request, log) {
+        match load(tracer, modules, stacks, journal, request, window, log) {
             Err(Error::Inject(
                 e @ (InjectError::NoSafeThread { .. } | InjectError::ThreadExited { .. }),
             )) if Instant::now() + backoff < deadline => {
@@ -99,6 +125,7 @@ fn load(
     stacks: &mut StackInspector,
     journal: &mut Journal,
     request: &LoadRequest,
+    window: &mut LoaderWindow,
     log: &Log,
 ) -> Result<LoadPhase, Error> {
     let pid = tracer.pid();
@@ -143,15 +170,17 @@ fn load(
         None => {
             if let Some(shim) = request.shim {
                 let shim = Payload::new("binding shim", shim);
-                let loaded =
-                    delivery.load(&mut thread, functions, &shim, true, request.timeout, log)?;
+                let loaded = window.around(|| {
+                    delivery.load(&mut thread, functions, &shim, true, request.timeout, log)
+                })?;
                 log.step(
                     "load",
                     format!("binding shim loaded from {} (RTLD_GLOBAL)", loaded.name),
                 );
             }
-            let loaded =
-                delivery.load(&mut thread, functions, payload, false, request.timeout, log)?;
+            let loaded = window.around(|| {
+                delivery.load(&mut thread, functions, payload, false, request.timeout, log)
+            })?;
             log.step(
                 "load",
                 format!(
@@ -170,11 +199,13 @@ fn load(
         library.object.l_addr,
         log,
     )?;
+    let stub = thread.region();
     thread.restore()?;
     Ok(LoadPhase {
         library,
         placements,
         new_islands,
+        stub,
     })
 }
 
@@ -283,7 +314,7 @@ fn borrow_thread<'t>(
         .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
     let mut refused = Vec::new();
     for candidate in ranked {
-        if !tracer.seize(candidate.tid, Instant::now() + Duration::from_secs(2))? {
+        if !tracer.seize(candidate.tid, Instant::now() + process::STOP_GRACE)? {
             continue;
         }
         let state = tracer.thread(candidate.tid).expect("seized").clone();

@@ -6,27 +6,36 @@ mod attach;
 mod binding;
 mod code;
 mod delivery;
+mod elsewhere;
 mod islands;
+mod lineage;
 mod load;
 mod plan;
+mod ready;
 mod rollback;
 pub mod shim;
 mod slack;
 mod status;
 
-pub use attach::{Allowances, AttachOptions, AttachReport, PatchSummary, attach};
+pub use attach::{
+    Allowances, AttachOptions, AttachOutcome, AttachReport, ManifestTag, PatchSummary, attach,
+    attach_as,
+};
 pub use binding::Binding;
 pub use delivery::DeliveryError;
-pub use plan::{FunctionRequest, Generated, GeneratedCode};
-pub use rollback::{RollbackOptions, RollbackReport, RollbackSelection, rollback};
-pub use status::{PatchStatus, PatchView, SlackLeft, StatusReport, status};
+pub use plan::{FunctionRequest, Generated, GeneratedCode, open_library};
+pub use ready::{Readiness, loader_done};
+pub use rollback::{
+    RollbackOptions, RollbackReport, RollbackSelection, rollback, rollback_preview,
+};
+pub use status::{PatchStatus, PatchView, SharedMm, SlackLeft, StatusReport, status};
 
 use crate::Error;
 use crate::fault::FrozenPoints;
 use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
 use crate::process::{
-    self, CodeMemory, ProcessError, ProcessInfo, RealtimeGuard, ThreadState, Tracer,
+    self, CodeMemory, FrozenSharers, ProcessError, ProcessInfo, RealtimeGuard, ThreadState, Tracer,
 };
 use crate::safety::{Blocker, Checker, GuardedRange, StackInspector};
 use std::time::{Duration, Instant};
@@ -43,6 +52,7 @@ fn identify(pid: i32, log: &Log) -> Result<(ProcessInfo, TargetIdentity), Error>
         start_time: info.start_time,
         boot_id: info.boot_id.clone(),
         exe: info.exe.clone(),
+        image: Some(info.image),
     };
     Ok((info, identity))
 }
@@ -55,6 +65,40 @@ fn lock_target(pid: i32) -> Result<(StateDir, TargetLock), Error> {
     let state = StateDir::from_env()?;
     let lock = state.lock(pid)?;
     Ok((state, lock))
+}
+
+/// `e`, explained when `pid` maps patch libraries no record of this state directory loaded (see
+/// `elsewhere`): memory that does not hold what the journal says (an attach), or nothing to roll
+/// back, most likely means another rpatch with another state directory patched it. Called after
+/// the operation let the target's lock go; records abandoned since `since` (Unix seconds: this
+/// operation's, which may have reused the other rpatch's copy) do not count as recording theirs.
+fn explain_elsewhere(e: Error, pid: i32, since: u64) -> Error {
+    if !matches!(
+        e,
+        Error::UnexpectedBytes { .. } | Error::NothingToRollBack { .. }
+    ) {
+        return e;
+    }
+    let found = (|| {
+        let (state, lock) = lock_target(pid).ok()?;
+        let (_, identity) = identify(pid, &Log::quiet()).ok()?;
+        let journal = crate::journal::Journal::open_locked(lock, &state, &identity).ok()?;
+        let maps = process::read_maps(pid).ok()?;
+        let libraries = elsewhere::unrecorded_libraries(&maps, &journal.data, |r| {
+            r.state == crate::journal::PatchState::Abandoned && r.created >= since
+        });
+        let state_dir = state.journal_path(pid).parent()?.to_path_buf();
+        (!libraries.is_empty()).then_some((libraries, state_dir))
+    })();
+    match found {
+        Some((libraries, state_dir)) => Error::PatchedElsewhere {
+            pid,
+            libraries,
+            state_dir,
+            cause: Box::new(e),
+        },
+        None => e,
+    }
 }
 
 /// The name every rpatch process has: a tracer of that name is another run (another state
@@ -126,7 +170,9 @@ fn retry_while_traced_by_rpatch<T>(
 
 /// Phases 4 to 7: freeze every thread, check no PC is inside `ranges` (and, with `stacks`, no
 /// return address into their functions on any stack), run `write` while frozen, and thaw. When a
-/// thread is in the way, thaw, back off and retry until `timeout`.
+/// thread is in the way, thaw, back off and retry until `timeout`. Processes sharing the
+/// target's address space (a `clone(CLONE_VM)` child) run the same code: they are frozen and
+/// checked with it.
 /// Returns how long the world was frozen in the successful round. `fault` names the
 /// fault-injection points reached (see `fault`).
 fn frozen_write(
@@ -143,6 +189,8 @@ fn frozen_write(
     let mut backoff = Duration::from_micros(500);
     let pid = tracer.pid();
     loop {
+        // Listed before the window: a scan of /proc is not for the frozen time.
+        let sharers = process::address_space_sharers(pid);
         // What costs a /proc read per thread is read before anything is stopped.
         let survey = match tracer.survey() {
             Ok(survey) => Ok(survey),
@@ -152,8 +200,9 @@ fn frozen_write(
         // Real-time priority for the frozen window only (dropped at the end of each round).
         let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
-        // A thread gets at least a second to stop even when the overall timeout is short.
-        let stop_deadline = deadline.max(frozen_at + Duration::from_secs(1));
+        // A thread gets its chance to stop even when the overall timeout is short or spent: on a
+        // loaded machine it may wait long for a CPU (see `process::STOP_GRACE`).
+        let stop_deadline = deadline.max(frozen_at + process::STOP_GRACE);
         // Phase 5, Check, runs on each thread as soon as it is stopped (see `safety::Checker`):
         // a thread in the way ends the freeze at once. Nothing is printed while the world is
         // stopped: what `-v` says is kept for the thaw.
@@ -173,38 +222,69 @@ fn frozen_write(
                 )
             }
             Ok(Ok(Some(frozen))) => {
+                // The processes sharing the address space are stopped once the target is, and
+                // their threads checked the same way.
+                let sharers = FrozenSharers::freeze(pid, &sharers, stop_deadline)?;
                 let stopped = frozen.threads().count();
+                let (shared_threads, shared_processes) =
+                    (sharers.thread_count(), sharers.process_count());
+                let clear = sharers
+                    .processes()
+                    .all(|(sharer, threads)| threads.iter().all(|t| checker.visit_in(sharer, t)));
                 crate::fault::point(fault.frozen);
-                // Phase 6, Write.
-                let (result, write_path) = {
-                    let memory = frozen.memory();
-                    let result = write(&memory);
-                    if result.is_ok() {
-                        crate::fault::point(fault.written);
+                let said = |log: &Log, summary: Option<crate::safety::CheckSummary>| {
+                    log.step(
+                        "freeze",
+                        match shared_threads {
+                            0 => format!("{stopped} threads stopped"),
+                            n => format!(
+                                "{stopped} threads stopped, and {n} threads of {shared_processes} processes sharing its address space"
+                            ),
+                        },
+                    );
+                    if let Some(summary) = &summary {
+                        log.step("check", summary.to_string());
                     }
-                    (result, memory.write_path())
                 };
-                // Phase 7, Thaw.
-                drop(frozen);
-                crate::fault::point(fault.thawed);
-                let elapsed = frozen_at.elapsed();
-                let (_, summary) = checker.finish();
-                log.step("freeze", format!("{stopped} threads stopped"));
-                if let Some(summary) = &summary {
-                    log.step("check", summary.to_string());
-                }
-                log.step(
-                    "thaw",
-                    format!(
-                        "frozen for {} us ({})",
-                        elapsed.as_micros(),
-                        match write_path {
-                            Some(path) => format!("writes via {path}"),
-                            None => "nothing written".into(),
+                if !clear {
+                    drop(sharers);
+                    drop(frozen);
+                    let (blocker, summary) = checker.finish();
+                    said(log, summary);
+                    (
+                        blocker.expect("a check that refuses names its thread"),
+                        "check",
+                    )
+                } else {
+                    // Phase 6, Write.
+                    let (result, write_path) = {
+                        let memory = frozen.memory();
+                        let result = write(&memory);
+                        if result.is_ok() {
+                            crate::fault::point(fault.written);
                         }
-                    ),
-                );
-                return result.map(|()| elapsed);
+                        (result, memory.write_path())
+                    };
+                    // Phase 7, Thaw.
+                    drop(frozen);
+                    drop(sharers);
+                    crate::fault::point(fault.thawed);
+                    let elapsed = frozen_at.elapsed();
+                    let (_, summary) = checker.finish();
+                    said(log, summary);
+                    log.step(
+                        "thaw",
+                        format!(
+                            "frozen for {} us ({})",
+                            elapsed.as_micros(),
+                            match write_path {
+                                Some(path) => format!("writes via {path}"),
+                                None => "nothing written".into(),
+                            }
+                        ),
+                    );
+                    return result.map(|()| elapsed);
+                }
             }
             // A thread in vfork() cannot be stopped until its child execs or exits, usually
             // within moments: like a busy thread, wait and retry until the timeout.

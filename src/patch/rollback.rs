@@ -1,7 +1,11 @@
 //! `rollback`: undo patches, newest first, restoring the bytes each one replaced.
 
+use super::attach::ManifestTag;
 use super::code::{expect_bytes, write_verified};
-use super::{frozen_write, identify, lock_target, retry_while_traced_by_rpatch, wait_untraced};
+use super::{
+    explain_elsewhere, frozen_write, identify, lock_target, retry_while_traced_by_rpatch,
+    wait_untraced,
+};
 use crate::Error;
 use crate::error::NothingToUndo;
 use crate::fault::{FaultPoint, FrozenPoints};
@@ -17,7 +21,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 /// Which patches to undo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RollbackSelection {
     /// Every patch of the most recent attach that is still applied.
     Last,
@@ -25,6 +29,8 @@ pub enum RollbackSelection {
     Id(u64),
     /// Every applied patch.
     All,
+    /// Every applied patch of a manifest (`rollback --manifest`: same name, same library).
+    Manifest(ManifestTag),
 }
 
 /// What to roll back.
@@ -72,7 +78,27 @@ impl RollbackReport {
 pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
+    let since = crate::journal::now_secs();
     retry_while_traced_by_rpatch(pid, deadline, log, || rollback_once(options, deadline, log))
+        .map_err(|e| explain_elsewhere(e, pid, since))
+}
+
+/// The ids `rollback` would undo now, newest first, and nothing else: the journal is settled
+/// from memory (as `status` does), but the target is neither traced nor stopped
+/// (`rollback --manifest --dry-run`).
+pub fn rollback_preview(options: &RollbackOptions, log: &Log) -> Result<Vec<u64>, Error> {
+    let pid = options.pid;
+    let since = crate::journal::now_secs();
+    let (state, lock) = lock_target(pid)?;
+    let (_, identity) = identify(pid, log)?;
+    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    reconcile(&mut journal, &process::ProcMem::open(pid)?)?;
+    let selected = select(&journal, options);
+    drop(journal);
+    match selected {
+        Ok(records) => Ok(records.iter().map(|r| r.id).collect()),
+        Err(e) => Err(explain_elsewhere(e, pid, since)),
+    }
 }
 
 fn rollback_once(
@@ -86,7 +112,8 @@ fn rollback_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(&info, deadline, log)?;
-    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    super::lineage::refuse_shared_address_space(pid)?;
+    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;
     clock.enter("plan");
@@ -222,8 +249,22 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
         .iter()
         .filter(|r| r.state == PatchState::Applied)
         .collect();
-    let mut chosen: Vec<PatchRecord> = match options.selection {
+    let mut chosen: Vec<PatchRecord> = match &options.selection {
         RollbackSelection::All => applied.iter().map(|r| (*r).clone()).collect(),
+        RollbackSelection::Manifest(manifest) => {
+            let mine: Vec<PatchRecord> = applied
+                .iter()
+                .filter(|r| manifest.tags(r))
+                .map(|r| (*r).clone())
+                .collect();
+            if mine.is_empty() {
+                return Err(Error::NothingToRollBack {
+                    pid,
+                    why: NothingToUndo::ManifestNotApplied(manifest.name.clone()),
+                });
+            }
+            mine
+        }
         RollbackSelection::Last => {
             let Some(group) = applied.iter().map(|r| r.group).max() else {
                 return Err(Error::NothingToRollBack {
@@ -237,7 +278,7 @@ fn select(journal: &Journal, options: &RollbackOptions) -> Result<Vec<PatchRecor
                 .map(|r| (*r).clone())
                 .collect()
         }
-        RollbackSelection::Id(id) => {
+        &RollbackSelection::Id(id) => {
             let Some(record) = journal.data.patches.iter().find(|r| r.id == id) else {
                 return Err(Error::NothingToRollBack {
                     pid,

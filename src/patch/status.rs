@@ -2,7 +2,7 @@
 
 use super::identify;
 use crate::Error;
-use crate::journal::{Journal, JumpMethod, Observed, PatchState, observe, reconcile};
+use crate::journal::{Inconsistent, JumpMethod, Observed, Origin, PatchState, observe, reconcile};
 use crate::log::Log;
 use crate::process::{self, ModuleMap, ProcMem};
 use serde::Serialize;
@@ -79,6 +79,11 @@ pub struct PatchStatus {
     /// The file on disk at the module's path is another build than the one mapped (rebuilt or
     /// upgraded since the process started): a restart would run different code.
     pub file_changed_on_disk: bool,
+    /// The process inherited this patch from the process it was forked from: that process (PID,
+    /// start time, boot id) and the patch's id in its journal. `null` for a patch made here.
+    pub inherited: Option<Origin>,
+    /// The manifest the patch was applied from (`attach --manifest`), if any.
+    pub manifest: Option<String>,
 }
 
 /// Bootstrap code an earlier run left in a module's slack bytes (it died, or could not prove no
@@ -106,6 +111,27 @@ pub struct StatusReport {
     pub patches: Vec<PatchStatus>,
     /// Bootstrap code left in slack bytes, verified in memory.
     pub slack_left: Vec<SlackLeft>,
+    /// The process was forked while rpatch loaded a library into the process named here (or
+    /// descends from such a child): its loader state is half updated, and rpatch never loads
+    /// anything into it (attach refuses; rollback works).
+    pub inconsistent: Option<Inconsistent>,
+    /// Other processes share this one's address space without being its threads (a vfork or
+    /// posix_spawn child before its exec, a `clone(CLONE_VM)` child): they run the same code,
+    /// recorded in the journal of the oldest of them, the owner. `null` when none does.
+    pub shared_mm: Option<SharedMm>,
+    /// Copies of patch libraries the process maps that no record here loaded: another rpatch,
+    /// with another state directory, patched it (from the host, seen from a container sharing
+    /// its PID namespace, or from another container). Its journal tells what they changed.
+    pub unrecorded_libraries: Vec<PathBuf>,
+}
+
+/// Processes sharing one address space (see [`StatusReport::shared_mm`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedMm {
+    /// The process whose journal records the patches of that address space: the oldest.
+    pub owner: i32,
+    /// Every process sharing it, this one included, sorted.
+    pub processes: Vec<i32>,
 }
 
 impl StatusReport {
@@ -119,13 +145,35 @@ impl StatusReport {
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     let (state, lock) = super::lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
-    let exists = state.journal_path(pid).exists();
+    let shared_mm =
+        process::shared_address_space(pid).map(|(owner, processes)| SharedMm { owner, processes });
+    if let Some(shared) = shared_mm.as_ref().filter(|s| s.owner != pid) {
+        // Its code is the owner's: nothing is recorded, or adopted, for this process.
+        log.step(
+            "journal",
+            format!(
+                "the address space is PID {}'s: see its status",
+                shared.owner
+            ),
+        );
+        return Ok(StatusReport {
+            schema_version: StatusReport::SCHEMA_VERSION,
+            pid,
+            journal: None,
+            patches: Vec::new(),
+            slack_left: Vec::new(),
+            inconsistent: None,
+            shared_mm,
+            unrecorded_libraries: Vec::new(),
+        });
+    }
     let maps = process::read_maps(pid)?;
     let mut modules =
         ModuleMap::new(pid, &maps, &info.exe).with_cache(std::rc::Rc::new(state.cache()));
     // Identity of each patched module: the build mapped now, and the file on disk now.
     let mut identities: HashMap<PathBuf, (Option<String>, Option<String>)> = HashMap::new();
-    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    let exists = state.journal_path(pid).exists();
     let mem = ProcMem::open(pid)?;
     reconcile(&mut journal, &mem)?;
     let patches = journal
@@ -175,6 +223,8 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
                 module_build_id: r.module_build_id.clone(),
                 module_replaced,
                 file_changed_on_disk,
+                inherited: r.inherited.clone(),
+                manifest: r.manifest.clone(),
             }
         })
         .collect();
@@ -193,5 +243,10 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
         journal: exists.then(|| journal.path().to_path_buf()),
         patches,
         slack_left,
+        inconsistent: journal.data.inconsistent.clone(),
+        shared_mm,
+        unrecorded_libraries: super::elsewhere::unrecorded_libraries(&maps, &journal.data, |_| {
+            false
+        }),
     })
 }

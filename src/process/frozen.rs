@@ -16,7 +16,6 @@ impl Tracer {
     /// Phase 4, *Freeze*: seizes and stops every thread, from a [`Survey`] made just before
     /// (see [`Tracer::freeze_all`]). On an error every thread stopped so far is let go again
     /// before it is returned.
-    #[cfg(test)]
     pub fn freeze(
         &mut self,
         survey: Survey,

@@ -148,6 +148,49 @@ fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// How `fork` treats a mapping other than by copying it, from the `VmFlags` line of
+/// `/proc/PID/smaps`: `MADV_DONTFORK` (`dc`: the child does not have it) or `MADV_WIPEONFORK`
+/// (`wf`: the child has it zeroed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkFlag {
+    /// `dc`: not copied into a forked child.
+    DontFork,
+    /// `wf`: zero-filled in a forked child.
+    WipeOnFork,
+}
+
+impl ForkFlag {
+    /// The madvise advice that set it, for messages.
+    pub const fn advice(self) -> &'static str {
+        match self {
+            ForkFlag::DontFork => "MADV_DONTFORK (VmFlags dc)",
+            ForkFlag::WipeOnFork => "MADV_WIPEONFORK (VmFlags wf)",
+        }
+    }
+}
+
+/// The mappings of a smaps text that a fork does not copy as they are, with the flag.
+pub fn parse_fork_flags(smaps: &str) -> Vec<(std::ops::Range<u64>, ForkFlag)> {
+    let mut out = Vec::new();
+    let mut current = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let Some(range) = current.take() else {
+                continue;
+            };
+            let words: Vec<&str> = flags.split_whitespace().collect();
+            if words.contains(&"dc") {
+                out.push((range, ForkFlag::DontFork));
+            } else if words.contains(&"wf") {
+                out.push((range, ForkFlag::WipeOnFork));
+            }
+        } else if let Some(m) = parse_line(line) {
+            current = Some(m.start..m.end);
+        }
+    }
+    out
+}
+
 /// Free address ranges between mappings (and below the first), at or above `min_addr`.
 pub fn gaps(maps: &[Mapping], min_addr: u64, max_addr: u64) -> Vec<(u64, u64)> {
     let mut sorted: Vec<&Mapping> = maps.iter().collect();
@@ -214,6 +257,25 @@ mod tests {
         assert!(rx.read_exec_only() && !rx.read_write());
         assert!("rw-p".parse::<Perms>().unwrap().read_write_only());
         assert!("rwx".parse::<Perms>().is_err() && "rwxq".parse::<Perms>().is_err());
+    }
+
+    #[test]
+    fn fork_flags_come_from_each_mappings_vmflags() {
+        let smaps = "1000-2000 r-xp 00000000 00:00 0 \n\
+                     Size:                  4 kB\n\
+                     VmFlags: rd ex mr mw me dc \n\
+                     2000-3000 rw-p 00000000 00:00 0 \n\
+                     Rss:                   4 kB\n\
+                     VmFlags: rd wr mr mw me ac wf\n\
+                     3000-4000 r-xp 00000000 08:01 12 /bin/x\n\
+                     VmFlags: rd ex mr mw me dw\n";
+        assert_eq!(
+            parse_fork_flags(smaps),
+            vec![
+                (0x1000..0x2000, ForkFlag::DontFork),
+                (0x2000..0x3000, ForkFlag::WipeOnFork)
+            ]
+        );
     }
 
     #[test]

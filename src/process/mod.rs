@@ -4,30 +4,44 @@
 //! seized thread, re-delivering any signal that arrived while it was stopped), so an error or a
 //! panic anywhere above leaves the target running as before.
 
+mod build_id;
 mod frozen;
+mod image;
 mod maps;
 mod memory;
 mod modules;
 mod priority;
 mod runtime;
 pub mod seccomp;
+mod shared_mm;
 mod syscall;
 mod tracer;
 
+pub use build_id::build_id_in_memory;
 #[cfg(test)]
 pub use frozen::Frozen;
-pub use maps::{Mapping, gaps, parse_maps};
+pub use image::{ExecImage, all_pids, holders, read_image, runs_executable};
+pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
 #[cfg(test)]
 pub use memory::FakeMemory;
 pub use memory::{CodeMemory, Memory, ProcMem};
 pub use modules::{LoadedModule, ModuleMap};
 pub use priority::{ExactSleeps, RealtimeGuard};
 pub use runtime::Runtime;
+pub use shared_mm::{
+    FrozenSharers, address_space_sharers, shared_address_space, shares_address_space,
+};
 pub use syscall::{blocked_syscall, repair_eintr};
-pub use tracer::{Held, Stop, Survey, ThreadState, Tracer};
+pub use tracer::{Birth, Held, Stop, Survey, ThreadState, Tracer};
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a thread asked to stop (PTRACE_INTERRUPT) is waited for, at least. It stops as soon
+/// as it next runs, which on a loaded machine can take a while; one that does not stop in this
+/// time is stuck (uninterruptible sleep) rather than slow.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors of the process layer, each naming the process or thread involved.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +188,8 @@ pub struct ProcessInfo {
     pub boot_id: String,
     /// Executable path as the kernel reports it.
     pub exe: PathBuf,
+    /// The exec image it runs (see [`ExecImage`]): what a fork keeps and an exec replaces.
+    pub image: ExecImage,
     /// Single-letter state of the leader (R, S, D, T, t, Z...).
     pub state: char,
     /// Threads running under a seccomp filter (`Seccomp: 2`): an injected syscall the filter
@@ -207,6 +223,51 @@ pub(crate) fn parse_stat(text: &str) -> Option<(char, u64, String)> {
     // Field 22 overall; `rest` starts at field 3.
     let start = rest.get(19)?.parse().ok()?;
     Some((state, start, comm))
+}
+
+/// The parent of process `pid` (field 4 of `/proc/PID/stat`): the process it was forked from
+/// while that one lives, else whoever adopted it (init, a subreaper). `None` when unreadable.
+pub fn parent(pid: i32) -> Option<i32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = text.rfind(')')?;
+    text[close + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes whose parent is `pid`, with their start times (clock ticks after boot).
+pub fn children(pid: i32) -> Vec<(i32, u64)> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| parent(p) == Some(pid))
+        .filter_map(|p| Some((p, read_stat(p, p).ok()?.1)))
+        .collect()
+}
+
+/// Now, in the clock ticks of process start times (`CLOCK_BOOTTIME`, which start times count).
+pub fn boot_ticks() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    now.tv_sec as u64 * hz + now.tv_nsec as u64 / (1_000_000_000 / hz)
+}
+
+/// The Unix time (seconds) of a start time in clock ticks after boot, to compare it with the
+/// journal's times (to the second: the boot time is known to the second).
+pub fn start_unix_secs(start_ticks: u64) -> u64 {
+    let btime = fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    btime + start_ticks / hz
 }
 
 fn map_proc_err(pid: i32, what: &str, e: std::io::Error) -> ProcessError {
@@ -319,6 +380,14 @@ pub fn read_maps(pid: i32) -> Result<Vec<Mapping>, ProcessError> {
     Ok(parse_maps(&text))
 }
 
+/// The mappings of `pid` that a fork does not copy as they are (`MADV_DONTFORK`,
+/// `MADV_WIPEONFORK`), from `/proc/PID/smaps`.
+pub fn fork_flags(pid: i32) -> Result<Vec<(std::ops::Range<u64>, ForkFlag)>, ProcessError> {
+    let path = proc_dir(pid).join("smaps").display().to_string();
+    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    Ok(parse_fork_flags(&text))
+}
+
 /// Phase 1, *Identify*: the process exists, is not a zombie, is not traced by someone else, is
 /// ours to trace, and runs our architecture. Nothing is changed.
 pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
@@ -337,6 +406,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     // Opening mem needs the same access check as PTRACE_ATTACH: fail early with a clear message.
     drop(ProcMem::open(pid)?);
     check_architecture(pid)?;
+    let image = read_image(pid)?;
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -364,6 +434,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         start_time,
         boot_id,
         exe,
+        image,
         state,
         seccomp_threads,
         tracer,
@@ -481,6 +552,52 @@ mod tests {
         assert!(shadow_stack_enabled("wrss shstk"));
         assert!(!shadow_stack_enabled(""));
         assert!(!shadow_stack_enabled("wrss"));
+    }
+
+    /// A child we fork is listed with its start time, which lies between two readings of the
+    /// boot clock taken around the fork.
+    #[test]
+    fn children_start_between_boot_clock_readings() {
+        let me = std::process::id() as i32;
+        let before = boot_ticks();
+        // SAFETY: the child only blocks in pause() until killed.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            loop {
+                // SAFETY: pause(2) has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        let after = boot_ticks();
+        let listed = children(me);
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let (_, start) = listed
+            .into_iter()
+            .find(|&(p, _)| p == child)
+            .expect("the child is listed");
+        assert!(
+            before <= start && start <= after,
+            "{before} <= {start} <= {after}"
+        );
+    }
+
+    /// Our parent is the process that forked us; our start lies within the last day.
+    #[test]
+    fn parent_and_start_time_of_self() {
+        let me = std::process::id() as i32;
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(parent(me), Some(unsafe { libc::getppid() }));
+        let start = identify(me).unwrap().start_time;
+        let now = crate::journal::now_secs();
+        let started = start_unix_secs(start);
+        assert!(
+            started <= now + 1 && started + 86_400 * 365 > now,
+            "{started} vs {now}"
+        );
     }
 
     #[test]

@@ -22,6 +22,37 @@ pub enum Stop {
     Signal(i32),
     /// The thread was stopped by a signal we must swallow (the fault that ends an injected call).
     Suppressed,
+    /// The thread created a process or thread (traced with `PTRACE_O_TRACEFORK`, `TRACEVFORK`,
+    /// `TRACECLONE`): `child` starts traced by us and stopped; resume the thread with no signal.
+    Born {
+        /// The new process or thread.
+        child: i32,
+        /// Which call made it.
+        birth: Birth,
+    },
+}
+
+/// The system call that made a traced thread's child (see [`Stop::Born`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Birth {
+    /// `fork` (or a `clone` the kernel reports as one): a copy of the process.
+    Fork,
+    /// `vfork` (posix_spawn): shares the address space until it execs or exits.
+    Vfork,
+    /// Any other `clone`: a thread, or a process sharing or copying the address space.
+    Clone,
+}
+
+impl Birth {
+    /// The birth a ptrace event number reports.
+    fn of_event(event: i32) -> Option<Self> {
+        match event {
+            libc::PTRACE_EVENT_FORK => Some(Birth::Fork),
+            libc::PTRACE_EVENT_VFORK => Some(Birth::Vfork),
+            libc::PTRACE_EVENT_CLONE => Some(Birth::Clone),
+            _ => None,
+        }
+    }
 }
 
 /// A seized, stopped thread.
@@ -231,7 +262,21 @@ impl Tracer {
                 return Ok(None);
             }
             if libc::WIFSTOPPED(status) {
-                return Ok(Some(stop_of(status)));
+                let sig = libc::WSTOPSIG(status);
+                let event = status >> 16;
+                if let Some(birth) = Birth::of_event(event) {
+                    let child = ptrace::getevent(Pid::from_raw(tid))
+                        .map_err(ptrace_err("GETEVENTMSG", tid))?;
+                    return Ok(Some(Stop::Born {
+                        child: child as i32,
+                        birth,
+                    }));
+                }
+                return Ok(Some(if event != 0 || sig == libc::SIGTRAP | 0x80 {
+                    Stop::Event
+                } else {
+                    Stop::Signal(sig)
+                }));
             }
         }
     }
@@ -508,7 +553,7 @@ impl Tracer {
         if let Some(t) = self.threads.remove(&tid) {
             let sig = match t.stop {
                 Stop::Signal(s) => s,
-                Stop::Event | Stop::Suppressed => 0,
+                Stop::Event | Stop::Suppressed | Stop::Born { .. } => 0,
             };
             // SAFETY: PTRACE_DETACH takes no pointers; the signal is passed as the data word.
             // ESRCH (the thread died meanwhile) leaves nothing to release.

@@ -274,10 +274,10 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn blocker(&self, tid: i32, pc: u64, range: &GuardedRange) -> Blocker {
+    fn blocker(pid: i32, tid: i32, pc: u64, range: &GuardedRange) -> Blocker {
         Blocker {
             tid,
-            name: thread_name(self.pid, tid),
+            name: thread_name(pid, tid),
             function: range.function.clone(),
             pc,
             depth: 0,
@@ -291,12 +291,18 @@ impl<'a> Checker<'a> {
     /// Checks one stopped thread; `false` once a thread blocks the write (nothing more needs
     /// checking).
     pub fn visit(&mut self, t: &ThreadState) -> bool {
+        self.visit_in(self.pid, t)
+    }
+
+    /// [`Self::visit`] for a stopped thread of process `pid`: the target's, or one of a process
+    /// sharing its address space (`process::FrozenSharers`), which runs the same code.
+    pub fn visit_in(&mut self, pid: i32, t: &ThreadState) -> bool {
         if self.found.is_some() {
             return false;
         }
         let pc = t.regs.rip;
         if let Some(r) = self.ranges.iter().find(|r| pc_blocks(r, pc)) {
-            self.found = Some(self.blocker(t.tid, pc, r));
+            self.found = Some(Self::blocker(pid, t.tid, pc, r));
             return false;
         }
         // Every stack is unwound even when no range asks for the return-address check: a
@@ -317,7 +323,7 @@ impl<'a> Checker<'a> {
                 depth,
                 address: pc,
                 source: FrameSource::Interrupted,
-                ..self.blocker(t.tid, t.regs.rip, range)
+                ..Self::blocker(pid, t.tid, t.regs.rip, range)
             })
         });
         if interrupted.is_some() {
@@ -338,7 +344,7 @@ impl<'a> Checker<'a> {
                 },
                 incomplete: doubt,
                 outermost: hit.outermost,
-                ..self.blocker(t.tid, t.regs.rip, range)
+                ..Self::blocker(pid, t.tid, t.regs.rip, range)
             });
             return false;
         }

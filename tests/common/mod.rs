@@ -77,6 +77,12 @@ pub mod exit {
     pub const NO_SAFE_THREAD: i32 = 23;
     /// `rehearse`: a check failed.
     pub const REHEARSAL_FAILED: i32 = 24;
+    /// A manifest operation failed for some processes.
+    pub const SOME_FAILED: i32 = 25;
+    /// A manifest operation matched no process.
+    pub const NONE_MATCHED: i32 = 26;
+    /// The manifest cannot be read or is invalid.
+    pub const MANIFEST_INVALID: i32 = 27;
 }
 
 /// The repository root (the `rpatch` package).
@@ -523,8 +529,12 @@ pub fn schema_of(run: &Run) -> Option<&'static str> {
         return None;
     }
     let command = run.args.first()?.as_str();
+    let has = |flag: &str| run.args.iter().any(|a| a == flag);
     Some(match (command, run.code) {
         ("rehearse", _) => "rehearse",
+        // A manifest operation prints its report when processes failed (25) or none matched (26).
+        ("attach" | "rollback", 0 | 25 | 26) if has("--manifest") => "fleet",
+        ("status", 0) if has("--all") => "status-all",
         (_, 0) => match command {
             "attach" => "attach",
             "rollback" => "rollback",
@@ -1163,4 +1173,121 @@ pub fn assert_slack_restored(pid: u32, verbose: &str) -> bool {
         "the slack at {addr:#x} in {path} does not hold the file's bytes"
     );
     true
+}
+
+/// Copies of a test target that differ only in their GNU build-id, in a directory every user
+/// can read (`test-targets/target/builds-*`, not under /tmp: containers mount their own), removed
+/// on drop. Build-ids are what manifests match processes by, so each test gets builds no other
+/// test's processes run, and "another build of the same module" is a copy under the same file
+/// name with another build-id.
+pub struct Builds {
+    dir: PathBuf,
+    made: u32,
+    /// Appended to every file name: another test's copies never share one with these.
+    suffix: String,
+}
+
+impl Builds {
+    /// A fresh, empty directory of builds.
+    pub fn new() -> Builds {
+        use std::os::unix::fs::PermissionsExt;
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let suffix = format!("-{}-{n}", std::process::id());
+        let dir = repo_root().join(format!("test-targets/target/builds{suffix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Builds {
+            dir,
+            made: 0,
+            suffix,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// As [`Builds::copy`], under exactly `name` (a shared library its users find by name).
+    pub fn copy_named(&mut self, src: &Path, build: &str, name: &str) -> (PathBuf, String) {
+        let (path, id) = self.copy(src, build, name);
+        let named = path.with_file_name(name);
+        std::fs::rename(&path, &named).unwrap();
+        (named, id)
+    }
+
+    /// Copies `src` to `<dir>/<build>/<name>-<unique suffix>` with a build-id no other file has;
+    /// returns the copy and its build-id (hex). Copies made with one `name` by one `Builds`
+    /// share their file name (another build of the same module).
+    pub fn copy(&mut self, src: &Path, build: &str, name: &str) -> (PathBuf, String) {
+        use sha2::Digest;
+        use std::os::unix::fs::PermissionsExt;
+        self.made += 1;
+        let mut bytes = std::fs::read(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        // The note: namesz 4, descsz N, type 3 (NT_GNU_BUILD_ID), "GNU\0", then N bytes.
+        let at = bytes
+            .windows(8)
+            .position(|w| w == b"\x03\x00\x00\x00GNU\x00")
+            .unwrap_or_else(|| panic!("{} has no build-id note", src.display()));
+        let len = u32::from_le_bytes(bytes[at - 4..at].try_into().unwrap()) as usize;
+        let seed = format!(
+            "{}-{}-{build}-{:?}",
+            self.dir.display(),
+            self.made,
+            Instant::now()
+        );
+        let id: Vec<u8> = sha2::Sha256::digest(seed.as_bytes())[..len].to_vec();
+        bytes[at + 8..at + 8 + len].copy_from_slice(&id);
+        let dir = self.dir.join(build);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join(format!("{name}{}", self.suffix));
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (path, id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl Drop for Builds {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `rpatch manifest new --lib LIB --module MODULE --func F... -o OUT`, asserted successful.
+#[track_caller]
+pub fn manifest_new(state: &Path, lib: &Path, module: &Path, funcs: &[&str], out: &Path) {
+    let mut args: Vec<String> = vec![
+        "manifest".into(),
+        "new".into(),
+        "--lib".into(),
+        lib.to_str().unwrap().into(),
+        "--module".into(),
+        module.to_str().unwrap().into(),
+        "-o".into(),
+        out.to_str().unwrap().into(),
+    ];
+    for f in funcs {
+        args.push("--func".into());
+        args.push((*f).into());
+    }
+    rpatch(state, &args).expect_ok();
+}
+
+/// The `result` of each process of a fleet report, by PID.
+#[track_caller]
+pub fn fleet_results(report: &Value) -> std::collections::BTreeMap<u32, String> {
+    report["processes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no processes in {report}"))
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_u64().unwrap() as u32,
+                p["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }

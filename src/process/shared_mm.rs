@@ -1,0 +1,170 @@
+//! Processes that share one address space without being threads of one process: a vfork (or
+//! posix_spawn) child before its exec, a `clone(CLONE_VM)` child. They run the same code at
+//! the same addresses as the process rpatch patches, so they are frozen and checked with it
+//! during every write, and never get a journal of their own (the oldest of them keeps it).
+//! The kernel tells them apart with `kcmp(KCMP_VM)`.
+
+use super::{ProcessError, ThreadState, Tracer, all_pids, read_stat, runs_executable};
+use std::os::unix::fs::MetadataExt;
+use std::time::Instant;
+
+/// `KCMP_VM` (`<linux/kcmp.h>`): compare the address spaces of two processes.
+const KCMP_VM: libc::c_long = 1;
+
+/// Whether processes `a` and `b` share one address space (`kcmp` returns 0 for "equal"; an
+/// error, including no access, says no).
+pub fn shares_address_space(a: i32, b: i32) -> bool {
+    // SAFETY: kcmp(2) with KCMP_VM takes no pointers (the last two arguments are unused).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a,
+            b,
+            KCMP_VM,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    rc == 0
+}
+
+/// The other processes sharing `pid`'s address space, sorted. A process sharing it has the same
+/// executable (the address space holds it), which is tested first; only those are compared.
+pub fn address_space_sharers(pid: i32) -> Vec<i32> {
+    let Ok(exe) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|&p| p != pid && runs_executable(p, exe.dev(), exe.ino()))
+        .filter(|&p| shares_address_space(pid, p))
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// `pid` and the processes sharing its address space, when there are any: (the owner, all of
+/// them sorted). The owner is the oldest (lowest start time, then PID): the process that had
+/// the address space first, whose journal describes it.
+pub fn shared_address_space(pid: i32) -> Option<(i32, Vec<i32>)> {
+    let mut all = address_space_sharers(pid);
+    if all.is_empty() {
+        return None;
+    }
+    all.push(pid);
+    all.sort_unstable();
+    let owner = all
+        .iter()
+        .copied()
+        .min_by_key(|&p| (read_stat(p, p).map_or(u64::MAX, |(_, start, _)| start), p))
+        .unwrap_or(pid);
+    Some((owner, all))
+}
+
+/// The processes sharing a target's address space, every thread stopped, for as long as the
+/// value lives: dropping it lets them go (each `Tracer`'s `Drop`). See [`FrozenSharers::freeze`].
+#[derive(Default)]
+pub struct FrozenSharers {
+    tracers: Vec<Tracer>,
+}
+
+impl FrozenSharers {
+    /// Stops every thread of each process in `known` that shares `pid`'s address space; when
+    /// there was any, lists the sharers again until no new one appears (a sharer still running
+    /// may create another). Called with `pid` itself frozen, so it creates none. Processes gone
+    /// meanwhile are skipped; on an error everything stopped so far is let go.
+    pub fn freeze(pid: i32, known: &[i32], deadline: Instant) -> Result<Self, ProcessError> {
+        let mut frozen = Self::default();
+        let mut pending: Vec<i32> = known.to_vec();
+        while !pending.is_empty() {
+            for sharer in pending {
+                let mut tracer = Tracer::new(sharer)?;
+                match tracer
+                    .survey()
+                    .and_then(|survey| tracer.freeze_all(survey, deadline, &mut |_| true))
+                {
+                    Ok(_) => frozen.tracers.push(tracer),
+                    Err(ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            pending = address_space_sharers(pid)
+                .into_iter()
+                .filter(|p| !frozen.tracers.iter().any(|t| t.pid() == *p))
+                .collect();
+        }
+        Ok(frozen)
+    }
+
+    /// Each frozen process (its PID) with its stopped threads.
+    pub fn processes(&self) -> impl Iterator<Item = (i32, Vec<&ThreadState>)> {
+        self.tracers
+            .iter()
+            .map(|t| (t.pid(), t.threads().collect()))
+    }
+
+    /// How many processes are frozen.
+    pub fn process_count(&self) -> usize {
+        self.tracers.len()
+    }
+
+    /// How many threads are stopped.
+    pub fn thread_count(&self) -> usize {
+        self.tracers.iter().map(|t| t.threads().count()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `clone(CLONE_VM)` child shares our address space (and is found by the scan); a forked
+    /// child does not.
+    #[test]
+    fn clone_vm_children_share_the_address_space_forked_ones_do_not() {
+        let me = std::process::id() as i32;
+        // SAFETY: the child only blocks in pause() until killed.
+        let forked = unsafe { libc::fork() };
+        if forked == 0 {
+            loop {
+                // SAFETY: pause(2) has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        let mut stack = vec![0u8; 64 * 1024];
+        extern "C" fn park(_: *mut libc::c_void) -> libc::c_int {
+            loop {
+                // SAFETY: a raw pause system call: nothing of the C library's state is used by
+                // this child, which shares our memory but not our thread.
+                unsafe { libc::syscall(libc::SYS_pause) };
+            }
+        }
+        // SAFETY: the child runs `park` on its own stack (the top of `stack`, which outlives it:
+        // it is killed and reaped below before `stack` is dropped) and touches nothing else.
+        let shared = unsafe {
+            libc::clone(
+                park,
+                stack.as_mut_ptr().add(stack.len()).cast(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                std::ptr::null_mut(),
+            )
+        };
+        let sharers = address_space_sharers(me);
+        let both = shared_address_space(me);
+        for child in [forked, shared] {
+            // SAFETY: kill and waitpid on our own children.
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+            }
+        }
+        drop(stack);
+        assert!(shared > 0 && forked > 0);
+        assert_eq!(sharers, vec![shared]);
+        let (owner, all) = both.unwrap();
+        assert_eq!(owner, me, "the older process owns it");
+        let mut expected = vec![me, shared];
+        expected.sort_unstable();
+        assert_eq!(all, expected);
+    }
+}
