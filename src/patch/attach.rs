@@ -404,7 +404,8 @@ fn attach_once(
     // Whatever the outcome, a child forked while the loader ran holds a half-loaded library.
     let inconsistent_children = match window.ticks() {
         Some(ticks) => {
-            super::lineage::mark_born_during_load(&state, &journal.data, &info, ticks, log)
+            let since = window.last_pid_before();
+            super::lineage::mark_born_during_load(&state, &journal.data, &info, ticks, since, log)
         }
         None => Vec::new(),
     };
