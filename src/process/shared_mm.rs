@@ -4,7 +4,7 @@
 //! during every write, and never get a journal of their own (the oldest of them keeps it).
 //! The kernel tells them apart with `kcmp(KCMP_VM)`.
 
-use super::{ProcessError, ThreadState, Tracer, all_pids, read_stat};
+use super::{ProcessError, ThreadState, Tracer, all_pids, live_task, read_stat};
 use std::time::Instant;
 
 /// `KCMP_VM` (`<linux/kcmp.h>`): compare the address spaces of two processes.
@@ -32,9 +32,19 @@ pub fn shares_address_space(a: i32, b: i32) -> bool {
 /// first (`/proc/P/exe`, a path walk) cost several times that. Every operation lists them at
 /// its start and before each freeze.
 pub fn address_space_sharers(pid: i32) -> Vec<i32> {
+    // Compared through a live thread: a main thread that has exited (a zombie while others run)
+    // has no address space any more, nor has a kernel thread, and `kcmp` finds two "none" equal.
+    let leader_alive = read_stat(pid, pid).is_ok_and(|(s, ..)| !matches!(s, 'Z' | 'X' | 'x'));
+    let Some(me) = (if leader_alive {
+        Some(pid)
+    } else {
+        live_task(pid)
+    }) else {
+        return Vec::new();
+    };
     let mut found: Vec<i32> = all_pids()
         .into_iter()
-        .filter(|&p| p != pid && shares_address_space(pid, p))
+        .filter(|&p| p != pid && shares_address_space(me, p))
         .collect();
     found.sort_unstable();
     found
