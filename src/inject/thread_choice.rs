@@ -113,7 +113,7 @@ fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
     // Symbol tables only (the debug file's when installed, with the allocator's internals):
     // this runs for every word of several stacks, where DWARF would cost tens of milliseconds.
     // The table of places is derived once per file and remembered with it.
-    let Some(places) = known.remember("thread-choice-places", "v1", places_of) else {
+    let Some(places) = known.remember_shared("thread-choice-places", "v1", places_of) else {
         return Place::Harmless;
     };
     place_at(&places, addr.wrapping_sub(bias))

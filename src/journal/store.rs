@@ -92,12 +92,15 @@ impl StateDir {
         let Some(bytes) = self.read_file(name, MAX_JOURNAL_SIZE)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| JournalError::Corrupt {
-                path: self.root.join(name),
-                reason: e.to_string(),
-            })
+        self.parse_journal(name, &bytes).map(Some)
+    }
+
+    /// Parses the text of the journal file `name`.
+    fn parse_journal(&self, name: &str, bytes: &[u8]) -> Result<JournalData, JournalError> {
+        serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+            path: self.root.join(name),
+            reason: e.to_string(),
+        })
     }
 
     /// The journal of `pid` as saved now, read without its lock (files are replaced atomically,
@@ -115,12 +118,27 @@ impl StateDir {
     /// Every readable journal in the directory, current (`PID.json`) and retired
     /// (`retired-*.json`), with its file name. Unreadable or corrupt files are skipped.
     pub fn journals(&self) -> Vec<(String, JournalData)> {
+        self.journals_mentioning("")
+    }
+
+    /// [`Self::journals`] whose text holds `text` (ASCII, compared without regard to case):
+    /// only those are parsed. A directory keeps the journals of every process patched since
+    /// boot, and a search for one exec image's (its random bytes in hex) reads them all.
+    pub fn journals_mentioning(&self, text: &str) -> Vec<(String, JournalData)> {
         // Listed through the directory as opened (its fd), like every file in it.
+        let needle = text.to_ascii_lowercase();
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
         self.names()
             .into_iter()
             .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
             .filter_map(|n| {
-                let data = self.read_journal(&n).ok()??;
+                let bytes = self.read_file(&n, MAX_JOURNAL_SIZE).ok()??;
+                if !needle.is_empty() {
+                    let mut lower = bytes.clone();
+                    lower.make_ascii_lowercase();
+                    finder.find(&lower)?;
+                }
+                let data = self.parse_journal(&n, &bytes).ok()?;
                 Some((n, data))
             })
             .collect()

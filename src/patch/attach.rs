@@ -5,7 +5,7 @@
 use super::admit::admit;
 use super::binding::{self, Binding};
 use super::code::expect_bytes;
-use super::delivery::Payload;
+use super::delivery::{Payload, loadable_image};
 use super::load::{LoadPhase, LoadRequest, LoaderWindow, load_until};
 use super::plan::{self, FunctionRequest, PlannedFunction};
 use super::{
@@ -303,6 +303,8 @@ fn attach_once(
 ) -> Result<AttachOutcome, Error> {
     let pid = options.pid;
     let mut clock = PhaseClock::start(log, "identify");
+    // Remote calls and stops are waited for with short sleeps: they are exact meanwhile.
+    let _exact = process::ExactSleeps::new();
     // Phase 1, Identify (patch/mod.rs), and the policies (admit.rs).
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
@@ -402,7 +404,8 @@ fn attach_once(
     // Whatever the outcome, a child forked while the loader ran holds a half-loaded library.
     let inconsistent_children = match window.ticks() {
         Some(ticks) => {
-            super::lineage::mark_born_during_load(&state, &journal.data, &info, ticks, log)
+            let since = window.last_pid_before();
+            super::lineage::mark_born_during_load(&state, &journal.data, &info, ticks, since, log)
         }
         None => Vec::new(),
     };
@@ -478,7 +481,8 @@ fn attach_once(
     saved?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
     // What was learnt about the modules and the library goes to the cache now.
-    drop((modules, library));
+    stacks.remember();
+    drop((stacks, modules, modules_now, library));
     log_cache(&cache, log);
     Ok(AttachOutcome::Done(AttachReport {
         schema_version: AttachReport::SCHEMA_VERSION,
@@ -766,10 +770,19 @@ fn write_patches(mem: &dyn Memory, pid: i32, records: &[PatchRecord]) -> Result<
 }
 
 /// Reads the patch library given by the operator (a regular file, size-capped) through the
-/// descriptor the plan read, with its SHA-256.
+/// descriptor the plan read: the part the target loads (see [`loadable_image`]), with the
+/// SHA-256 of the whole file, and whether it is the content the plan was made from.
 fn read_library(library: &Knowledge, path: &Path) -> Result<(Vec<u8>, String, bool), Error> {
-    library.contents().map_err(|e| Error::LibraryMissing {
+    let end = library
+        .load_segments()
+        .iter()
+        .map(|s| s.offset.saturating_add(s.filesz))
+        .max()
+        .unwrap_or(u64::MAX);
+    let (mut bytes, sha256, known) = library.contents(end).map_err(|e| Error::LibraryMissing {
         path: path.into(),
         problem: crate::error::LibraryAccess::Io(e),
-    })
+    })?;
+    loadable_image(&mut bytes);
+    Ok((bytes, sha256, known))
 }

@@ -70,6 +70,29 @@ const MAX_LINK_MAPS: usize = 65536;
 /// directory, best first.
 const FALLBACK_DIRS: [&str; 4] = ["dev/shm", "tmp", "var/tmp", "run"];
 
+/// Makes the first bytes of an ELF file, up to the end of its last PT_LOAD, the image a target
+/// is handed: its section-header table, which lies beyond (with the symbol tables and DWARF
+/// it describes), is dropped from the header (`e_shoff`, `e_shnum`, `e_shstrndx` zeroed). The
+/// dynamic loader reads program headers only; rpatch reads everything else from the file
+/// itself. A library's debug sections are often most of it (the demo's: 4 MB of 4.3): they are
+/// neither copied into the target nor mapped. Bytes that are not a 64-bit little-endian ELF
+/// header whose section table lies beyond them are left as they are.
+pub fn loadable_image(bytes: &mut [u8]) {
+    const E_SHOFF: usize = 0x28;
+    const E_SHNUM: usize = 0x3c;
+    const E_SHSTRNDX: usize = 0x3e;
+    if bytes.len() < 0x40 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return;
+    }
+    let shoff = u64::from_le_bytes(bytes[E_SHOFF..E_SHOFF + 8].try_into().expect("8 bytes"));
+    if shoff < bytes.len() as u64 {
+        return;
+    }
+    bytes[E_SHOFF..E_SHOFF + 8].fill(0);
+    bytes[E_SHNUM..E_SHNUM + 2].fill(0);
+    bytes[E_SHSTRNDX..E_SHSTRNDX + 2].fill(0);
+}
+
 /// A library to load: its bytes exactly as rpatch read or built them, and their SHA-256, taken
 /// once (it names the memfd, finds an earlier copy, and is journaled).
 #[derive(Debug, Clone)]
@@ -835,14 +858,26 @@ fn verify_copy(file: &File, want: &[u8], memfd: bool) -> Result<(u64, u64), Stri
     if meta.len() != len {
         return Err(format!("holds {} bytes, not {len}", meta.len()));
     }
-    let bytes = files::read_capped(file, len).map_err(|e| format!("cannot be read back ({e})"))?;
-    if let Some(at) = bytes.iter().zip(want).position(|(a, b)| a != b) {
-        return Err(format!(
-            "reads back other bytes than were written (from offset {at})"
-        ));
+    // Read back a piece at a time into one buffer (a library of megabytes is not copied whole
+    // again), each piece compared with what was written.
+    let mut buf = vec![0u8; want.len().clamp(1, 256 * 1024)];
+    let mut at = 0usize;
+    while at < want.len() {
+        let n = (want.len() - at).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at as u64)
+            .map_err(|e| format!("cannot be read back ({e})"))?;
+        if buf[..n] != want[at..at + n] {
+            let first = buf[..n].iter().zip(&want[at..]).position(|(a, b)| a != b);
+            return Err(format!(
+                "reads back other bytes than were written (from offset {})",
+                at + first.unwrap_or(0)
+            ));
+        }
+        at += n;
     }
-    if bytes.len() != want.len() {
-        return Err(format!("reads back {} bytes, not {len}", bytes.len()));
+    let mut past = [0u8; 1];
+    if file.read_at(&mut past, len).is_ok_and(|n| n > 0) {
+        return Err(format!("holds more than {len} bytes"));
     }
     Ok((meta.dev(), meta.ino()))
 }
@@ -975,4 +1010,39 @@ fn random_hex() -> String {
         bytes = (t ^ u64::from(std::process::id()).rotate_left(40)).to_le_bytes();
     }
     crate::hex::hex(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loadable image of a real ELF file (this test's own executable): its section table
+    /// goes (it lies beyond the last PT_LOAD), the loader's view (program headers, segments)
+    /// stays and still parses.
+    #[test]
+    fn a_loadable_image_drops_the_section_table_only() {
+        let whole = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let file = object::File::parse(&*whole).unwrap();
+        use object::{Object, ObjectSegment};
+        let end = file
+            .segments()
+            .map(|s| s.file_range().0 + s.file_range().1)
+            .max()
+            .unwrap() as usize;
+        let mut image = whole[..end].to_vec();
+        loadable_image(&mut image);
+        assert_eq!(&image[..0x28], &whole[..0x28], "the header up to e_shoff");
+        assert_eq!(&image[0x40..], &whole[0x40..end]);
+        let parsed = object::File::parse(&*image).unwrap();
+        assert_eq!(parsed.segments().count(), file.segments().count());
+        assert_eq!(parsed.sections().count(), 0);
+        // Whole files, and what is not ELF, are left alone.
+        let mut same = whole.clone();
+        loadable_image(&mut same);
+        assert_eq!(same, whole);
+        let mut text = b"not an ELF file at all, but long enough to have a header.....".to_vec();
+        let before = text.clone();
+        loadable_image(&mut text);
+        assert_eq!(text, before);
+    }
 }

@@ -151,8 +151,9 @@ fn forked_from(info: &ProcessInfo) -> Vec<(i32, u64)> {
 /// program) and which started before `info`, newest first: a dead ancestor's records stay
 /// usable by the children it forked. Journals of `chain` were tried already.
 fn dead_journals(state: &StateDir, info: &ProcessInfo, chain: &[(i32, u64)]) -> Vec<Source> {
+    // Only journals naming this exec image's random bytes can describe it.
     let mut found: Vec<Source> = state
-        .journals()
+        .journals_mentioning(&crate::hex::hex(&info.image.at_random))
         .into_iter()
         .filter(|(_, d)| {
             let id = &d.identity;
@@ -185,16 +186,20 @@ fn dead_journals(state: &StateDir, info: &ProcessInfo, chain: &[(i32, u64)]) -> 
 /// inside `dlopen`; the C library resets the loader's lock in a forked child). Each gets a
 /// journal marked inconsistent, holding what it inherited from `parent` (the target's journal);
 /// attach refuses them from then on. A child started within the same clock tick as the load's
-/// start or end counts (the side of caution). Returns their PIDs.
+/// start or end counts (the side of caution). With `last_pid` (the last PID allocated before the
+/// loader first ran, `process::last_pid`), only children with a PID allocated since are looked
+/// at: one forked earlier holds a loader no `dlopen` of this attach had touched. Returns their
+/// PIDs.
 pub(super) fn mark_born_during_load(
     state: &StateDir,
     parent: &JournalData,
     info: &ProcessInfo,
     ticks: std::ops::RangeInclusive<u64>,
+    last_pid: Option<i32>,
     log: &Log,
 ) -> Vec<i32> {
     let mut marked = Vec::new();
-    for (child, start) in process::children(info.pid) {
+    for (child, start) in process::children_since(info.pid, last_pid) {
         let copy = ticks.contains(&start)
             && process::read_image(child).ok() == Some(info.image)
             && !process::shares_address_space(info.pid, child);

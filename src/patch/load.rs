@@ -46,24 +46,35 @@ pub(super) struct LoadPhase {
 }
 
 /// When the target's dynamic loader ran a `dlopen` of this attach (clock ticks after boot, as
-/// process start times count them): a child forked meanwhile holds a half-updated loader (see
-/// `lineage::mark_born_during_load`). Kept across attempts and failures alike.
+/// process start times count them), and the last PID allocated before it first ran: a child
+/// forked meanwhile holds a half-updated loader (see `lineage::mark_born_during_load`), and has
+/// a PID allocated since. Kept across attempts and failures alike.
 #[derive(Debug, Default)]
-pub(super) struct LoaderWindow(Option<(u64, u64)>);
+pub(super) struct LoaderWindow(Option<(u64, u64, Option<i32>)>);
 
 impl LoaderWindow {
     /// Runs `load` (a `dlopen` in the target), widening the window to cover it.
     fn around<T>(&mut self, load: impl FnOnce() -> T) -> T {
+        let last_pid = process::last_pid();
         let start = process::boot_ticks();
         let result = load();
         let end = process::boot_ticks();
-        self.0 = Some((self.0.map_or(start, |(first, _)| first), end));
+        self.0 = Some(match self.0 {
+            Some((first, _, pid)) => (first, end, pid),
+            None => (start, end, last_pid),
+        });
         result
     }
 
     /// The ticks the loader ran in, if it ran.
     pub fn ticks(&self) -> Option<std::ops::RangeInclusive<u64>> {
-        self.0.map(|(start, end)| start..=end)
+        self.0.map(|(start, end, _)| start..=end)
+    }
+
+    /// The last PID allocated before the loader first ran (see `process::last_pid`), when it
+    /// ran and that could be read: children forked since have PIDs allocated after it.
+    pub fn last_pid_before(&self) -> Option<i32> {
+        self.0.and_then(|(_, _, pid)| pid)
     }
 }
 

@@ -35,9 +35,9 @@ use crate::fault::FrozenPoints;
 use crate::journal::{StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
 use crate::process::{
-    self, CodeMemory, FrozenSharers, ProcessError, ProcessInfo, RealtimeGuard, Tracer,
+    self, CodeMemory, FrozenSharers, ProcessError, ProcessInfo, RealtimeGuard, ThreadState, Tracer,
 };
-use crate::safety::{Blocker, GuardedRange, StackInspector, check, check_among};
+use crate::safety::{Blocker, Checker, GuardedRange, StackInspector};
 use std::time::{Duration, Instant};
 
 /// Phase 1 for every operation: identify the target and build its journal identity.
@@ -203,21 +203,36 @@ fn frozen_write(
         // A thread gets its chance to stop even when the overall timeout is short or spent: on a
         // loaded machine it may wait long for a CPU (see `process::STOP_GRACE`).
         let stop_deadline = deadline.max(frozen_at + process::STOP_GRACE);
-        // Nothing is printed while the world is stopped: what `-v` says is kept for the thaw.
-        let (blocker, phase) = match survey.map(|s| tracer.freeze(s, stop_deadline)) {
-            Ok(Ok(frozen)) => {
+        // Phase 5, Check, runs on each thread as soon as it is stopped (see `safety::Checker`):
+        // a thread in the way ends the freeze at once. Nothing is printed while the world is
+        // stopped: what `-v` says is kept for the thaw.
+        let mut checker = Checker::new(pid, ranges, stacks.as_deref_mut());
+        let frozen = survey.map(|s| {
+            tracer.freeze_checked(s, stop_deadline, &mut |t: &ThreadState| checker.visit(t))
+        });
+        let (blocker, phase) = match frozen {
+            Ok(Ok(None)) => {
+                let (blocker, summary) = checker.finish();
+                if let Some(summary) = &summary {
+                    log.step("check", summary.to_string());
+                }
+                (
+                    blocker.expect("a check that ends a freeze names its thread"),
+                    "check",
+                )
+            }
+            Ok(Ok(Some(frozen))) => {
+                // The processes sharing the address space are stopped once the target is, and
+                // their threads checked the same way.
                 let sharers = FrozenSharers::freeze(pid, &sharers, stop_deadline)?;
                 let stopped = frozen.threads().count();
                 let (shared_threads, shared_processes) =
                     (sharers.thread_count(), sharers.process_count());
+                let clear = sharers
+                    .processes()
+                    .all(|(sharer, threads)| threads.iter().all(|t| checker.visit_in(sharer, t)));
                 crate::fault::point(fault.frozen);
-                let (mut blocker, summary) = check(&frozen, ranges, stacks.as_deref_mut());
-                if blocker.is_none() {
-                    blocker = sharers.processes().find_map(|(sharer, threads)| {
-                        check_among(sharer, &threads, ranges, stacks.as_deref_mut()).0
-                    });
-                }
-                let said = |log: &Log| {
+                let said = |log: &Log, summary: Option<crate::safety::CheckSummary>| {
                     log.step(
                         "freeze",
                         match shared_threads {
@@ -231,41 +246,44 @@ fn frozen_write(
                         log.step("check", summary.to_string());
                     }
                 };
-                match blocker {
-                    Some(blocker) => {
-                        drop(sharers);
-                        drop(frozen);
-                        said(log);
-                        (blocker, "check")
-                    }
-                    None => {
-                        let (result, write_path) = {
-                            let memory = frozen.memory();
-                            let result = write(&memory);
-                            if result.is_ok() {
-                                crate::fault::point(fault.written);
+                if !clear {
+                    drop(sharers);
+                    drop(frozen);
+                    let (blocker, summary) = checker.finish();
+                    said(log, summary);
+                    (
+                        blocker.expect("a check that refuses names its thread"),
+                        "check",
+                    )
+                } else {
+                    // Phase 6, Write.
+                    let (result, write_path) = {
+                        let memory = frozen.memory();
+                        let result = write(&memory);
+                        if result.is_ok() {
+                            crate::fault::point(fault.written);
+                        }
+                        (result, memory.write_path())
+                    };
+                    // Phase 7, Thaw.
+                    drop(frozen);
+                    drop(sharers);
+                    crate::fault::point(fault.thawed);
+                    let elapsed = frozen_at.elapsed();
+                    let (_, summary) = checker.finish();
+                    said(log, summary);
+                    log.step(
+                        "thaw",
+                        format!(
+                            "frozen for {} us ({})",
+                            elapsed.as_micros(),
+                            match write_path {
+                                Some(path) => format!("writes via {path}"),
+                                None => "nothing written".into(),
                             }
-                            (result, memory.write_path())
-                        };
-                        // Phase 7, Thaw.
-                        drop(frozen);
-                        drop(sharers);
-                        crate::fault::point(fault.thawed);
-                        let elapsed = frozen_at.elapsed();
-                        said(log);
-                        log.step(
-                            "thaw",
-                            format!(
-                                "frozen for {} us ({})",
-                                elapsed.as_micros(),
-                                match write_path {
-                                    Some(path) => format!("writes via {path}"),
-                                    None => "nothing written".into(),
-                                }
-                            ),
-                        );
-                        return result.map(|()| elapsed);
-                    }
+                        ),
+                    );
+                    return result.map(|()| elapsed);
                 }
             }
             // A thread in vfork() cannot be stopped until its child execs or exits, usually

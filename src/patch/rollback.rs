@@ -110,6 +110,7 @@ fn rollback_once(
 ) -> Result<RollbackReport, Error> {
     let pid = options.pid;
     let mut clock = PhaseClock::start(log, "identify");
+    let _exact = process::ExactSleeps::new();
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(&info, deadline, log)?;
@@ -163,7 +164,8 @@ fn rollback_once(
     journal.data.mark(&ids, PatchState::RolledBack);
     journal.save_settled()?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
-    drop(modules);
+    stacks.remember();
+    drop((stacks, modules));
     super::attach::log_cache(&cache, log);
     Ok(RollbackReport {
         schema_version: RollbackReport::SCHEMA_VERSION,

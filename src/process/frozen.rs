@@ -21,8 +21,28 @@ impl Tracer {
         survey: Survey,
         deadline: Instant,
     ) -> Result<Frozen<'_>, ProcessError> {
-        match self.freeze_all(survey, deadline) {
-            Ok(()) => Ok(Frozen { tracer: self }),
+        match self.freeze_checked(survey, deadline, &mut |_| true)? {
+            Some(frozen) => Ok(frozen),
+            None => unreachable!("a visit that never refuses"),
+        }
+    }
+
+    /// [`Tracer::freeze`], calling `visit` with every thread as soon as it is stopped (while
+    /// the others are still stopping: the check of a thread already stopped overlaps the wait
+    /// for the others). When a visit returns `false` the freeze ends: every thread is let go
+    /// again and `Ok(None)` returned.
+    pub fn freeze_checked(
+        &mut self,
+        survey: Survey,
+        deadline: Instant,
+        visit: &mut dyn FnMut(&ThreadState) -> bool,
+    ) -> Result<Option<Frozen<'_>>, ProcessError> {
+        match self.freeze_all(survey, deadline, visit) {
+            Ok(true) => Ok(Some(Frozen { tracer: self })),
+            Ok(false) => {
+                self.release_all();
+                Ok(None)
+            }
             Err(e) => {
                 self.release_all();
                 Err(e)
@@ -33,6 +53,7 @@ impl Tracer {
 
 impl Frozen<'_> {
     /// The process id.
+    #[cfg(test)]
     pub fn pid(&self) -> i32 {
         self.tracer.pid()
     }

@@ -18,6 +18,7 @@ mod syscall;
 mod tracer;
 
 pub use build_id::build_id_in_memory;
+#[cfg(test)]
 pub use frozen::Frozen;
 pub use image::{ExecImage, all_pids, holders, read_image, runs_executable};
 pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
@@ -25,7 +26,7 @@ pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
 pub use memory::FakeMemory;
 pub use memory::{CodeMemory, Memory, ProcMem};
 pub use modules::{LoadedModule, ModuleMap};
-pub use priority::RealtimeGuard;
+pub use priority::{ExactSleeps, RealtimeGuard};
 pub use runtime::Runtime;
 pub use shared_mm::{
     FrozenSharers, address_space_sharers, shared_address_space, shares_address_space,
@@ -241,6 +242,53 @@ pub fn children(pid: i32) -> Vec<(i32, u64)> {
         .collect()
 }
 
+/// The last PID allocated in rpatch's PID namespace (`/proc/sys/kernel/ns_last_pid`), when it
+/// can be read and `/proc` shows that namespace (`/proc/self` is this process). The kernel hands
+/// PIDs out in increasing order, wrapping at `pid_max`: a process created after this was read
+/// has a PID in the cyclic interval from it (excluded) to the value read later (included).
+pub fn last_pid() -> Option<i32> {
+    let own = fs::read_link("/proc/self").ok()?;
+    if own.to_str()?.parse::<u32>().ok()? != std::process::id() {
+        return None;
+    }
+    fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// [`children`] of `pid` with a PID allocated after `last` was the last one (an earlier
+/// [`last_pid`]): only those are read (a read of `/proc/P/stat` per process is most of the
+/// cost of [`children`]); none at all when no PID was allocated since. Without `last`, or when
+/// the namespace's last PID cannot be read now, every child.
+pub fn children_since(pid: i32, last: Option<i32>) -> Vec<(i32, u64)> {
+    let Some(before) = last else {
+        return children(pid);
+    };
+    match last_pid() {
+        None => return children(pid),
+        Some(now) if now == before => return Vec::new(),
+        Some(_) => {}
+    }
+    let listed = all_pids();
+    // Read again after the listing: every process listed has a PID allocated before this read.
+    let Some(now) = last_pid() else {
+        return children(pid);
+    };
+    let fresh = |p: i32| match before.cmp(&now) {
+        std::cmp::Ordering::Less => before < p && p <= now,
+        std::cmp::Ordering::Greater => p > before || p <= now,
+        // The whole PID space handed out since: every process is new.
+        std::cmp::Ordering::Equal => true,
+    };
+    listed
+        .into_iter()
+        .filter(|&p| fresh(p) && parent(p) == Some(pid))
+        .filter_map(|p| Some((p, read_stat(p, p).ok()?.1)))
+        .collect()
+}
+
 /// Now, in the clock ticks of process start times (`CLOCK_BOOTTIME`, which start times count).
 pub fn boot_ticks() -> u64 {
     let mut now = libc::timespec {
@@ -366,9 +414,9 @@ pub fn exiting(pid: i32) -> bool {
 /// empty — the directory of a live thread, which shares the address space.
 pub fn proc_dir(pid: i32) -> PathBuf {
     let leader_gone = read_stat(pid, pid).is_ok_and(|(s, ..)| matches!(s, 'Z' | 'X' | 'x'));
-    match live_task(pid) {
-        Some(tid) if leader_gone => PathBuf::from(format!("/proc/{pid}/task/{tid}")),
-        _ => PathBuf::from(format!("/proc/{pid}")),
+    match leader_gone.then(|| live_task(pid)).flatten() {
+        Some(tid) => PathBuf::from(format!("/proc/{pid}/task/{tid}")),
+        None => PathBuf::from(format!("/proc/{pid}")),
     }
 }
 
@@ -582,6 +630,56 @@ mod tests {
             before <= start && start <= after,
             "{before} <= {start} <= {after}"
         );
+    }
+
+    /// `children_since` lists a child forked after the last PID was read, and not one forked
+    /// before (nor anything when no PID was allocated since).
+    #[test]
+    fn children_since_lists_only_children_forked_after_the_reading() {
+        let me = std::process::id() as i32;
+        let fork = || {
+            // SAFETY: the child only blocks in pause() until killed.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                loop {
+                    // SAFETY: pause(2) has no preconditions.
+                    unsafe { libc::pause() };
+                }
+            }
+            child
+        };
+        let older = fork();
+        let Some(last) = last_pid() else {
+            // /proc shows another PID namespace: nothing to compare (every child is listed).
+            // SAFETY: kill and waitpid on our own child.
+            unsafe {
+                libc::kill(older, libc::SIGKILL);
+                libc::waitpid(older, std::ptr::null_mut(), 0);
+            }
+            return;
+        };
+        let none_yet = children_since(me, last_pid());
+        let newer = fork();
+        let listed: Vec<i32> = children_since(me, Some(last))
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let everyone: Vec<i32> = children_since(me, None)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        for child in [older, newer] {
+            // SAFETY: kill and waitpid on our own children.
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+            }
+        }
+        assert!(listed.contains(&newer), "{listed:?} lacks {newer}");
+        assert!(!listed.contains(&older), "{listed:?} has {older}");
+        assert!(everyone.contains(&older) && everyone.contains(&newer));
+        // Other tests fork meanwhile: the empty answer is only checked for what it may hold.
+        assert!(!none_yet.iter().any(|&(p, _)| p == older));
     }
 
     /// Our parent is the process that forked us; our start lies within the last day.

@@ -9,11 +9,47 @@
 //! waiting for threads to stop are made exact (a timer slack of 1 ns instead of the default
 //! 50 us, which an ordinary thread would otherwise add to every short sleep).
 
-/// While alive, the calling thread runs under SCHED_FIFO (when permitted) with an exact timer
-/// slack; dropping it restores the previous policy, priority and slack.
+/// While alive, the calling thread's sleeps are exact (a timer slack of 1 ns instead of the
+/// default 50 us): rpatch polls a borrowed thread's progress and waits for threads to stop with
+/// sleeps of tens of microseconds, which the default slack would more than double. Dropping it
+/// restores the previous slack.
+pub struct ExactSleeps {
+    previous: Option<libc::c_ulong>,
+}
+
+impl ExactSleeps {
+    /// Makes the calling thread's sleeps exact (see the type).
+    pub fn new() -> Self {
+        // SAFETY: PR_GET_TIMERSLACK / PR_SET_TIMERSLACK take and return plain integers.
+        let previous = unsafe {
+            let old = libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0);
+            (old > 0 && libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0)
+                .then_some(old as libc::c_ulong)
+        };
+        Self { previous }
+    }
+}
+
+impl Default for ExactSleeps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ExactSleeps {
+    fn drop(&mut self) {
+        if let Some(slack) = self.previous {
+            // SAFETY: as in `new`.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack, 0, 0, 0) };
+        }
+    }
+}
+
+/// While alive, the calling thread runs under SCHED_FIFO (when permitted) with exact sleeps;
+/// dropping it restores the previous policy, priority and slack.
 pub struct RealtimeGuard {
     previous: Option<(i32, libc::sched_param)>,
-    slack: Option<libc::c_int>,
+    _exact: ExactSleeps,
     /// The real-time priority taken, 0 when none.
     pub priority: i32,
 }
@@ -26,14 +62,9 @@ impl RealtimeGuard {
     /// Raises the calling thread to SCHED_FIFO if it is permitted (see the module comment);
     /// otherwise only the timer slack changes.
     pub fn raise() -> Self {
-        // SAFETY: PR_GET_TIMERSLACK / PR_SET_TIMERSLACK take and return plain integers.
-        let slack = unsafe {
-            let old = libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0);
-            (old > 0 && libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0).then_some(old)
-        };
         let mut guard = Self {
             previous: None,
-            slack,
+            _exact: ExactSleeps::new(),
             priority: 0,
         };
         // SAFETY: sched_getscheduler/sched_getparam/sched_setscheduler on pid 0 (this thread)
@@ -82,10 +113,6 @@ impl Drop for RealtimeGuard {
         if let Some((policy, param)) = self.previous {
             // SAFETY: as in `raise`; restores what sched_getscheduler/sched_getparam returned.
             unsafe { libc::sched_setscheduler(0, policy, &param) };
-        }
-        if let Some(slack) = self.slack {
-            // SAFETY: as in `raise`.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack as libc::c_ulong, 0, 0, 0) };
         }
     }
 }

@@ -4,8 +4,7 @@
 //! during every write, and never get a journal of their own (the oldest of them keeps it).
 //! The kernel tells them apart with `kcmp(KCMP_VM)`.
 
-use super::{ProcessError, ThreadState, Tracer, all_pids, read_stat, runs_executable};
-use std::os::unix::fs::MetadataExt;
+use super::{ProcessError, ThreadState, Tracer, all_pids, live_task, read_stat};
 use std::time::Instant;
 
 /// `KCMP_VM` (`<linux/kcmp.h>`): compare the address spaces of two processes.
@@ -28,16 +27,24 @@ pub fn shares_address_space(a: i32, b: i32) -> bool {
     rc == 0
 }
 
-/// The other processes sharing `pid`'s address space, sorted. A process sharing it has the same
-/// executable (the address space holds it), which is tested first; only those are compared.
+/// The other processes sharing `pid`'s address space, sorted. Every process is compared with
+/// `kcmp` directly: one system call each, about a microsecond, where a look at its executable
+/// first (`/proc/P/exe`, a path walk) cost several times that. Every operation lists them at
+/// its start and before each freeze.
 pub fn address_space_sharers(pid: i32) -> Vec<i32> {
-    let Ok(exe) = std::fs::metadata(format!("/proc/{pid}/exe")) else {
+    // Compared through a live thread: a main thread that has exited (a zombie while others run)
+    // has no address space any more, nor has a kernel thread, and `kcmp` finds two "none" equal.
+    let leader_alive = read_stat(pid, pid).is_ok_and(|(s, ..)| !matches!(s, 'Z' | 'X' | 'x'));
+    let Some(me) = (if leader_alive {
+        Some(pid)
+    } else {
+        live_task(pid)
+    }) else {
         return Vec::new();
     };
     let mut found: Vec<i32> = all_pids()
         .into_iter()
-        .filter(|&p| p != pid && runs_executable(p, exe.dev(), exe.ino()))
-        .filter(|&p| shares_address_space(pid, p))
+        .filter(|&p| p != pid && shares_address_space(me, p))
         .collect();
     found.sort_unstable();
     found
@@ -81,9 +88,9 @@ impl FrozenSharers {
                 let mut tracer = Tracer::new(sharer)?;
                 match tracer
                     .survey()
-                    .and_then(|survey| tracer.freeze_all(survey, deadline))
+                    .and_then(|survey| tracer.freeze_all(survey, deadline, &mut |_| true))
                 {
-                    Ok(()) => frozen.tracers.push(tracer),
+                    Ok(_) => frozen.tracers.push(tracer),
                     Err(ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. }) => {}
                     Err(e) => return Err(e),
                 }

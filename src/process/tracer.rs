@@ -8,6 +8,7 @@ use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// Why a seized thread is stopped; decides what happens when it is let go.
@@ -316,11 +317,17 @@ impl Tracer {
     /// meanwhile are stopped the same way, until a listing finds nothing new: a thread can only
     /// be created by a running thread, and a clone completes before its caller stops, so once a
     /// listing finds nothing new while all listed threads are stopped, the set is complete.
+    ///
+    /// `visit` is called with every thread as soon as it is stopped (while others may still be
+    /// stopping); when it returns `false` the freeze ends early: the threads asked to stop so far
+    /// are collected (so that the caller's release lets them all go) and `Ok(false)` is
+    /// returned.
     pub(super) fn freeze_all(
         &mut self,
         survey: Survey,
         deadline: Instant,
-    ) -> Result<(), ProcessError> {
+        visit: &mut dyn FnMut(&ThreadState) -> bool,
+    ) -> Result<bool, ProcessError> {
         let mut round = survey;
         // Every thread asked to stop so far: one that is still listed but not held could not
         // be seized (a zombie leader, a thread exiting) and is not new.
@@ -340,30 +347,37 @@ impl Tracer {
                 }
             }
             let mut failure = None;
+            let mut refused = false;
             for &tid in &round.eintr_only {
-                if self.threads.contains_key(&tid) {
+                if self.threads.contains_key(&tid) || refused {
                     continue;
                 }
                 // Stopped and repaired at once: between the interrupt and the repair, a tracer
                 // that dies would leave this thread's call returning EINTR, so that window is
                 // kept to the few microseconds a sleeping thread takes to stop.
                 match self.seize_and_interrupt(tid) {
-                    Ok(true) => {
-                        if let Err(e) = self.await_stop(tid, deadline) {
-                            failure = failure.or(Some(e));
+                    Ok(true) => match self.await_stop(tid, deadline) {
+                        Ok(true) => {
+                            refused = !self.threads.get(&tid).is_none_or(&mut *visit);
                         }
-                    }
+                        Ok(false) => {}
+                        Err(e) => failure = failure.or(Some(e)),
+                    },
                     Ok(false) => {}
                     Err(e) => failure = failure.or(Some(e)),
                 }
             }
             // Every thread recorded is one the caller's release lets go rather than leaving it
             // in its trap: the others' stops are collected even after a failure.
-            if let Err(e) = self.await_stops(&asked, deadline) {
-                failure = failure.or(Some(e));
+            match self.await_stops(&asked, deadline, visit, refused) {
+                Ok(complete) => refused |= !complete,
+                Err(e) => failure = failure.or(Some(e)),
             }
             if let Some(e) = failure {
                 return Err(e);
+            }
+            if refused {
+                return Ok(false);
             }
             let tids = match super::list_threads(self.pid) {
                 Ok(t) => t,
@@ -384,7 +398,7 @@ impl Tracer {
                 if self.threads.is_empty() {
                     return Err(ProcessError::Exited { pid: self.pid });
                 }
-                return Ok(());
+                return Ok(true);
             }
             // Rare: threads created since the survey. Their state is read now.
             round = Survey::default();
@@ -402,13 +416,21 @@ impl Tracer {
     }
 
     /// Waits for the stops of the threads `tids` (just interrupted), in whatever order they
-    /// come, and records them. A thread that exits meanwhile is forgotten. Each thread is waited
-    /// for by its own id: `waitpid(-1)` would also reap children of rpatch's that are not
-    /// tracees (a library user's, or `rehearse`'s target).
-    fn await_stops(&mut self, tids: &[i32], deadline: Instant) -> Result<(), ProcessError> {
+    /// come, and records them, each visited (see [`Self::freeze_all`]) until a visit refuses
+    /// (or, with `refused`, none is). A thread that exits meanwhile is forgotten. Each thread is
+    /// waited for by its own id: `waitpid(-1)` would also reap children of rpatch's that are not
+    /// tracees (a library user's, or `rehearse`'s target). `Ok(false)` when a visit refused.
+    fn await_stops(
+        &mut self,
+        tids: &[i32],
+        deadline: Instant,
+        visit: &mut dyn FnMut(&ThreadState) -> bool,
+        mut refused: bool,
+    ) -> Result<bool, ProcessError> {
         let mut pending: Vec<i32> = tids.to_vec();
         let start = Instant::now();
-        let mut idle = 0u32;
+        let mut pause = Duration::from_micros(20);
+        let mut stops = StopSignal::new();
         while !pending.is_empty() {
             let before = pending.len();
             let mut i = 0;
@@ -436,10 +458,13 @@ impl Tracer {
                     self.threads.remove(&tid);
                 } else if libc::WIFSTOPPED(status) {
                     self.record_stop(tid, stop_of(status))?;
+                    if !refused && let Some(t) = self.threads.get(&tid) {
+                        refused = !visit(t);
+                    }
                 }
             }
             if pending.len() < before {
-                idle = 0;
+                pause = Duration::from_micros(20);
                 continue;
             }
             if Instant::now() >= deadline {
@@ -449,17 +474,13 @@ impl Tracer {
                     ms: start.elapsed().as_millis() as u64,
                 });
             }
-            // A running thread stops within microseconds of the interrupt, once it has a CPU.
-            // Spin briefly, then short sleeps (not yields, which hand a whole time slice to a
-            // busy target thread on a loaded machine).
-            idle += 1;
-            if idle < 16 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(10));
-            }
+            // A thread stops once it has a CPU, microseconds after the interrupt on an idle
+            // machine: sleep until a stop is signalled (or a while passes), not spin or poll
+            // often, which would take a CPU from the very threads that need one to stop.
+            stops.wait(pause);
+            pause = (pause * 2).min(Duration::from_micros(100));
         }
-        Ok(())
+        Ok(!refused)
     }
 
     /// Sets registers of a held thread (and records them as its current state).
@@ -592,6 +613,81 @@ impl std::ops::DerefMut for Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.tracer.release(self.tid);
+    }
+}
+
+/// Sleeping until a tracee stops: every ptrace stop sends its tracer a SIGCHLD, which this
+/// thread blocks while the guard lives and waits for through a `signalfd`, with a timeout, so a
+/// wait for stops costs no CPU and ends microseconds after the stop. A SIGCHLD another thread
+/// of the process takes (a multi-threaded program calling rpatch's library, which leaves it
+/// unblocked elsewhere) is not seen here: the wait then ends at its timeout, as a plain sleep.
+/// One SIGCHLD taken here is raised again when the guard is dropped, so a program that waits
+/// for its own children's SIGCHLD misses none.
+struct StopSignal {
+    fd: Option<nix::sys::signalfd::SignalFd>,
+    previous: Option<nix::sys::signal::SigSet>,
+    taken: bool,
+}
+
+impl StopSignal {
+    fn new() -> Self {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        let mut chld = SigSet::empty();
+        chld.add(Signal::SIGCHLD);
+        let mut previous = SigSet::empty();
+        if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&chld), Some(&mut previous)).is_err() {
+            return Self {
+                fd: None,
+                previous: None,
+                taken: false,
+            };
+        }
+        let fd = nix::sys::signalfd::SignalFd::with_flags(
+            &chld,
+            nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+        )
+        .ok();
+        Self {
+            fd,
+            previous: Some(previous),
+            taken: false,
+        }
+    }
+
+    /// Sleeps until a SIGCHLD arrives or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) {
+        let Some(fd) = &self.fd else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+        if nix::poll::ppoll(&mut fds, Some(ts), None).is_ok_and(|n| n > 0) {
+            // Drained: the next wait sleeps until the next SIGCHLD.
+            while let Ok(Some(_)) = fd.read_signal() {
+                self.taken = true;
+            }
+        }
+    }
+}
+
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        self.fd = None;
+        if let Some(previous) = self.previous {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&previous),
+                None,
+            );
+        }
+        if self.taken {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGCHLD);
+        }
     }
 }
 

@@ -125,9 +125,15 @@ pub(super) struct CfiPlace {
     pub got_svma: Option<Range<u64>>,
 }
 
-/// The place of the CFI sections of an ELF image (`None`: it has no `.eh_frame`).
+/// The place of the CFI sections of an ELF image (`None`: it has no `.eh_frame`). An image
+/// without a section table (the loadable copy of a patch library rpatch hands a target, a
+/// file stripped of it) is read through its program headers: `PT_GNU_EH_FRAME` locates
+/// `.eh_frame_hdr`, which points at `.eh_frame`.
 pub(super) fn locate_cfi(data: &[u8]) -> Result<Option<CfiPlace>, String> {
     let file = object::File::parse(data).map_err(|e| e.to_string())?;
+    if file.sections().next().is_none() {
+        return Ok(locate_cfi_by_segments(data));
+    }
     // As in `read_cfi`: a section whose address range would wrap counts as missing.
     let section = |name: &str| {
         let s = file.section_by_name(name)?;
@@ -145,6 +151,52 @@ pub(super) fn locate_cfi(data: &[u8]) -> Result<Option<CfiPlace>, String> {
         text_svma: svma_range(".text"),
         got_svma: svma_range(".got"),
     }))
+}
+
+/// [`locate_cfi`] for a 64-bit little-endian image without sections: `.eh_frame_hdr` from
+/// `PT_GNU_EH_FRAME`, `.eh_frame` from the pointer it starts with (to the end of the segment
+/// holding it: the tables are reached through the header's search table, never by their end),
+/// `.text` as the executable segment. `None` when any of it is missing or inconsistent.
+fn locate_cfi_by_segments(data: &[u8]) -> Option<CfiPlace> {
+    use object::LittleEndian as LE;
+    use object::elf::{FileHeader64, PF_X, PT_GNU_EH_FRAME, PT_LOAD};
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let header = FileHeader64::<LE>::parse(data).ok()?;
+    let phdrs = header.program_headers(LE, data).ok()?;
+    let loads: Vec<_> = phdrs.iter().filter(|p| p.p_type(LE) == PT_LOAD).collect();
+    let hdr = phdrs.iter().find(|p| p.p_type(LE) == PT_GNU_EH_FRAME)?;
+    let (hdr_off, hdr_len, hdr_svma) = (hdr.p_offset(LE), hdr.p_filesz(LE), hdr.p_vaddr(LE));
+    let bytes = data.get(usize::try_from(hdr_off).ok()?..)?;
+    // version 1, eh_frame_ptr encoded DW_EH_PE_pcrel | DW_EH_PE_sdata4 (what linkers write).
+    if bytes.len() < 8 || bytes[0] != 1 || bytes[1] != 0x1b {
+        return None;
+    }
+    let rel = i32::from_le_bytes(bytes[4..8].try_into().ok()?);
+    let eh_svma = hdr_svma
+        .checked_add(4)?
+        .checked_add_signed(i64::from(rel))?;
+    let segment = loads.iter().find(|p| {
+        let start = p.p_vaddr(LE);
+        (start..start.saturating_add(p.p_filesz(LE))).contains(&eh_svma)
+    })?;
+    let eh_off = segment.p_offset(LE) + (eh_svma - segment.p_vaddr(LE));
+    let eh_len = segment.p_vaddr(LE) + segment.p_filesz(LE) - eh_svma;
+    if eh_off.checked_add(eh_len)? > data.len() as u64 {
+        return None;
+    }
+    let text = loads
+        .iter()
+        .find(|p| p.p_flags(LE).contains(PF_X))
+        .map(|p| {
+            let start = p.p_vaddr(LE);
+            start..start.saturating_add(p.p_memsz(LE))
+        });
+    Some(CfiPlace {
+        eh_frame: (eh_off, eh_len, eh_svma),
+        eh_frame_hdr: Some((hdr_off, hdr_len, hdr_svma)),
+        text_svma: text,
+        got_svma: None,
+    })
 }
 
 impl Cfi {
@@ -212,4 +264,33 @@ pub(super) fn read_cfi<'data, R: object::ReadRef<'data>>(
         got_svma: svma_range(".got"),
     });
     Ok((segments, cfi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image without a section table (the loadable copy rpatch hands a target) has its CFI
+    /// found through its program headers, where the section table puts it.
+    #[test]
+    fn cfi_is_found_without_a_section_table() {
+        let whole = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let by_sections = locate_cfi(&whole)
+            .unwrap()
+            .expect("this executable has CFI");
+        let mut image = whole.clone();
+        // No section table any more: as `patch::delivery::loadable_image` leaves a library.
+        image[0x28..0x30].fill(0);
+        image[0x3c..0x40].fill(0);
+        let by_segments = locate_cfi(&image)
+            .unwrap()
+            .expect("found through PT_GNU_EH_FRAME");
+        assert_eq!(by_segments.eh_frame_hdr, by_sections.eh_frame_hdr);
+        assert_eq!(by_segments.eh_frame.0, by_sections.eh_frame.0);
+        assert_eq!(by_segments.eh_frame.2, by_sections.eh_frame.2);
+        assert!(by_segments.eh_frame.1 >= by_sections.eh_frame.1);
+        let text = by_sections.text_svma.unwrap();
+        let exec = by_segments.text_svma.unwrap();
+        assert!(exec.start <= text.start && text.end <= exec.end);
+    }
 }

@@ -18,7 +18,9 @@ pub use stack::{Doubt, LoadedCopy, StackInspector, StackWalk};
 
 #[cfg(test)]
 use crate::log::Log;
-use crate::process::{Frozen, ThreadState, thread_name};
+#[cfg(test)]
+use crate::process::Frozen;
+use crate::process::{ThreadState, thread_name};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::time::Instant;
@@ -201,92 +203,138 @@ impl std::fmt::Display for CheckSummary {
     }
 }
 
-/// Phase 5, *Check*: the first frozen thread that blocks the write, if any. Every PC is checked
-/// against the bytes to be written; then, with a `stacks` inspector, every thread's stack is
-/// unwound: the PCs of contexts interrupted by signals are checked like PCs, and for the ranges
-/// that have a `stack_range` the return addresses are checked against the whole function
-/// (conservatively when the unwind stops early). Nothing is printed here (the world is
-/// stopped): the summary of the walks is returned for `-v`.
+/// Phase 5, *Check*: the first frozen thread that blocks the write, if any (see [`Checker`],
+/// which this runs on every thread of `frozen`).
+#[cfg(test)]
 pub fn check(
     frozen: &Frozen,
     ranges: &[GuardedRange],
     stacks: Option<&mut StackInspector>,
 ) -> (Option<Blocker>, Option<CheckSummary>) {
-    let threads: Vec<&ThreadState> = frozen.threads().collect();
-    check_among(frozen.pid(), &threads, ranges, stacks)
-}
-
-/// [`check`] for the stopped `threads` of process `pid`: a frozen target's, or those of a
-/// process sharing its address space (`process::FrozenSharers`), which run the same code.
-pub fn check_among(
-    pid: i32,
-    threads: &[&ThreadState],
-    ranges: &[GuardedRange],
-    stacks: Option<&mut StackInspector>,
-) -> (Option<Blocker>, Option<CheckSummary>) {
-    let blocker = |tid: i32, pc: u64, range: &GuardedRange| Blocker {
-        tid,
-        name: thread_name(pid, tid),
-        function: range.function.clone(),
-        pc,
-        depth: 0,
-        address: pc,
-        source: FrameSource::Pc,
-        incomplete: None,
-        outermost: false,
-    };
-    // PCs first: no memory to read, and the commonest blocker.
-    for t in threads {
-        let pc = t.regs.rip;
-        if let Some(r) = ranges.iter().find(|r| pc_blocks(r, pc)) {
-            return (Some(blocker(t.tid, pc, r)), None);
+    let mut checker = Checker::new(frozen.pid(), ranges, stacks);
+    for t in frozen.threads() {
+        if !checker.visit(t) {
+            break;
         }
     }
-    // Every stack is unwound even when no range asks for the return-address check: a context
-    // a signal interrupted resumes at its saved PC, which must not be in the bytes either.
-    let Some(stacks) = stacks else {
-        return (None, None);
-    };
-    let functions: Vec<(usize, Range<u64>)> = ranges
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| Some((i, r.stack_range.clone()?)))
-        .collect();
-    // Where a PC must not resume, for the conservative scan of incomplete walks.
-    let resumes: Vec<(usize, Range<u64>)> = ranges
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let first_unsafe = r.bytes.start + u64::from(r.entry_ok);
-            (i, first_unsafe..r.bytes.end.max(first_unsafe))
-        })
-        .collect();
-    let started = Instant::now();
-    let mut walks = Vec::with_capacity(threads.len());
-    let mut found = None;
-    for t in threads {
-        let (walk, hit) = stacks.find_in_stack(&t.regs, &functions, &resumes);
+    checker.finish()
+}
+
+/// Phase 5, *Check*, one thread at a time, as each is stopped (the freeze calls [`visit`] for
+/// every thread it stops, while others are still stopping: a thread checked stays stopped until
+/// the write, so its verdict holds). Its PC is checked against the bytes to be written; then,
+/// with a stack inspector, its stack is unwound: the PCs of contexts interrupted by signals are
+/// checked like PCs, and for the ranges that have a `stack_range` the return addresses are
+/// checked against the whole function (conservatively when the unwind stops early). Nothing is
+/// printed (the world is being stopped): [`finish`] returns the summary of the walks for `-v`.
+///
+/// [`visit`]: Checker::visit
+/// [`finish`]: Checker::finish
+pub struct Checker<'a> {
+    pid: i32,
+    ranges: &'a [GuardedRange],
+    stacks: Option<&'a mut StackInspector>,
+    functions: Vec<(usize, Range<u64>)>,
+    resumes: Vec<(usize, Range<u64>)>,
+    walks: Vec<(i32, StackWalk)>,
+    elapsed: std::time::Duration,
+    found: Option<Blocker>,
+}
+
+impl<'a> Checker<'a> {
+    /// A check of `pid`'s threads against `ranges` (stacks unwound with `stacks` when given).
+    pub fn new(
+        pid: i32,
+        ranges: &'a [GuardedRange],
+        stacks: Option<&'a mut StackInspector>,
+    ) -> Self {
+        let functions = ranges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.stack_range.clone()?)))
+            .collect();
+        // Where a PC must not resume, for the conservative scan of incomplete walks.
+        let resumes = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let first_unsafe = r.bytes.start + u64::from(r.entry_ok);
+                (i, first_unsafe..r.bytes.end.max(first_unsafe))
+            })
+            .collect();
+        Self {
+            pid,
+            ranges,
+            stacks,
+            functions,
+            resumes,
+            walks: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+            found: None,
+        }
+    }
+
+    fn blocker(pid: i32, tid: i32, pc: u64, range: &GuardedRange) -> Blocker {
+        Blocker {
+            tid,
+            name: thread_name(pid, tid),
+            function: range.function.clone(),
+            pc,
+            depth: 0,
+            address: pc,
+            source: FrameSource::Pc,
+            incomplete: None,
+            outermost: false,
+        }
+    }
+
+    /// Checks one stopped thread; `false` once a thread blocks the write (nothing more needs
+    /// checking).
+    pub fn visit(&mut self, t: &ThreadState) -> bool {
+        self.visit_in(self.pid, t)
+    }
+
+    /// [`Self::visit`] for a stopped thread of process `pid`: the target's, or one of a process
+    /// sharing its address space (`process::FrozenSharers`), which runs the same code.
+    pub fn visit_in(&mut self, pid: i32, t: &ThreadState) -> bool {
+        if self.found.is_some() {
+            return false;
+        }
+        let pc = t.regs.rip;
+        if let Some(r) = self.ranges.iter().find(|r| pc_blocks(r, pc)) {
+            self.found = Some(Self::blocker(pid, t.tid, pc, r));
+            return false;
+        }
+        // Every stack is unwound even when no range asks for the return-address check: a
+        // context a signal interrupted resumes at its saved PC, which must not be in the bytes
+        // either.
+        let Some(stacks) = self.stacks.as_deref_mut() else {
+            return true;
+        };
+        let started = Instant::now();
+        let (walk, hit) = stacks.find_in_stack(&t.regs, &self.functions, &self.resumes);
+        self.elapsed += started.elapsed();
         // A context interrupted by a signal resumes at its saved PC when the handler returns:
         // that PC must not be inside the bytes being written either.
         let interrupted = walk.interrupted.iter().find_map(|&depth| {
             let pc = walk.frames[depth];
-            let range = ranges.iter().find(|r| pc_blocks(r, pc))?;
+            let range = self.ranges.iter().find(|r| pc_blocks(r, pc))?;
             Some(Blocker {
                 depth,
                 address: pc,
                 source: FrameSource::Interrupted,
-                ..blocker(t.tid, t.regs.rip, range)
+                ..Self::blocker(pid, t.tid, t.regs.rip, range)
             })
         });
         if interrupted.is_some() {
-            found = interrupted;
-            break;
+            self.found = interrupted;
+            return false;
         }
         let doubt = walk.doubt.clone();
-        walks.push((t.tid, walk));
+        self.walks.push((t.tid, walk));
         if let Some(hit) = hit {
-            let range = &ranges[hit.range];
-            found = Some(Blocker {
+            let range = &self.ranges[hit.range];
+            self.found = Some(Blocker {
                 depth: hit.depth,
                 address: hit.address,
                 source: match (hit.interrupted, hit.scanned) {
@@ -296,16 +344,21 @@ pub fn check_among(
                 },
                 incomplete: doubt,
                 outermost: hit.outermost,
-                ..blocker(t.tid, t.regs.rip, range)
+                ..Self::blocker(pid, t.tid, t.regs.rip, range)
             });
-            break;
+            return false;
         }
+        true
     }
-    let summary = CheckSummary {
-        elapsed: started.elapsed(),
-        walks,
-    };
-    (found, Some(summary))
+
+    /// The thread that blocks the write, if one did, and the summary of the walks.
+    pub fn finish(self) -> (Option<Blocker>, Option<CheckSummary>) {
+        let summary = self.stacks.is_some().then_some(CheckSummary {
+            elapsed: self.elapsed,
+            walks: self.walks,
+        });
+        (self.found, summary)
+    }
 }
 
 #[cfg(test)]

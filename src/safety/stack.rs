@@ -17,14 +17,16 @@ use crate::log::Log;
 #[cfg(test)]
 use crate::process;
 use crate::process::{LoadedModule, Mapping, Memory, ModuleMap, ProcMem, ProcessError};
+use crate::symbols::Knowledge;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 use gimli::UnwindContext;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 #[cfg(test)]
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// How much of a stack is copied in the one read per thread: enough for the live part of almost
@@ -183,7 +185,18 @@ struct KnownModule {
     avma: Range<u64>,
     bias: u64,
     cfi: Option<Cfi>,
+    /// What is known about the module's file, where the addresses below are remembered.
+    known: Option<Rc<Knowledge>>,
+    /// Link-time addresses framehop was found able to step out of with CFI, by earlier runs:
+    /// checked again only when they are not known (the check parses FDEs with gimli, tens of
+    /// microseconds inside the frozen window).
+    trusted: HashSet<u64>,
+    /// Addresses found so in this run, to remember.
+    learnt: Vec<u64>,
 }
+
+/// How many checked addresses are remembered per module at most.
+const TRUSTED_KEPT: usize = 4096;
 
 /// Unwinds frozen threads' stacks. Built before the freeze (all file reading happens here);
 /// while frozen it only reads the target's stacks.
@@ -260,7 +273,7 @@ impl StackInspector {
                 .map_err(|e| e.to_string())
                 .and_then(|i| read_cfi(&i[..]))
             {
-                Ok((segments, cfi)) => inspector.add(&module, module.bias(&segments), cfi),
+                Ok((segments, cfi)) => inspector.add(&module, module.bias(&segments), cfi, None),
                 Err(why) => failed.push(format!("[vdso]: {why}")),
             }
         }
@@ -316,7 +329,7 @@ impl StackInspector {
                 end: start.saturating_add(span.min(1 << 32)),
                 ..Default::default()
             };
-            inspector.add(&module, module.bias(&segments), cfi);
+            inspector.add(&module, module.bias(&segments), cfi, None);
         }
         inspector
     }
@@ -381,7 +394,9 @@ impl StackInspector {
                             })
                         });
                     match read {
-                        Some(cfi) => self.add(&module, module.bias(c.known.load_segments()), cfi),
+                        Some(cfi) => {
+                            self.add(&module, module.bias(c.known.load_segments()), cfi, None)
+                        }
                         None => {
                             self.read_module(modules, &module, &mut failed);
                         }
@@ -436,23 +451,36 @@ impl StackInspector {
                     ),
                     None => None,
                 };
-                Ok((module.bias(known.load_segments()), cfi))
+                Ok((module.bias(known.load_segments()), cfi, known))
             });
         match read {
-            Ok((bias, cfi)) => {
+            Ok((bias, cfi, known)) => {
                 let bytes = cfi.as_ref().map_or(0, cfi_len);
-                self.add(module, bias, cfi);
+                self.add(module, bias, cfi, Some(known));
                 bytes
             }
             Err(why) => {
                 failed.push(format!("{}: {why}", module.path.display()));
-                self.add(module, module.start, None);
+                self.add(module, module.start, None, None);
                 0
             }
         }
     }
 
-    fn add(&mut self, module: &LoadedModule, bias: u64, cfi: Option<Cfi>) {
+    fn add(
+        &mut self,
+        module: &LoadedModule,
+        bias: u64,
+        cfi: Option<Cfi>,
+        known: Option<Rc<Knowledge>>,
+    ) {
+        let trusted = known
+            .as_ref()
+            .filter(|_| cfi.is_some())
+            .and_then(|k| k.recall::<Vec<u64>>("cfi-trusted", "v1"))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let name = module.path.display().to_string();
         if let Some(cfi) = &cfi {
             let info = ExplicitModuleSectionInfo {
@@ -488,6 +516,9 @@ impl StackInspector {
                 avma: module.start..module.end,
                 bias,
                 cfi,
+                known,
+                trusted,
+                learnt: Vec::new(),
             },
         );
     }
@@ -506,20 +537,51 @@ impl StackInspector {
             return known.clone();
         }
         let i = self.modules.partition_point(|m| m.avma.start <= lookup);
-        let verdict = match i.checked_sub(1).map(|i| &self.modules[i]) {
-            Some(m) if m.avma.contains(&lookup) => match &m.cfi {
-                None => Err(Doubt::NoCfi {
-                    module: m.name.clone(),
-                    address: lookup,
-                }),
-                Some(cfi) => cfi
-                    .check(lookup.wrapping_sub(m.bias), &mut self.ctx)
-                    .map_err(|gap| gap.doubt(m.name.clone(), lookup)),
-            },
+        let verdict = match i.checked_sub(1).map(|i| &mut self.modules[i]) {
+            Some(m) if m.avma.contains(&lookup) => {
+                let svma = lookup.wrapping_sub(m.bias);
+                match &m.cfi {
+                    None => Err(Doubt::NoCfi {
+                        module: m.name.clone(),
+                        address: lookup,
+                    }),
+                    Some(_) if m.trusted.contains(&svma) => Ok(()),
+                    Some(cfi) => {
+                        let verdict = cfi
+                            .check(svma, &mut self.ctx)
+                            .map_err(|gap| gap.doubt(m.name.clone(), lookup));
+                        if verdict.is_ok() {
+                            m.learnt.push(svma);
+                        }
+                        verdict
+                    }
+                }
+            }
             _ => Err(Doubt::NoModule { address: lookup }),
         };
         self.trust.insert(lookup, verdict.clone());
         verdict
+    }
+
+    /// Remembers, with each module's file, the addresses this run found framehop able to step
+    /// out of (see `KnownModule::trusted`): a later run does not check them again while frozen.
+    pub fn remember(&mut self) {
+        for m in &mut self.modules {
+            let Some(known) = &m.known else { continue };
+            if m.learnt.is_empty() || m.trusted.len() >= TRUSTED_KEPT {
+                continue;
+            }
+            let mut all: Vec<u64> = m
+                .trusted
+                .iter()
+                .copied()
+                .chain(m.learnt.drain(..))
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            all.truncate(TRUSTED_KEPT);
+            known.learn("cfi-trusted", "v1", &all);
+        }
     }
 
     /// The readable-writable mapping holding `sp`, as listed before the freeze.

@@ -248,20 +248,26 @@ impl<'a> Worker<'a> {
             self.foreign_verdicts.clear();
         }
         for inl in &scan.inlines {
-            let verdict = match scan.rec_at(inl.origin) {
-                Some(i) => verdicts.entry(inl.origin).or_insert_with(|| {
-                    classify(
-                        dwarf,
-                        scan,
-                        i,
-                        Some(&mut self.foreign),
-                        keys,
-                        pattern,
-                        strings,
-                        &mut scope_paths,
-                    )
+            // Each origin is judged once: the same few are copied all over a unit, so the
+            // verdict is looked up by the origin's offset before anything about it is read.
+            let verdict = match (scan.unit..scan.unit_end).contains(&inl.origin) {
+                true => verdicts.entry(inl.origin).or_insert_with(|| {
+                    match scan.rec_at(inl.origin) {
+                        Some(i) => classify(
+                            dwarf,
+                            scan,
+                            i,
+                            Some(&mut self.foreign),
+                            keys,
+                            pattern,
+                            strings,
+                            &mut scope_paths,
+                        ),
+                        // Not a subprogram DIE.
+                        None => Verdict::default(),
+                    }
                 }),
-                None => {
+                false => {
                     let foreign = &mut self.foreign;
                     self.foreign_verdicts.entry(inl.origin).or_insert_with(|| {
                         match foreign.lookup(dwarf, inl.origin) {

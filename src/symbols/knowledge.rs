@@ -24,6 +24,7 @@ use crate::cache::{Cache, FileIdentity, Key};
 use crate::files::Root;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -102,12 +103,13 @@ impl Facts {
     }
 }
 
-/// A cache entry.
+/// A cache entry. Each answer stays JSON text until it is asked for: an operation decodes
+/// only what it needs of an entry.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     facts: Facts,
     /// `table\u{1f}key` -> answer.
-    answers: BTreeMap<String, serde_json::Value>,
+    answers: BTreeMap<String, Box<RawValue>>,
 }
 
 /// How a lazily opened index is made.
@@ -132,7 +134,9 @@ pub struct Knowledge {
     opener: RefCell<Option<Opener>>,
     /// The file, for reads of its bytes at known offsets.
     file: Option<File>,
-    answers: RefCell<BTreeMap<String, serde_json::Value>>,
+    answers: RefCell<BTreeMap<String, Box<RawValue>>>,
+    /// Answers asked for many times, kept decoded (see [`Knowledge::remember_shared`]).
+    decoded: RefCell<BTreeMap<String, Rc<dyn std::any::Any>>>,
     changed: Cell<bool>,
     keeping: Option<Keeping>,
 }
@@ -186,6 +190,7 @@ impl Knowledge {
                     lookup,
                 })),
                 answers: RefCell::new(stored.answers),
+                decoded: RefCell::default(),
                 changed: Cell::new(false),
                 keeping,
             });
@@ -198,6 +203,7 @@ impl Knowledge {
             opener: RefCell::new(None),
             file: Some(file),
             answers: RefCell::new(BTreeMap::new()),
+            decoded: RefCell::default(),
             changed: Cell::new(true),
             keeping,
         })
@@ -244,16 +250,57 @@ impl Knowledge {
         }
         let slot = format!("{table}\u{1f}{key}");
         if let Some(value) = self.answers.borrow().get(&slot)
-            && let Ok(known) = T::deserialize(value)
+            && let Ok(known) = serde_json::from_str::<T>(value.get())
         {
             return Some(known);
         }
         let index = self.index()?;
         let answer = derive(&index);
-        if let Ok(value) = serde_json::to_value(&answer) {
+        if let Ok(value) = serde_json::value::to_raw_value(&answer) {
             self.answers.borrow_mut().insert(slot, value);
             self.changed.set(true);
         }
+        Some(answer)
+    }
+
+    /// What is remembered under `key` of `table`, if anything (nothing is derived).
+    pub fn recall<T: DeserializeOwned>(&self, table: &str, key: &str) -> Option<T> {
+        let slot = format!("{table}\u{1f}{key}");
+        serde_json::from_str(self.answers.borrow().get(&slot)?.get()).ok()
+    }
+
+    /// Remembers `value` under `key` of `table`, replacing what was there: for facts learnt a
+    /// little at a time (the addresses whose unwind rules were checked), kept only while the
+    /// file is remembered at all.
+    pub fn learn<T: Serialize>(&self, table: &str, key: &str, value: &T) {
+        if self.keeping.is_none() {
+            return;
+        }
+        if let Ok(value) = serde_json::value::to_raw_value(value) {
+            let slot = format!("{table}\u{1f}{key}");
+            self.answers.borrow_mut().insert(slot, value);
+            self.changed.set(true);
+        }
+    }
+
+    /// [`Self::remember`] for an answer asked for many times in one run (a table looked up for
+    /// every word of several stacks): decoded once and shared.
+    pub fn remember_shared<T: Serialize + DeserializeOwned + 'static>(
+        &self,
+        table: &str,
+        key: &str,
+        derive: impl FnOnce(&SymbolIndex) -> T,
+    ) -> Option<Rc<T>> {
+        let slot = format!("{table}\u{1f}{key}");
+        if let Some(known) = self.decoded.borrow().get(&slot)
+            && let Ok(known) = Rc::clone(known).downcast::<T>()
+        {
+            return Some(known);
+        }
+        let answer = Rc::new(self.remember(table, key, derive)?);
+        self.decoded
+            .borrow_mut()
+            .insert(slot, answer.clone() as Rc<dyn std::any::Any>);
         Some(answer)
     }
 
@@ -284,27 +331,43 @@ impl Knowledge {
         Some(buf)
     }
 
-    /// The whole file as it is now, read through the descriptor opened, with its SHA-256 (hex):
-    /// remembered while the file keeps the identity it had when opened (checked after the
-    /// read), computed from the bytes otherwise. What a patch library is loaded and journaled
-    /// from. The flag says whether the bytes are those everything known here was derived from
-    /// (the file kept its identity).
-    pub fn contents(&self) -> std::io::Result<(Vec<u8>, String, bool)> {
+    /// The first `len` bytes of the file as it is now (all of it when it is shorter), read
+    /// through the descriptor opened, with the SHA-256 (hex) of the whole file: remembered while
+    /// the file keeps the identity it had when opened (checked after the read: then only the
+    /// bytes asked for are read), computed from all its bytes otherwise. What a patch library is
+    /// loaded and journaled from. The flag says whether the bytes are those everything known
+    /// here was derived from (the file kept its identity).
+    pub fn contents(&self, len: u64) -> std::io::Result<(Vec<u8>, String, bool)> {
         let Some(file) = &self.file else {
             return Err(std::io::Error::other("no file behind this index"));
         };
-        let bytes = crate::files::read_capped(file, crate::files::max_file_size())?;
-        let hash = || crate::hex::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-        let unchanged = self
-            .keeping
-            .as_ref()
-            .is_some_and(|k| FileIdentity::of(file).ok() == Some(k.identity));
-        let sha256 = if unchanged {
-            self.remember("contents", "sha256", |_| hash())
-                .unwrap_or_else(hash)
-        } else {
-            hash()
+        let cap = crate::files::max_file_size();
+        let same = || {
+            self.keeping
+                .as_ref()
+                .is_some_and(|k| FileIdentity::of(file).ok() == Some(k.identity))
         };
+        if self.keeping.is_some() {
+            let slot = "contents\u{1f}sha256";
+            let known = self
+                .answers
+                .borrow()
+                .get(slot)
+                .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
+            if let Some(sha256) = known {
+                let prefix = read_prefix(file, len, cap)?;
+                if same() {
+                    return Ok((prefix, sha256, true));
+                }
+            }
+        }
+        let mut bytes = crate::files::read_capped(file, cap)?;
+        let sha256 = crate::hex::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let unchanged = same();
+        if unchanged && self.keeping.is_some() {
+            self.remember("contents", "sha256", |_| sha256.clone());
+        }
+        bytes.truncate(usize::try_from(len).unwrap_or(usize::MAX));
         Ok((bytes, sha256, unchanged))
     }
 
@@ -410,7 +473,7 @@ impl Knowledge {
                 let answers = self.answers.borrow();
                 answers
                     .get(&slot(f))
-                    .and_then(|v| Vec::<InlineSite>::deserialize(v).ok())
+                    .and_then(|v| serde_json::from_str::<Vec<InlineSite>>(v.get()).ok())
             })
             .collect();
         let missing: Vec<usize> = (0..targets.len()).filter(|&i| sites[i].is_none()).collect();
@@ -422,7 +485,7 @@ impl Knowledge {
             };
             for (&i, s) in missing.iter().zip(found) {
                 if self.opened()
-                    && let Ok(value) = serde_json::to_value(&s)
+                    && let Ok(value) = serde_json::value::to_raw_value(&s)
                 {
                     self.answers.borrow_mut().insert(slot(&targets[i]), value);
                     self.changed.set(true);
@@ -512,6 +575,20 @@ impl Drop for Knowledge {
         };
         keeping.cache.store(&keeping.key, &stored);
     }
+}
+
+/// The first `len` bytes of `file` (fewer when it is shorter), at most `cap`.
+fn read_prefix(file: &File, len: u64, cap: u64) -> std::io::Result<Vec<u8>> {
+    let size = file.metadata()?.len();
+    if size > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{size} bytes, over the {cap}-byte cap"),
+        ));
+    }
+    let mut buf = vec![0u8; size.min(len) as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
 }
 
 /// Opens the index of `file`: a file on rpatch's side is mapped, a target's is read as a copy
