@@ -28,12 +28,12 @@ pub fn mapping_of(island: &Island) -> Mapping {
     }
 }
 
-/// A free slot in one of `islands` reachable by a `jmp rel32` at `from`, not in `used`.
+/// A free slot in one of `islands` reachable by a near jump at `from`, not in `used`.
 pub fn free_slot(islands: &[Island], used: &[u64], from: u64) -> Option<u64> {
     islands.iter().find_map(|island| {
         (0..island.size / isa::ISLAND_SLOT_LEN as u64)
             .map(|i| island.address + i * isa::ISLAND_SLOT_LEN as u64)
-            .find(|slot| !used.contains(slot) && isa::jmp_rel32(from, *slot).is_some())
+            .find(|slot| !used.contains(slot) && isa::jump::reaches(from, *slot))
     })
 }
 
@@ -43,7 +43,7 @@ pub fn free_slot(islands: &[Island], used: &[u64], from: u64) -> Option<u64> {
 /// nearest the function — except directly above `[heap]`, whose growth it would block, where the
 /// top of the gap is used.
 pub fn candidate_addresses(maps: &[Mapping], from: u64) -> Vec<u64> {
-    let reach = (1u64 << 31) - 2 * ISLAND_SIZE;
+    let reach = isa::jump::NEAR_REACH - 2 * ISLAND_SIZE;
     let window_lo = from
         .saturating_sub(reach)
         .max(MIN_ADDR)
@@ -96,7 +96,7 @@ mod tests {
         let c = candidate_addresses(&maps, from);
         assert_eq!(c[0], 0x555555553000);
         for addr in &c {
-            assert!(isa::jmp_rel32(from, *addr).is_some());
+            assert!(isa::jump::reaches(from, *addr));
             assert_ne!(*addr, 0x555555560000, "right above the heap");
         }
     }

@@ -235,15 +235,16 @@ fn place_jumps(
                 method: JumpMethod::Island,
                 island_slot: Some(slot),
                 replacement,
-                jump: isa::jmp_rel32(p.write_at, slot)?.to_vec(),
+                jump: isa::jump::near(&p.file_bytes, p.write_at, slot)?,
             })
         };
-        let placement = if let Some(jump) = isa::jmp_rel32(p.write_at, replacement) {
+        let placement = if let Some(jump) = isa::jump::near(&p.file_bytes, p.write_at, replacement)
+        {
             Placement {
                 method: JumpMethod::Direct,
                 island_slot: None,
                 replacement,
-                jump: jump.to_vec(),
+                jump,
             }
         } else if let Some(placement) =
             islands::free_slot(&islands, &reserved, p.write_at).and_then(to_island)
@@ -279,14 +280,14 @@ fn place_jumps(
                     method: JumpMethod::Absolute,
                     island_slot: None,
                     replacement,
-                    jump: isa::jmp_abs(replacement).to_vec(),
+                    jump: isa::jump::far(&p.file_bytes, replacement),
                 },
                 None => {
                     return Err(Error::Unpatchable {
                         function: p.function.name.clone(),
                         reason: UnpatchableReason::NoRoom {
                             room: p.room,
-                            needed: isa::JMP_ABS_LEN as u64,
+                            needed: isa::jump::far_len(&p.file_bytes) as u64,
                         },
                     });
                 }
@@ -318,14 +319,14 @@ fn borrow_thread<'t>(
             continue;
         }
         let state = tracer.thread(candidate.tid).expect("seized").clone();
-        let in_syscall = (state.regs.orig_rax as i64) >= 0;
+        let in_syscall = state.regs.in_syscall();
         let usable = state.stop == Stop::Event;
         match assess_thread(
             modules,
             tracer.mem(),
             candidate.tid,
-            state.regs.rip,
-            state.regs.rsp,
+            state.regs.pc(),
+            state.regs.sp(),
             in_syscall,
         ) {
             Ok(c) if usable => {

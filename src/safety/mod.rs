@@ -11,7 +11,7 @@
 //! trusted to the outermost frame, the rest of the stack is scanned conservatively (`scan`).
 
 mod cfi;
-mod scan;
+pub(crate) mod scan;
 mod stack;
 
 pub use stack::{Doubt, LoadedCopy, StackInspector, StackWalk};
@@ -237,7 +237,7 @@ pub fn check_among(
     };
     // PCs first: no memory to read, and the commonest blocker.
     for t in threads {
-        let pc = t.regs.rip;
+        let pc = t.regs.pc();
         if let Some(r) = ranges.iter().find(|r| pc_blocks(r, pc)) {
             return (Some(blocker(t.tid, pc, r)), None);
         }
@@ -261,6 +261,23 @@ pub fn check_among(
             (i, first_unsafe..r.bytes.end.max(first_unsafe))
         })
         .collect();
+    // The link register (arm64's x30) may hold the only return address into a function: a
+    // leaf callee that saved nothing yet, or one the walk cannot start in.
+    for t in threads {
+        let Some(lr) = t.regs.link_register() else {
+            continue;
+        };
+        let ret = stacks.strip_pac(lr);
+        if let Some((i, _)) = functions.iter().find(|(_, f)| scan::returns_into(f, ret)) {
+            let found = Blocker {
+                depth: 1,
+                address: ret,
+                source: FrameSource::Unwound,
+                ..blocker(t.tid, t.regs.pc(), &ranges[*i])
+            };
+            return (Some(found), None);
+        }
+    }
     let started = Instant::now();
     let mut walks = Vec::with_capacity(threads.len());
     let mut found = None;
@@ -275,7 +292,7 @@ pub fn check_among(
                 depth,
                 address: pc,
                 source: FrameSource::Interrupted,
-                ..blocker(t.tid, t.regs.rip, range)
+                ..blocker(t.tid, t.regs.pc(), range)
             })
         });
         if interrupted.is_some() {
@@ -296,7 +313,7 @@ pub fn check_among(
                 },
                 incomplete: doubt,
                 outermost: hit.outermost,
-                ..blocker(t.tid, t.regs.rip, range)
+                ..blocker(t.tid, t.regs.pc(), range)
             });
             break;
         }

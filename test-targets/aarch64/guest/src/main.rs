@@ -6,6 +6,7 @@
 //! `rpatch.mode=bti` (a CPU with BTI and pointer authentication: the enforcement checks, which
 //! the base set runs the other way round as a control).
 
+mod cli;
 mod ptrace;
 mod remote;
 
@@ -761,6 +762,7 @@ fn main() {
     if pid1 {
         let _ = std::fs::create_dir_all("/proc");
         let _ = std::fs::create_dir_all("/dev");
+        let _ = std::fs::create_dir_all("/tmp");
         // SAFETY: mount with static C strings.
         unsafe {
             libc::mount(
@@ -797,6 +799,7 @@ fn main() {
         .map(|list| list.split(',').collect());
     let mut scenarios = base_scenarios();
     scenarios.extend(bti_scenarios(enforced));
+    scenarios.extend(cli::scenarios());
     if let Some(only) = &only {
         scenarios.retain(|(name, _)| only.contains(name));
     }
