@@ -8,6 +8,20 @@
 # the namespace, so nothing it does is visible on the host. Used by tests/security.rs.
 set -eu
 setup=$1
-shift
+program=$2
+shift 2
+# Opened before SETUP: a checkout under /tmp is hidden once SETUP mounts a private /tmp. The
+# program then runs through this descriptor, or, with no procfs to name it, from a copy on a
+# tmpfs private to the namespace.
+exec 3<"$program"
 eval "$setup"
-exec "$@"
+if [ -e "$program" ]; then
+    exec 3<&- "$program" "$@"
+elif [ -e /proc/self/fd/3 ]; then
+    exec /proc/self/fd/3 "$@"
+fi
+mount -t tmpfs tmpfs /mnt
+copy=/mnt/$(basename "$program")
+cat <&3 >"$copy"
+chmod +x "$copy"
+exec 3<&- "$copy" "$@"

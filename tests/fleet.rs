@@ -32,8 +32,11 @@ const CONTAINER: &[&str] = &[
     "--",
     "sh",
     "-c",
-    "mount -t tmpfs -o noexec,nosuid,nodev tmpfs /tmp && \
-     mount -t tmpfs -o noexec,nosuid,nodev tmpfs /dev/shm && exec \"$0\" \"$@\"",
+    // The program is opened before the mounts: a checkout under /tmp is hidden by the private
+    // /tmp, and then runs through its descriptor.
+    "exec 3<\"$0\" && mount -t tmpfs -o noexec,nosuid,nodev tmpfs /tmp && \
+     mount -t tmpfs -o noexec,nosuid,nodev tmpfs /dev/shm && \
+     if [ -e \"$0\" ]; then exec 3<&- \"$0\" \"$@\"; else exec /proc/self/fd/3 \"$@\"; fi",
 ];
 
 /// A manifest for `compute` (fix_basic.so: x*100) in `module`, written beside it.

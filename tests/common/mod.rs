@@ -373,11 +373,13 @@ impl Drop for Target {
     }
 }
 
-/// A descendant of `pid` (breadth first) whose executable is `exe`.
+/// A descendant of `pid` (breadth first) whose executable is `exe`, or a file of its name.
 fn descendant_running(pid: u32, exe: &Path) -> Option<u32> {
     let mut queue = vec![pid];
     while let Some(p) = queue.pop() {
-        if p != pid && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe) {
+        // By name too: a wrapper whose private mounts hide the program runs a copy of it.
+        let runs_it = |e: std::path::PathBuf| e == exe || e.file_name() == exe.file_name();
+        if p != pid && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(runs_it) {
             return Some(p);
         }
         let tasks = std::fs::read_dir(format!("/proc/{p}/task")).ok()?;
