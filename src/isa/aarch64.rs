@@ -243,6 +243,25 @@ pub(crate) mod jump {
     }
 }
 
+/// Why the vector state of stopped thread `tid` keeps it from being borrowed for a call
+/// (`rpatch_arch::aarch64::vector`): SME streaming mode, ZA storage in use, or live SVE state
+/// unless it resumes on the `svc` of a system call (which discards all but the V part). The
+/// stub and the tracer keep V0–V31, FPSR and FPCR only.
+pub(crate) fn vector_refusal(tid: i32, regs: &Regs, mem: &dyn Memory) -> Option<&'static str> {
+    use vector::{HEADER_LEN, NT_ARM_SSVE, NT_ARM_SVE, NT_ARM_ZA, VectorRefusal, VectorState};
+    let header = |note: u32| super::regset::get(tid, note as usize, HEADER_LEN).ok();
+    let (sve, ssve, za) = (header(NT_ARM_SVE), header(NT_ARM_SSVE), header(NT_ARM_ZA));
+    let state = VectorState::from_headers(sve.as_deref(), ssve.as_deref(), za.as_deref());
+    let mut word = [0u8; 4];
+    let on_svc = mem.read_at(regs.pc(), &mut word).is_ok() && word == SYSCALL_INSN;
+    match state.may_borrow(on_svc) {
+        Ok(()) => None,
+        Err(VectorRefusal::Streaming) => Some("it is in SME streaming mode"),
+        Err(VectorRefusal::ZaActive) => Some("its SME ZA storage is in use"),
+        Err(VectorRefusal::SveLive) => Some("it holds live SVE state outside a system call"),
+    }
+}
+
 /// The instruction mask of pointer-authentication codes for a 48-bit user address space:
 /// bits 54..48 and 63..56 (instruction addresses get no top-byte-ignore). What NT_ARM_PAC_MASK
 /// reports on such kernels.

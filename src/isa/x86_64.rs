@@ -308,6 +308,13 @@ pub(crate) mod stack {
     }
 }
 
+/// Why the vector state of stopped thread `tid` keeps it from being borrowed for a call:
+/// never on x86_64 (the stub's XSAVE keeps every enabled component but AMX tile data, which
+/// it never touches).
+pub(crate) fn vector_refusal(_tid: i32, _regs: &Regs, _mem: &dyn Memory) -> Option<&'static str> {
+    None
+}
+
 /// The thread's pointer-authentication mask: none on x86_64.
 pub(crate) fn pac_mask(_tid: i32) -> u64 {
     0

@@ -330,11 +330,13 @@ fn borrow_thread<'t>(
             in_syscall,
         ) {
             Ok(c) if usable => {
-                let unwound = match stacks.as_deref_mut() {
-                    Some(inspector) => {
+                let vector = crate::isa::vector_refusal(candidate.tid, &state.regs, tracer.mem());
+                let unwound = match (vector, stacks.as_deref_mut()) {
+                    (Some(why), _) => Err(ThreadRefusal::VectorState(candidate.tid, why)),
+                    (None, Some(inspector)) => {
                         assess_stack(modules, &inspector.walk(&state.regs), candidate.tid)
                     }
-                    None => Ok(()),
+                    (None, None) => Ok(()),
                 };
                 match unwound {
                     Ok(()) => {
