@@ -3,7 +3,7 @@
 //! where needed), and give the thread back — while every other thread keeps running.
 
 use super::delivery::{Delivery, Loaded, Payload};
-use super::islands::{self, ISLAND_SIZE};
+use super::islands;
 use super::plan::PlannedFunction;
 use super::slack::JournalLedger;
 use crate::Error;
@@ -228,6 +228,7 @@ fn place_jumps(
     let mut placements = Vec::new();
     // Read once, when the first island page is needed: the library is mapped by now.
     let mut maps: Option<Vec<Mapping>> = None;
+    let island_size = islands::island_size(crate::isa::call::layout(pid).page());
     for p in planned {
         let replacement = l_addr.wrapping_add(p.replacement.address);
         let to_island = |slot: u64| {
@@ -256,8 +257,8 @@ fn place_jumps(
                 None => maps.insert(process::read_maps(pid)?),
             };
             let mut mapped = None;
-            for addr in islands::candidate_addresses(maps, p.write_at) {
-                if let Some(page) = thread.map_page_at(functions, addr, ISLAND_SIZE)?
+            for addr in islands::candidate_addresses(maps, p.write_at, island_size) {
+                if let Some(page) = thread.map_page_at(functions, addr, island_size)?
                     && let Some(placement) = to_island(page)
                 {
                     mapped = Some((page, placement));
@@ -269,7 +270,7 @@ fn place_jumps(
                     log.step("load", format!("island page mapped at {page:#x}"));
                     let island = Island {
                         address: page,
-                        size: ISLAND_SIZE,
+                        size: island_size,
                     };
                     maps.push(islands::mapping_of(&island));
                     islands.push(island);
