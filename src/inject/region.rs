@@ -4,6 +4,7 @@
 //! Everything here reads (maps, ELF program headers, memory) and decides; the thread is driven by
 //! `InjectedThread`.
 
+use crate::isa::CODE_ALIGN;
 use crate::isa::remote_call::{
     BOOTSTRAP_LEN, Done, MAGIC_VALUE, STACK_SIZE, StubRegion, bootstrap_code, data,
 };
@@ -60,7 +61,10 @@ pub fn find_slack(
             if !seg.executable || seg.memsz != seg.filesz {
                 continue;
             }
-            let Some(addr) = bias.checked_add(seg.vaddr + seg.filesz) else {
+            // The code starts at an instruction boundary (arm64: 4-byte aligned).
+            let skip =
+                (seg.vaddr + seg.filesz).next_multiple_of(CODE_ALIGN) - (seg.vaddr + seg.filesz);
+            let Some(addr) = bias.checked_add(seg.vaddr + seg.filesz + skip) else {
                 continue;
             };
             let end = addr.next_multiple_of(page);
@@ -75,7 +79,7 @@ pub fn find_slack(
             }
             let len = BOOTSTRAP_LEN;
             // Read from the mapped file itself (zeros past its end, as the kernel maps them).
-            let Some(original) = index.read_at(seg.offset + seg.filesz, len) else {
+            let Some(original) = index.read_at(seg.offset + seg.filesz + skip, len) else {
                 continue;
             };
             // Memory must hold the file's bytes, or our own code a killed rpatch left there;

@@ -27,6 +27,10 @@ pub(crate) const ELF_MACHINE: u16 = 183;
 /// The same, as the `object` crate names it.
 pub(crate) const OBJECT_ARCHITECTURE: object::Architecture = object::Architecture::Aarch64;
 
+/// Alignment of an instruction's address: every A64 instruction is 4 bytes at a multiple of 4
+/// (a PC that is not faults with SIGBUS).
+pub(crate) const CODE_ALIGN: u64 = INSN_LEN;
+
 /// `AUDIT_ARCH_AARCH64`: what `seccomp_data.arch` holds for an arm64 call.
 pub(crate) const AUDIT_ARCH: u32 = 0xc000_00b7;
 

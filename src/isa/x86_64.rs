@@ -18,6 +18,9 @@ pub(crate) const ELF_MACHINE: u16 = 62;
 /// The same, as the `object` crate names it.
 pub(crate) const OBJECT_ARCHITECTURE: object::Architecture = object::Architecture::X86_64;
 
+/// Alignment of an instruction's address (none on x86_64).
+pub(crate) const CODE_ALIGN: u64 = 1;
+
 /// `AUDIT_ARCH_X86_64`: what `seccomp_data.arch` holds for a 64-bit x86 call.
 pub(crate) const AUDIT_ARCH: u32 = 0xc000_003e;
 
