@@ -82,6 +82,9 @@ $cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/fix_basic.so" test-targets/c/fix_
 # frame_dummy): btipac brings its own marked _start (test-targets/aarch64/start.S).
 $cc -O1 -g -Wall -Wextra -fno-omit-frame-pointer -mbranch-protection=standard -fPIE -pie -pthread \
   -nostartfiles -o "$out/root/t/btipac" test-targets/aarch64/start.S test-targets/aarch64/btipac.c
+# Its patch library, marked too (no crt files: a shared object needs none).
+$cc -O1 -g -Wall -Wextra -mbranch-protection=standard -fPIC -shared -nostartfiles \
+  -o "$out/root/t/fix_btipac.so" test-targets/aarch64/fix_btipac.c
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --quiet --release --target aarch64-unknown-linux-gnu \
     --manifest-path test-targets/aarch64/guest/Cargo.toml --target-dir "$cache/target"
