@@ -89,6 +89,12 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc RUSTFLAGS="-C target-feature=+
   cargo build --quiet --release --target aarch64-unknown-linux-gnu \
     --manifest-path test-targets/aarch64/guest/Cargo.toml --target-dir "$cache/target"
 cp "$cache/target/aarch64-unknown-linux-gnu/release/rpatch-guest" "$out/root/init"
+# A Rust target and its patch library (cdylib), dynamically linked.
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc \
+  cargo build --quiet --release --target aarch64-unknown-linux-gnu -p calcapp -p calcapp-fix \
+    --manifest-path test-targets/rust/Cargo.toml --target-dir "$cache/target-rust"
+cp "$cache/target-rust/aarch64-unknown-linux-gnu/release/calcapp" "$out/root/t/calcapp"
+cp "$cache/target-rust/aarch64-unknown-linux-gnu/release/libcalcapp.so" "$out/root/t/libcalcapp.so"
 # The real rpatch, dynamically linked like the targets (its debug info stripped: the initramfs
 # stays small).
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc \

@@ -141,6 +141,25 @@ fn entry_words(pid: i32, names: &[&str], n: usize) -> Result<Vec<Vec<u32>>, Stri
         .collect()
 }
 
+/// A Rust target: `calcapp::pricing::calc` (found by its path in DWARF) replaced by the
+/// cdylib's, then rolled back.
+fn rust_target() -> Result<(), String> {
+    let mut t = Target::spawn("/t/calcapp", &[])?;
+    let pid = t.pid.to_string();
+    t.expect("call 4", "calc 4 14")?;
+    rpatch(&[
+        "attach",
+        &pid,
+        "--lib",
+        "/t/libcalcapp.so",
+        "--func",
+        "calcapp::pricing::calc",
+    ])?;
+    t.expect("call 4", "calc 4 4000")?;
+    rpatch(&["rollback", &pid])?;
+    t.expect("call 4", "calc 4 14")
+}
+
 /// A PIE executable lies far from where dlopen maps the library: the entry jump goes through
 /// an island page in reach of the function, which the report says.
 fn island() -> Result<(), String> {
@@ -267,6 +286,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ("rpatch-attach-rollback", Box::new(|| attach_and_rollback(&[]))),
         ("rpatch-stacked-lifo-and-all", Box::new(stacked)),
         ("rpatch-island", Box::new(island)),
+        ("rpatch-rust-target", Box::new(rust_target)),
         ("rpatch-bti-pac-entries", Box::new(bti_pac_entries)),
         ("rpatch-first-attach-signal-storm", Box::new(first_attach_under_signal_storm)),
         ("rpatch-random-kills", Box::new(|| random_kills(50))),
