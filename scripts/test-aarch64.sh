@@ -13,9 +13,10 @@
 # For debugging: RPATCH_AARCH64_BOOTS="a72" runs one boot; RPATCH_AARCH64_GUEST_ARGS is added to
 # the kernel command line ("rpatch.only=NAME,NAME" runs those scenarios, "rpatch.trace" prints
 # each ptrace step of the guest's tracer).
-# Run time on a 2-core machine under load: about 1 minute with a warm cache (most of it the
-# restart scenarios, whose calls sleep 2 s), 3 to 5 minutes from a fresh cache (kernel download
-# and cross builds).
+# Run time on a 2-core machine under load: about 5 minutes with a warm cache (each boot about
+# 2 minutes, most of it the 50 random kills of rpatch and the first attaches under a signal
+# storm), a few minutes more from a fresh cache (kernel download and cross builds of rpatch, the
+# guest and the Rust targets).
 #
 # Installs what it needs when missing (as root): qemu-system-arm, gcc-aarch64-linux-gnu,
 # libc6-dev-arm64-cross, binutils-aarch64-linux-gnu, cpio, and the rustup target
