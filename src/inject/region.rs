@@ -189,7 +189,15 @@ pub const REGION_STACK_KIB: u64 = STACK_SIZE / 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::remote_call::PAGE;
+    use crate::isa::call;
+
+    /// A page size for the pure functions' tests.
+    const PAGE: u64 = 4096;
+
+    /// The region this rpatch would map at `base`.
+    fn region_at(base: u64) -> StubRegion {
+        call::layout(std::process::id() as i32).region(base)
+    }
     use crate::isa::remote_call::idle_header;
     use crate::process::{FakeMemory, parse_maps};
 
@@ -218,73 +226,77 @@ mod tests {
 
     #[test]
     fn region_bounds_must_match_exactly() {
-        let region = StubRegion {
-            base: 0x7000_0000_0000,
-            xsave_len: 2696,
-        };
+        let region = region_at(0x7000_0000_0000);
+        let page = region.rw_start() - region.code();
         let text = format!(
             "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
             region.code(),
-            region.code() + PAGE,
+            region.code() + page,
             region.rw_start(),
             region.rw_start() + region.rw_len()
         );
         assert_eq!(region_mapped(&parse_maps(&text), &region), (true, true));
         let merged = format!(
             "{:x}-{:x} r-xp 0 0:0 0 \n",
-            region.code() - PAGE,
-            region.code() + PAGE
+            region.code() - page,
+            region.code() + page
         );
         assert_eq!(region_mapped(&parse_maps(&merged), &region), (false, false));
     }
 
     #[test]
     fn an_idle_region_with_our_code_is_found_and_a_busy_one_is_not() {
-        let region = StubRegion {
-            base: 0x7000_0000_0000,
-            xsave_len: 1024,
+        let region = region_at(0x7000_0000_0000);
+        let page = region.rw_start() - region.code();
+        let maps_with_rw = |rw_len: u64| {
+            parse_maps(&format!(
+                "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
+                region.code(),
+                region.code() + page,
+                region.rw_start(),
+                region.rw_start() + rw_len
+            ))
         };
-        let maps = parse_maps(&format!(
-            "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
-            region.code(),
-            region.code() + PAGE,
-            region.rw_start(),
-            region.rw_start() + region.rw_len()
-        ));
+        let maps = maps_with_rw(region.rw_len());
         let code = vec![0x90u8; 64];
         let mem = FakeMemory::default();
         mem.map(region.code(), code.clone());
         mem.map(region.data(), vec![0; region.data_len() as usize]);
         mem.write_at(region.data(), &idle_header(region.data_len()))
             .unwrap();
-        let at = |xsave_len| move |base| StubRegion { base, xsave_len };
         let stub = |r: &StubRegion| mem.read_vec(r.code(), 64).is_ok_and(|c| c == code);
         assert_eq!(
-            find_idle_region(&maps, &mem, PAGE, at(1024), stub),
+            find_idle_region(&maps, &mem, page, region_at, stub),
             Some(region),
             "idle region with our code"
         );
         assert_eq!(
-            find_idle_region(&maps, &mem, PAGE, at(1024), |_| false),
+            find_idle_region(&maps, &mem, page, region_at, |_| false),
             None,
             "other code"
         );
         assert_eq!(
-            find_idle_region(&maps, &mem, PAGE, at(64 * 1024), stub),
+            find_idle_region(
+                &maps_with_rw(region.rw_len() - page),
+                &mem,
+                page,
+                region_at,
+                stub
+            ),
             None,
-            "XSAVE area too small"
+            "data block too small for this rpatch's"
         );
         mem.write_at(region.data() + data::DONE, &0u64.to_le_bytes())
             .unwrap();
         assert_eq!(
-            find_idle_region(&maps, &mem, PAGE, at(1024), stub),
+            find_idle_region(&maps, &mem, page, region_at, stub),
             None,
             "a call runs in it"
         );
         mem.write_at(region.data() + data::DONE, &1u64.to_le_bytes())
             .unwrap();
         assert_eq!(
-            find_idle_region(&maps, &mem, PAGE, at(1024), stub),
+            find_idle_region(&maps, &mem, page, region_at, stub),
             None,
             "a thread is about to return from it, unseen by a tracer"
         );

@@ -168,8 +168,10 @@ pub(crate) fn eintr_from_eintr_only_call(regs: &Regs) -> bool {
 /// A ptrace interrupt made one of [`sys::EINTR_ONLY`] fail with EINTR (the caller checked that
 /// no signal is pending for the thread). On arm64 the return value overwrote x0, the call's
 /// first argument, so the call is re-entered from what `/proc/TID/syscall` showed before the
-/// interrupt (`before`: the same call, returning to the same PC): PC back onto the `svc`, x0
-/// its first argument. Without it the EINTR stands, as it would under a debugger.
+/// interrupt (`before`: the same call, returning to the same PC, with the same other
+/// arguments): PC back onto the `svc`, x0 its first argument. Without it the EINTR stands, as
+/// it would under a debugger: a thread that was running when rpatch looked and entered the call
+/// just as the interrupt came (a window of microseconds) sees that EINTR.
 pub(crate) fn rewind_eintr(
     mem: &dyn Memory,
     regs: &mut Regs,
@@ -186,6 +188,11 @@ pub(crate) fn rewind_eintr(
         args: args.try_into().expect("six arguments"),
         pc: before.pc,
     };
+    // Only x0 was lost: the other arguments must still be the ones seen, or `before` was
+    // another call made from the same place (a wrapper's `svc`) and is not used.
+    if call.args[1..] != regs.state.x[1..6] {
+        return false;
+    }
     let mut word = [0u8; 4];
     if mem.read_at(regs.pc().wrapping_sub(4), &mut word).is_err() || word != SYSCALL_INSN {
         return false;
