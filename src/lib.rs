@@ -47,17 +47,40 @@ use process::ProcessError;
 
 /// Replaces functions in a running process with a library's versions (see [`AttachOptions`]).
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
+    prune_retired(log);
     exited_if_gone(options.pid, patch::attach(options, log))
 }
 
 /// Undoes patches (see [`RollbackOptions`]).
 pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
+    prune_retired(log);
     exited_if_gone(options.pid, patch::rollback(options, log))
 }
 
 /// Lists recorded patches of `pid`, each verified against memory.
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
+    prune_retired(log);
+    status_of(pid, log)
+}
+
+/// [`status`] without the state directory's upkeep (`status --all` does it once).
+pub(crate) fn status_of(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     exited_if_gone(pid, patch::status(pid, log))
+}
+
+/// The state directory's upkeep before an operation, holding no lock: deletes the retired
+/// journals no live process can still need (see `StateDir::prune_retired`). Best effort: a
+/// state directory that cannot be opened is the operation's to report.
+pub(crate) fn prune_retired(log: &Log) {
+    let Ok(state) = journal::StateDir::from_env() else {
+        return;
+    };
+    for name in state.prune_retired() {
+        log.step(
+            "journal",
+            format!("deleted {name}: no live process runs the image it records"),
+        );
+    }
 }
 
 /// Applies a manifest's patch to every selected process that maps a module build it was made

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The master of test-targets/c/prefork.c.
 fn prefork() -> Target {
@@ -32,6 +32,9 @@ fn status_json(state: &Path, pid: u32) -> Value {
 
 /// A patch made before an `execve` is never taken for the new image's: the same PID and start
 /// time then show no records, rollback has nothing to undo, and a new attach starts at id 1.
+/// The old image's journal is kept aside while a worker forked before the exec still runs that
+/// image (the worker adopts its patch from it), and deleted by the first operation after the
+/// worker is gone.
 #[test]
 fn exec_after_patch_leaves_the_new_image_without_records() {
     let t = build_targets();
@@ -40,20 +43,49 @@ fn exec_after_patch_leaves_the_new_image_without_records() {
     let pid = master.pid();
     attach_ok(state.path(), pid, &t.bin("fix_basic.so"), &["compute"]);
     assert_eq!(master.cmd("call 5"), "compute 5 500");
+    let worker = pids(&master.cmd("orphans 1"), "forked ")[0];
+    let _reaper = Reaper(vec![worker]);
 
     assert_eq!(master.cmd("exec"), format!("ready {pid}"));
     assert_eq!(master.cmd("call 5"), "compute 5 6");
     let after = status_json(state.path(), pid);
     assert_eq!(after["patches"], Value::Array(vec![]), "{after}");
     rollback(state.path(), pid, &["--json"]).expect_error(exit::NOTHING_TO_ROLL_BACK);
-    // The old image's journal is kept aside (children forked before the exec may hold its
-    // patches), and the new image is patched afresh.
-    let retired: Vec<String> = std::fs::read_dir(state.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(&format!("retired-{pid}-")))
-        .collect();
-    assert_eq!(retired.len(), 1, "{retired:?}");
+    let retired = || -> Vec<String> {
+        std::fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(&format!("retired-{pid}-")))
+            .collect()
+    };
+    assert_eq!(
+        retired().len(),
+        1,
+        "kept while the worker runs the old image"
+    );
+    assert_eq!(
+        inherited_states(state.path(), worker),
+        vec![(1, "applied".into(), u64::from(pid))]
+    );
+    // SAFETY: kill(2) with a PID and a signal number has no memory effects.
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while std::fs::read_to_string(format!("/proc/{worker}/stat"))
+        .is_ok_and(|s| s[s.rfind(')').unwrap() + 1..].split_whitespace().next() != Some("Z"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {worker} lives on"
+        );
+        std::thread::yield_now();
+    }
+    status_json(state.path(), pid);
+    assert_eq!(
+        retired(),
+        Vec::<String>::new(),
+        "no live process runs the old image"
+    );
+
     let again = attach_ok(state.path(), pid, &t.bin("fix_basic_b.so"), &["compute"]);
     assert_eq!(again["patches"][0]["id"], 1, "{again}");
     assert_eq!(master.cmd("call 5"), "compute 5 35");
@@ -406,4 +438,213 @@ fn a_fork_by_the_borrowed_thread_is_stopped_and_fails_the_attach() {
     assert_eq!(master.cmd("call 5"), "compute 5 6");
     assert_nothing_applied(s, m);
     assert_untraced(m);
+}
+
+/// `rpatch CMD --manifest MANIFEST EXTRA...`.
+fn fleet(state: &Path, command: &str, manifest: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![command, "--manifest", manifest.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    rpatch(state, &args)
+}
+
+/// A master of its own build (a copy of prefork with a build-id no other test's process has,
+/// so `--all` reaches only this test's processes) and a manifest of `lib` for its `compute`.
+fn prefork_build(builds: &mut Builds, state: &Path, lib: &str) -> (Target, PathBuf) {
+    let t = build_targets();
+    let (app, _) = builds.copy(&t.bin("prefork"), "a", "prefork");
+    let manifest = app.with_file_name("fix.toml");
+    manifest_new(state, &t.bin(lib), &app, &["compute"], &manifest);
+    (Target::spawn(&app, &[]), manifest)
+}
+
+/// `status --all --json`: each listed process's PID with its patches as (id, state,
+/// inherited-from PID or 0), by PID.
+#[track_caller]
+fn status_all(state: &Path) -> std::collections::BTreeMap<u32, Vec<(u64, String, u64)>> {
+    let run = rpatch(state, &["status", "--all", "--json"]);
+    run.expect_ok();
+    run.json()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let patches = p["patches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["id"].as_u64().unwrap(),
+                        p["state"].as_str().unwrap().to_string(),
+                        p["inherited"]["pid"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            (p["pid"].as_u64().unwrap() as u32, patches)
+        })
+        .collect()
+}
+
+/// The acceptance scenario of forked children with a manifest: a master patched by `attach
+/// --manifest` forks 3 workers; `status --all` lists them (never looked at before) with the
+/// patch inherited, and so does each one's `status`; `attach --manifest --all` finds all four
+/// `already_applied`; rolling back one worker leaves the others and the master patched;
+/// `rollback --manifest --all` leaves none patched — each process's behaviour checked.
+#[test]
+fn a_manifests_patch_is_inherited_found_applied_and_rolled_back_everywhere() {
+    let state = state_dir();
+    let s = state.path();
+    let mut builds = Builds::new();
+    let (mut master, manifest) = prefork_build(&mut builds, s, "fix_basic.so");
+    let m = master.pid();
+    let run = fleet(s, "attach", &manifest, &[&master.pid_arg(), "--json"]);
+    run.expect_ok();
+    assert_eq!(fleet_results(&run.json())[&m], "applied");
+    let workers = pids(&master.cmd("fork 3"), "forked ");
+    assert_eq!(workers.len(), 3);
+
+    let inherited = vec![(1, "applied".to_string(), u64::from(m))];
+    let listed = status_all(s);
+    assert_eq!(listed.get(&m), Some(&vec![(1, "applied".into(), 0)]));
+    for w in &workers {
+        assert_eq!(listed.get(w), Some(&inherited), "{listed:?}");
+    }
+    for (i, &w) in workers.iter().enumerate() {
+        assert_eq!(inherited_states(s, w), inherited);
+        assert_eq!(status(s, w)[0]["manifest"], "fix_basic");
+        assert_eq!(master.cmd(&format!("w {i} call 5")), "compute 5 500");
+    }
+
+    let run = fleet(s, "attach", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results.len(), 4, "{report}");
+    for p in workers.iter().chain([&m]) {
+        assert_eq!(results[p], "already_applied", "{report}");
+    }
+    assert_eq!(report["counts"]["already_applied"], 4, "{report}");
+
+    assert_eq!(rollback_ok(s, workers[0], &[]), vec![1]);
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+    assert_eq!(master.cmd("w 1 call 5"), "compute 5 500");
+    assert_eq!(master.cmd("w 2 call 5"), "compute 5 500");
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+
+    // A worker forked now is first seen by the dry run, which finds its inherited patch.
+    let late = pids(&master.cmd("fork 1"), "forked ")[0];
+    let run = fleet(s, "rollback", &manifest, &["--all", "--dry-run", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&workers[0]], "not_applied", "{report}");
+    for p in [m, workers[1], workers[2], late] {
+        assert_eq!(results[&p], "would_roll_back", "{report}");
+    }
+    assert_eq!(master.cmd("w 3 call 5"), "compute 5 500");
+
+    let run = fleet(s, "rollback", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&workers[0]], "not_applied", "{report}");
+    for p in [m, workers[1], workers[2], late] {
+        assert_eq!(results[&p], "rolled_back", "{report}");
+    }
+    assert_eq!(master.cmd("call 5"), "compute 5 6");
+    for i in 0..4 {
+        assert_eq!(master.cmd(&format!("w {i} call 5")), "compute 5 6");
+    }
+    let listed = status_all(s);
+    for p in workers.iter().chain([&m, &late]) {
+        let states: Vec<&str> = listed[p].iter().map(|(_, st, _)| st.as_str()).collect();
+        assert_eq!(states, vec!["rolled_back"], "{listed:?}");
+        assert_untraced(*p);
+    }
+}
+
+/// `--all` reports the processes not patched on their own, with why: a `clone(CLONE_VM)`
+/// process sharing the master's address space is `shared_mm` (its code is the master's: done
+/// with it, exit 0), listed by `status --all`; a worker forked while the library loaded is
+/// `inconsistent` (never patched: attach ends with 25), listed by `status --all` too.
+#[test]
+fn all_reports_sharers_and_inconsistent_children_with_their_reason() {
+    let state = state_dir();
+    let s = state.path();
+    let mut builds = Builds::new();
+    let (mut master, manifest) = prefork_build(&mut builds, s, "fix_forkmid.so");
+    let m = master.pid();
+    let sharer = pids(&master.cmd("share"), "shared ")[0];
+    let run = fleet(s, "attach", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let worker = pids(&master.cmd("workers"), "workers ")[0];
+    let results = fleet_results(&report);
+    assert_eq!(results[&m], "applied", "{report}");
+    assert_eq!(results[&sharer], "shared_mm", "{report}");
+    assert_eq!(report["counts"]["shared_mm"], 1, "{report}");
+    let reason = |report: &Value, pid: u32| -> String {
+        report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        reason(&report, sharer).contains(&format!("with PID {m} ")),
+        "{report}"
+    );
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+
+    let run = fleet(s, "attach", &manifest, &["--all", "--json"]);
+    run.expect_code(exit::SOME_FAILED);
+    assert!(run.stderr.contains("1 inconsistent"), "{}", run.stderr);
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&m], "already_applied", "{report}");
+    assert_eq!(results[&sharer], "shared_mm", "{report}");
+    assert_eq!(results[&worker], "inconsistent", "{report}");
+    assert!(
+        reason(&report, worker).contains(&format!("into PID {m}")),
+        "{report}"
+    );
+    assert_eq!(master.cmd("w 0 call 5"), "compute 5 6");
+
+    let run = rpatch(s, &["status", "--all", "--json"]);
+    run.expect_ok();
+    let listed = run.json();
+    let entry = |pid: u32| {
+        listed["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("PID {pid} not listed: {listed}"))
+            .clone()
+    };
+    assert_eq!(entry(sharer)["shared_mm"]["owner"], m, "{listed}");
+    assert_eq!(entry(sharer)["patches"], Value::Array(vec![]));
+    assert_eq!(entry(worker)["inconsistent"]["pid"], m, "{listed}");
+    assert_eq!(
+        entry(m)["manifest_names"],
+        serde_json::json!(["fix_forkmid"])
+    );
+
+    let run = fleet(s, "rollback", &manifest, &["--all", "--json"]);
+    run.expect_ok();
+    let report = run.json();
+    let results = fleet_results(&report);
+    assert_eq!(results[&m], "rolled_back", "{report}");
+    assert_eq!(results[&sharer], "shared_mm", "{report}");
+    assert_eq!(results[&worker], "not_applied", "{report}");
+    assert_eq!(master.cmd("call 5"), "compute 5 6");
+    assert_eq!(master.cmd("unshare"), "unshared");
+    for p in [m, worker] {
+        assert_untraced(p);
+    }
 }

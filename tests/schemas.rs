@@ -10,12 +10,13 @@ use serde_json::json;
 use std::collections::BTreeSet;
 
 /// The schemas, by the name `schema_of` gives.
-const SCHEMAS: [&str; 8] = [
+const SCHEMAS: [&str; 9] = [
     "attach",
     "rollback",
     "status",
     "status-all",
     "fleet",
+    "watch",
     "resolve",
     "rehearse",
     "error",

@@ -48,7 +48,7 @@ impl Watch {
             lines,
             seen: Vec::new(),
         };
-        watch.expect(|l| l.starts_with("watching "));
+        watch.expect(|l| l.starts_with("watching ") || l.contains(r#""event":"started""#));
         watch
     }
 
@@ -56,7 +56,13 @@ impl Watch {
     /// for one: lines about several processes come in any order.
     #[track_caller]
     fn expect(&mut self, want: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|l| want(l)) {
+        self.expect_after(0, want)
+    }
+
+    /// As [`Watch::expect`], among the lines from the `mark`th on (`seen.len()` at some point).
+    #[track_caller]
+    fn expect_after(&mut self, mark: usize, want: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen[mark..].iter().find(|l| want(l)) {
             return line.clone();
         }
         let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -85,15 +91,23 @@ impl Watch {
     }
 
     /// Sends SIGTERM and waits for a clean exit (0) after its `stopped` line.
-    fn terminate(mut self) {
+    fn terminate(self) {
+        self.terminate_keeping_lines();
+    }
+
+    /// [`Watch::terminate`], returning every line watch printed.
+    fn terminate_keeping_lines(mut self) -> Vec<String> {
         // SAFETY: kill(2) with a PID and a signal number has no memory effects.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.expect(|l| l.starts_with("stopped by SIGTERM"));
+        self.expect(|l| {
+            l.starts_with("stopped by SIGTERM")
+                || l.contains(r#""event":"stopped""#) && l.contains(r#""signal":"SIGTERM""#)
+        });
         let deadline = Instant::now() + REPLY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "watch exited with {status}");
-                return;
+                return std::mem::take(&mut self.seen);
             }
             assert!(
                 Instant::now() < deadline,
@@ -255,4 +269,54 @@ fn hand_rollbacks_stay_and_the_directory_is_followed() {
     watch.terminate();
     assert_untraced(kept.pid());
     assert_untraced(other.pid());
+}
+
+/// With `--poll --json`, where no event tells of an `exec`: a process watch patched that then
+/// executes a program again in the same PID (here its own: only the exec image changes) is
+/// patched again within seconds, not at the next 30 s rescan; every line watch prints is one
+/// JSON object following docs/schemas/watch.schema.json.
+#[test]
+fn an_exec_keeping_the_pid_is_patched_again_when_polling() {
+    let t = build_targets();
+    let state = state_dir();
+    let mut builds = Builds::new();
+    let (app, _) = builds.copy(&t.bin("prefork"), "a", "reexec");
+    let dir = patches_dir(&builds);
+    add_manifest(state.path(), &dir, &app, "calc-fix");
+    let mut master = Target::spawn(&app, &[]);
+    let pid = master.pid();
+    let mut watch = Watch::start(state.path(), &[dir.to_str().unwrap(), "--poll", "--json"]);
+    let applied = |l: &str| {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        v["event"] == "process" && v["pid"] == pid && v["result"] == "applied"
+    };
+    watch.expect(applied);
+    assert_eq!(master.cmd("call 5"), "compute 5 500");
+
+    let mark = watch.seen.len();
+    let execed = Instant::now();
+    assert_eq!(master.cmd("exec"), format!("ready {pid}"));
+    let line = watch.expect_after(mark, applied);
+    let took = execed.elapsed();
+    poll_reply(&mut master, "call 5", "compute 5 500", REPLY_TIMEOUT);
+    eprintln!("watch --poll patched the new image {took:?} after the exec: {line}");
+    // The rescan would come about 30 s after watch started; generous for a loaded machine.
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    watch.terminate_keeping_lines().iter().for_each(|line| {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        schema_violations("watch", &v).unwrap_or_else(|e| panic!("{line}: {e}"));
+    });
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["manifest"], "calc-fix", "{v}");
+    assert_eq!(
+        v["patch_ids"],
+        serde_json::json!([1]),
+        "a new image starts a journal: {v}"
+    );
+    let after = v["after_start_ms"].as_u64().unwrap();
+    assert!(
+        after <= took.as_millis() as u64,
+        "counted from the exec: {v}"
+    );
+    assert_untraced(pid);
 }

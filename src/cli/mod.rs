@@ -3,6 +3,7 @@
 //! and the man page, both generated from the argument definitions below.
 
 mod text;
+mod watch_json;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use rpatch::log::Log;
@@ -144,6 +145,10 @@ struct WatchArgs {
     /// Print each phase of each operation with timings on stderr.
     #[arg(short, long)]
     verbose: bool,
+    /// One JSON object per line per event on stdout (docs/schemas/watch.schema.json) instead
+    /// of a line of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -621,7 +626,8 @@ fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rpatch watch`: runs until SIGTERM, SIGINT or SIGHUP, one line per action on stdout.
+/// `rpatch watch`: runs until SIGTERM, SIGINT or SIGHUP, one line per action on stdout (text,
+/// or with `--json` one JSON object).
 fn watch(w: WatchArgs) -> anyhow::Result<i32> {
     use nix::sys::signal::{SigSet, Signal};
     use std::sync::Arc;
@@ -653,7 +659,11 @@ fn watch(w: WatchArgs) -> anyhow::Result<i32> {
     let log = Log::new(w.verbose);
     let result = rpatch::watch(&options, &log, &stop, &mut |event| {
         let signal = Signal::try_from(caught.load(Ordering::SeqCst)).ok();
-        println!("{}", text::watch_event(&event, signal));
+        if w.json {
+            println!("{}", watch_json::event(&event, signal));
+        } else {
+            println!("{}", text::watch_event(&event, signal));
+        }
     });
     match result {
         Ok(()) => Ok(0),

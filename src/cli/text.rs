@@ -189,7 +189,25 @@ pub fn status_all(r: &StatusAllReport) -> String {
                     .manifest
                     .as_deref()
                     .map(|m| format!("  manifest {m}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+            );
+            if let Some(o) = &patch.inherited {
+                out += &format!(
+                    "       inherited from PID {} (patch {})\n",
+                    o.pid, o.patch_id
+                );
+            }
+        }
+        if let Some(shared) = p.shared_mm.as_ref().filter(|s| s.owner != p.pid) {
+            out += &format!(
+                "  shares PID {}'s address space: its patches are PID {}'s\n",
+                shared.owner, shared.owner
+            );
+        }
+        if let Some(i) = &p.inconsistent {
+            out += &format!(
+                "  inconsistent: forked while a library loaded into PID {}; never patched (restart it to run a fix)\n",
+                i.pid
             );
         }
     }
@@ -237,11 +255,18 @@ pub fn fleet(r: &FleetReport) -> String {
 pub fn fleet_failure(r: &FleetReport, kind: ErrorKind) -> String {
     if kind == ErrorKind::SomeProcessesFailed {
         let n = r.count(Outcome::Failed);
-        format!(
+        let mut text = format!(
             "manifest {}: {n} of {} process(es) failed (each was left as it was)",
             r.manifest.name,
             r.processes.len()
-        )
+        );
+        let inconsistent = r.not_done() - n;
+        if inconsistent > 0 {
+            text += &format!(
+                "; {inconsistent} inconsistent (forked while a library loaded: never patched, restart it)"
+            );
+        }
+        text
     } else if r.processes.is_empty() {
         format!(
             "manifest {}: no process maps a module build it is for",
@@ -296,11 +321,16 @@ pub fn watch_event(e: &WatchEvent, signal: Option<nix::sys::signal::Signal>) -> 
                 ProcessEvent::Applied {
                     patch_ids,
                     after_start_ms,
+                    after_exec,
                 } => format!(
                     "{head}: applied (patch {}){}",
                     ids(patch_ids),
                     after_start_ms
-                        .map(|ms| format!(", {ms} ms after the process started"))
+                        .map(|ms| if *after_exec {
+                            format!(", {ms} ms after its exec was seen")
+                        } else {
+                            format!(", {ms} ms after the process started")
+                        })
                         .unwrap_or_default()
                 ),
                 ProcessEvent::AlreadyApplied(p) => {
@@ -316,6 +346,8 @@ pub fn watch_event(e: &WatchEvent, signal: Option<nix::sys::signal::Signal>) -> 
                 }
                 ProcessEvent::Failed(f) => format!("{head}: failed ({}): {}", f.kind, f.message),
                 ProcessEvent::RolledBack(p) => format!("{head}: rolled back (patch {})", ids(p)),
+                ProcessEvent::SharedMm(reason) => format!("{head}: shared_mm: {reason}"),
+                ProcessEvent::Inconsistent(reason) => format!("{head}: inconsistent: {reason}"),
             }
         }
         WatchEvent::EventsLost => "events were lost: looking at every process again".into(),

@@ -25,6 +25,54 @@ const CN_MSG: usize = 20;
 /// How often `/proc` is scanned without the proc connector.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How many polls it takes to look at every known process's [`ExecKey`] once (a slice of them
+/// at each poll): an `exec` in a process already known is seen within this many
+/// [`POLL_INTERVAL`]s when polling (500 ms), at a fifth of the cost of reading every
+/// `/proc/PID/stat` every 100 ms.
+pub const EXEC_CHECK_SLICES: usize = 5;
+
+/// What `/proc/PID/stat` tells of the address space a process's last `exec` made, to see an
+/// `exec` that keeps the PID (and start time) without the proc connector: the start and end
+/// of its code and the start of its stack. `exec` sets all three; with address-space
+/// randomisation (the default) the stack moves at every `exec`, even of the same program, and
+/// the code of a position-independent one too; another program's code almost never ends at the
+/// same address. Only `prctl(PR_SET_MM)` changes them otherwise (checkpoint/restore tools),
+/// which at worst makes `watch` look at the process again. Not seen: the same program executed
+/// again with randomisation off (`setarch -R`, `randomize_va_space=0`), which the periodic
+/// rescan finds. One read of one small file: the cheapest signal there is (the exec image's
+/// `AT_RANDOM` bytes, which always change, take three opens and a read of its memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecKey {
+    start_code: u64,
+    end_code: u64,
+    start_stack: u64,
+}
+
+impl ExecKey {
+    /// The key of `pid` now; `None` when it is gone or its fields read 0 (a process rpatch may
+    /// not trace, a kernel thread, a zombie).
+    pub fn of(pid: i32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Self::parse(&stat)
+    }
+
+    /// The key in the text of a `/proc/PID/stat` (fields 26 to 28, counted from 1; the
+    /// command name, field 2, may hold spaces and parentheses, so fields are counted from the
+    /// last `)`).
+    fn parse(stat: &str) -> Option<Self> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        // `rest` starts with field 3.
+        let mut fields = rest.split_whitespace().skip(26 - 3);
+        let mut next = || fields.next()?.parse::<u64>().ok();
+        let key = Self {
+            start_code: next()?,
+            end_code: next()?,
+            start_stack: next()?,
+        };
+        (key.end_code != 0 && key.start_stack != 0).then_some(key)
+    }
+}
+
 /// What a wait for events found.
 #[derive(Debug, Default)]
 pub struct Events {
@@ -213,6 +261,25 @@ mod tests {
         m.extend((tgid + 1).to_ne_bytes()); // the thread
         m.extend(tgid.to_ne_bytes());
         m
+    }
+
+    /// The key is read from fields 26 to 28 whatever the command name holds; a process whose
+    /// fields read 0 (not ours to trace) has none; our own is stable.
+    #[test]
+    fn exec_keys_come_from_the_stat_fields() {
+        let fields: Vec<String> = (3..=52).map(|n| (n * 10).to_string()).collect();
+        let stat = format!("42 (a) b) (c) {}", fields.join(" "));
+        let key = ExecKey::parse(&stat).unwrap();
+        assert_eq!(
+            (key.start_code, key.end_code, key.start_stack),
+            (260, 270, 280)
+        );
+        let hidden = stat.replace(" 260 270 280 ", " 0 0 0 ");
+        assert_eq!(ExecKey::parse(&hidden), None);
+        assert_eq!(ExecKey::parse("42 (x) S 1"), None);
+        let me = std::process::id() as i32;
+        assert!(ExecKey::of(me).is_some());
+        assert_eq!(ExecKey::of(me), ExecKey::of(me));
     }
 
     #[test]

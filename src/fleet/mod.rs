@@ -22,6 +22,7 @@ pub use report::{Failure, FleetReport, ManifestSummary, Operation, Outcome, Proc
 pub use status_all::{ProcessStatus, StatusAllReport, status_all};
 pub use watch::{EventSource, ProcessEvent, WatchEvent, WatchOptions, watch};
 
+use crate::error::Unsupported;
 use crate::log::Log;
 use crate::patch::{
     self, Allowances, AttachOptions, AttachOutcome, FunctionRequest, RollbackOptions,
@@ -103,6 +104,7 @@ pub fn attach(options: &ManifestAttachOptions, log: &Log) -> Result<FleetReport,
     let fleet = &options.fleet;
     let manifest = LoadedManifest::load(&fleet.manifest)?;
     manifest.verify_library()?;
+    crate::prune_retired(log);
     let tag = manifest.tag();
     let (jobs, mut outcomes) = select(&manifest, fleet, log);
     let done = jobs::run_each(&jobs, fleet.jobs, log, |job, log| {
@@ -149,6 +151,7 @@ fn rollback_loaded(
     log: &Log,
 ) -> FleetReport {
     let fleet = &options.fleet;
+    crate::prune_retired(log);
     let tag = manifest.tag();
     let (jobs, mut outcomes) = select(manifest, fleet, log);
     let done = jobs::run_each(&jobs, fleet.jobs, log, |job, log| {
@@ -211,6 +214,17 @@ fn finish(
             log.step("fleet", format!("PID {}: exited meanwhile", job.pid));
             None
         }
+        Err(e) if relation(&e).is_some() => {
+            let result = relation(&e).expect("checked");
+            log.step("fleet", format!("PID {}: {result}: {e}", job.pid));
+            Some(ProcessOutcome::related(
+                job.pid,
+                job.exe.clone(),
+                build_id,
+                result,
+                &e,
+            ))
+        }
         Err(e) => {
             log.step("fleet", format!("PID {}: failed: {e}", job.pid));
             Some(ProcessOutcome::failed(
@@ -220,6 +234,21 @@ fn finish(
                 &e,
             ))
         }
+    }
+}
+
+/// The outcome of a process that is not patched on its own because of its relation to
+/// another: it shares that one's address space (`shared_mm`), or was forked while a library
+/// loaded into it (`inconsistent`).
+fn relation(e: &Error) -> Option<Outcome> {
+    match e {
+        Error::Unsupported {
+            reason: Unsupported::SharedAddressSpace { .. },
+        } => Some(Outcome::SharedMm),
+        Error::Unsupported {
+            reason: Unsupported::Inconsistent { .. },
+        } => Some(Outcome::Inconsistent),
+        _ => None,
     }
 }
 

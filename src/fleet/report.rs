@@ -36,6 +36,14 @@ pub enum Outcome {
     Skipped,
     /// The operation failed for this process (it was left as it was).
     Failed,
+    /// The process shares the address space of another one (the owner, named in the reason)
+    /// without being its thread (vfork or posix_spawn before its exec, `clone(CLONE_VM)`): its
+    /// code is the owner's, patched or rolled back with the owner (also listed). Not a failure.
+    SharedMm,
+    /// The process was forked while rpatch loaded a library into its ancestor (named in the
+    /// reason): its loader state is half updated, so nothing is ever loaded into it. It runs
+    /// without the patch: for attach, the run ends with `some_processes_failed` (25).
+    Inconsistent,
 }
 
 impl Outcome {
@@ -50,10 +58,13 @@ impl Outcome {
             Outcome::WouldRollBack => "would_roll_back",
             Outcome::Skipped => "skipped",
             Outcome::Failed => "failed",
+            Outcome::SharedMm => "shared_mm",
+            Outcome::Inconsistent => "inconsistent",
         }
     }
 
-    /// The outcomes an operation can have, in the order counts list them.
+    /// The outcomes every run of an operation counts (zeros included), in the order counts
+    /// list them; [`Outcome::SPECIAL`] ones are counted only when some process has them.
     pub const fn of(operation: Operation, dry_run: bool) -> [Outcome; 4] {
         match (operation, dry_run) {
             (Operation::Attach, false) => [
@@ -82,6 +93,12 @@ impl Outcome {
             ],
         }
     }
+}
+
+impl Outcome {
+    /// Outcomes of processes in a particular relation to another (see each), counted only
+    /// when some process has them.
+    pub const SPECIAL: [Outcome; 2] = [Outcome::SharedMm, Outcome::Inconsistent];
 }
 
 impl std::fmt::Display for Outcome {
@@ -143,6 +160,26 @@ impl ProcessOutcome {
             result: Outcome::Skipped,
             patch_ids: Vec::new(),
             reason: Some(reason),
+            error: None,
+        }
+    }
+
+    /// A process not worked on because of its relation to another ([`Outcome::SharedMm`],
+    /// [`Outcome::Inconsistent`]), with the refusal that says so as the reason.
+    pub fn related(
+        pid: i32,
+        exe: PathBuf,
+        build_id: Option<String>,
+        result: Outcome,
+        refusal: &Error,
+    ) -> Self {
+        Self {
+            pid,
+            exe,
+            build_id,
+            result,
+            patch_ids: Vec::new(),
+            reason: Some(first_line(&refusal.to_string())),
             error: None,
         }
     }
@@ -211,9 +248,16 @@ impl FleetReport {
         total_ms: f64,
     ) -> Self {
         processes.sort_by_key(|p| p.pid);
+        let count = |o: Outcome| processes.iter().filter(|p| p.result == o).count();
         let counts = Outcome::of(operation, dry_run)
             .into_iter()
-            .map(|o| (o, processes.iter().filter(|p| p.result == o).count()))
+            .map(|o| (o, count(o)))
+            .chain(
+                Outcome::SPECIAL
+                    .into_iter()
+                    .map(|o| (o, count(o)))
+                    .filter(|&(_, n)| n > 0),
+            )
             .collect();
         Self {
             schema_version: Self::SCHEMA_VERSION,
@@ -235,17 +279,31 @@ impl FleetReport {
     }
 
     /// The kind the run ends with, when it is not a success: `some_processes_failed` when any
-    /// process failed (the others were still done), `no_process_matched` when no process
-    /// matched (every one was skipped, or none was found). `None`: every matched process ended
-    /// applied or already applied (rolled back or not applied).
+    /// process failed or is `inconsistent` (it runs without the patch; the others were still
+    /// done), `no_process_matched` when no process matched (every one was skipped, or none was
+    /// found). `None`: every matched process ended applied or already applied (rolled back or
+    /// not applied), processes sharing a matched one's address space included.
     pub fn failure(&self) -> Option<ErrorKind> {
-        if self.count(Outcome::Failed) > 0 {
+        if self.not_done() > 0 {
             Some(ErrorKind::SomeProcessesFailed)
-        } else if self.processes.iter().all(|p| p.result == Outcome::Skipped) {
+        } else if self
+            .processes
+            .iter()
+            .all(|p| matches!(p.result, Outcome::Skipped | Outcome::SharedMm))
+        {
             Some(ErrorKind::NoProcessMatched)
         } else {
             None
         }
+    }
+
+    /// How many processes the operation was not done for: failed, or (attach) inconsistent.
+    pub fn not_done(&self) -> usize {
+        self.count(Outcome::Failed)
+            + match self.operation {
+                Operation::Attach => self.count(Outcome::Inconsistent),
+                Operation::Rollback => 0,
+            }
     }
 
     /// Whether the run changed something (or, in a dry run, would): what Ansible calls
@@ -324,6 +382,18 @@ mod tests {
         assert_eq!(r.count(AlreadyApplied), 0);
         assert!(r.changed());
         assert!(!report(&[AlreadyApplied]).changed());
+        let special = report(&[AlreadyApplied, SharedMm]);
+        assert_eq!(special.failure(), None, "a sharer is done with its owner");
+        assert_eq!(
+            serde_json::to_value(&special).unwrap()["counts"],
+            serde_json::json!({"applied": 0, "already_applied": 1, "skipped": 0, "failed": 0, "shared_mm": 1})
+        );
+        assert_eq!(
+            report(&[AlreadyApplied, Inconsistent]).failure(),
+            Some(ErrorKind::SomeProcessesFailed),
+            "an inconsistent child runs without the patch"
+        );
+        assert_eq!(report(&[Inconsistent]).not_done(), 1);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(
             json["counts"],

@@ -3,14 +3,15 @@
 //! manifests are added to, changed in or removed from a directory.
 //!
 //! New processes come from the proc connector, or from a scan of `/proc` every 100 ms where it
-//! gives nothing (`events`). A process is patched only once its dynamic loader is done
+//! gives nothing (`events`); when scanning, an `exec` that keeps its PID is seen by a change of
+//! the process's [`ExecKey`] (each process's looked at every 500 ms). A process is patched only once its dynamic loader is done
 //! (`patch::loader_done`, retried every 10 ms), at most once per manifest; a patch a user rolled
 //! back by hand stays rolled back (its journal says so). A manifest removed from a directory is
 //! rolled back everywhere; a changed one is rolled back and the new one applied. Manifests and
 //! libraries must be owned by root (or the user running watch) and not writable by group or
 //! others. Everything runs on the calling thread: each target's ptrace calls stay on it.
 
-use super::events::{Events, POLL_INTERVAL, ProcConnector};
+use super::events::{EXEC_CHECK_SLICES, Events, ExecKey, POLL_INTERVAL, ProcConnector};
 use super::manifest::LoadedManifest;
 use super::report::{Failure, Outcome};
 use super::select::{self, Match, Scanned};
@@ -105,8 +106,12 @@ pub enum ProcessEvent {
     Applied {
         /// Patch ids.
         patch_ids: Vec<u64>,
-        /// Milliseconds from the process's start (its `exec`) to the patch.
+        /// Milliseconds from the process's start to the patch; for a process already known
+        /// that executed a new program, from when watch learnt of that `exec` (its start time
+        /// is its fork's).
         after_start_ms: Option<u64>,
+        /// Whether `after_start_ms` counts from such an `exec`.
+        after_exec: bool,
     },
     /// It carried the patch already.
     AlreadyApplied(Vec<u64>),
@@ -120,6 +125,12 @@ pub enum ProcessEvent {
     Failed(Failure),
     /// The manifest's patch was rolled back (the manifest was removed or changed).
     RolledBack(Vec<u64>),
+    /// It shares the address space of another process (named in the reason) without being
+    /// its thread: its code is that one's, patched with it.
+    SharedMm(String),
+    /// It was forked while a library loaded into its ancestor (named in the reason): never
+    /// patched.
+    Inconsistent(String),
 }
 
 /// How long a new process is looked at for a module of a manifest (its program may `exec`
@@ -132,7 +143,8 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 /// How often manifest files and directories are read again.
 const REFRESH: Duration = Duration::from_secs(1);
 /// How often every process is looked at again: one may load a manifest's library late (a
-/// plugin's `dlopen`), or `exec` where no event tells (when scanning `/proc`).
+/// plugin's `dlopen`), or, when scanning `/proc`, `exec` in a way its [`ExecKey`] does not
+/// show (its own program again with address-space randomisation off).
 const RESCAN: Duration = Duration::from_secs(30);
 
 /// The manifests being kept applied, each by its identity (name and library hash).
@@ -183,6 +195,7 @@ pub fn watch(
     let mut next_poll = Instant::now() + POLL_INTERVAL;
     let mut next_refresh = Instant::now() + REFRESH;
     let mut next_rescan = Instant::now() + RESCAN;
+    let mut polls = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let due = watcher.next_due().unwrap_or(now + POLL_INTERVAL);
@@ -222,6 +235,8 @@ pub fn watch(
                         watcher.enqueue(pid, NEW_PROCESS_WINDOW);
                     }
                     known = pids;
+                    watcher.look_for_execs(polls);
+                    polls = polls.wrapping_add(1);
                     next_poll = Instant::now() + POLL_INTERVAL;
                 }
             }
@@ -233,6 +248,7 @@ pub fn watch(
             next_refresh = Instant::now() + REFRESH;
         }
         if Instant::now() >= next_rescan {
+            crate::prune_retired(log);
             for pid in select::all_pids() {
                 watcher.enqueue(pid, Duration::ZERO);
             }
@@ -271,6 +287,11 @@ impl Watched {
 /// What watch knows of one process.
 struct Tracked {
     start_time: u64,
+    /// What its last `exec` made of its address space, when polling: a change is an `exec`
+    /// that kept the PID (see [`ExecKey`]).
+    exec_key: Option<ExecKey>,
+    /// When watch learnt that this process, settled before, executed a new program.
+    execed: Option<Instant>,
     /// The manifests it was given (or found to map another build of): each manifest once. A
     /// manifest it maps no module of is looked at again at the next rescan.
     done: HashSet<Key>,
@@ -311,17 +332,16 @@ impl Watcher<'_> {
             return;
         };
         let now = Instant::now();
-        let tracked = self.processes.entry(pid).or_insert_with(|| Tracked {
+        let fresh = || Tracked {
             start_time,
+            exec_key: ExecKey::of(pid),
+            execed: None,
             done: HashSet::new(),
             pending: None,
-        });
+        };
+        let tracked = self.processes.entry(pid).or_insert_with(fresh);
         if tracked.start_time != start_time {
-            *tracked = Tracked {
-                start_time,
-                done: HashSet::new(),
-                pending: None,
-            };
+            *tracked = fresh();
         }
         // A process already waited for keeps the longer of its window and this one.
         let (window_end, ready_by) = match &tracked.pending {
@@ -343,8 +363,34 @@ impl Watcher<'_> {
     fn exec(&mut self, pid: i32) {
         if let Some(t) = self.processes.get_mut(&pid) {
             t.done.clear();
+            t.exec_key = ExecKey::of(pid);
+            // A process still being looked at since it appeared is still starting (a fork,
+            // then its exec): its start time stays the reference.
+            if t.pending.is_none() {
+                t.execed = Some(Instant::now());
+            }
         }
         self.enqueue(pid, NEW_PROCESS_WINDOW);
+    }
+
+    /// When polling (no `exec` events): looks at the [`ExecKey`] of one slice of the known
+    /// processes (the `round`th of [`EXEC_CHECK_SLICES`]), and treats each whose key changed as
+    /// having executed a new program: every process is looked at once per
+    /// `EXEC_CHECK_SLICES` polls. A new PID is found by the scan itself.
+    fn look_for_execs(&mut self, round: usize) {
+        let slice = round % EXEC_CHECK_SLICES;
+        let execed: Vec<i32> = self
+            .processes
+            .iter()
+            .filter(|&(&pid, _)| pid.unsigned_abs() as usize % EXEC_CHECK_SLICES == slice)
+            .filter(|&(&pid, t)| ExecKey::of(pid).is_some_and(|k| Some(k) != t.exec_key))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in execed {
+            self.log
+                .step("watch", format!("PID {pid} executed a new program"));
+            self.exec(pid);
+        }
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -463,6 +509,7 @@ impl Watcher<'_> {
             pending.next = Instant::now() + pending.interval;
         } else {
             tracked.pending = None;
+            tracked.execed = None;
         }
     }
 
@@ -495,13 +542,23 @@ impl Watcher<'_> {
             format!("PID {pid} ({}): {result:?}", exe.display()),
         );
         match result {
-            Ok(AttachOutcome::Done(r)) => ProcessEvent::Applied {
-                patch_ids: r.patches.iter().map(|p| p.id).collect(),
-                after_start_ms: since_start_ms(pid),
-            },
+            Ok(AttachOutcome::Done(r)) => {
+                let execed = self.processes.get(&pid).and_then(|t| t.execed);
+                ProcessEvent::Applied {
+                    patch_ids: r.patches.iter().map(|p| p.id).collect(),
+                    after_start_ms: execed
+                        .map(|at| at.elapsed().as_millis() as u64)
+                        .or_else(|| since_start_ms(pid)),
+                    after_exec: execed.is_some(),
+                }
+            }
             Ok(AttachOutcome::AlreadyApplied(ids)) => ProcessEvent::AlreadyApplied(ids),
             Ok(AttachOutcome::RolledBack(ids)) => ProcessEvent::KeptRolledBack(ids),
-            Err(e) => ProcessEvent::Failed(Failure::of(&e)),
+            Err(e) => match super::relation(&e) {
+                Some(Outcome::SharedMm) => ProcessEvent::SharedMm(e.to_string()),
+                Some(_) => ProcessEvent::Inconsistent(e.to_string()),
+                None => ProcessEvent::Failed(Failure::of(&e)),
+            },
         }
     }
 

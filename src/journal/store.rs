@@ -116,11 +116,8 @@ impl StateDir {
     /// (`retired-*.json`), with its file name. Unreadable or corrupt files are skipped.
     pub fn journals(&self) -> Vec<(String, JournalData)> {
         // Listed through the directory as opened (its fd), like every file in it.
-        let listing = format!("/proc/self/fd/{}", self.dir.as_raw_fd());
-        let Ok(dir) = std::fs::read_dir(listing) else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        self.names()
+            .into_iter()
             .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
             .filter_map(|n| {
                 let data = self.read_journal(&n).ok()??;
@@ -145,6 +142,57 @@ impl StateDir {
         renameat(self.dir.as_fd(), name, self.dir.as_fd(), retired.as_str())
             .map_err(errno_err(&path))?;
         nix::unistd::fsync(self.dir.as_fd()).map_err(errno_err(&self.root))
+    }
+
+    /// Deletes every retired journal (`retired-*.json`, see [`StateDir::retire`]) that no live
+    /// process can still need, and returns the names deleted. A retired journal describes an
+    /// exec image its process left (or a dead process whose PID was reused); only a process
+    /// running that very image — a child forked before the exec that has not exec'd itself —
+    /// holds its patches and may adopt them from it. Once no live process runs the image (or
+    /// the journal is of another boot, or recorded no image, which no adoption matches), none
+    /// ever will: a new process of an image is only ever forked from a live one.
+    ///
+    /// Each is checked again and deleted under its process's lock (the lock an adoption from
+    /// it takes), tried without waiting: a journal whose lock is busy is left for the next
+    /// time. Call it holding no target's lock. Files that cannot be read are left alone.
+    pub fn prune_retired(&self) -> Vec<String> {
+        let mut deleted = Vec::new();
+        for name in self.names() {
+            let Some(pid) = retired_pid(&name) else {
+                continue;
+            };
+            let unneeded = |state: &Self| {
+                state
+                    .read_journal(&name)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| !super::image_still_run(&d.identity))
+            };
+            if !unneeded(self) {
+                continue;
+            }
+            let Ok(lock) = self.lock_file(&format!("{pid}.lock")) else {
+                continue;
+            };
+            if lock.try_lock().is_err() || !unneeded(self) {
+                continue;
+            }
+            if unlinkat(self.dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
+                deleted.push(name);
+            }
+        }
+        deleted
+    }
+
+    /// The names of the files in the directory (listed through the directory as opened).
+    fn names(&self) -> Vec<String> {
+        let listing = format!("/proc/self/fd/{}", self.dir.as_raw_fd());
+        std::fs::read_dir(listing)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Opens `name` in the directory for reading, `None` when it does not exist. A symlink, a
@@ -265,6 +313,12 @@ impl StateDir {
         .map_err(errno_err(&path))?;
         files::regular(File::from(fd)).map_err(io_err(&path))
     }
+}
+
+/// The PID in the name of a retired journal (`retired-PID-START-IMAGE.json`).
+fn retired_pid(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix("retired-")?.strip_suffix(".json")?;
+    rest.split('-').next()?.parse().ok()
 }
 
 /// Opens the directory `root`, creating what is missing (0700), one component at a time from
@@ -416,12 +470,7 @@ pub struct Journal {
 fn still_held(recorded: &TargetIdentity) -> bool {
     let live = crate::process::read_stat(recorded.pid, recorded.pid)
         .is_ok_and(|(_, start, _)| start == recorded.start_time);
-    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .is_ok_and(|b| b.trim() == recorded.boot_id);
-    match &recorded.image {
-        Some(image) if this_boot && !live => !crate::process::holders(image).is_empty(),
-        _ => false,
-    }
+    !live && super::image_still_run(recorded)
 }
 
 impl Journal {
@@ -628,6 +677,72 @@ mod tests {
             names,
             vec![format!("retired-42-7-{}.json", image(1).short())],
             "the old image's journal is kept aside"
+        );
+    }
+
+    /// Retired journals go once no live process runs their image: ours (this test process
+    /// runs it) stays, as does one whose lock another run holds; one of another boot, or
+    /// without an image, goes; current journals are never touched.
+    #[test]
+    fn retired_journals_go_once_no_process_runs_their_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().to_path_buf()).unwrap();
+        let me = std::process::id() as i32;
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim()
+            .to_string();
+        let mine = crate::process::read_image(me).unwrap();
+        let gone_image = crate::process::ExecImage {
+            at_random: [0xee; 16],
+            ..mine
+        };
+        let write = |pid: i32, boot: &str, image: Option<crate::process::ExecImage>| {
+            let identity = TargetIdentity {
+                pid,
+                start_time: 7,
+                boot_id: boot.into(),
+                exe: "/bin/x".into(),
+                image,
+            };
+            let data = serde_json::to_vec(&JournalData::new(identity.clone())).unwrap();
+            let name = format!("{pid}.json");
+            state.replace_file(&name, &data, 0o600, false).unwrap();
+            state.retire(&name, &identity).unwrap();
+        };
+        write(1001, &boot, Some(mine));
+        write(1002, &boot, Some(gone_image));
+        write(1003, "another-boot", Some(mine));
+        write(1004, &boot, None);
+        write(1005, &boot, Some(gone_image));
+        let current = JournalData::new(TargetIdentity {
+            pid: 1006,
+            start_time: 7,
+            boot_id: boot.clone(),
+            exe: "/bin/x".into(),
+            image: Some(gone_image),
+        });
+        let text = serde_json::to_vec(&current).unwrap();
+        state
+            .replace_file("1006.json", &text, 0o600, false)
+            .unwrap();
+        let busy = state.lock(1005).unwrap();
+        let mut deleted = state.prune_retired();
+        deleted.sort();
+        let pids: Vec<&str> = deleted.iter().map(|n| &n[8..12]).collect();
+        assert_eq!(pids, vec!["1002", "1003", "1004"], "{deleted:?}");
+        drop(busy);
+        let deleted = state.prune_retired();
+        assert_eq!(deleted.len(), 1, "{deleted:?}");
+        assert!(deleted[0].starts_with("retired-1005-"));
+        let mut left: Vec<String> = state.journals().into_iter().map(|(n, _)| n).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                "1006.json".to_string(),
+                format!("retired-1001-7-{}.json", mine.short())
+            ]
         );
     }
 

@@ -90,8 +90,10 @@ pub fn rollback_preview(options: &RollbackOptions, log: &Log) -> Result<Vec<u64>
     let pid = options.pid;
     let since = crate::journal::now_secs();
     let (state, lock) = lock_target(pid)?;
-    let (_, identity) = identify(pid, log)?;
-    let mut journal = Journal::open_locked(lock, &state, &identity)?;
+    let (info, identity) = identify(pid, log)?;
+    super::lineage::refuse_shared_address_space(pid)?;
+    // A forked child's inherited patches are its own to roll back, as in `rollback_once`.
+    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
     reconcile(&mut journal, &process::ProcMem::open(pid)?)?;
     let selected = select(&journal, options);
     drop(journal);

@@ -223,6 +223,10 @@ processes:
     - C(result) is C(applied), C(already_applied), C(skipped) or C(failed) for attach;
       C(rolled_back), C(not_applied), C(skipped) or C(failed) for rollback; in check mode
       C(would_apply) or C(would_roll_back) for those that would change.
+    - Either operation may also report C(shared_mm) (a process sharing another's address
+      space, done with that one; not a failure) and C(inconsistent) (a child forked while a
+      library loaded into its parent, never patched; attach then fails with
+      C(some_processes_failed)), each with its C(reason).
   returned: always
   type: list
   elements: dict
@@ -379,9 +383,14 @@ def make_diff(processes, state, name):
 
 
 def failed_summary(processes):
-    """``pid N (exe): kind: message`` for each failed process."""
+    """``pid N (exe): kind: message`` for each failed process, and ``pid N (exe):
+    inconsistent: reason`` for each child rpatch never patches (forked while a library loaded
+    into its parent: rpatch exits 25 for those too)."""
     lines = []
     for process in processes:
+        if process.get("result") == "inconsistent":
+            lines.append("%s: inconsistent: %s" % (describe(process), process.get("reason")))
+            continue
         if process.get("result") != "failed":
             continue
         error = process.get("error") or {}
