@@ -2,9 +2,10 @@
 # arm64 end-to-end checks in an emulated arm64 machine (ptrace of another process does not work
 # under qemu-user, so this boots a real arm64 kernel under qemu-system-aarch64).
 #
-# Builds dynamically linked arm64 test targets (test-targets/c sources, test-targets/aarch64) and
-# the guest's /init (test-targets/aarch64/guest, a static Rust program using rpatch-arch's
-# arm64 bootstrap and stub to make remote calls in them), packs them with the arm64 glibc into
+# Builds dynamically linked arm64 test targets (test-targets/c sources, test-targets/aarch64),
+# rpatch itself for arm64, and the guest's /init (test-targets/aarch64/guest, a static Rust
+# program using rpatch-arch's arm64 bootstrap and stub to make remote calls in them, then
+# running /rpatch attach/status/rollback against them), packs them with the arm64 glibc into
 # an initramfs, and boots Debian's cloud arm64 kernel twice:
 #   1. -cpu cortex-a72            the base scenarios (and the BTI/PAC checks as controls: no trap)
 #   2. -cpu max,pauth-impdef=on   everything again with BTI and pointer authentication enforced
@@ -12,9 +13,10 @@
 # For debugging: RPATCH_AARCH64_BOOTS="a72" runs one boot; RPATCH_AARCH64_GUEST_ARGS is added to
 # the kernel command line ("rpatch.only=NAME,NAME" runs those scenarios, "rpatch.trace" prints
 # each ptrace step of the guest's tracer).
-# Run time on a 2-core machine under load: about 1 minute with a warm cache (most of it the
-# restart scenarios, whose calls sleep 2 s), 3 to 5 minutes from a fresh cache (kernel download
-# and cross builds).
+# Run time on a 2-core machine under load: about 5 minutes with a warm cache (each boot about
+# 2 minutes, most of it the 50 random kills of rpatch and the first attaches under a signal
+# storm), a few minutes more from a fresh cache (kernel download and cross builds of rpatch, the
+# guest and the Rust targets).
 #
 # Installs what it needs when missing (as root): qemu-system-arm, gcc-aarch64-linux-gnu,
 # libc6-dev-arm64-cross, binutils-aarch64-linux-gnu, cpio, and the rustup target
@@ -75,19 +77,35 @@ $cc "${cflags[@]}" -o "$out/root/t/sigstorm" test-targets/c/sigstorm.c
 $cc "${cflags[@]}" -o "$out/root/t/sleepers" test-targets/aarch64/sleepers.c
 $cc "${cflags[@]}" -o "$out/root/t/vectors" test-targets/aarch64/vectors.c test-targets/aarch64/vector-spin.S
 $cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/planted.so" test-targets/c/planted.c
+$cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/fix_basic.so" test-targets/c/fix_basic.c
 # pac-ret and BTI landing pads. Debian's cross crt objects are unmarked, which would leave the
 # executable unmarked (and `-z force-bti` would guard their landing-pad-less _init and
 # frame_dummy): btipac brings its own marked _start (test-targets/aarch64/start.S).
 $cc -O1 -g -Wall -Wextra -fno-omit-frame-pointer -mbranch-protection=standard -fPIE -pie -pthread \
   -nostartfiles -o "$out/root/t/btipac" test-targets/aarch64/start.S test-targets/aarch64/btipac.c
+# Its patch library, marked too (no crt files: a shared object needs none).
+$cc -O1 -g -Wall -Wextra -mbranch-protection=standard -fPIC -shared -nostartfiles \
+  -o "$out/root/t/fix_btipac.so" test-targets/aarch64/fix_btipac.c
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --quiet --release --target aarch64-unknown-linux-gnu \
     --manifest-path test-targets/aarch64/guest/Cargo.toml --target-dir "$cache/target"
 cp "$cache/target/aarch64-unknown-linux-gnu/release/rpatch-guest" "$out/root/init"
+# A Rust target and its patch library (cdylib), dynamically linked.
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc \
+  cargo build --quiet --release --target aarch64-unknown-linux-gnu -p calcapp -p calcapp-fix \
+    --manifest-path test-targets/rust/Cargo.toml --target-dir "$cache/target-rust"
+cp "$cache/target-rust/aarch64-unknown-linux-gnu/release/calcapp" "$out/root/t/calcapp"
+cp "$cache/target-rust/aarch64-unknown-linux-gnu/release/libcalcapp.so" "$out/root/t/libcalcapp.so"
+# The real rpatch, dynamically linked like the targets (its debug info stripped: the initramfs
+# stays small).
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc \
+  cargo build --quiet --release --target aarch64-unknown-linux-gnu --bin rpatch \
+    --target-dir "$cache/target"
+aarch64-linux-gnu-strip -o "$out/root/rpatch" "$cache/target/aarch64-unknown-linux-gnu/release/rpatch"
 # The dynamic loader and libc the targets need, where the loader looks for them.
 sysroot=/usr/aarch64-linux-gnu/lib
 cp -L "$sysroot/ld-linux-aarch64.so.1" "$out/root/lib/"
-for lib in $(aarch64-linux-gnu-readelf -d "$out"/root/t/* | awk '/NEEDED/ { gsub(/[][]/, "", $5); print $5 }' | sort -u); do
+for lib in $(aarch64-linux-gnu-readelf -d "$out"/root/t/* "$out/root/rpatch" | awk '/NEEDED/ { gsub(/[][]/, "", $5); print $5 }' | sort -u); do
   cp -L "$sysroot/$lib" "$out/root/lib/aarch64-linux-gnu/"
 done
 (cd "$out/root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initrd.cpio.gz"

@@ -119,9 +119,7 @@ pub fn unwinder(data: &[u8]) {
     let data_mappings = std::iter::once(STACK..stack_end).collect();
     let mem = Box::new(ProcMem::from_file(mem));
     let mut inspector = StackInspector::from_images(mem, &images, data_mappings);
-    // SAFETY: user_regs_struct is plain integers; all zeros is a valid value.
-    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    (regs.rip, regs.rsp, regs.rbp) = (rip, rsp, rbp);
+    let regs = crate::process::Regs::for_unwind(rip, rsp, rbp);
     let walk = inspector.walk(&regs);
     assert!(!walk.frames.is_empty());
 }

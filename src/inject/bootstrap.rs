@@ -7,10 +7,8 @@ use super::region;
 use super::state::set_sigmask;
 use super::*;
 use crate::fault::FaultPoint;
-use crate::isa::remote_call::{
-    self as stub, BOOTSTRAP_FRAME_LEN, BOOTSTRAP_LEN, ENTRY_RFLAGS, PAGE, RED_ZONE, SYS_MMAP,
-    Syscall,
-};
+use crate::isa::call::{self, SYS_MMAP};
+use crate::isa::remote_call::{self as stub, BOOTSTRAP_LEN, Syscall};
 use crate::log::Log;
 use crate::process::{self, Memory, ModuleMap};
 use std::time::Duration;
@@ -31,7 +29,8 @@ impl InjectedThread<'_> {
         let mut again = None;
         for _ in 0..BOOTSTRAP_ATTEMPTS {
             let maps = self.maps()?;
-            let slack = region::find_slack(modules, &maps, self.tracer.mem()).ok_or_else(|| {
+            let page = self.layout.page();
+            let slack = region::find_slack(modules, &maps, self.tracer.mem(), page).ok_or_else(|| {
                 refused(format!(
                     "no executable segment of a mapped file has {BOOTSTRAP_LEN} unused bytes at its end to bootstrap from"
                 ))
@@ -39,7 +38,7 @@ impl InjectedThread<'_> {
             let base = match again.take() {
                 Some(base) => base,
                 None => {
-                    let base = region::region_addresses(&maps, self.region.len())
+                    let base = region::region_addresses(&maps, self.region.len(), page)
                         .into_iter()
                         .find(|b| !tried.contains(b))
                         .ok_or_else(|| refused("no free address range for it".into()))?;
@@ -52,7 +51,9 @@ impl InjectedThread<'_> {
             let maps = self.maps()?;
             match region::region_mapped(&maps, &self.region) {
                 (true, true) => {
-                    self.stub = stub::call_stub(&self.region, self.fp)
+                    self.stub = self
+                        .layout
+                        .stub(&self.region)
                         .map_err(|e| refused(format!("encoding the stub: {e}")))?;
                     self.write_text(self.region.code(), &self.stub.code, "stub code")?;
                     let header = stub::idle_header(self.region.data_len());
@@ -118,38 +119,45 @@ impl InjectedThread<'_> {
         ledger: &mut dyn SlackLedger,
     ) -> Result<(), InjectError> {
         let pid = self.pid();
-        let resume = resume_state(&self.at_rest);
-        let frame_at = resume.rsp - RED_ZONE - BOOTSTRAP_FRAME_LEN;
-        let room = maps
-            .iter()
-            .any(|m| m.start <= frame_at && resume.rsp <= m.end && m.perms.read_write());
-        if !room {
-            return Err(InjectError::NoStubRegion {
-                pid,
-                reason: format!(
-                    "thread {} has no room for {} bytes below its stack pointer {:#x}",
-                    self.tid,
-                    RED_ZONE + BOOTSTRAP_FRAME_LEN,
-                    resume.rsp
-                ),
-            });
-        }
         let region = self.region;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
         let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let code_page = Syscall {
             nr: SYS_MMAP,
-            args: [region.code(), PAGE, rx, flags, u64::MAX, 0],
+            args: [
+                region.code(),
+                region.rw_start() - region.code(),
+                rx,
+                flags,
+                u64::MAX,
+                0,
+            ],
         };
         let stack_and_data = Syscall {
             nr: SYS_MMAP,
             args: [region.rw_start(), region.rw_len(), rw, flags, u64::MAX, 0],
         };
-        let frame: Vec<u8> = stub::bootstrap_frame(&stack_and_data, self.at_rest_mask, &resume)
+        let (frame_at, frame, needs) = call::bootstrap_frame(
+            &self.at_rest,
+            &stack_and_data,
+            self.at_rest_mask,
+            self.tracer.mem(),
+        );
+        let room = maps
             .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
+            .any(|m| m.start <= needs.start && needs.end <= m.end && m.perms.read_write());
+        if !room {
+            return Err(InjectError::NoStubRegion {
+                pid,
+                reason: format!(
+                    "thread {} has no room for {} bytes below its stack pointer {:#x}",
+                    self.tid,
+                    needs.end - needs.start,
+                    self.at_rest.sp()
+                ),
+            });
+        }
         self.tracer
             .mem()
             .write_at(frame_at, &frame)
@@ -158,14 +166,7 @@ impl InjectedThread<'_> {
         if !slack.leftover {
             self.write_text(slack.addr, &stub::bootstrap_code(), "slack bytes")?;
         }
-        let mut regs = self.at_rest;
-        regs.rip = slack.addr;
-        regs.rsp = frame_at;
-        regs.eflags = ENTRY_RFLAGS;
-        regs.orig_rax = u64::MAX;
-        regs.rax = code_page.nr;
-        let [a0, a1, a2, a3, a4, a5] = code_page.args;
-        (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a0, a1, a2, a3, a4, a5);
+        let regs = call::bootstrap_regs(&self.at_rest, slack.addr, frame_at, &code_page);
         let code = OwnCode::Bootstrap(slack.addr..slack.addr + BOOTSTRAP_LEN as u64);
         self.tracer.set_regs(self.tid, regs)?;
         // Asynchronous signals wait until the bootstrap's last system call restores the

@@ -188,6 +188,9 @@ pub enum ThreadRefusal {
     SignalPending(i32),
     /// It is still in an earlier call that did not finish.
     StillInCall(i32),
+    /// Its vector state cannot be kept across a call (arm64: SME streaming mode, ZA in use,
+    /// live SVE state outside a system call); the reason in words.
+    VectorState(i32, &'static str),
 }
 
 impl std::fmt::Display for ThreadRefusal {
@@ -215,6 +218,7 @@ impl std::fmt::Display for ThreadRefusal {
                 f,
                 "thread {tid} is still in an earlier call that did not finish"
             ),
+            ThreadRefusal::VectorState(tid, why) => write!(f, "thread {tid}: {why}"),
         }
     }
 }

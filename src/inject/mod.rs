@@ -9,10 +9,10 @@
 //! depends on the tracer catching a fault:
 //!
 //! * Every call runs through a stub in a region rpatch maps once per target (`[code r-x][256 KiB
-//!   stack][data]`, see [`rpatch_arch::x86_64::remote_call`]): it saves the FP state, blocks
+//!   stack][data]`, see `rpatch_arch`'s `remote_call` of each ISA): it saves the FP state, blocks
 //!   asynchronous signals, saves errno, calls, restores all of it and jumps back to where the
 //!   thread must resume. That is where the thread would be anyway: a system call it was
-//!   interrupted in is re-issued exactly as the kernel's restart would (see [`resume_state`]).
+//!   interrupted in is re-issued exactly as the kernel's restart would (see `isa::call::resume_state`).
 //! * The region itself is mapped by a 31-byte bootstrap written into the never-executed slack at
 //!   the end of an executable segment, which makes two `mmap` system calls and returns to the
 //!   thread's resume state through a frame below its red zone. rpatch learns the result from
@@ -30,7 +30,6 @@ mod bootstrap;
 mod errors;
 mod loader;
 mod region;
-mod resume;
 mod state;
 mod thread;
 mod thread_choice;
@@ -38,11 +37,11 @@ mod thread_choice;
 pub use errors::{InjectError, ThreadRefusal};
 pub use loader::LoaderFunctions;
 pub use region::Slack;
-pub use resume::resume_state;
 pub use thread_choice::{assess as assess_thread, assess_stack, rank_threads};
 
-use crate::isa::remote_call::{CallStub, FpSave, StubRegion};
-use crate::process::{self, ProcessError, Tracer};
+use crate::isa::call::Layout;
+use crate::isa::remote_call::{CallStub, StubRegion};
+use crate::process::{self, ProcessError, Regs, Tracer};
 use crate::safety::StackInspector;
 use nix::errno::Errno;
 use std::ops::Range;
@@ -198,17 +197,17 @@ pub trait SlackLedger {
 /// moved to its resume state, so the handler returns into the thread's own code. Elsewhere in
 /// the stub a frame may point into its code page: that page never changes, and the data block
 /// is rewritten only once the call is over and the thread seen back in its own code (see
-/// [`rpatch_arch::x86_64::remote_call`]). No signal is lost, duplicated or re-sent: the kernel's
+/// the ISA's `remote_call` in `rpatch_arch`). No signal is lost, duplicated or re-sent: the kernel's
 /// own siginfo is delivered.
 pub struct InjectedThread<'t> {
     tracer: &'t mut Tracer,
     tid: i32,
     region: StubRegion,
     stub: CallStub,
-    fp: FpSave,
+    layout: Layout,
     errno_location: Option<u64>,
     /// Registers at the latest stop at the thread's own code (EINTR repaired).
-    at_rest: libc::user_regs_struct,
+    at_rest: Regs,
     /// FP state and signal mask at that stop: only for putting the thread back with ptrace if
     /// rpatch's own code ever faulted.
     at_rest_xstate: Vec<u8>,

@@ -4,8 +4,9 @@
 //! Everything here reads (maps, ELF program headers, memory) and decides; the thread is driven by
 //! `InjectedThread`.
 
+use crate::isa::CODE_ALIGN;
 use crate::isa::remote_call::{
-    BOOTSTRAP_LEN, Done, MAGIC_VALUE, PAGE, STACK_SIZE, StubRegion, bootstrap_code, data,
+    BOOTSTRAP_LEN, Done, MAGIC_VALUE, STACK_SIZE, StubRegion, bootstrap_code, data,
 };
 use crate::process::{Mapping, Memory, ModuleMap, Runtime, gaps};
 use std::path::PathBuf;
@@ -30,8 +31,14 @@ pub struct Slack {
 }
 
 /// The end of the executable segments of `module_names` (tried in that order, then every other
-/// module) with at least `BOOTSTRAP_LEN` bytes of slack, confirmed executable in `maps`.
-pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -> Option<Slack> {
+/// module) with at least `BOOTSTRAP_LEN` bytes of slack up to the end of its page (of `page`
+/// bytes), confirmed executable in `maps`.
+pub fn find_slack(
+    modules: &mut ModuleMap,
+    maps: &[Mapping],
+    mem: &dyn Memory,
+    page: u64,
+) -> Option<Slack> {
     let mut order: Vec<_> = modules.modules.clone();
     // libc first (its symbols are already parsed for the loader functions), then the executable.
     let rank = |m: &crate::process::LoadedModule| {
@@ -54,10 +61,13 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
             if !seg.executable || seg.memsz != seg.filesz {
                 continue;
             }
-            let Some(addr) = bias.checked_add(seg.vaddr + seg.filesz) else {
+            // The code starts at an instruction boundary (arm64: 4-byte aligned).
+            let skip =
+                (seg.vaddr + seg.filesz).next_multiple_of(CODE_ALIGN) - (seg.vaddr + seg.filesz);
+            let Some(addr) = bias.checked_add(seg.vaddr + seg.filesz + skip) else {
                 continue;
             };
-            let end = addr.next_multiple_of(PAGE);
+            let end = addr.next_multiple_of(page);
             if end - addr < BOOTSTRAP_LEN as u64 {
                 continue;
             }
@@ -69,7 +79,7 @@ pub fn find_slack(modules: &mut ModuleMap, maps: &[Mapping], mem: &dyn Memory) -
             }
             let len = BOOTSTRAP_LEN;
             // Read from the mapped file itself (zeros past its end, as the kernel maps them).
-            let Some(original) = index.read_at(seg.offset + seg.filesz, len) else {
+            let Some(original) = index.read_at(seg.offset + seg.filesz + skip, len) else {
                 continue;
             };
             // Memory must hold the file's bytes, or our own code a killed rpatch left there;
@@ -101,19 +111,19 @@ const MAX_ADDR: u64 = 0x7fff_ffff_0000;
 /// `mmap` would put it, i.e. the top of the highest free gaps below the main stack, one page
 /// below the mapping above; never the gap right below `[stack]` (the main stack grows into it),
 /// nor the bottom gigabyte of the gap above `[heap]` (brk grows into it). Nothing near the
-/// executable, where jump islands must go.
-pub fn region_addresses(maps: &[Mapping], len: u64) -> Vec<u64> {
+/// executable, where jump islands must go. `page` is the target's page size.
+pub fn region_addresses(maps: &[Mapping], len: u64, page: u64) -> Vec<u64> {
     let stack = maps.iter().find(|m| m.path == "[stack]").map(|m| m.start);
     let heap_end = maps.iter().find(|m| m.path == "[heap]").map(|m| m.end);
     let mut free: Vec<(u64, u64)> = gaps(maps, MIN_ADDR, MAX_ADDR)
         .into_iter()
-        .filter(|&(lo, hi)| hi - lo >= len + 2 * PAGE)
+        .filter(|&(lo, hi)| hi - lo >= len + 2 * page)
         .filter(|&(_, hi)| stack.is_none_or(|s| hi < s))
         .collect();
     free.sort_by_key(|&(_, hi)| std::cmp::Reverse(hi));
     free.into_iter()
         .filter_map(|(lo, hi)| {
-            let base = (hi - PAGE - len) & !(PAGE - 1);
+            let base = (hi - page - len) & !(page - 1);
             let clear_of_heap = heap_end.is_none_or(|h| lo != h || base >= lo + (1 << 30));
             (base >= lo && clear_of_heap).then_some(base)
         })
@@ -127,7 +137,7 @@ pub fn region_addresses(maps: &[Mapping], len: u64) -> Vec<u64> {
 pub fn region_mapped(maps: &[Mapping], region: &StubRegion) -> (bool, bool) {
     let anon = |m: &&Mapping| m.inode == 0 && m.path.is_empty();
     let code = maps.iter().filter(anon).any(|m| {
-        m.start == region.code() && m.end == region.code() + PAGE && m.perms.read_exec_only()
+        m.start == region.code() && m.end == region.rw_start() && m.perms.read_exec_only()
     });
     let rw = maps.iter().filter(anon).any(|m| {
         m.start == region.rw_start()
@@ -139,22 +149,20 @@ pub fn region_mapped(maps: &[Mapping], region: &StubRegion) -> (bool, bool) {
 
 /// A region a previous rpatch mapped in this target and that is idle (`DONE` = settled: its
 /// tracer saw the last call's thread back in its own code, so no thread runs in it or has a frame
-/// returning into it), with a data block big enough for `xsave_len`. It is recognised by
-/// its code page holding exactly the stub `stub_for(base)` would write and its data block's
-/// magic.
+/// returning into it), with a data block big enough for the region `region_at(base)` this
+/// rpatch would map. It is recognised by its data block's magic and by `holds_stub` (its code
+/// page holds the stub this rpatch would write). `page` is the target's page size.
 pub fn find_idle_region(
     maps: &[Mapping],
     mem: &dyn Memory,
-    xsave_len: u64,
-    stub_for: impl Fn(&StubRegion) -> Option<Vec<u8>>,
+    page: u64,
+    region_at: impl Fn(u64) -> StubRegion,
+    holds_stub: impl Fn(&StubRegion) -> bool,
 ) -> Option<StubRegion> {
     maps.iter()
         .filter(|m| m.inode == 0 && m.path.is_empty() && m.perms.read_exec_only())
         .find_map(|m| {
-            let region = StubRegion {
-                base: m.end - PAGE,
-                xsave_len,
-            };
+            let region = region_at(m.end.checked_sub(page)?);
             let rw = maps.iter().find(|n| n.start == m.end)?;
             if !(rw.inode == 0 && rw.perms.read_write_only()) {
                 return None;
@@ -171,9 +179,7 @@ pub fn find_idle_region(
             {
                 return None;
             }
-            let code = stub_for(&region)?;
-            let found = mem.read_vec(region.code(), code.len()).ok()?;
-            (found == code).then_some(region)
+            holds_stub(&region).then_some(region)
         })
 }
 
@@ -183,6 +189,15 @@ pub const REGION_STACK_KIB: u64 = STACK_SIZE / 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::call;
+
+    /// A page size for the pure functions' tests.
+    const PAGE: u64 = 4096;
+
+    /// The region this rpatch would map at `base`.
+    fn region_at(base: u64) -> StubRegion {
+        call::layout(std::process::id() as i32).region(base)
+    }
     use crate::isa::remote_call::idle_header;
     use crate::process::{FakeMemory, parse_maps};
 
@@ -195,7 +210,7 @@ mod tests {
              7ffffffde000-7ffffffff000 rw-p 0 0:0 0 [stack]\n",
         );
         let len = 0x44000;
-        let bases = region_addresses(&maps, len);
+        let bases = region_addresses(&maps, len, PAGE);
         assert_eq!(bases[0], 0x7ffff7d00000 - PAGE - len);
         for b in &bases {
             assert!(
@@ -211,72 +226,77 @@ mod tests {
 
     #[test]
     fn region_bounds_must_match_exactly() {
-        let region = StubRegion {
-            base: 0x7000_0000_0000,
-            xsave_len: 2696,
-        };
+        let region = region_at(0x7000_0000_0000);
+        let page = region.rw_start() - region.code();
         let text = format!(
             "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
             region.code(),
-            region.code() + PAGE,
+            region.code() + page,
             region.rw_start(),
             region.rw_start() + region.rw_len()
         );
         assert_eq!(region_mapped(&parse_maps(&text), &region), (true, true));
         let merged = format!(
             "{:x}-{:x} r-xp 0 0:0 0 \n",
-            region.code() - PAGE,
-            region.code() + PAGE
+            region.code() - page,
+            region.code() + page
         );
         assert_eq!(region_mapped(&parse_maps(&merged), &region), (false, false));
     }
 
     #[test]
     fn an_idle_region_with_our_code_is_found_and_a_busy_one_is_not() {
-        let region = StubRegion {
-            base: 0x7000_0000_0000,
-            xsave_len: 1024,
+        let region = region_at(0x7000_0000_0000);
+        let page = region.rw_start() - region.code();
+        let maps_with_rw = |rw_len: u64| {
+            parse_maps(&format!(
+                "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
+                region.code(),
+                region.code() + page,
+                region.rw_start(),
+                region.rw_start() + rw_len
+            ))
         };
-        let maps = parse_maps(&format!(
-            "{:x}-{:x} r-xp 0 0:0 0 \n{:x}-{:x} rw-p 0 0:0 0 \n",
-            region.code(),
-            region.code() + PAGE,
-            region.rw_start(),
-            region.rw_start() + region.rw_len()
-        ));
+        let maps = maps_with_rw(region.rw_len());
         let code = vec![0x90u8; 64];
         let mem = FakeMemory::default();
         mem.map(region.code(), code.clone());
         mem.map(region.data(), vec![0; region.data_len() as usize]);
         mem.write_at(region.data(), &idle_header(region.data_len()))
             .unwrap();
-        let stub = |_: &StubRegion| Some(code.clone());
+        let stub = |r: &StubRegion| mem.read_vec(r.code(), 64).is_ok_and(|c| c == code);
         assert_eq!(
-            find_idle_region(&maps, &mem, 1024, stub),
+            find_idle_region(&maps, &mem, page, region_at, stub),
             Some(region),
             "idle region with our code"
         );
         assert_eq!(
-            find_idle_region(&maps, &mem, 1024, |_| Some(vec![0xcc; 64])),
+            find_idle_region(&maps, &mem, page, region_at, |_| false),
             None,
             "other code"
         );
         assert_eq!(
-            find_idle_region(&maps, &mem, 64 * 1024, stub),
+            find_idle_region(
+                &maps_with_rw(region.rw_len() - page),
+                &mem,
+                page,
+                region_at,
+                stub
+            ),
             None,
-            "XSAVE area too small"
+            "data block too small for this rpatch's"
         );
         mem.write_at(region.data() + data::DONE, &0u64.to_le_bytes())
             .unwrap();
         assert_eq!(
-            find_idle_region(&maps, &mem, 1024, stub),
+            find_idle_region(&maps, &mem, page, region_at, stub),
             None,
             "a call runs in it"
         );
         mem.write_at(region.data() + data::DONE, &1u64.to_le_bytes())
             .unwrap();
         assert_eq!(
-            find_idle_region(&maps, &mem, 1024, stub),
+            find_idle_region(&maps, &mem, page, region_at, stub),
             None,
             "a thread is about to return from it, unseen by a tracer"
         );

@@ -2,17 +2,24 @@
 //! remote calls it makes through the stub, every ptrace stop it reports meanwhile (the signal
 //! guarantee, see [`InjectedThread`]), and giving it back.
 
-use super::state::{fp_layout, get_sigmask, set_sigmask};
+use super::state::{get_sigmask, set_sigmask};
 use super::*;
 use crate::fault::FaultPoint;
-use crate::isa::remote_call::{self as stub, CallBlock, Done, ENTRY_RFLAGS, StubRegion, data};
+use crate::isa::remote_call::{Done, data};
+use crate::isa::{CallArgs, call};
 use crate::log::Log;
-use crate::process::{self, Birth, CodeMemory, Memory, ModuleMap, ProcMem, ProcessError, Stop};
+use crate::process::{
+    self, Birth, CodeMemory, Memory, ModuleMap, ProcMem, ProcessError, Regs, Stop,
+};
 use crate::safety::StackInspector;
 use nix::errno::Errno;
 use nix::sys::ptrace::Options;
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
+
+/// How long a thread let go so the kernel decides its system call's restart is given to block
+/// in it again (it does at once unless a signal handler runs first).
+const ASK_KERNEL_TIME: Duration = Duration::from_millis(200);
 
 impl<'t> InjectedThread<'t> {
     /// Borrows `tid`, which the tracer holds stopped in an interrupt stop, and makes sure the
@@ -50,23 +57,34 @@ impl<'t> InjectedThread<'t> {
             .clone();
         let at_rest_xstate = tracer.get_xstate(tid)?;
         let at_rest_mask = get_sigmask(tid)?;
-        let fp = fp_layout();
-        let xsave_len = fp.area_len();
+        let layout = call::layout(pid);
         let maps = live_maps(pid)?;
-        let reusable = region::find_idle_region(&maps, tracer.mem(), xsave_len, |r| {
-            stub::call_stub(r, fp).ok().map(|s| s.code)
-        });
-        let region = reusable.unwrap_or(StubRegion { base: 0, xsave_len });
-        let stub = stub::call_stub(&region, fp).map_err(|e| InjectError::NoStubRegion {
-            pid,
-            reason: format!("encoding the stub: {e}"),
-        })?;
+        let mem = tracer.mem();
+        let reusable = region::find_idle_region(
+            &maps,
+            mem,
+            layout.page(),
+            |base| layout.region(base),
+            |r| {
+                layout.stub(r).is_ok_and(|stub| {
+                    mem.read_vec(r.code(), stub.code.len())
+                        .is_ok_and(|found| call::stub_matches(&stub, &found))
+                })
+            },
+        );
+        let region = reusable.unwrap_or(layout.region(0));
+        let stub = layout
+            .stub(&region)
+            .map_err(|e| InjectError::NoStubRegion {
+                pid,
+                reason: format!("encoding the stub: {e}"),
+            })?;
         let mut thread = Self {
             tracer,
             tid,
             region,
             stub,
-            fp,
+            layout,
             errno_location: functions.errno_location,
             at_rest: state.regs,
             at_rest_xstate,
@@ -92,6 +110,7 @@ impl<'t> InjectedThread<'t> {
                 errno,
             }
         })?;
+        thread.let_kernel_choose_restart()?;
         match reusable {
             Some(r) => log.step(
                 "load",
@@ -192,19 +211,52 @@ impl<'t> InjectedThread<'t> {
         Ok(())
     }
 
-    /// The thread's registers at its resume state (the kernel's syscall restart applied, see
-    /// [`resume_state`]), ready to be set with ptrace: `orig_rax` = -1 so the kernel applies no
-    /// restart of its own.
-    fn resume_regs(&self) -> libc::user_regs_struct {
-        let r = resume_state(&self.at_rest);
-        let mut regs = self.at_rest;
-        (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (r.rax, r.rbx, r.rcx, r.rdx);
-        (regs.rsi, regs.rdi, regs.rbp, regs.rsp) = (r.rsi, r.rdi, r.rbp, r.rsp);
-        (regs.r8, regs.r9, regs.r10, regs.r11) = (r.r8, r.r9, r.r10, r.r11);
-        (regs.r12, regs.r13, regs.r14, regs.r15) = (r.r12, r.r13, r.r14, r.r15);
-        (regs.eflags, regs.rip) = (r.rflags, r.rip);
-        regs.orig_rax = u64::MAX;
-        regs
+    /// Moves the stopped thread to its resume state (the kernel's syscall restart applied, see
+    /// `isa::call::resume_regs`), with no restart of the kernel's own. `with_mask`: its own
+    /// signal mask too. Where the tracer does the return (`isa::call::TRACER_RETURNS`), its FP
+    /// state and mask are always set as well: rpatch's code has not restored them.
+    fn move_to_resume_state(&mut self, with_mask: bool) -> Result<(), InjectError> {
+        let moved = call::resume_regs(&self.at_rest, self.tracer.mem());
+        self.tracer.set_regs(self.tid, moved)?;
+        if call::TRACER_RETURNS {
+            self.tracer.set_xstate(self.tid, &self.at_rest_xstate)?;
+        }
+        if with_mask || call::TRACER_RETURNS {
+            set_sigmask(self.tid, self.at_rest_mask)?;
+        }
+        Ok(())
+    }
+
+    /// Where only the kernel knows how the thread's interrupted call resumes (arm64: through
+    /// `restart_syscall` or as itself, see `isa::call::asks_kernel`): lets it go unchanged
+    /// until it blocks in a call again (at most [`ASK_KERNEL_TIME`]), and stops it there; that
+    /// stop's registers are the kernel's answer.
+    fn let_kernel_choose_restart(&mut self) -> Result<(), InjectError> {
+        if !call::asks_kernel(&self.at_rest, self.tracer.mem()) {
+            return Ok(());
+        }
+        let (pid, tid) = (self.pid(), self.tid);
+        self.cont(0)?;
+        let deadline = Instant::now() + ASK_KERNEL_TIME;
+        while Instant::now() < deadline
+            && process::blocked_syscall(pid, tid).is_none_or(|b| b.nr < 0)
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        self.settle("restart", &OwnCode::Nothing)
+    }
+
+    /// Whether a thread stopped at `pc` in `own` code is past the point where its work is done
+    /// and only the return to its own code is left (the stub's tail; on ISAs where the tracer
+    /// returns the thread, the bootstrap's park).
+    fn returning(&self, own: &OwnCode, pc: u64) -> bool {
+        match own {
+            OwnCode::Stub(region) => region.in_code(pc) && pc >= region.code() + self.stub.tail,
+            OwnCode::Bootstrap(code) => {
+                code.contains(&pc) && call::bootstrap_parked(code.start, pc)
+            }
+            OwnCode::Nothing => false,
+        }
     }
 
     /// The thread is in a signal-delivery stop for `sig` (see the signal guarantee on the type):
@@ -216,24 +268,21 @@ impl<'t> InjectedThread<'t> {
     /// tail after the tracer finished the return for it (the tail only loads the registers of
     /// the resume state); anything else is delivered where the thread is.
     fn pass_signal(&mut self, sig: i32, what: &str, own: &OwnCode) -> Result<(), InjectError> {
-        let regs = self.tracer.get_regs(self.tid)?;
-        if own.contains(regs.rip) && self.raised_here(sig) {
-            return Err(self.put_back(what, sig, regs.rip));
+        let pc = self.tracer.get_regs(self.tid)?.pc();
+        if own.contains(pc) && self.raised_here(sig) {
+            return Err(self.put_back(what, sig, pc));
         }
         match own {
-            OwnCode::Bootstrap(code) if code.contains(&regs.rip) => {
-                let moved = self.resume_regs();
-                self.tracer.set_regs(self.tid, moved)?;
-                set_sigmask(self.tid, self.at_rest_mask)?;
-                self.bootstrap_cut_short = true;
+            OwnCode::Bootstrap(code) if code.contains(&pc) => {
+                self.move_to_resume_state(true)?;
+                // Parked, the bootstrap's work is done: nothing to run again.
+                self.bootstrap_cut_short = !call::bootstrap_parked(code.start, pc);
                 self.signals_moved += 1;
             }
-            OwnCode::Stub(region)
-                if region.in_code(regs.rip) && regs.rip >= region.code() + self.stub.tail =>
-            {
-                // Errno, FP state, flags, stack and mask are the thread's own already.
-                let moved = self.resume_regs();
-                self.tracer.set_regs(self.tid, moved)?;
+            OwnCode::Stub(region) if self.returning(own, pc) => {
+                // Errno, flags and stack are the thread's own already (FP state and mask too,
+                // unless the tracer does the return).
+                self.move_to_resume_state(false)?;
                 self.tracer
                     .mem()
                     .write_at(
@@ -263,7 +312,7 @@ impl<'t> InjectedThread<'t> {
         deadline: Instant,
         what: &str,
         own: &OwnCode,
-    ) -> Result<libc::user_regs_struct, InjectError> {
+    ) -> Result<Regs, InjectError> {
         // A thread asked to stop does so as soon as it next runs: it gets that chance even when
         // the caller's deadline ran out while it was running.
         let stop_by = deadline.max(Instant::now() + process::STOP_GRACE);
@@ -332,7 +381,12 @@ impl<'t> InjectedThread<'t> {
         let mut pause = Duration::from_micros(20);
         loop {
             let mut regs = self.interrupt(deadline, what, own)?;
-            if !own.contains(regs.rip) {
+            if call::TRACER_RETURNS && self.returning(own, regs.pc()) {
+                // Parked at the end of rpatch's code, waiting for the tracer: the return.
+                self.move_to_resume_state(false)?;
+                regs = self.tracer.get_regs(self.tid)?;
+            }
+            if !own.contains(regs.pc()) {
                 let pid = self.pid();
                 if process::repair_eintr(pid, self.tid, self.tracer.mem(), &mut regs) {
                     self.tracer.set_regs(self.tid, regs)?;
@@ -447,14 +501,13 @@ impl<'t> InjectedThread<'t> {
         let deadline = Instant::now() + SAFE_POINT_TIMEOUT;
         loop {
             let regs = self.at_rest;
-            let in_syscall = (regs.orig_rax as i64) >= 0;
             let verdict = assess_thread(
                 modules,
                 self.tracer.mem(),
                 self.tid,
-                regs.rip,
-                regs.rsp,
-                in_syscall,
+                regs.pc(),
+                regs.sp(),
+                regs.in_syscall(),
             )
             .map(|_| ())
             .and_then(|()| match self.stacks.as_deref_mut() {
@@ -574,32 +627,37 @@ impl<'t> InjectedThread<'t> {
         let own = OwnCode::Stub(region);
         let mut args = [0u64; 6];
         args[..call.args.len()].copy_from_slice(call.args);
-        let block = CallBlock {
+        let block = CallArgs {
             function: call.function,
             args,
             errno_location: self.errno_location.unwrap_or(0),
             then_if_zero: call.then_if_zero.unwrap_or(0),
             block_mask: CALL_BLOCK_MASK,
-            resume: resume_state(&self.at_rest),
-            fp: self.fp,
+            own_mask: self.at_rest_mask,
         };
-        let mut bytes = block.encode(region.data_len());
-        // A zeroed XSAVE header: XSAVE writes only XSTATE_BV, XRSTOR wants the rest zero.
-        bytes.resize(region.scratch_offset() as usize, 0);
+        let bytes = self
+            .layout
+            .block(&region, &block, &self.at_rest, self.tracer.mem());
         self.tracer
             .mem()
             .write_at(region.data(), &bytes)
             .map_err(|e| self.io("stub data", e))?;
-        let entry = {
-            let mut regs = self.at_rest;
-            regs.rip = region.code() + self.stub.entry;
-            regs.rsp = region.stack_top();
-            regs.eflags = ENTRY_RFLAGS;
-            regs.orig_rax = u64::MAX;
-            regs.rax = 0;
-            regs
-        };
+        if let Some((at, code)) =
+            call::return_code(&self.stub, &region, &self.at_rest, self.tracer.mem())
+        {
+            // The region is settled (no thread runs in it): its return path may change.
+            self.write_text(at, &code, "stub return")?;
+        }
+        let entry = call::entry_regs(
+            &self.at_rest,
+            region.code() + self.stub.entry,
+            region.stack_top(),
+        );
         self.tracer.set_regs(self.tid, entry)?;
+        if call::TRACER_RETURNS {
+            // The stub does not block signals itself: they wait from its first instruction.
+            set_sigmask(self.tid, CALL_BLOCK_MASK | self.at_rest_mask)?;
+        }
         self.running_in = own.clone();
         self.cont(0)?;
         crate::fault::point(fault_point);
@@ -611,15 +669,15 @@ impl<'t> InjectedThread<'t> {
         loop {
             match self.poll_stop()? {
                 Some(Stop::Signal(sig)) if self.raised_here(sig) => {
-                    let at = self.tracer.get_regs(self.tid)?;
-                    if region.in_code(at.rip) {
-                        return Err(self.put_back(call.name, sig, at.rip));
+                    let at = self.tracer.get_regs(self.tid)?.pc();
+                    if region.in_code(at) {
+                        return Err(self.put_back(call.name, sig, at));
                     }
                     // The callee crashed: suppress the fault and send the thread through the
                     // stub's restore path, which puts everything back as a return would.
-                    fault = Some((sig, at.rip));
+                    fault = Some((sig, at));
                     let mut regs = entry;
-                    regs.rip = region.code() + self.stub.restore;
+                    regs.set_pc(region.code() + self.stub.restore);
                     self.tracer.set_regs(self.tid, regs)?;
                     self.cont(0)?;
                 }

@@ -218,7 +218,7 @@ pub struct Delivery {
 
 /// The system calls a load makes on the target's behalf, with the arguments known in advance.
 fn load_syscalls() -> Vec<(&'static str, seccomp::SeccompData)> {
-    let call = |nr, args| seccomp::SeccompData::x86_64(nr, args);
+    let call = |nr, args| seccomp::SeccompData::native(nr, args);
     vec![
         (
             "memfd_create",

@@ -9,8 +9,14 @@ use crate::isa;
 use crate::journal::Island;
 use crate::process::Mapping;
 
-/// Size of an island page.
+/// Size of an island page on x86_64 (on arm64, whose kernels use 4, 16 or 64 KiB pages, an
+/// island is one page of the target's size: `island_size`).
 pub const ISLAND_SIZE: u64 = 4096;
+
+/// Size of an island page in a target whose page size is `page`.
+pub fn island_size(page: u64) -> u64 {
+    ISLAND_SIZE.max(page)
+}
 
 /// Lowest address ever proposed (typical `vm.mmap_min_addr` is 64 KiB).
 const MIN_ADDR: u64 = 0x10000;
@@ -28,12 +34,12 @@ pub fn mapping_of(island: &Island) -> Mapping {
     }
 }
 
-/// A free slot in one of `islands` reachable by a `jmp rel32` at `from`, not in `used`.
+/// A free slot in one of `islands` reachable by a near jump at `from`, not in `used`.
 pub fn free_slot(islands: &[Island], used: &[u64], from: u64) -> Option<u64> {
     islands.iter().find_map(|island| {
         (0..island.size / isa::ISLAND_SLOT_LEN as u64)
             .map(|i| island.address + i * isa::ISLAND_SLOT_LEN as u64)
-            .find(|slot| !used.contains(slot) && isa::jmp_rel32(from, *slot).is_some())
+            .find(|slot| !used.contains(slot) && isa::jump::reaches(from, *slot))
     })
 }
 
@@ -42,13 +48,13 @@ pub fn free_slot(islands: &[Island], used: &[u64], from: u64) -> Option<u64> {
 /// Every candidate is a page in a gap between mappings, inside the rel32 reach. At the gap edge
 /// nearest the function — except directly above `[heap]`, whose growth it would block, where the
 /// top of the gap is used.
-pub fn candidate_addresses(maps: &[Mapping], from: u64) -> Vec<u64> {
-    let reach = (1u64 << 31) - 2 * ISLAND_SIZE;
+pub fn candidate_addresses(maps: &[Mapping], from: u64, size: u64) -> Vec<u64> {
+    let reach = isa::jump::NEAR_REACH - 2 * size;
     let window_lo = from
         .saturating_sub(reach)
         .max(MIN_ADDR)
-        .next_multiple_of(ISLAND_SIZE);
-    let window_hi = from.saturating_add(reach) & !(ISLAND_SIZE - 1);
+        .next_multiple_of(size);
+    let window_hi = from.saturating_add(reach) & !(size - 1);
     let mut sorted: Vec<&Mapping> = maps.iter().collect();
     sorted.sort_by_key(|m| m.start);
     let mut candidates = Vec::new();
@@ -56,12 +62,12 @@ pub fn candidate_addresses(maps: &[Mapping], from: u64) -> Vec<u64> {
     let mut consider = |lo: u64, hi: u64, below: Option<&Mapping>| {
         let lo = lo.max(window_lo);
         let hi = hi.min(window_hi);
-        if hi < lo + ISLAND_SIZE {
+        if hi < lo + size {
             return;
         }
         let above_heap = below.is_some_and(|m| m.path == "[heap]");
         let addr = if hi <= from || above_heap {
-            hi - ISLAND_SIZE
+            hi - size
         } else {
             lo
         };
@@ -93,10 +99,10 @@ mod tests {
              7ffff7000000-7ffff7100000 r-xp 0 0:0 2 /lib/libz.so.1\n",
         );
         let from = 0x555555555000;
-        let c = candidate_addresses(&maps, from);
+        let c = candidate_addresses(&maps, from, ISLAND_SIZE);
         assert_eq!(c[0], 0x555555553000);
         for addr in &c {
-            assert!(isa::jmp_rel32(from, *addr).is_some());
+            assert!(isa::jump::reaches(from, *addr));
             assert_ne!(*addr, 0x555555560000, "right above the heap");
         }
     }

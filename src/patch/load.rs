@@ -3,7 +3,7 @@
 //! where needed), and give the thread back — while every other thread keeps running.
 
 use super::delivery::{Delivery, Loaded, Payload};
-use super::islands::{self, ISLAND_SIZE};
+use super::islands;
 use super::plan::PlannedFunction;
 use super::slack::JournalLedger;
 use crate::Error;
@@ -239,6 +239,7 @@ fn place_jumps(
     let mut placements = Vec::new();
     // Read once, when the first island page is needed: the library is mapped by now.
     let mut maps: Option<Vec<Mapping>> = None;
+    let island_size = islands::island_size(crate::isa::call::layout(pid).page());
     for p in planned {
         let replacement = l_addr.wrapping_add(p.replacement.address);
         let to_island = |slot: u64| {
@@ -246,15 +247,16 @@ fn place_jumps(
                 method: JumpMethod::Island,
                 island_slot: Some(slot),
                 replacement,
-                jump: isa::jmp_rel32(p.write_at, slot)?.to_vec(),
+                jump: isa::jump::near(&p.file_bytes, p.write_at, slot)?,
             })
         };
-        let placement = if let Some(jump) = isa::jmp_rel32(p.write_at, replacement) {
+        let placement = if let Some(jump) = isa::jump::near(&p.file_bytes, p.write_at, replacement)
+        {
             Placement {
                 method: JumpMethod::Direct,
                 island_slot: None,
                 replacement,
-                jump: jump.to_vec(),
+                jump,
             }
         } else if let Some(placement) =
             islands::free_slot(&islands, &reserved, p.write_at).and_then(to_island)
@@ -266,8 +268,8 @@ fn place_jumps(
                 None => maps.insert(process::read_maps(pid)?),
             };
             let mut mapped = None;
-            for addr in islands::candidate_addresses(maps, p.write_at) {
-                if let Some(page) = thread.map_page_at(functions, addr, ISLAND_SIZE)?
+            for addr in islands::candidate_addresses(maps, p.write_at, island_size) {
+                if let Some(page) = thread.map_page_at(functions, addr, island_size)?
                     && let Some(placement) = to_island(page)
                 {
                     mapped = Some((page, placement));
@@ -279,7 +281,7 @@ fn place_jumps(
                     log.step("load", format!("island page mapped at {page:#x}"));
                     let island = Island {
                         address: page,
-                        size: ISLAND_SIZE,
+                        size: island_size,
                     };
                     maps.push(islands::mapping_of(&island));
                     islands.push(island);
@@ -290,14 +292,14 @@ fn place_jumps(
                     method: JumpMethod::Absolute,
                     island_slot: None,
                     replacement,
-                    jump: isa::jmp_abs(replacement).to_vec(),
+                    jump: isa::jump::far(&p.file_bytes, replacement),
                 },
                 None => {
                     return Err(Error::Unpatchable {
                         function: p.function.name.clone(),
                         reason: UnpatchableReason::NoRoom {
                             room: p.room,
-                            needed: isa::JMP_ABS_LEN as u64,
+                            needed: isa::jump::far_len(&p.file_bytes) as u64,
                         },
                     });
                 }
@@ -329,22 +331,24 @@ fn borrow_thread<'t>(
             continue;
         }
         let state = tracer.thread(candidate.tid).expect("seized").clone();
-        let in_syscall = (state.regs.orig_rax as i64) >= 0;
+        let in_syscall = state.regs.in_syscall();
         let usable = state.stop == Stop::Event;
         match assess_thread(
             modules,
             tracer.mem(),
             candidate.tid,
-            state.regs.rip,
-            state.regs.rsp,
+            state.regs.pc(),
+            state.regs.sp(),
             in_syscall,
         ) {
             Ok(c) if usable => {
-                let unwound = match stacks.as_deref_mut() {
-                    Some(inspector) => {
+                let vector = crate::isa::vector_refusal(candidate.tid, &state.regs, tracer.mem());
+                let unwound = match (vector, stacks.as_deref_mut()) {
+                    (Some(why), _) => Err(ThreadRefusal::VectorState(candidate.tid, why)),
+                    (None, Some(inspector)) => {
                         assess_stack(modules, &inspector.walk(&state.regs), candidate.tid)
                     }
-                    None => Ok(()),
+                    (None, None) => Ok(()),
                 };
                 match unwound {
                     Ok(()) => {

@@ -126,11 +126,7 @@ pub fn open_library(path: &Path, cache: &Rc<Cache>) -> Result<Knowledge, Error> 
     };
     let index =
         Knowledge::open_host(path, cache).map_err(|e| invalid(LibraryProblem::NotElf(e)))?;
-    let ours = if cfg!(target_arch = "x86_64") {
-        object::Architecture::X86_64
-    } else {
-        object::Architecture::Aarch64
-    };
+    let ours = isa::OBJECT_ARCHITECTURE;
     if index.architecture() != ours {
         return Err(invalid(LibraryProblem::WrongArchitecture {
             found: index.architecture(),
@@ -780,30 +776,30 @@ fn prepare(
         })?;
     let prefix = isa::entry_prefix_len(&head) as u64;
     let room = f.size.saturating_sub(prefix);
-    if room < isa::JMP_REL32_LEN as u64 {
+    // The jump's form may depend on the instruction it replaces (arm64: a PAC-signing entry).
+    let at_write = head.get(prefix as usize..).unwrap_or_default();
+    let near_len = isa::jump::near_len(at_write) as u64;
+    let far_len = isa::jump::far_len(at_write) as u64;
+    if room < near_len {
         return Err(Error::Unpatchable {
             function: f.name.clone(),
             reason: UnpatchableReason::Code(rpatch_arch::Unpatchable::TooSmall {
                 available: room,
-                needed: isa::JMP_REL32_LEN as u64,
+                needed: near_len,
             }),
         });
     }
     let entry = f.address.wrapping_add(bias);
     let write_at = entry + prefix;
-    isa::check_branches(&head, entry, write_at..write_at + isa::JMP_REL32_LEN as u64).map_err(
-        |e| Error::Unpatchable {
+    isa::check_branches(&head, entry, write_at..write_at + near_len).map_err(|e| {
+        Error::Unpatchable {
             function: f.name.clone(),
             reason: UnpatchableReason::Code(e),
-        },
-    )?;
-    let absolute_fits = room >= isa::JMP_ABS_LEN as u64
-        && isa::check_branches(&head, entry, write_at..write_at + isa::JMP_ABS_LEN as u64).is_ok();
-    let span = if absolute_fits {
-        isa::JMP_ABS_LEN
-    } else {
-        isa::JMP_REL32_LEN
-    };
+        }
+    })?;
+    let absolute_fits =
+        room >= far_len && isa::check_branches(&head, entry, write_at..write_at + far_len).is_ok();
+    let span = if absolute_fits { far_len } else { near_len } as usize;
     if planned.iter().any(|p| p.entry == entry) {
         return Err(Error::Unpatchable {
             function: f.name.clone(),

@@ -1,4 +1,4 @@
-//! A generator of *binding shims*: minimal ELF64 x86_64 shared objects whose only content is a
+//! A generator of *binding shims*: minimal ELF64 shared objects of rpatch's own machine whose only content is a
 //! dynamic symbol table of absolute (`SHN_ABS`) symbols.
 //!
 //! Loaded with `RTLD_GLOBAL` before a patch library, such a shim makes the loader bind the patch's
@@ -86,7 +86,7 @@ pub fn build(soname: &str, symbols: &[AbsoluteSymbol]) -> Vec<u8> {
             os_abi: elf::ELFOSABI_SYSV,
             abi_version: 0,
             e_type: elf::ET_DYN,
-            e_machine: elf::EM_X86_64,
+            e_machine: object::elf::Machine(crate::isa::ELF_MACHINE),
             e_entry: 0,
             e_flags: elf::FileFlags(0),
         })

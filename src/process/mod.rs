@@ -17,6 +17,7 @@ mod shared_mm;
 mod syscall;
 mod tracer;
 
+pub(crate) use crate::isa::Regs;
 pub use build_id::build_id_in_memory;
 #[cfg(test)]
 pub use frozen::Frozen;
@@ -31,7 +32,7 @@ pub use runtime::Runtime;
 pub use shared_mm::{
     FrozenSharers, address_space_sharers, shared_address_space, shares_address_space,
 };
-pub use syscall::{blocked_syscall, repair_eintr};
+pub use syscall::{BlockedSyscall, blocked_syscall, repair_eintr};
 pub use tracer::{Birth, Held, Stop, Survey, ThreadState, Tracer};
 
 use std::fs;
@@ -543,11 +544,7 @@ fn check_architecture(pid: i32) -> Result<(), ProcessError> {
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut header, 0)
         .map_err(|e| map_proc_err(pid, &path, e))?;
     let machine = u16::from_le_bytes([header[18], header[19]]);
-    let (ours, expected) = if cfg!(target_arch = "x86_64") {
-        ("x86_64", 62u16)
-    } else {
-        ("aarch64", 183u16)
-    };
+    let (ours, expected) = (crate::isa::NAME, crate::isa::ELF_MACHINE);
     if header[4] != 2 || machine != expected {
         let arch = match (header[4], machine) {
             (1, _) => "32-bit".to_string(),

@@ -11,8 +11,9 @@ use nix::errno::Errno;
 
 /// `PTRACE_SECCOMP_GET_FILTER` (linux/ptrace.h).
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
-/// `AUDIT_ARCH_X86_64`: what `seccomp_data.arch` holds for a 64-bit x86 call.
-pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// `AUDIT_ARCH_*` of rpatch's own architecture: what `seccomp_data.arch` holds for the calls a
+/// load makes.
+pub const AUDIT_ARCH: u32 = crate::isa::AUDIT_ARCH;
 /// A filter longer than this (BPF_MAXINSNS) is not a valid filter.
 const MAX_INSNS: usize = 4096;
 
@@ -43,11 +44,11 @@ pub struct SeccompData {
 }
 
 impl SeccompData {
-    /// A 64-bit x86 call of `nr` with `args`.
-    pub fn x86_64(nr: i64, args: [u64; 6]) -> Self {
+    /// A call of `nr` with `args` in rpatch's own architecture.
+    pub fn native(nr: i64, args: [u64; 6]) -> Self {
         Self {
             nr: nr as i32,
-            arch: AUDIT_ARCH_X86_64,
+            arch: AUDIT_ARCH,
             instruction_pointer: 0,
             args,
         }
@@ -331,7 +332,7 @@ mod tests {
     fn kill_on(nr: u32) -> Vec<Insn> {
         vec![
             stmt(0x20, 4),                              // ld [arch]
-            jump(0x15, AUDIT_ARCH_X86_64, 1, 0),        // jeq x86_64
+            jump(0x15, AUDIT_ARCH, 1, 0),               // jeq our arch
             stmt(0x06, libc::SECCOMP_RET_KILL_PROCESS), // ret kill
             stmt(0x20, 0),                              // ld [nr]
             jump(0x15, nr, 0, 1),                       // jeq nr
@@ -343,8 +344,8 @@ mod tests {
     #[test]
     fn a_filter_killing_one_call_is_evaluated_per_call() {
         let f = vec![kill_on(libc::SYS_memfd_create as u32)];
-        let memfd = SeccompData::x86_64(libc::SYS_memfd_create, [0x1000, 1, 0, 0, 0, 0]);
-        let write = SeccompData::x86_64(libc::SYS_write, [1, 0, 0, 0, 0, 0]);
+        let memfd = SeccompData::native(libc::SYS_memfd_create, [0x1000, 1, 0, 0, 0, 0]);
+        let write = SeccompData::native(libc::SYS_write, [1, 0, 0, 0, 0, 0]);
         assert_eq!(action(&f, &memfd), Action::KillProcess);
         assert!(action(&f, &memfd).is_fatal());
         assert_eq!(action(&f, &write), Action::Allow);
@@ -357,7 +358,7 @@ mod tests {
     fn the_most_restrictive_filter_wins() {
         let errno = vec![stmt(0x06, libc::SECCOMP_RET_ERRNO | 38)];
         let allow = vec![stmt(0x06, libc::SECCOMP_RET_ALLOW)];
-        let data = SeccompData::x86_64(libc::SYS_memfd_create, [0; 6]);
+        let data = SeccompData::native(libc::SYS_memfd_create, [0; 6]);
         assert_eq!(
             action(&[allow.clone(), errno.clone()], &data),
             Action::Errno(38)
@@ -379,15 +380,15 @@ mod tests {
             stmt(0x06, libc::SECCOMP_RET_TRAP),
             stmt(0x06, libc::SECCOMP_RET_ALLOW),
         ];
-        let with = SeccompData::x86_64(319, [0, 8 | 1, 0, 0, 0, 0]);
-        let without = SeccompData::x86_64(319, [0, 2 | 1, 0, 0, 0, 0]);
+        let with = SeccompData::native(libc::SYS_memfd_create, [0, 8 | 1, 0, 0, 0, 0]);
+        let without = SeccompData::native(libc::SYS_memfd_create, [0, 2 | 1, 0, 0, 0, 0]);
         assert_eq!(Action::from_ret(run(&prog, &with)), Action::Trap);
         assert_eq!(Action::from_ret(run(&prog, &without)), Action::Allow);
     }
 
     #[test]
     fn malformed_programs_kill_and_never_loop() {
-        let data = SeccompData::x86_64(0, [0; 6]);
+        let data = SeccompData::native(0, [0; 6]);
         assert_eq!(run(&[], &data), libc::SECCOMP_RET_KILL_PROCESS);
         assert_eq!(run(&[stmt(0x20, 3)], &data), libc::SECCOMP_RET_KILL_PROCESS);
         assert_eq!(

@@ -141,9 +141,19 @@ mod tests {
         let mut stack = vec![0u8; 64 * 1024];
         extern "C" fn park(_: *mut libc::c_void) -> libc::c_int {
             loop {
-                // SAFETY: a raw pause system call: nothing of the C library's state is used by
-                // this child, which shares our memory but not our thread.
-                unsafe { libc::syscall(libc::SYS_pause) };
+                // SAFETY: a raw ppoll system call with no descriptors and no timeout (pause(2),
+                // which arm64 lacks): nothing of the C library's state is used by this child,
+                // which shares our memory but not our thread.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_ppoll,
+                        std::ptr::null::<libc::pollfd>(),
+                        0,
+                        std::ptr::null::<libc::timespec>(),
+                        std::ptr::null::<libc::sigset_t>(),
+                        0,
+                    )
+                };
             }
         }
         // SAFETY: the child runs `park` on its own stack (the top of `stack`, which outlives it:

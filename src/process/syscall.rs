@@ -4,16 +4,12 @@
 
 use super::{Memory, status_fields};
 
-/// Syscalls that return plain `-EINTR` when a ptrace interrupt arrives, with no restart code
-/// (x86_64: semop, rt_sigtimedwait, semtimedop, epoll_wait, epoll_pwait, epoll_pwait2).
-pub const EINTR_ONLY_SYSCALLS: [u64; 6] = [65, 128, 220, 232, 281, 441];
+use super::Regs;
+use crate::isa::{self, sys};
 
-/// x86_64 `vfork`.
-const SYS_VFORK: i64 = 58;
-/// x86_64 `clone`, which blocks like vfork with CLONE_VFORK (posix_spawn).
-const SYS_CLONE: i64 = 56;
-/// x86_64 `clone3`, whose flags live in memory (counted as possibly vfork-like).
-const SYS_CLONE3: i64 = 435;
+/// Syscalls that return plain `-EINTR` when a ptrace interrupt arrives, with no restart code
+/// (this ISA's numbers of epoll_wait, epoll_pwait(2), semop, semtimedop, rt_sigtimedwait).
+pub const EINTR_ONLY_SYSCALLS: &[u64] = &sys::EINTR_ONLY;
 const CLONE_VFORK: u64 = 0x4000;
 
 /// A thread blocked in the kernel, as /proc/PID/task/TID/syscall shows it.
@@ -33,13 +29,13 @@ impl BlockedSyscall {
     /// In `vfork`, or a `clone` with CLONE_VFORK: the thread cannot be stopped until its child
     /// execs or exits, and a child runs on its stack.
     pub fn in_vfork(&self) -> bool {
-        self.nr == SYS_VFORK
-            || (self.nr == SYS_CLONE && self.args.first().is_some_and(|f| f & CLONE_VFORK != 0))
+        Some(self.nr) == sys::VFORK
+            || (self.nr == sys::CLONE && self.args.first().is_some_and(|f| f & CLONE_VFORK != 0))
     }
 
     /// In `vfork` or any `clone` (whose CLONE_VFORK rpatch cannot always see): never borrowed.
     pub fn in_vfork_or_clone(&self) -> bool {
-        matches!(self.nr, SYS_VFORK | SYS_CLONE | SYS_CLONE3)
+        Some(self.nr) == sys::VFORK || self.nr == sys::CLONE || self.nr == sys::CLONE3
     }
 
     /// In one of [`EINTR_ONLY_SYSCALLS`].
@@ -48,9 +44,33 @@ impl BlockedSyscall {
     }
 }
 
-/// Where thread `tid` of `pid` is blocked; `None` when it runs (or is gone).
+/// Where thread `tid` of `pid` is blocked; `None` when it runs (or is gone). The latest
+/// answer for each thread is remembered (on the tracing thread, which alone makes ptrace
+/// requests): an ISA whose interrupted call loses an argument (arm64's x0) rewinds it from
+/// what `/proc` showed before the interrupt (see [`repair_eintr`]).
 pub fn blocked_syscall(pid: i32, tid: i32) -> Option<BlockedSyscall> {
-    parse(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+    let seen = parse(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?);
+    SEEN.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= SEEN_MAX {
+            m.clear();
+        }
+        match &seen {
+            Some(b) if b.nr >= 0 => m.insert(tid, b.clone()),
+            _ => m.remove(&tid),
+        }
+    });
+    seen
+}
+
+/// How many threads' latest blocked calls are remembered (a bound, not a cache policy: the
+/// entries that matter are minutes old at most).
+const SEEN_MAX: usize = 4096;
+
+thread_local! {
+    /// The latest blocked call [`blocked_syscall`] saw for each thread.
+    static SEEN: std::cell::RefCell<std::collections::HashMap<i32, BlockedSyscall>> =
+        std::cell::RefCell::default();
 }
 
 fn parse(text: &str) -> Option<BlockedSyscall> {
@@ -69,18 +89,13 @@ fn parse(text: &str) -> Option<BlockedSyscall> {
 }
 
 /// A ptrace interrupt made one of [`EINTR_ONLY_SYSCALLS`] fail with EINTR: unless a signal is
-/// pending for this very thread (its EINTR is then real) and provided `rip - 2` holds a
-/// `syscall`, rewind `regs` so the thread re-enters the call. A process-wide pending signal does
+/// pending for this very thread (its EINTR is then real) and provided the instruction before
+/// the PC is the system call instruction, rewind `regs` so the thread re-enters the call. A process-wide pending signal does
 /// not count: any thread may take it, and when another one does this thread's EINTR would be
 /// spurious; when this one does, its handler runs and the call is re-entered, as a restartable
 /// call would be. Returns whether `regs` changed.
-pub fn repair_eintr(
-    pid: i32,
-    tid: i32,
-    mem: &dyn Memory,
-    regs: &mut libc::user_regs_struct,
-) -> bool {
-    if regs.rax as i64 != -(libc::EINTR as i64) || !EINTR_ONLY_SYSCALLS.contains(&regs.orig_rax) {
+pub fn repair_eintr(pid: i32, tid: i32, mem: &dyn Memory, regs: &mut Regs) -> bool {
+    if !isa::eintr_from_eintr_only_call(regs) {
         return false;
     }
     let [pending, blocked] = status_fields(pid, tid, ["SigPnd", "SigBlk"]).map(|v| {
@@ -90,13 +105,8 @@ pub fn repair_eintr(
     if pending & !blocked != 0 {
         return false;
     }
-    let mut insn = [0u8; 2];
-    if mem.read_at(regs.rip - 2, &mut insn).is_err() || insn != [0x0f, 0x05] {
-        return false;
-    }
-    regs.rax = regs.orig_rax;
-    regs.rip -= 2;
-    true
+    let before = SEEN.with(|m| m.borrow().get(&tid).cloned());
+    isa::rewind_eintr(mem, regs, before.as_ref())
 }
 
 #[cfg(test)]
@@ -113,41 +123,47 @@ mod tests {
         assert!(parse("running\n").is_none());
         let outside = parse("-1 0x7ffc10 0x7f0012\n").unwrap();
         assert_eq!((outside.nr, outside.args.len()), (-1, 0));
-        let spawn = parse("56 0x4111 0x0 0x0 0x0 0x0 0x0 0x7ffc10 0x7f0012\n").unwrap();
+        let clone = sys::CLONE;
+        let spawn = parse(&format!(
+            "{clone} 0x4111 0x0 0x0 0x0 0x0 0x0 0x7ffc10 0x7f0012\n"
+        ))
+        .unwrap();
         assert!(spawn.in_vfork() && spawn.in_vfork_or_clone());
-        let plain_clone = parse("56 0x3d0f00 0x0 0x0 0x0 0x0 0x0 0x7ffc10 0x7f0012\n").unwrap();
+        let plain_clone = parse(&format!(
+            "{clone} 0x3d0f00 0x0 0x0 0x0 0x0 0x0 0x7ffc10 0x7f0012\n"
+        ))
+        .unwrap();
         assert!(!plain_clone.in_vfork() && plain_clone.in_vfork_or_clone());
         assert!(
-            parse("232 0x5 0x0 0x1 0xffffffff 0x0 0x0 0x1 0x2\n")
-                .unwrap()
-                .eintr_only()
+            parse(&format!(
+                "{} 0x5 0x0 0x1 0xffffffff 0x0 0x0 0x1 0x2\n",
+                sys::EINTR_ONLY[3]
+            ))
+            .unwrap()
+            .eintr_only()
         );
-    }
-
-    fn regs(rip: u64, rax: i64, orig: u64) -> libc::user_regs_struct {
-        // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
-        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-        r.rip = rip;
-        r.rax = rax as u64;
-        r.orig_rax = orig;
-        r
     }
 
     #[test]
     fn eintr_repair_needs_an_eintr_only_syscall_and_a_syscall_instruction() {
         let mem = crate::process::FakeMemory::default();
-        mem.map(0x1000, vec![0x0f, 0x05, 0x90, 0x90]);
+        let insn = isa::SYSCALL_INSN;
+        let len = insn.len() as u64;
+        let mut code = insn.to_vec();
+        code.extend_from_slice(&[0; 8]);
+        mem.map(0x1000, code);
         let me = std::process::id() as i32;
+        let eintr_only = sys::EINTR_ONLY[3];
         // Our own thread has no pending signal.
-        let mut r = regs(0x1002, -4, 232);
+        let mut r = Regs::after_syscall(0x1000 + len, -4, eintr_only, 5);
         assert!(repair_eintr(me, me, &mem, &mut r));
-        assert_eq!((r.rip, r.rax), (0x1000, 232));
-        let mut read = regs(0x1002, -4, 0);
+        assert_eq!(r.pc(), 0x1000);
+        let mut read = Regs::after_syscall(0x1000 + len, -4, sys::READ, 5);
         assert!(
             !repair_eintr(me, me, &mem, &mut read),
             "read's EINTR is real"
         );
-        let mut no_syscall = regs(0x1004, -4, 232);
+        let mut no_syscall = Regs::after_syscall(0x1000 + 2 * len, -4, eintr_only, 5);
         assert!(!repair_eintr(me, me, &mem, &mut no_syscall));
     }
 }

@@ -3,7 +3,8 @@
 //! All ptrace requests must come from the thread that attached, so a `Tracer` is used from one
 //! thread only (it is deliberately not `Send`). Its `Drop` detaches every thread it holds.
 
-use super::{ProcMem, ProcessError, permission_denied, status_field};
+use super::{ProcMem, ProcessError, Regs, permission_denied, status_field};
+use crate::isa;
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::unistd::Pid;
@@ -63,11 +64,8 @@ pub struct ThreadState {
     /// Why it is stopped.
     pub stop: Stop,
     /// Registers at the stop (after the EINTR repair, see `process::repair_eintr`).
-    pub regs: libc::user_regs_struct,
+    pub regs: Regs,
 }
-
-/// ELF note type of the x86 XSAVE area, for PTRACE_GETREGSET (not exported by the libc crate).
-const NT_X86_XSTATE: usize = 0x202;
 
 /// Holds the threads of one process under ptrace.
 pub struct Tracer {
@@ -209,9 +207,9 @@ impl Tracer {
     }
 
     fn record_stop(&mut self, tid: i32, stop: Stop) -> Result<(), ProcessError> {
-        let mut regs = ptrace::getregs(Pid::from_raw(tid)).map_err(ptrace_err("GETREGS", tid))?;
+        let mut regs = isa::get_regs(tid).map_err(ptrace_err("GETREGS", tid))?;
         if stop == Stop::Event && super::repair_eintr(self.pid, tid, &self.mem, &mut regs) {
-            ptrace::setregs(Pid::from_raw(tid), regs).map_err(ptrace_err("SETREGS", tid))?;
+            isa::set_regs(tid, &regs).map_err(ptrace_err("SETREGS", tid))?;
         }
         self.threads.insert(tid, ThreadState { tid, stop, regs });
         if !self.order.contains(&tid) {
@@ -484,8 +482,8 @@ impl Tracer {
     }
 
     /// Sets registers of a held thread (and records them as its current state).
-    pub fn set_regs(&mut self, tid: i32, regs: libc::user_regs_struct) -> Result<(), ProcessError> {
-        ptrace::setregs(Pid::from_raw(tid), regs).map_err(ptrace_err("SETREGS", tid))?;
+    pub fn set_regs(&mut self, tid: i32, regs: Regs) -> Result<(), ProcessError> {
+        isa::set_regs(tid, &regs).map_err(ptrace_err("SETREGS", tid))?;
         if let Some(t) = self.threads.get_mut(&tid) {
             t.regs = regs;
         }
@@ -493,41 +491,19 @@ impl Tracer {
     }
 
     /// Reads the current registers of a held thread.
-    pub fn get_regs(&self, tid: i32) -> Result<libc::user_regs_struct, ProcessError> {
-        ptrace::getregs(Pid::from_raw(tid)).map_err(ptrace_err("GETREGS", tid))
+    pub fn get_regs(&self, tid: i32) -> Result<Regs, ProcessError> {
+        isa::get_regs(tid).map_err(ptrace_err("GETREGS", tid))
     }
 
-    /// The full extended FP/vector state (XSAVE area), so an injected call cannot leave a changed
-    /// SSE/AVX register behind.
+    /// The full FP/vector state (x86_64: the XSAVE area; arm64: V0–V31, FPSR, FPCR), so an
+    /// injected call cannot leave a changed SIMD register behind.
     pub fn get_xstate(&self, tid: i32) -> Result<Vec<u8>, ProcessError> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: PTRACE_GETREGSET writes at most iov_len bytes into the buffer iov points at,
-        // which lives for the duration of the call, and updates iov_len.
-        let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov) };
-        if rc < 0 {
-            return Err(ptrace_err("GETREGSET(XSTATE)", tid)(Errno::last()));
-        }
-        buf.truncate(iov.iov_len);
-        Ok(buf)
+        isa::get_fp_state(tid).map_err(ptrace_err(isa::FP_REGSET, tid))
     }
 
     /// Restores a state read by `get_xstate`.
     pub fn set_xstate(&self, tid: i32, state: &[u8]) -> Result<(), ProcessError> {
-        let mut copy = state.to_vec();
-        let mut iov = libc::iovec {
-            iov_base: copy.as_mut_ptr().cast(),
-            iov_len: copy.len(),
-        };
-        // SAFETY: PTRACE_SETREGSET only reads iov_len bytes from the live buffer.
-        let rc = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov) };
-        if rc < 0 {
-            return Err(ptrace_err("SETREGSET(XSTATE)", tid)(Errno::last()));
-        }
-        Ok(())
+        isa::set_fp_state(tid, state).map_err(ptrace_err(isa::FP_REGSET, tid))
     }
 
     /// Resumes a held thread without letting it go (for an injected call); delivers `sig`.

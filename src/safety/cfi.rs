@@ -81,7 +81,7 @@ impl Cfi {
             .map_err(|_| Gap::Unsupported)?;
         match row.cfa() {
             CfaRule::RegisterAndOffset { register, .. }
-                if *register == gimli::X86_64::RSP || *register == gimli::X86_64::RBP =>
+                if crate::isa::stack::CFA_REGISTERS.contains(register) =>
             {
                 Ok(())
             }

@@ -11,7 +11,7 @@
 //! trusted to the outermost frame, the rest of the stack is scanned conservatively (`scan`).
 
 mod cfi;
-mod scan;
+pub(crate) mod scan;
 mod stack;
 
 pub use stack::{Doubt, LoadedCopy, StackInspector, StackWalk};
@@ -300,7 +300,7 @@ impl<'a> Checker<'a> {
         if self.found.is_some() {
             return false;
         }
-        let pc = t.regs.rip;
+        let pc = t.regs.pc();
         if let Some(r) = self.ranges.iter().find(|r| pc_blocks(r, pc)) {
             self.found = Some(Self::blocker(pid, t.tid, pc, r));
             return false;
@@ -311,6 +311,24 @@ impl<'a> Checker<'a> {
         let Some(stacks) = self.stacks.as_deref_mut() else {
             return true;
         };
+        // The link register (arm64's x30) may hold the only return address into a function: a
+        // leaf callee that saved nothing yet, or one the walk cannot start in.
+        if let Some(lr) = t.regs.link_register() {
+            let ret = stacks.strip_pac(lr);
+            let into = self
+                .functions
+                .iter()
+                .find(|(_, f)| scan::returns_into(f, ret));
+            if let Some((i, _)) = into {
+                self.found = Some(Blocker {
+                    depth: 1,
+                    address: ret,
+                    source: FrameSource::Unwound,
+                    ..Self::blocker(pid, t.tid, pc, &self.ranges[*i])
+                });
+                return false;
+            }
+        }
         let started = Instant::now();
         let (walk, hit) = stacks.find_in_stack(&t.regs, &self.functions, &self.resumes);
         self.elapsed += started.elapsed();
@@ -323,7 +341,7 @@ impl<'a> Checker<'a> {
                 depth,
                 address: pc,
                 source: FrameSource::Interrupted,
-                ..Self::blocker(pid, t.tid, t.regs.rip, range)
+                ..Self::blocker(pid, t.tid, t.regs.pc(), range)
             })
         });
         if interrupted.is_some() {
@@ -344,7 +362,7 @@ impl<'a> Checker<'a> {
                 },
                 incomplete: doubt,
                 outermost: hit.outermost,
-                ..Self::blocker(pid, t.tid, t.regs.rip, range)
+                ..Self::blocker(pid, t.tid, t.regs.pc(), range)
             });
             return false;
         }

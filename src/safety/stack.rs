@@ -13,12 +13,12 @@
 
 use super::cfi::{Bytes, Cfi, cfi_len, locate_cfi, read_cfi};
 use super::scan;
+use crate::isa::stack::{self as isa_stack, Cache, RED_ZONE};
 use crate::log::Log;
 #[cfg(test)]
 use crate::process;
-use crate::process::{LoadedModule, Mapping, Memory, ModuleMap, ProcMem, ProcessError};
+use crate::process::{LoadedModule, Mapping, Memory, ModuleMap, ProcMem, ProcessError, Regs};
 use crate::symbols::Knowledge;
-use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 use gimli::UnwindContext;
 use std::collections::{HashMap, HashSet};
@@ -32,9 +32,6 @@ use std::time::{Duration, Instant};
 /// How much of a stack is copied in the one read per thread: enough for the live part of almost
 /// every stack, small enough to copy in tens of microseconds.
 pub const STACK_CHUNK: u64 = 256 * 1024;
-/// The x86_64 red zone below the stack pointer, copied too: a leaf's first frame may keep its
-/// saved registers there.
-const RED_ZONE: u64 = 128;
 /// A walk longer than this is treated as a loop (and therefore as incomplete).
 const MAX_FRAMES: usize = 4096;
 /// How far the conservative scan reads past the first chunk when a stack mapping is larger.
@@ -112,14 +109,6 @@ impl fmt::Display for Doubt {
         }
     }
 }
-
-/// Offsets in an x86_64 `ucontext_t` of the saved rip, rsp and rbp (`uc_mcontext.gregs` starts
-/// at 40; REG_RIP = 16, REG_RSP = 15, REG_RBP = 10), as glibc's sigreturn CFI also says.
-const UC_RIP: u64 = 40 + 16 * 8;
-/// See [`UC_RIP`].
-const UC_RSP: u64 = 40 + 15 * 8;
-/// See [`UC_RIP`].
-const UC_RBP: u64 = 40 + 10 * 8;
 
 /// The result of unwinding one thread.
 #[derive(Debug, Clone)]
@@ -202,8 +191,8 @@ const TRUSTED_KEPT: usize = 4096;
 /// while frozen it only reads the target's stacks.
 pub struct StackInspector {
     mem: Box<dyn Memory>,
-    unwinder: UnwinderX86_64<Bytes>,
-    cache: CacheX86_64,
+    unwinder: isa_stack::Unwinder<Bytes>,
+    cache: Cache,
     /// Modules in address order.
     modules: Vec<KnownModule>,
     /// Readable and writable mappings in address order: where a stack pointer may be.
@@ -213,6 +202,8 @@ pub struct StackInspector {
     ctx: Box<UnwindContext<usize>>,
     /// The copy of the current thread's stack, allocated once.
     buf: Vec<u8>,
+    /// The bits a pointer-authentication code occupies in a return address (0: none).
+    pac_mask: u64,
 }
 
 impl StackInspector {
@@ -234,8 +225,8 @@ impl StackInspector {
         let mem = Box::new(ProcMem::open(pid)?);
         let mut inspector = Self {
             mem,
-            unwinder: UnwinderX86_64::new(),
-            cache: CacheX86_64::new(),
+            unwinder: isa_stack::Unwinder::new(),
+            cache: Cache::new(),
             modules: Vec::new(),
             data: maps
                 .iter()
@@ -246,6 +237,7 @@ impl StackInspector {
             ctx: Box::new(UnwindContext::new()),
             // Non-zero so every page is touched now, not on the first copy while frozen.
             buf: vec![0xcc; (STACK_CHUNK + RED_ZONE) as usize],
+            pac_mask: crate::isa::pac_mask(pid),
         };
         inspector.data.sort_by_key(|r| r.start);
         let mut failed = Vec::new();
@@ -305,13 +297,14 @@ impl StackInspector {
     ) -> Self {
         let mut inspector = Self {
             mem,
-            unwinder: UnwinderX86_64::new(),
-            cache: CacheX86_64::new(),
+            unwinder: isa_stack::Unwinder::new(),
+            cache: Cache::new(),
             modules: Vec::new(),
             data,
             trust: HashMap::new(),
             ctx: Box::new(UnwindContext::new()),
             buf: vec![0; (STACK_CHUNK + RED_ZONE) as usize],
+            pac_mask: crate::isa::pac_mask(0),
         };
         inspector.data.sort_by_key(|r| r.start);
         for (name, start, image) in images {
@@ -365,7 +358,7 @@ impl StackInspector {
         }
         self.modules.retain(|m| !gone.contains(&m.avma.start));
         self.trust.clear();
-        self.cache = CacheX86_64::new();
+        self.cache = Cache::new();
         let mut failed = Vec::new();
         let mut added = 0;
         for module in modules.modules.clone() {
@@ -617,14 +610,20 @@ impl StackInspector {
         (base, len)
     }
 
+    /// A saved return address without its pointer-authentication code (as is where there is
+    /// none).
+    pub fn strip_pac(&self, addr: u64) -> u64 {
+        isa_stack::strip(addr, self.pac_mask)
+    }
+
     /// Unwinds a frozen thread with registers `regs`: frames from the PC outwards, using the
     /// modules' CFI, until the outermost frame or until a step cannot be trusted.
-    pub fn walk(&mut self, regs: &libc::user_regs_struct) -> StackWalk {
+    pub fn walk(&mut self, regs: &Regs) -> StackWalk {
         let started = Instant::now();
-        let (base, len) = self.copy_stack(regs.rsp);
-        let mut frames = vec![regs.rip];
-        let mut uregs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
-        let mut address = FrameAddress::from_instruction_pointer(regs.rip);
+        let (base, len) = self.copy_stack(regs.sp());
+        let mut frames = vec![regs.pc()];
+        let mut uregs = isa_stack::unwind_regs(regs, self.pac_mask);
+        let mut address = FrameAddress::from_instruction_pointer(regs.pc());
         let mut direct_reads = 0u32;
         let mut interrupted = Vec::new();
         let doubt = loop {
@@ -637,12 +636,12 @@ impl StackInspector {
                 // interrupted context is saved in the ucontext on the stack. Continue from there
                 // (framehop cannot evaluate the trampoline's CFI expression).
                 if matches!(doubt, Doubt::SignalFrame { .. })
-                    && let Some((rip, rsp, rbp)) = self.signal_context(uregs.sp(), base, len)
+                    && let Some((pc, context)) = self.signal_context(uregs.sp(), base, len)
                 {
-                    frames.push(rip);
+                    frames.push(pc);
                     interrupted.push(frames.len() - 1);
-                    uregs = UnwindRegsX86_64::new(rip, rsp, rbp);
-                    address = FrameAddress::from_instruction_pointer(rip);
+                    uregs = context;
+                    address = FrameAddress::from_instruction_pointer(pc);
                     continue;
                 }
                 break Some(doubt);
@@ -699,7 +698,7 @@ impl StackInspector {
     /// words that return into a function right after a call instruction.
     pub(crate) fn find_in_stack(
         &mut self,
-        regs: &libc::user_regs_struct,
+        regs: &Regs,
         functions: &[(usize, Range<u64>)],
         resumes: &[(usize, Range<u64>)],
     ) -> (StackWalk, Option<StackHit>) {
@@ -731,7 +730,7 @@ impl StackInspector {
         if unwound.is_some() || walk.doubt.is_none() {
             return (walk, unwound);
         }
-        let hit = self.scan(&walk, regs.rsp, functions, resumes);
+        let hit = self.scan(&walk, regs.sp(), functions, resumes);
         (walk, hit)
     }
 
@@ -767,7 +766,7 @@ impl StackInspector {
             if piece.is_empty() {
                 break;
             }
-            let returns = scan::candidates(piece, at, &ranges)
+            let returns = scan::candidates(piece, at, &ranges, self.pac_mask)
                 .find(|c| self.call_before(c.value))
                 .map(|c| (c.slot, functions[c.function].0, c.value, false));
             let resumed = scan::words_in(piece, at, resumes)
@@ -791,12 +790,16 @@ impl StackInspector {
         None
     }
 
-    /// The interrupted (rip, rsp, rbp) saved in the signal frame whose ucontext starts at `uc`
-    /// (the stack pointer on entry to the sigreturn trampoline), from the stack copy
-    /// (`base`, `len`) or the process.
-    fn signal_context(&self, uc: u64, base: u64, len: usize) -> Option<(u64, u64, u64)> {
-        let word = |off: u64| -> Option<u64> {
-            let addr = uc.checked_add(off)?;
+    /// The interrupted PC and unwind registers saved in the signal frame found at `sp` (the
+    /// stack pointer on entry to the sigreturn trampoline), from the stack copy (`base`, `len`)
+    /// or the process.
+    fn signal_context(
+        &self,
+        sp: u64,
+        base: u64,
+        len: usize,
+    ) -> Option<(u64, isa_stack::UnwindRegs)> {
+        let word = |addr: u64| -> Option<u64> {
             let mut w = [0u8; 8];
             match addr.checked_sub(base) {
                 Some(o) if o + 8 <= len as u64 => {
@@ -806,21 +809,21 @@ impl StackInspector {
             }
             Some(u64::from_le_bytes(w))
         };
-        Some((word(UC_RIP)?, word(UC_RSP)?, word(UC_RBP)?))
+        isa_stack::signal_context(sp, word, self.pac_mask)
     }
 
     /// Whether the code bytes just before `ret` in the target end with a call instruction.
     fn call_before(&self, ret: u64) -> bool {
         let page_start = ret.saturating_sub(1) & !0xfff;
-        let mut bytes = [0u8; scan::MAX_CALL_LEN];
-        let len = scan::MAX_CALL_LEN as u64;
+        let mut bytes = [0u8; isa_stack::MAX_CALL_LEN];
+        let len = isa_stack::MAX_CALL_LEN as u64;
         if self.mem.read_at(ret - len, &mut bytes).is_ok() {
-            return scan::preceded_by_call(&bytes);
+            return isa_stack::preceded_by_call(&bytes);
         }
         // The bytes before may start on an unreadable page: take those on ret's own page.
         let n = (ret - page_start).min(len) as usize;
         let tail = &mut bytes[..n];
-        self.mem.read_at(ret - n as u64, tail).is_ok() && scan::preceded_by_call(tail)
+        self.mem.read_at(ret - n as u64, tail).is_ok() && isa_stack::preceded_by_call(tail)
     }
 }
 
@@ -866,7 +869,7 @@ mod tests {
     }
 
     /// Freezes `pid` and returns the registers of its main thread.
-    fn frozen(tracer: &mut Tracer) -> (Frozen<'_>, libc::user_regs_struct) {
+    fn frozen(tracer: &mut Tracer) -> (Frozen<'_>, Regs) {
         let pid = tracer.pid();
         let frozen = tracer
             .freeze(
@@ -895,8 +898,8 @@ mod tests {
         let walk = inspector.walk(&regs);
         assert_eq!(walk.doubt, None, "frames {:x?}", walk.frames);
         assert!(walk.frames.len() >= 4, "frames {:x?}", walk.frames);
-        assert_eq!(walk.frames[0], regs.rip);
-        assert!(walk.copied > 0 && walk.copy_start <= regs.rsp);
+        assert_eq!(walk.frames[0], regs.pc());
+        assert!(walk.copied > 0 && walk.copy_start <= regs.sp());
         for (depth, &ret) in walk.frames.iter().enumerate().skip(1) {
             let functions = [(7, ret - 1..ret)];
             let (_, hit) = inspector.find_in_stack(&regs, &functions, &[]);
@@ -906,7 +909,7 @@ mod tests {
             );
         }
         // The PC's own function is not "on the stack", nor is any other address.
-        let (_, hit) = inspector.find_in_stack(&regs, &[(0, regs.rip - 1..regs.rip + 1)], &[]);
+        let (_, hit) = inspector.find_in_stack(&regs, &[(0, regs.pc() - 1..regs.pc() + 1)], &[]);
         assert_eq!(hit, None);
         drop(frozen);
     }
@@ -922,10 +925,8 @@ mod tests {
         let mut tracer = Tracer::new(pid).unwrap();
         let (frozen, regs) = frozen(&mut tracer);
         let outer = *inspector.walk(&regs).frames.last().unwrap();
-        let lost = libc::user_regs_struct {
-            rip: 0x1000,
-            ..regs
-        };
+        let mut lost = regs;
+        lost.set_pc(0x1000);
         let walk = inspector.walk(&lost);
         assert_eq!(walk.doubt, Some(Doubt::NoModule { address: 0x1000 }));
         assert_eq!(walk.frames, vec![0x1000]);
@@ -969,7 +970,7 @@ mod tests {
         assert_eq!(blocker.source, FrameSource::Unwound);
         assert_eq!(
             (blocker.depth, blocker.address, blocker.pc),
-            (2, ret, regs.rip)
+            (2, ret, regs.pc())
         );
         assert!(
             blocker.describe().contains("frame #2"),

@@ -1,9 +1,11 @@
 /* btipac MODE: an arm64 target built with -mbranch-protection=standard (BTI landing pads and
  * pac-ret), for the guest's enforcement checks (scripts/test-aarch64.sh).
  *
- *   btipac serve       prints "ready <pid>"; a worker spins calling compute() (in a guarded
- *                      page once BTI is enforced); commands: "call N" -> "compute N N+1",
- *                      "spins" -> "spinning" once the worker's counter has moved on.
+ *   btipac serve       prints "ready <pid>"; a worker spins calling compute() and signed()
+ *                      (in a guarded page once BTI is enforced); commands: "call N" ->
+ *                      "compute N N+1", "signed N" -> "signed N 2N+2" (signed() is not a leaf,
+ *                      so it starts with paciasp), "spins" -> "spinning" once the worker's
+ *                      counter has moved on.
  *   btipac bad-branch  calls compute() 4 bytes past its entry (past its `bti c`) through a
  *                      pointer: SIGILL where BTI is enforced; else prints "survived", exits 0.
  *   btipac bad-return  replaces its own signed return address on the stack by the unsigned
@@ -15,6 +17,11 @@
 
 PATCHABLE int compute(int x) { return x + 1; }
 
+__attribute__((noinline)) static int through_pointer(int (*f)(int), int x);
+
+/* Not a leaf: pac-ret signs its return address, so its first instruction is paciasp. */
+PATCHABLE int signed_(int x) { return 2 * through_pointer(compute, x); }
+
 static volatile unsigned long spins;
 
 static void *spin(void *arg) {
@@ -22,6 +29,7 @@ static void *spin(void *arg) {
     for (;;) {
         volatile int in = 1;
         compute(in);
+        through_pointer(signed_, in); /* an indirect call: its entry must be a landing pad */
         spins++;
     }
     return NULL;
@@ -63,6 +71,9 @@ int main(int argc, char **argv) {
         if (arg_of(line, "call", &n)) {
             volatile int in = (int)n;
             reply("compute %ld %d", n, compute(in));
+        } else if (arg_of(line, "signed", &n)) {
+            volatile int in = (int)n;
+            reply("signed %ld %d", n, signed_(in));
         } else if (strcmp(line, "spins") == 0) {
             unsigned long seen = spins;
             while (spins == seen)

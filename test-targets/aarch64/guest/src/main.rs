@@ -6,6 +6,7 @@
 //! `rpatch.mode=bti` (a CPU with BTI and pointer authentication: the enforcement checks, which
 //! the base set runs the other way round as a control).
 
+mod cli;
 mod ptrace;
 mod remote;
 
@@ -96,7 +97,7 @@ impl Drop for Target {
 type Scenario = (&'static str, Box<dyn Fn() -> Result<(), String> + Send>);
 
 /// How long one scenario may take on a loaded host before it counts as hung.
-const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(480);
 
 /// `sigstorm 4`: workers 0..3 are busy, reader, sleeper (1 ms nanosleep), epoller (5 ms).
 const SIGSTORM: &str = "/t/sigstorm";
@@ -761,6 +762,7 @@ fn main() {
     if pid1 {
         let _ = std::fs::create_dir_all("/proc");
         let _ = std::fs::create_dir_all("/dev");
+        let _ = std::fs::create_dir_all("/tmp");
         // SAFETY: mount with static C strings.
         unsafe {
             libc::mount(
@@ -797,6 +799,7 @@ fn main() {
         .map(|list| list.split(',').collect());
     let mut scenarios = base_scenarios();
     scenarios.extend(bti_scenarios(enforced));
+    scenarios.extend(cli::scenarios());
     if let Some(only) = &only {
         scenarios.retain(|(name, _)| only.contains(name));
     }

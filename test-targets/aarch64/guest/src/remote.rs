@@ -106,7 +106,7 @@ pub struct Libc {
 }
 
 /// Where `path` (a loaded module) starts, and its file bytes.
-fn module(pid: i32, suffix: &str) -> Result<(u64, String, Vec<u8>), String> {
+pub(crate) fn module(pid: i32, suffix: &str) -> Result<(u64, String, Vec<u8>), String> {
     let m = maps(pid)?
         .into_iter()
         .find(|m| m.path.ends_with(suffix) && m.offset == 0)

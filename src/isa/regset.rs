@@ -1,0 +1,35 @@
+//! PTRACE_GETREGSET / PTRACE_SETREGSET of one ELF note type, as bytes.
+
+use nix::errno::Errno;
+
+/// Reads the regset `note` of a ptrace-stopped thread (at most `max` bytes).
+pub(crate) fn get(tid: i32, note: usize, max: usize) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; max];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: PTRACE_GETREGSET writes at most iov_len bytes into the buffer iov points at,
+    // which lives for the duration of the call, and updates iov_len.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, note, &mut iov) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+/// Writes the regset `note` of a ptrace-stopped thread.
+pub(crate) fn set(tid: i32, note: usize, state: &[u8]) -> Result<(), Errno> {
+    let mut copy = state.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: copy.as_mut_ptr().cast(),
+        iov_len: copy.len(),
+    };
+    // SAFETY: PTRACE_SETREGSET only reads iov_len bytes from the live buffer.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, note, &mut iov) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
