@@ -124,7 +124,7 @@ pub enum InjectError {
     /// The injected call did not return in time. The thread finishes it on its own and then
     /// resumes its code with its state restored by the stub.
     #[error(
-        "the injected call to {function} in thread {tid} did not return within {ms} ms (a library constructor that blocks, or a loader lock held by another thread); the thread finishes the call on its own and then resumes its code"
+        "the injected call to {function} in thread {tid} did not return within {ms} ms (a library constructor that blocks, or a loader lock held by another thread; the thread was then: {seen}); the thread finishes the call on its own and then resumes its code"
     )]
     CallTimeout {
         /// Function called.
@@ -133,6 +133,9 @@ pub enum InjectError {
         tid: i32,
         /// Milliseconds waited.
         ms: u64,
+        /// Where the thread was when the wait ended (`process::describe_thread`): what it waits
+        /// for tells a blocking constructor from a lock held elsewhere.
+        seen: String,
     },
     /// A process-level failure.
     #[error(transparent)]

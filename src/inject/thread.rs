@@ -403,6 +403,7 @@ impl<'t> InjectedThread<'t> {
                     function: what.into(),
                     tid: self.tid,
                     ms: SETTLE_TIMEOUT.as_millis() as u64,
+                    seen: process::describe_thread(self.pid(), self.tid),
                 });
             }
             self.cont(0)?;
@@ -762,6 +763,7 @@ impl<'t> InjectedThread<'t> {
             function: call.name.to_string(),
             tid: self.tid,
             ms: call.timeout.as_millis() as u64,
+            seen: process::describe_thread(self.pid(), self.tid),
         };
         let own = self.running_in.clone();
         let stopped = self.interrupt(Instant::now() + SETTLE_TIMEOUT, call.name, &own);

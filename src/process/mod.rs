@@ -374,6 +374,38 @@ pub fn thread_name(pid: i32, tid: i32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Where a running thread is, for a message about a wait that ran out: its scheduler state,
+/// the system call it is blocked in (number, as `/proc/PID/task/TID/syscall` shows it) and the
+/// kernel function it sleeps in (`wchan`), e.g. `state S, in system call 202, sleeping in
+/// futex_wait_queue`. What cannot be read is left out.
+pub fn describe_thread(pid: i32, tid: i32) -> String {
+    let dir = format!("/proc/{pid}/task/{tid}");
+    let mut parts = Vec::new();
+    if let Ok((state, ..)) = read_stat(pid, tid) {
+        parts.push(format!("state {state}"));
+    }
+    if let Ok(text) = fs::read_to_string(format!("{dir}/syscall")) {
+        match text.split_whitespace().next() {
+            Some("running") => parts.push("running".to_string()),
+            Some(nr) if nr.parse::<i64>().is_ok_and(|n| n >= 0) => {
+                parts.push(format!("in system call {nr}"));
+            }
+            _ => {}
+        }
+    }
+    if let Ok(wchan) = fs::read_to_string(format!("{dir}/wchan")) {
+        let wchan = wchan.trim();
+        if !wchan.is_empty() && wchan != "0" {
+            parts.push(format!("sleeping in {wchan}"));
+        }
+    }
+    if parts.is_empty() {
+        "unknown".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Thread ids of a process, sorted.
 pub fn list_threads(pid: i32) -> Result<Vec<i32>, ProcessError> {
     let path = format!("/proc/{pid}/task");
@@ -677,6 +709,41 @@ mod tests {
         assert!(everyone.contains(&older) && everyone.contains(&newer));
         // Other tests fork meanwhile: the empty answer is only checked for what it may hold.
         assert!(!none_yet.iter().any(|&(p, _)| p == older));
+    }
+
+    /// A thread blocked in a read is described with its state and system call; the calling
+    /// thread as running (state R: it reads its own files, so its system call is that read).
+    #[test]
+    fn describe_thread_names_state_and_system_call() {
+        let me = std::process::id() as i32;
+        let own = describe_thread(me, own_tid());
+        assert!(own.contains("state R"), "{own}");
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let blocked = std::thread::spawn(move || {
+            tx.send(own_tid()).unwrap();
+            let mut byte = [0u8; 1];
+            let _ = std::io::Read::read(&mut &reader, &mut byte);
+        });
+        let tid = rx.recv().unwrap();
+        // Blocked once /proc shows it sleeping (it may take a moment to get there).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = describe_thread(me, tid);
+        while !seen.contains("state S") && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            seen = describe_thread(me, tid);
+        }
+        drop(writer);
+        blocked.join().unwrap();
+        assert!(
+            seen.contains("state S") && seen.contains("in system call"),
+            "{seen}"
+        );
+    }
+
+    fn own_tid() -> i32 {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() }
     }
 
     /// Our parent is the process that forked us; our start lies within the last day.
