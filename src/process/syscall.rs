@@ -50,7 +50,7 @@ impl BlockedSyscall {
 
 /// Where thread `tid` of `pid` is blocked; `None` when it runs (or is gone).
 pub fn blocked_syscall(pid: i32, tid: i32) -> Option<BlockedSyscall> {
-    parse(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+    parse(&super::read_proc(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
 }
 
 fn parse(text: &str) -> Option<BlockedSyscall> {
