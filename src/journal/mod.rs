@@ -112,7 +112,7 @@ impl TargetIdentity {
 /// process, or a child forked from it that has not exec'd since): the processes that may hold
 /// that journal's patches. A journal of another boot, or that recorded no image, has none.
 pub fn image_still_run(recorded: &TargetIdentity) -> bool {
-    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    let this_boot = crate::process::read_proc("/proc/sys/kernel/random/boot_id")
         .is_ok_and(|b| b.trim() == recorded.boot_id);
     match &recorded.image {
         Some(image) if this_boot => !crate::process::holders(image).is_empty(),

@@ -81,7 +81,7 @@ pub fn read_image(pid: i32) -> Result<ExecImage, ProcessError> {
     // vector: wait a moment for the exec to finish.
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
     let address = loop {
-        let auxv = fs::read(dir.join("auxv")).map_err(io("auxv"))?;
+        let auxv = super::read_proc_bytes(dir.join("auxv")).map_err(io("auxv"))?;
         if let Some(address) = auxv_value(&auxv, AT_RANDOM) {
             break address;
         }

@@ -203,10 +203,41 @@ pub struct ProcessInfo {
     pub shadow_stack_threads: Vec<i32>,
 }
 
+/// Reads a small kernel-generated file (/proc, /proc/sys) whole. `fs::read` first asks the
+/// file's size (a `statx`, which /proc answers with 0) and then reads in pieces growing from 32
+/// bytes: five or six system calls for a 300-byte `stat`. Here a 4 KiB buffer takes a typical
+/// /proc file in one read, plus the one that sees its end; larger files (maps) double it.
+/// rpatch reads such files a few hundred times per operation.
+pub fn read_proc_bytes(path: impl AsRef<std::path::Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// [`read_proc_bytes`] as text (an error when it is not UTF-8, as `fs::read_to_string`).
+pub fn read_proc(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    String::from_utf8(read_proc_bytes(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Reads `/proc/PID/stat`: (state, start time).
 pub fn read_stat(pid: i32, tid: i32) -> Result<(char, u64, String), ProcessError> {
     let path = format!("/proc/{pid}/task/{tid}/stat");
-    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
     parse_stat(&text).ok_or_else(|| ProcessError::Io {
         pid,
         what: path,
@@ -229,7 +260,7 @@ pub(crate) fn parse_stat(text: &str) -> Option<(char, u64, String)> {
 /// The parent of process `pid` (field 4 of `/proc/PID/stat`): the process it was forked from
 /// while that one lives, else whoever adopted it (init, a subreaper). `None` when unreadable.
 pub fn parent(pid: i32) -> Option<i32> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = read_proc(format!("/proc/{pid}/stat")).ok()?;
     let close = text.rfind(')')?;
     text[close + 1..].split_whitespace().nth(1)?.parse().ok()
 }
@@ -252,7 +283,7 @@ pub fn last_pid() -> Option<i32> {
     if own.to_str()?.parse::<u32>().ok()? != std::process::id() {
         return None;
     }
-    fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+    read_proc("/proc/sys/kernel/ns_last_pid")
         .ok()?
         .trim()
         .parse()
@@ -306,7 +337,7 @@ pub fn boot_ticks() -> u64 {
 /// The Unix time (seconds) of a start time in clock ticks after boot, to compare it with the
 /// journal's times (to the second: the boot time is known to the second).
 pub fn start_unix_secs(start_ticks: u64) -> u64 {
-    let btime = fs::read_to_string("/proc/stat")
+    let btime = read_proc("/proc/stat")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -332,7 +363,7 @@ fn map_proc_err(pid: i32, what: &str, e: std::io::Error) -> ProcessError {
 
 /// A `PermissionDenied` with the Yama scope filled in.
 pub fn permission_denied(pid: i32, detail: String) -> ProcessError {
-    let scope = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+    let scope = read_proc("/proc/sys/kernel/yama/ptrace_scope")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "absent".into());
     ProcessError::PermissionDenied { pid, detail, scope }
@@ -347,7 +378,7 @@ pub fn status_field(pid: i32, tid: i32, key: &str) -> Option<String> {
 /// Reads several `Key:\tvalue` fields of `/proc/PID/task/TID/status` from one read of it.
 pub fn status_fields<const N: usize>(pid: i32, tid: i32, keys: [&str; N]) -> [Option<String>; N] {
     let mut out = [const { None }; N];
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+    let Ok(text) = read_proc(format!("/proc/{pid}/task/{tid}/status")) else {
         return out;
     };
     for line in text.lines() {
@@ -369,7 +400,7 @@ fn shadow_stack_enabled(features: &str) -> bool {
 
 /// Thread name (`comm`) of a thread, for messages.
 pub fn thread_name(pid: i32, tid: i32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+    read_proc(format!("/proc/{pid}/task/{tid}/comm"))
         .map(|s| s.trim_end().to_string())
         .unwrap_or_else(|_| "?".into())
 }
@@ -384,7 +415,7 @@ pub fn describe_thread(pid: i32, tid: i32) -> String {
     if let Ok((state, ..)) = read_stat(pid, tid) {
         parts.push(format!("state {state}"));
     }
-    if let Ok(text) = fs::read_to_string(format!("{dir}/syscall")) {
+    if let Ok(text) = read_proc(format!("{dir}/syscall")) {
         match text.split_whitespace().next() {
             Some("running") => parts.push("running".to_string()),
             Some(nr) if nr.parse::<i64>().is_ok_and(|n| n >= 0) => {
@@ -393,7 +424,7 @@ pub fn describe_thread(pid: i32, tid: i32) -> String {
             _ => {}
         }
     }
-    if let Ok(wchan) = fs::read_to_string(format!("{dir}/wchan")) {
+    if let Ok(wchan) = read_proc(format!("{dir}/wchan")) {
         let wchan = wchan.trim();
         if !wchan.is_empty() && wchan != "0" {
             parts.push(format!("sleeping in {wchan}"));
@@ -456,7 +487,7 @@ pub fn proc_dir(pid: i32) -> PathBuf {
 /// The target's memory map.
 pub fn read_maps(pid: i32) -> Result<Vec<Mapping>, ProcessError> {
     let path = proc_dir(pid).join("maps").display().to_string();
-    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
     Ok(parse_maps(&text))
 }
 
@@ -464,7 +495,7 @@ pub fn read_maps(pid: i32) -> Result<Vec<Mapping>, ProcessError> {
 /// `MADV_WIPEONFORK`), from `/proc/PID/smaps`.
 pub fn fork_flags(pid: i32) -> Result<Vec<(std::ops::Range<u64>, ForkFlag)>, ProcessError> {
     let path = proc_dir(pid).join("smaps").display().to_string();
-    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
     Ok(parse_fork_flags(&text))
 }
 
@@ -487,7 +518,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     drop(ProcMem::open(pid)?);
     check_architecture(pid)?;
     let image = read_image(pid)?;
-    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    let boot_id = read_proc("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let (mut seccomp_threads, mut shadow_stack_threads) = (Vec::new(), Vec::new());
@@ -540,7 +571,7 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// say so rather than "no such process" when its /proc files read empty.
 pub fn refuse_kernel_thread(pid: i32) -> Result<(), ProcessError> {
     let path = format!("/proc/{pid}/stat");
-    let text = fs::read_to_string(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
     match stat_flags(&text) {
         Some(flags) if flags & PF_KTHREAD != 0 => Err(ProcessError::KernelThread {
             pid,
@@ -593,6 +624,20 @@ fn check_architecture(pid: i32) -> Result<(), ProcessError> {
 mod tests {
     use super::*;
 
+    /// A file larger than the first buffer is read whole, and a /proc file reads as it does
+    /// through `fs::read_to_string`.
+    #[test]
+    fn read_proc_reads_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_proc_bytes(&path).unwrap(), bytes);
+        let boot = "/proc/sys/kernel/random/boot_id";
+        assert_eq!(read_proc(boot).unwrap(), fs::read_to_string(boot).unwrap());
+        assert!(read_proc("/proc/self/nonexistent").is_err());
+    }
+
     #[test]
     fn stat_with_odd_comm_parses() {
         let line =
@@ -609,7 +654,7 @@ mod tests {
         let line = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0";
         assert_eq!(stat_flags(line), Some(2129984));
         assert_ne!(stat_flags(line).unwrap() & PF_KTHREAD, 0);
-        let kthreadd = fs::read_to_string("/proc/2/stat")
+        let kthreadd = read_proc("/proc/2/stat")
             .ok()
             .and_then(|t| stat_flags(&t))
             .is_some_and(|f| f & PF_KTHREAD != 0);

@@ -49,7 +49,7 @@ impl BlockedSyscall {
 /// requests): an ISA whose interrupted call loses an argument (arm64's x0) rewinds it from
 /// what `/proc` showed before the interrupt (see [`repair_eintr`]).
 pub fn blocked_syscall(pid: i32, tid: i32) -> Option<BlockedSyscall> {
-    let seen = parse(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?);
+    let seen = parse(&super::read_proc(format!("/proc/{pid}/task/{tid}/syscall")).ok()?);
     SEEN.with(|m| {
         let mut m = m.borrow_mut();
         if m.len() >= SEEN_MAX {

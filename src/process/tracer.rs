@@ -222,6 +222,9 @@ impl Tracer {
     pub fn wait_stop(&mut self, tid: i32, deadline: Instant) -> Result<Option<Stop>, ProcessError> {
         let start = Instant::now();
         let mut spins = 0u32;
+        // Made at the first sleep: most stops are seen while spinning.
+        let mut stops: Option<StopSignal> = None;
+        let mut pause = Duration::from_micros(20);
         loop {
             let mut status = 0i32;
             // SAFETY: waitpid only writes the status integer we pass a pointer to.
@@ -244,14 +247,16 @@ impl Tracer {
                         ms: start.elapsed().as_millis() as u64,
                     });
                 }
-                // A running thread stops within microseconds of the interrupt. Short sleeps (not
-                // yields, which hand a whole time slice to a busy target thread on a loaded
-                // machine) keep the frozen window short.
+                // A running thread stops within microseconds of the interrupt: a few spins
+                // first. Then a sleep (not a yield, which hands a whole time slice to a busy
+                // target thread on a loaded machine) that the stop's SIGCHLD ends; its timeout
+                // only matters when another thread of this process takes the signal.
                 spins += 1;
                 if spins < 8 {
                     std::hint::spin_loop();
                 } else {
-                    std::thread::sleep(Duration::from_micros(20));
+                    stops.get_or_insert_with(StopSignal::new).wait(pause);
+                    pause = (pause * 2).min(Duration::from_micros(100));
                 }
                 continue;
             }
