@@ -1,9 +1,11 @@
 //! Jump islands: pages mapped near a function that hold absolute jumps to far replacements.
 //!
-//! A PIE executable sits tens of TiB below the libraries dlopen maps, out of reach of `jmp rel32`,
-//! and a 14-byte absolute jump does not fit a small function. A page mapped within ±2 GiB of the
-//! function holds 16-byte slots, each an absolute jump; the function gets a 5-byte `jmp rel32` to
-//! its slot. Pages are recorded in the journal and reused across patches.
+//! A PIE executable sits tens of TiB below the libraries dlopen maps, out of reach of a near jump
+//! (x86_64 `jmp rel32`: ±2 GiB; arm64 `b`: ±128 MiB), and an absolute jump in place (14 bytes on
+//! x86_64, 16 on arm64) does not fit a small function. A page mapped within the near jump's reach
+//! holds 16-byte slots, each an absolute jump; the function gets a near jump to its slot (5 bytes
+//! on x86_64, 4 on arm64; `isa::jump` has the encodings). Pages are recorded in the journal and
+//! reused across patches.
 
 use crate::isa;
 use crate::journal::Island;
