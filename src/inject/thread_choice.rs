@@ -5,7 +5,8 @@
 //! running anyway). A thread whose PC is inside the dynamic loader or the allocator is never
 //! chosen. Return addresses near the top of the stack that point into those (a cheap scan of the
 //! stack) rank a thread last, as does stdio (harmless to dlopen itself, but a constructor that
-//! prints would wait for it).
+//! prints would wait for it). A thread waiting on a futex ranks after threads blocked in other
+//! calls: it waits for a lock and may hold another (stripped libraries hide which).
 //!
 //! The thread's signal mask and dispositions do not matter: the call stub sets its own mask for
 //! the call (synchronous faults unblocked) and nothing relies on a fault reaching rpatch.
@@ -208,7 +209,16 @@ pub fn rank_threads(
     for &tid in tids {
         let candidate = match blocked_syscall(pid, tid) {
             Some(b) if b.in_vfork_or_clone() => Err(ThreadRefusal::InVforkOrClone(tid)),
-            Some(b) => assess(modules, mem, tid, b.pc, b.sp, b.nr >= 0),
+            Some(b) => assess(modules, mem, tid, b.pc, b.sp, b.nr >= 0).map(|mut c| {
+                // Waiting for a lock, it may hold another that dlopen needs (glibc's arena list
+                // lock while it waits for an arena, the loader's lock): other blocked threads
+                // first. A dlopen in such a thread was seen waiting on a futex forever.
+                if c.tier == 0 && b.nr == crate::isa::sys::FUTEX {
+                    c.tier = 1;
+                    c.why = "waiting on a futex (a lock)".into();
+                }
+                c
+            }),
             None => Ok(ThreadCandidate {
                 tid,
                 tier: 2,

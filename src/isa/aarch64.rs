@@ -151,6 +151,8 @@ pub(crate) mod sys {
     pub const CLONE: i64 = nr::SYS_CLONE as i64;
     /// `clone3`, whose flags live in memory (counted as possibly vfork-like).
     pub const CLONE3: i64 = nr::SYS_CLONE3 as i64;
+    /// `futex`: a thread blocked in it waits for a lock, and may hold another.
+    pub const FUTEX: i64 = nr::SYS_FUTEX as i64;
     /// `read`.
     #[cfg(test)]
     pub const READ: u64 = nr::SYS_READ;

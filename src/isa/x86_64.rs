@@ -116,6 +116,8 @@ pub(crate) mod sys {
     pub const CLONE: i64 = 56;
     /// `clone3`, whose flags live in memory (counted as possibly vfork-like).
     pub const CLONE3: i64 = 435;
+    /// `futex`: a thread blocked in it waits for a lock, and may hold another.
+    pub const FUTEX: i64 = 202;
     /// `read`.
     #[cfg(test)]
     pub const READ: u64 = 0;
