@@ -90,10 +90,10 @@ fn parse(text: &str) -> Option<BlockedSyscall> {
 
 /// A ptrace interrupt made one of [`EINTR_ONLY_SYSCALLS`] fail with EINTR: unless a signal is
 /// pending for this very thread (its EINTR is then real) and provided the instruction before
-/// the PC is the system call instruction, rewind `regs` so the thread re-enters the call. A process-wide pending signal does
-/// not count: any thread may take it, and when another one does this thread's EINTR would be
-/// spurious; when this one does, its handler runs and the call is re-entered, as a restartable
-/// call would be. Returns whether `regs` changed.
+/// the PC is the system call instruction, rewind `regs` so the thread re-enters the call. A
+/// process-wide pending signal does not count: any thread may take it, and when another one
+/// does this thread's EINTR would be spurious; when this one does, its handler runs and the
+/// call is re-entered, as a restartable call would be. Returns whether `regs` changed.
 pub fn repair_eintr(pid: i32, tid: i32, mem: &dyn Memory, regs: &mut Regs) -> bool {
     if !isa::eintr_from_eintr_only_call(regs) {
         return false;
