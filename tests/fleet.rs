@@ -14,30 +14,31 @@ use std::path::{Path, PathBuf};
 /// A container as a runtime makes one, started by an unprivileged user (nobody): new user (that
 /// user mapped to root inside), PID and mount namespaces, its own /proc, and private tmpfs on
 /// /tmp and /dev/shm mounted noexec (as Docker mounts /dev/shm).
-const CONTAINER: &[&str] = &[
-    "setpriv",
-    "--reuid=65534",
-    "--regid=65534",
-    "--clear-groups",
-    "unshare",
-    "--user",
-    "--map-root-user",
-    "--mount",
-    "--pid",
-    "--fork",
-    "--kill-child",
-    "--mount-proc",
-    "--propagation",
-    "private",
-    "--",
-    "sh",
-    "-c",
-    // The program is opened before the mounts: a checkout under /tmp is hidden by the private
-    // /tmp, and then runs through its descriptor.
-    "exec 3<\"$0\" && mount -t tmpfs -o noexec,nosuid,nodev tmpfs /tmp && \
-     mount -t tmpfs -o noexec,nosuid,nodev tmpfs /dev/shm && \
-     if [ -e \"$0\" ]; then exec 3<&- \"$0\" \"$@\"; else exec /proc/self/fd/3 \"$@\"; fi",
-];
+fn container() -> Vec<String> {
+    let script = repo_root().join("test-targets/container.sh");
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "--",
+        script.to_str().unwrap(),
+        "mount -t tmpfs -o noexec,nosuid,nodev tmpfs /tmp && \
+         mount -t tmpfs -o noexec,nosuid,nodev tmpfs /dev/shm",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 
 /// A manifest for `compute` (fix_basic.so: x*100) in `module`, written beside it.
 fn manifest_for(state: &Path, module: &Path) -> PathBuf {
@@ -69,7 +70,9 @@ fn all_patches_exactly_the_processes_of_the_manifests_build() {
     assert!(text.contains(&format!("build_id = \"{build}\"")), "{text}");
     let mut same: Vec<Target> = (0..3).map(|_| Target::spawn(&app, &[])).collect();
     let mut stranger = Target::spawn(&other, &[]);
-    let mut contained = Target::spawn_wrapped(CONTAINER, &app, &[]);
+    let wrapper = container();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut contained = Target::spawn_wrapped(&wrapper, &app, &[]);
     assert_ne!(
         std::fs::read_link(format!("/proc/{}/ns/pid", contained.pid())).unwrap(),
         std::fs::read_link("/proc/self/ns/pid").unwrap(),
