@@ -75,6 +75,7 @@ cc=aarch64-linux-gnu-gcc
 cflags=(-O1 -g -Wall -Wextra -fPIE -pie -pthread)
 $cc "${cflags[@]}" -o "$out/root/t/sigstorm" test-targets/c/sigstorm.c
 $cc "${cflags[@]}" -o "$out/root/t/sleepers" test-targets/aarch64/sleepers.c
+$cc "${cflags[@]}" -o "$out/root/t/epollers" test-targets/aarch64/epollers.c
 $cc "${cflags[@]}" -o "$out/root/t/vectors" test-targets/aarch64/vectors.c test-targets/aarch64/vector-spin.S
 $cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/planted.so" test-targets/c/planted.c
 $cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/fix_basic.so" test-targets/c/fix_basic.c

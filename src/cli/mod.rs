@@ -569,10 +569,13 @@ fn finish(common: &Common, log: &Log, result: Result<Output, Error>) -> anyhow::
         Ok(output) => {
             // What the patch will not change or could not check: on stderr for people (also in
             // the JSON report for scripts).
-            if let Output::Attach(r) = &output {
-                for w in &r.warnings {
-                    eprintln!("rpatch: warning: {w}");
-                }
+            let warnings = match &output {
+                Output::Attach(r) => r.warnings.as_slice(),
+                Output::Rollback(r) => r.warnings.as_slice(),
+                _ => &[],
+            };
+            for w in warnings {
+                eprintln!("rpatch: warning: {w}");
             }
             if common.json {
                 println!("{}", output.json()?);

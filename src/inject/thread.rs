@@ -387,10 +387,7 @@ impl<'t> InjectedThread<'t> {
                 regs = self.tracer.get_regs(self.tid)?;
             }
             if !own.contains(regs.pc()) {
-                let pid = self.pid();
-                if process::repair_eintr(pid, self.tid, self.tracer.mem(), &mut regs) {
-                    self.tracer.set_regs(self.tid, regs)?;
-                }
+                self.tracer.repair_eintr(self.tid, &mut regs)?;
                 self.at_rest = regs;
                 self.at_rest_xstate = self.tracer.get_xstate(self.tid)?;
                 self.at_rest_mask = get_sigmask(self.tid)?;

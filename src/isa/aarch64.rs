@@ -113,6 +113,7 @@ impl Regs {
 pub(crate) fn get_regs(tid: i32) -> Result<Regs, Errno> {
     let bytes = super::regset::get(tid, NT_PRSTATUS, ResumeState::PRSTATUS_LEN)?;
     let state = ResumeState::from_prstatus(&bytes).ok_or(Errno::EIO)?;
+    learn_pac_mask(tid);
     let syscallno = super::regset::get(tid, NT_ARM_SYSTEM_CALL, 4)
         .ok()
         .and_then(|b| Some(i32::from_le_bytes(b.get(..4)?.try_into().ok()?)))
@@ -153,9 +154,23 @@ pub(crate) mod sys {
     pub const CLONE3: i64 = nr::SYS_CLONE3 as i64;
     /// `futex`: a thread blocked in it waits for a lock, and may hold another.
     pub const FUTEX: i64 = nr::SYS_FUTEX as i64;
+    /// `epoll_pwait` and `epoll_pwait2`: their first argument is an epoll instance.
+    pub const EPOLL: [u64; 2] = [nr::SYS_EPOLL_PWAIT, nr::SYS_EPOLL_PWAIT2];
     /// `read`.
     #[cfg(test)]
     pub const READ: u64 = nr::SYS_READ;
+
+    /// The name of one of [`EINTR_ONLY`], for messages.
+    pub fn name(call: u64) -> &'static str {
+        match call {
+            nr::SYS_EPOLL_PWAIT => "epoll_pwait",
+            nr::SYS_EPOLL_PWAIT2 => "epoll_pwait2",
+            nr::SYS_RT_SIGTIMEDWAIT => "rt_sigtimedwait",
+            nr::SYS_SEMTIMEDOP => "semtimedop",
+            nr::SYS_SEMOP => "semop",
+            _ => "a system call",
+        }
+    }
 }
 
 /// The system call instruction (`svc #0`).
@@ -167,44 +182,90 @@ pub(crate) fn eintr_from_eintr_only_call(regs: &Regs) -> bool {
     regs.state.x[0] as i64 == -(libc::EINTR as i64) && sys::EINTR_ONLY.contains(&regs.state.x[8])
 }
 
+/// Whether an interrupted call's first argument can be lost from the registers, so that the
+/// freeze reads `/proc/TID/syscall` of a thread again once it is seized (see
+/// `process::Seen::fresh`): yes, the return value overwrites x0.
+pub(crate) const EINTR_LOSES_AN_ARGUMENT: bool = true;
+
 /// A ptrace interrupt made one of [`sys::EINTR_ONLY`] fail with EINTR (the caller checked that
 /// no signal is pending for the thread). On arm64 the return value overwrote x0, the call's
-/// first argument, so the call is re-entered from what `/proc/TID/syscall` showed before the
-/// interrupt (`before`: the same call, returning to the same PC, with the same other
-/// arguments): PC back onto the `svc`, x0 its first argument. Without it the EINTR stands, as
-/// it would under a debugger: a thread that was running when rpatch looked and entered the call
-/// just as the interrupt came (a window of microseconds) sees that EINTR.
+/// first argument, and no interface gives it back at this stop: the kernel keeps it
+/// (`orig_x0`), but no register set exposes it, and `/proc/TID/syscall` prints x0 itself (seen
+/// on 6.1, even with NT_ARM_SYSTEM_CALL set back to the call's number so that the file shows
+/// arguments at all). So the call is re-entered (PC back onto the `svc`) only when its first
+/// argument is proven otherwise:
+///
+/// * for `epoll_pwait`/`epoll_pwait2`, when the thread's file table holds exactly one epoll
+///   instance: an EINTR from epoll_pwait proves its first argument was one (a thread whose
+///   handler for a real signal just returned onto such registers re-enters the call, as a
+///   restartable call would be);
+/// * from `before` when it is fresh (`process::Seen::fresh`: read after the seize, no signal
+///   handed to the thread since, so no handler's `rt_sigreturn` can have restored registers that
+///   merely look like this call's return), shows this very call (same number, PC and other
+///   arguments) and the thread has made exactly one voluntary context switch since (the stop:
+///   `process::Seen::switches`; a thread whose wait ended by itself and that slept in another
+///   has made two), its first argument being an epoll instance for the epoll waits. One window
+///   remains: a thread whose own wait ends in the microseconds between that read and the
+///   interrupt, and that enters a wait on another instance from the same call site, with the
+///   same other arguments, after the interrupt is posted but before it reaches its CPU.
+///
+/// Otherwise (a thread that was running when rpatch looked and entered the call just as the
+/// interrupt came, in a process with several epoll instances, say) the EINTR is kept and
+/// reported: re-entering a wait on the wrong instance could hang the thread, which is worse
+/// than one EINTR, which callers of these calls must handle anyway.
 pub(crate) fn rewind_eintr(
+    pid: i32,
+    tid: i32,
     mem: &dyn Memory,
     regs: &mut Regs,
-    before: Option<&crate::process::BlockedSyscall>,
-) -> bool {
-    let Some(before) = before else {
-        return false;
-    };
-    let (Ok(nr), Some(args)) = (u64::try_from(before.nr), before.args.get(..6)) else {
-        return false;
-    };
-    let call = syscall::BlockedCall {
-        nr,
-        args: args.try_into().expect("six arguments"),
-        pc: before.pc,
-    };
-    // Only x0 was lost: the other arguments must still be the ones seen, or `before` was
-    // another call made from the same place (a wrapper's `svc`) and is not used.
-    if call.args[1..] != regs.state.x[1..6] {
-        return false;
-    }
+    before: Option<&crate::process::Seen>,
+) -> crate::process::EintrRepair {
+    use crate::process::{EintrRepair, syscall::epoll_fds};
     let mut word = [0u8; 4];
     if mem.read_at(regs.pc().wrapping_sub(4), &mut word).is_err() || word != SYSCALL_INSN {
-        return false;
+        return EintrRepair::None;
     }
+    let nr = regs.state.x[8];
+    let seen = before
+        .filter(|seen| {
+            let b = &seen.call;
+            seen.fresh
+                && u64::try_from(b.nr) == Ok(nr)
+                && b.pc == regs.pc()
+                && b.args.get(1..6) == Some(&regs.state.x[1..6])
+                && seen.switches.is_some_and(|n| {
+                    crate::process::syscall::voluntary_switches(pid, tid) == Some(n + 1)
+                })
+        })
+        .and_then(|seen| seen.call.args.first().copied());
+    let first = if sys::EPOLL.contains(&nr) {
+        match epoll_fds(pid, tid).as_deref() {
+            Some(&[only]) => Some(only),
+            Some(fds) => seen.filter(|fd| fds.contains(fd)),
+            None => None,
+        }
+    } else {
+        seen
+    };
+    let Some(first) = first else {
+        return EintrRepair::Kept {
+            call: sys::name(nr),
+        };
+    };
+    let mut args = [0; 6];
+    args[0] = first;
+    args[1..].copy_from_slice(&regs.state.x[1..6]);
+    let call = syscall::BlockedCall {
+        nr,
+        args,
+        pc: regs.pc(),
+    };
     match syscall::resume_state(&regs.state, false, Some(&call), true) {
         syscall::Resume::At(state) if state.pc != regs.state.pc => {
             regs.state = state;
-            true
+            EintrRepair::Rewound
         }
-        _ => false,
+        _ => EintrRepair::None,
     }
 }
 
@@ -276,17 +337,52 @@ pub(crate) fn vector_refusal(tid: i32, regs: &Regs, mem: &dyn Memory) -> Option<
 }
 
 /// The instruction mask of pointer-authentication codes for a 48-bit user address space:
-/// bits 54..48 and 63..56 (instruction addresses get no top-byte-ignore). What NT_ARM_PAC_MASK
-/// reports on such kernels.
+/// bits 54..48 and 63..56 (covering the top byte too, should instruction addresses get no
+/// top-byte-ignore). Used until the kernel's own mask is known (see [`pac_mask`]).
 pub(crate) const DEFAULT_PAC_MASK: u64 = 0xff7f_0000_0000_0000;
 
-/// The thread's pointer-authentication instruction mask. NT_ARM_PAC_MASK can only be read from
-/// a stopped thread, and the mask depends only on the kernel's virtual-address size, so the
-/// 48-bit value is used (a process that opted into 52-bit addresses keeps bits 51..48 as
-/// address bits: a larger mask would cut them off, the smaller one leaves at most 4 PAC bits
-/// of such an address unstripped, which only misses a match).
-pub(crate) fn pac_mask(_pid: i32) -> u64 {
-    DEFAULT_PAC_MASK
+/// `NT_ARM_PAC_MASK`: `struct user_pac_mask { __u64 data_mask; __u64 insn_mask; }`.
+const NT_ARM_PAC_MASK: usize = 0x406;
+/// [`PAC_MASK`] before any stopped thread was asked.
+const PAC_MASK_UNKNOWN: u64 = u64::MAX;
+
+/// The instruction mask NT_ARM_PAC_MASK reported (0: the kernel gives user space no pointer
+/// authentication), learnt from the first stopped thread whose registers are read. The kernel
+/// computes it from its virtual-address size alone (`ptrauth_user_pac_mask()`), so it is the
+/// same for every thread of every process of this machine.
+static PAC_MASK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(PAC_MASK_UNKNOWN);
+
+/// Reads NT_ARM_PAC_MASK from stopped thread `tid` unless known. EINVAL (`pac_mask_get()`
+/// refuses when the system has no address authentication) or ENODEV (a kernel without the
+/// register set, which has no pointer authentication for user space either) prove that no
+/// return address carries a code: the mask is then 0, exact where the 48-bit constant would
+/// cut address bits 51..48 of a process that opted into 52-bit addresses. Any other failure (the
+/// thread vanished) leaves it unknown for the next thread.
+fn learn_pac_mask(tid: i32) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if PAC_MASK.load(Relaxed) != PAC_MASK_UNKNOWN {
+        return;
+    }
+    let mask = match super::regset::get(tid, NT_ARM_PAC_MASK, 16) {
+        Ok(bytes) => match bytes.get(8..16) {
+            Some(insn) => u64::from_le_bytes(insn.try_into().expect("8 bytes")),
+            None => return,
+        },
+        Err(Errno::EINVAL | Errno::ENODEV) => 0,
+        Err(_) => return,
+    };
+    PAC_MASK.store(mask, Relaxed);
+}
+
+/// The bits a pointer-authentication code occupies in a return address: the instruction mask
+/// NT_ARM_PAC_MASK reports (read once from a stopped thread, see [`learn_pac_mask`]: every
+/// stack walk and conservative scan runs on a stopped thread whose registers were read), or
+/// [`DEFAULT_PAC_MASK`] before any thread was stopped.
+pub(crate) fn pac_mask() -> u64 {
+    match PAC_MASK.load(std::sync::atomic::Ordering::Relaxed) {
+        PAC_MASK_UNKNOWN => DEFAULT_PAC_MASK,
+        mask => mask,
+    }
 }
 
 /// Return addresses on stacks: the call instruction before one, PAC stripping and the

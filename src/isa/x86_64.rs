@@ -126,24 +126,33 @@ pub(crate) mod sys {
 /// The system call instruction (`syscall`).
 pub(crate) const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
+/// Whether an interrupted call's first argument can be lost from the registers, so that the
+/// freeze reads `/proc/TID/syscall` of an EINTR-only sleeper again once it is seized (see
+/// `process::Seen::fresh`): no, `orig_rax` keeps the number and no argument is lost.
+pub(crate) const EINTR_LOSES_AN_ARGUMENT: bool = false;
+
 /// A ptrace interrupt made one of [`sys::EINTR_ONLY`] fail with EINTR (the caller checked that
 /// no signal is pending for the thread): rewind `regs` onto the 2-byte `syscall` instruction
-/// with the call's number, so the thread re-enters the call. Returns whether `regs` changed.
-/// (`_before`, what `/proc/TID/syscall` showed before the interrupt, is not needed: `orig_rax`
-/// keeps the number and no argument is lost.)
+/// with the call's number, so the thread re-enters the call. (`_before`, what
+/// `/proc/TID/syscall` showed before the interrupt, is not needed: `orig_rax` keeps the number,
+/// no argument is lost, and a signal handler's `rt_sigreturn` sets `orig_rax` to -1, so
+/// registers it restores are never taken for an interrupted call.)
 pub(crate) fn rewind_eintr(
+    _pid: i32,
+    _tid: i32,
     mem: &dyn Memory,
     regs: &mut Regs,
-    _before: Option<&crate::process::BlockedSyscall>,
-) -> bool {
+    _before: Option<&crate::process::Seen>,
+) -> crate::process::EintrRepair {
+    use crate::process::EintrRepair;
     let r = &mut regs.0;
     let mut insn = [0u8; 2];
     if mem.read_at(r.rip - 2, &mut insn).is_err() || insn != SYSCALL_INSN {
-        return false;
+        return EintrRepair::None;
     }
     r.rax = r.orig_rax;
     r.rip -= 2;
-    true
+    EintrRepair::Rewound
 }
 
 /// Whether `regs` show a plain `-EINTR` from one of [`sys::EINTR_ONLY`].
@@ -324,8 +333,8 @@ pub(crate) fn vector_refusal(_tid: i32, _regs: &Regs, _mem: &dyn Memory) -> Opti
     None
 }
 
-/// The thread's pointer-authentication mask: none on x86_64.
-pub(crate) fn pac_mask(_tid: i32) -> u64 {
+/// The pointer-authentication mask of return addresses: none on x86_64.
+pub(crate) fn pac_mask() -> u64 {
     0
 }
 

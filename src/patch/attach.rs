@@ -480,6 +480,7 @@ fn attach_once(
     let frozen = result?;
     saved?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
+    warnings.extend(tracer.kept_eintr().iter().map(|k| k.to_string()));
     // What was learnt about the modules and the library goes to the cache now.
     stacks.remember();
     drop((stacks, modules, modules_now, library));

@@ -66,6 +66,9 @@ pub struct RollbackReport {
     pub phases_us: Phases,
     /// Wall time.
     pub total_ms: f64,
+    /// What the rollback could not do cleanly (arm64: a call left to return EINTR once), also
+    /// printed on stderr.
+    pub warnings: Vec<String>,
 }
 
 impl RollbackReport {
@@ -164,6 +167,7 @@ fn rollback_once(
     journal.data.mark(&ids, PatchState::RolledBack);
     journal.save_settled()?;
     super::slack::repair(&mut journal, &mut tracer, &mut stacks, options.timeout, log)?;
+    let warnings = tracer.kept_eintr().iter().map(|k| k.to_string()).collect();
     stacks.remember();
     drop((stacks, modules));
     super::attach::log_cache(&cache, log);
@@ -174,6 +178,7 @@ fn rollback_once(
         frozen_us: frozen.as_micros() as u64,
         phases_us: clock.finish(),
         total_ms: log.elapsed_ms(),
+        warnings,
     })
 }
 

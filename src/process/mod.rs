@@ -14,7 +14,7 @@ mod priority;
 mod runtime;
 pub mod seccomp;
 mod shared_mm;
-mod syscall;
+pub(crate) mod syscall;
 mod tracer;
 
 pub(crate) use crate::isa::Regs;
@@ -32,7 +32,7 @@ pub use runtime::Runtime;
 pub use shared_mm::{
     FrozenSharers, address_space_sharers, shared_address_space, shares_address_space,
 };
-pub use syscall::{BlockedSyscall, blocked_syscall, repair_eintr};
+pub use syscall::{EintrRepair, Seen, blocked_syscall, repair_eintr};
 pub use tracer::{Birth, Held, Stop, Survey, ThreadState, Tracer};
 
 use std::fs;

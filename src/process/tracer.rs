@@ -67,6 +67,27 @@ pub struct ThreadState {
     pub regs: Regs,
 }
 
+/// A thread whose call returns a possibly spurious EINTR once, because rpatch could not prove
+/// which call to re-enter (`process::EintrRepair::Kept`): operations report these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptEintr {
+    /// The thread.
+    pub tid: i32,
+    /// Its call (`epoll_pwait`...).
+    pub call: &'static str,
+}
+
+impl std::fmt::Display for KeptEintr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "thread {}'s {} may return EINTR once: it entered the call just as rpatch stopped it, \
+             and which call to re-enter could not be proven",
+            self.tid, self.call
+        )
+    }
+}
+
 /// Holds the threads of one process under ptrace.
 pub struct Tracer {
     pid: i32,
@@ -75,6 +96,11 @@ pub struct Tracer {
     /// go in: the busy threads a freeze stops first go first.
     order: Vec<i32>,
     mem: ProcMem,
+    /// EINTRs left to threads (see [`KeptEintr`]), in the order the threads were let go.
+    kept_eintr: Vec<KeptEintr>,
+    /// Held threads stopped with an EINTR that stays, reported once each when let go (a thread
+    /// may be stopped several times on the same one while it is held).
+    keeping_eintr: BTreeMap<i32, &'static str>,
     /// Not Send: ptrace requests are valid only from the attaching thread.
     _not_send: std::marker::PhantomData<*const ()>,
 }
@@ -92,6 +118,8 @@ impl Tracer {
             threads: BTreeMap::new(),
             order: Vec::new(),
             mem,
+            kept_eintr: Vec::new(),
+            keeping_eintr: BTreeMap::new(),
             _not_send: std::marker::PhantomData,
         })
     }
@@ -116,20 +144,28 @@ impl Tracer {
         self.threads.get(&tid)
     }
 
+    /// The threads whose call returns a possibly spurious EINTR once (see [`KeptEintr`]): an
+    /// operation's report names them.
+    pub fn kept_eintr(&self) -> &[KeptEintr] {
+        &self.kept_eintr
+    }
+
     /// Seizes `tid` and stops it. `Ok(false)` when the thread no longer exists.
     pub fn seize(&mut self, tid: i32, deadline: Instant) -> Result<bool, ProcessError> {
         if self.threads.contains_key(&tid) {
             return Ok(true);
         }
-        if !self.seize_and_interrupt(tid)? {
+        if !self.seize_and_interrupt(tid, Observe::eintr_sleeper())? {
             return Ok(false);
         }
         self.await_stop(tid, deadline)
     }
 
     /// PTRACE_SEIZE + PTRACE_INTERRUPT without waiting, so many threads can be asked to stop at
-    /// once. `Ok(false)` when the thread no longer exists.
-    fn seize_and_interrupt(&mut self, tid: i32) -> Result<bool, ProcessError> {
+    /// once. What `observe` asks is read between the two (see `process::Seen::fresh`: where an
+    /// interrupted call loses an argument, that read is what proves which call to re-enter).
+    /// `Ok(false)` when the thread no longer exists.
+    fn seize_and_interrupt(&mut self, tid: i32, observe: Observe) -> Result<bool, ProcessError> {
         let mut seized = ptrace::seize(Pid::from_raw(tid), Options::empty());
         // EPERM also means "exiting" (PF_EXITING) before /proc shows it: look again briefly
         // before calling it a permission problem (real ones were caught by `identify`).
@@ -170,6 +206,10 @@ impl Tracer {
             }
             Err(e) => return Err(ptrace_err("SEIZE", tid)(e)),
         }
+        if observe != Observe::Nothing {
+            let switches = observe == Observe::CallAndSwitches;
+            super::syscall::observe_seized(self.pid, tid, switches);
+        }
         match ptrace::interrupt(Pid::from_raw(tid)) {
             Ok(()) => {
                 if !self.order.contains(&tid) {
@@ -208,14 +248,35 @@ impl Tracer {
 
     fn record_stop(&mut self, tid: i32, stop: Stop) -> Result<(), ProcessError> {
         let mut regs = isa::get_regs(tid).map_err(ptrace_err("GETREGS", tid))?;
-        if stop == Stop::Event && super::repair_eintr(self.pid, tid, &self.mem, &mut regs) {
-            isa::set_regs(tid, &regs).map_err(ptrace_err("SETREGS", tid))?;
+        if stop == Stop::Event {
+            self.repair_eintr(tid, &mut regs)?;
         }
         self.threads.insert(tid, ThreadState { tid, stop, regs });
         if !self.order.contains(&tid) {
             self.order.push(tid);
         }
         Ok(())
+    }
+
+    /// Repairs a spurious EINTR of thread `tid`, stopped by an interrupt with `regs` (see
+    /// `process::repair_eintr`): sets the rewound registers, or remembers an EINTR that stays
+    /// (see [`Self::kept_eintr`]). Returns whether `regs` changed.
+    pub fn repair_eintr(&mut self, tid: i32, regs: &mut Regs) -> Result<bool, ProcessError> {
+        match super::repair_eintr(self.pid, tid, &self.mem, regs) {
+            super::EintrRepair::None => Ok(false),
+            super::EintrRepair::Rewound => {
+                self.keeping_eintr.remove(&tid);
+                isa::set_regs(tid, regs).map_err(ptrace_err("SETREGS", tid))?;
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.regs = *regs;
+                }
+                Ok(true)
+            }
+            super::EintrRepair::Kept { call } => {
+                self.keeping_eintr.insert(tid, call);
+                Ok(false)
+            }
+        }
     }
 
     /// Waits until `tid` is in a ptrace-stop. `Ok(None)` if it exited.
@@ -344,8 +405,24 @@ impl Tracer {
                     .chain(&round.eintr_only),
             );
             let mut asked = Vec::new();
-            for &tid in round.running.iter().chain(&round.blocked) {
-                if !self.threads.contains_key(&tid) && self.seize_and_interrupt(tid)? {
+            // A running thread may enter an EINTR-only call before its interrupt: where that
+            // call would lose an argument, what it shows once seized is read (a blocked one
+            // was seen in another call, which rarely ends just then: not read again, the
+            // window stays short).
+            let observe = if isa::EINTR_LOSES_AN_ARGUMENT {
+                Observe::Call
+            } else {
+                Observe::Nothing
+            };
+            for &tid in &round.running {
+                if !self.threads.contains_key(&tid) && self.seize_and_interrupt(tid, observe)? {
+                    asked.push(tid);
+                }
+            }
+            for &tid in &round.blocked {
+                if !self.threads.contains_key(&tid)
+                    && self.seize_and_interrupt(tid, Observe::Nothing)?
+                {
                     asked.push(tid);
                 }
             }
@@ -358,7 +435,7 @@ impl Tracer {
                 // Stopped and repaired at once: between the interrupt and the repair, a tracer
                 // that dies would leave this thread's call returning EINTR, so that window is
                 // kept to the few microseconds a sleeping thread takes to stop.
-                match self.seize_and_interrupt(tid) {
+                match self.seize_and_interrupt(tid, Observe::eintr_sleeper()) {
                     Ok(true) => match self.await_stop(tid, deadline) {
                         Ok(true) => {
                             refused = !self.threads.get(&tid).is_none_or(&mut *visit);
@@ -513,6 +590,10 @@ impl Tracer {
 
     /// Resumes a held thread without letting it go (for an injected call); delivers `sig`.
     pub fn cont(&mut self, tid: i32, sig: i32) -> Result<(), ProcessError> {
+        if sig != 0 {
+            // Its handler may run: what was seen of it proves nothing about its next stop.
+            super::syscall::stale(tid);
+        }
         // SAFETY: PTRACE_CONT takes no pointers; the signal is passed as the data word.
         let rc = unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0usize, sig as usize) };
         if rc < 0 {
@@ -531,6 +612,10 @@ impl Tracer {
     /// Lets one thread go, delivering a signal that arrived while it was held.
     pub fn release(&mut self, tid: i32) {
         self.order.retain(|&t| t != tid);
+        super::syscall::stale(tid);
+        if let Some(call) = self.keeping_eintr.remove(&tid) {
+            self.kept_eintr.push(KeptEintr { tid, call });
+        }
         if let Some(t) = self.threads.remove(&tid) {
             let sig = match t.stop {
                 Stop::Signal(s) => s,
@@ -668,6 +753,31 @@ impl Drop for StopSignal {
         if self.taken {
             let _ =
                 nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGCHLD);
+        }
+    }
+}
+
+/// What is read of a thread between its seize and its interrupt (see
+/// [`Tracer::seize_and_interrupt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Observe {
+    /// Nothing: this ISA's interrupted calls lose no argument, or the thread sleeps in a call
+    /// that restarts.
+    Nothing,
+    /// Its `/proc/TID/syscall`.
+    Call,
+    /// Its voluntary context switches, then its `/proc/TID/syscall` (a thread that may sleep
+    /// in an EINTR-only call: see `process::Seen::switches`).
+    CallAndSwitches,
+}
+
+impl Observe {
+    /// For a thread that may sleep in an EINTR-only call.
+    fn eintr_sleeper() -> Self {
+        if isa::EINTR_LOSES_AN_ARGUMENT {
+            Observe::CallAndSwitches
+        } else {
+            Observe::Nothing
         }
     }
 }

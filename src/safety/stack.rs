@@ -202,8 +202,6 @@ pub struct StackInspector {
     ctx: Box<UnwindContext<usize>>,
     /// The copy of the current thread's stack, allocated once.
     buf: Vec<u8>,
-    /// The bits a pointer-authentication code occupies in a return address (0: none).
-    pac_mask: u64,
 }
 
 impl StackInspector {
@@ -237,7 +235,6 @@ impl StackInspector {
             ctx: Box::new(UnwindContext::new()),
             // Non-zero so every page is touched now, not on the first copy while frozen.
             buf: vec![0xcc; (STACK_CHUNK + RED_ZONE) as usize],
-            pac_mask: crate::isa::pac_mask(pid),
         };
         inspector.data.sort_by_key(|r| r.start);
         let mut failed = Vec::new();
@@ -304,7 +301,6 @@ impl StackInspector {
             trust: HashMap::new(),
             ctx: Box::new(UnwindContext::new()),
             buf: vec![0; (STACK_CHUNK + RED_ZONE) as usize],
-            pac_mask: crate::isa::pac_mask(0),
         };
         inspector.data.sort_by_key(|r| r.start);
         for (name, start, image) in images {
@@ -613,7 +609,7 @@ impl StackInspector {
     /// A saved return address without its pointer-authentication code (as is where there is
     /// none).
     pub fn strip_pac(&self, addr: u64) -> u64 {
-        isa_stack::strip(addr, self.pac_mask)
+        isa_stack::strip(addr, crate::isa::pac_mask())
     }
 
     /// Unwinds a frozen thread with registers `regs`: frames from the PC outwards, using the
@@ -622,7 +618,7 @@ impl StackInspector {
         let started = Instant::now();
         let (base, len) = self.copy_stack(regs.sp());
         let mut frames = vec![regs.pc()];
-        let mut uregs = isa_stack::unwind_regs(regs, self.pac_mask);
+        let mut uregs = isa_stack::unwind_regs(regs, crate::isa::pac_mask());
         let mut address = FrameAddress::from_instruction_pointer(regs.pc());
         let mut direct_reads = 0u32;
         let mut interrupted = Vec::new();
@@ -766,7 +762,7 @@ impl StackInspector {
             if piece.is_empty() {
                 break;
             }
-            let returns = scan::candidates(piece, at, &ranges, self.pac_mask)
+            let returns = scan::candidates(piece, at, &ranges, crate::isa::pac_mask())
                 .find(|c| self.call_before(c.value))
                 .map(|c| (c.slot, functions[c.function].0, c.value, false));
             let resumed = scan::words_in(piece, at, resumes)
@@ -809,7 +805,7 @@ impl StackInspector {
             }
             Some(u64::from_le_bytes(w))
         };
-        isa_stack::signal_context(sp, word, self.pac_mask)
+        isa_stack::signal_context(sp, word, crate::isa::pac_mask())
     }
 
     /// Whether the code bytes just before `ret` in the target end with a call instruction.

@@ -675,9 +675,37 @@ fn btipac_ends(mode: &str) -> Result<Result<i32, i32>, String> {
 
 /// The BTI/PAC checks. With `enforced` (the `bti` boot) they must trap; in the base boot the
 /// same binary must run through (the control that shows the checks depend on the CPU).
+/// NT_ARM_PAC_MASK of a stopped thread, as rpatch reads it (`isa::pac_mask`): with pointer
+/// authentication (the `max` boot), the same non-empty mask for data and instructions, within
+/// the bits above a 48- or 52-bit address and below the top byte; without (the base boot),
+/// refused with EINVAL, which rpatch takes for "no codes to strip".
+fn pac_mask(enforced: bool) -> Result<(), String> {
+    const NT_ARM_PAC_MASK: u64 = 0x406;
+    let t = Target::spawn(BTIPAC, &["serve"])?;
+    let tid = t.tids()?[1];
+    ptrace::seize(tid).map_err(|e| e.to_string())?;
+    ptrace::stop(tid)?;
+    let read = ptrace::get_regset(tid, NT_ARM_PAC_MASK, 16);
+    ptrace::detach(tid).map_err(|e| e.to_string())?;
+    match (read, enforced) {
+        (Ok(bytes), true) if bytes.len() == 16 => {
+            let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+            let (data, insn) = (word(0), word(8));
+            if data != insn || insn == 0 || insn & !0x007f_f000_0000_0000 != 0 {
+                return Err(format!("data mask {data:#x}, instruction mask {insn:#x}"));
+            }
+            println!("note pac-mask: NT_ARM_PAC_MASK instruction mask {insn:#x}");
+            Ok(())
+        }
+        (Err(e), false) if e.to_string().contains("(os error 22)") => Ok(()),
+        (read, _) => Err(format!("NT_ARM_PAC_MASK: {read:?}")),
+    }
+}
+
 fn bti_scenarios(enforced: bool) -> Vec<Scenario> {
     vec![
         ("vector-states", Box::new(move || vector_states(enforced))),
+        ("pac-mask", Box::new(move || pac_mask(enforced))),
         (
             "hwcaps",
             Box::new(move || {
