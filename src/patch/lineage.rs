@@ -151,9 +151,8 @@ fn forked_from(info: &ProcessInfo) -> Vec<(i32, u64)> {
 /// program) and which started before `info`, newest first: a dead ancestor's records stay
 /// usable by the children it forked. Journals of `chain` were tried already.
 fn dead_journals(state: &StateDir, info: &ProcessInfo, chain: &[(i32, u64)]) -> Vec<Source> {
-    // Only journals naming this exec image's random bytes can describe it.
     let mut found: Vec<Source> = state
-        .journals_mentioning(&crate::hex::hex(&info.image.at_random))
+        .journals_of_image(&info.image)
         .into_iter()
         .filter(|(_, d)| {
             let id = &d.identity;
