@@ -210,7 +210,8 @@ pub fn bootstrap_code() -> Vec<u8> {
             a.pop(reg)?;
         }
         a.popfq()?;
-        let mut ret = Instruction::with(Code::Retnq_imm16);
+        let mut ret = Instruction::default();
+        ret.set_code(Code::Retnq_imm16);
         ret.set_op0_kind(OpKind::Immediate16);
         ret.set_immediate16(RED_ZONE as u16);
         a.add_instruction(ret)?;
@@ -419,7 +420,10 @@ pub struct CallStub {
 /// immediate operand look its kind up in a table of every instruction's operands that is made
 /// on first use (millions of instructions of work, each time rpatch runs), which this avoids.
 fn mov_imm32(reg: Register, imm: u32) -> Instruction {
-    let mut mov = Instruction::with1(Code::Mov_r32_imm32, reg).expect("a register operand");
+    let mut mov = Instruction::default();
+    mov.set_code(Code::Mov_r32_imm32);
+    mov.set_op0_kind(OpKind::Register);
+    mov.set_op0_register(reg);
     mov.set_op1_kind(OpKind::Immediate32);
     mov.set_immediate32(imm);
     mov
