@@ -548,6 +548,19 @@ impl StateDir {
     }
 }
 
+/// What opening a journal does with one recorded for another process that had the same PID
+/// (the PID was reused, or the journal is of another boot: a state directory outlives reboots,
+/// and services often get the same PIDs again). That process is gone, and its patches with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// Refuse it (exit 14): `rollback` and `status` say whose journal it is rather than answer
+    /// for a process it does not describe.
+    Refuse,
+    /// Set it aside and start a new journal: `attach` (and `watch`) must not be stopped by a
+    /// journal of a process that no longer exists.
+    SetAside,
+}
+
 /// An open, locked journal. The lock is held until drop so concurrent rpatch runs against one
 /// target queue up instead of interleaving.
 #[derive(Debug)]
@@ -576,7 +589,7 @@ impl Journal {
     #[cfg(test)]
     pub fn open(state: &StateDir, identity: &TargetIdentity) -> Result<Self, JournalError> {
         let lock = state.lock(identity.pid)?;
-        Self::open_locked(lock, state, identity)
+        Self::open_locked(lock, state, identity, Stale::Refuse)
     }
 
     /// Opens (or starts) the journal of `identity.pid`, refusing one that belongs to another
@@ -587,10 +600,16 @@ impl Journal {
     /// children forked before the exec may still hold its patches and adopt them from it. For
     /// the same reason the journal of a dead process whose PID was reused is retired rather than
     /// refused while some live process still runs its image.
+    ///
+    /// A journal of another process that had this PID (its start time or boot differs: that
+    /// process is gone) is refused with [`JournalError::OtherProcess`], or, with
+    /// [`Stale::SetAside`], retired like one that children may still need (the next prune
+    /// deletes it once no live process runs its image).
     pub fn open_locked(
         lock: TargetLock,
         state: &StateDir,
         identity: &TargetIdentity,
+        stale: Stale,
     ) -> Result<Self, JournalError> {
         assert_eq!(lock.pid, identity.pid, "the lock of another target");
         let path = state.journal_path(identity.pid);
@@ -600,7 +619,7 @@ impl Journal {
                 let same_process = data.identity.start_time == identity.start_time
                     && data.identity.boot_id == identity.boot_id
                     && data.identity.pid == identity.pid;
-                if !same_process && !still_held(&data.identity) {
+                if !same_process && stale == Stale::Refuse && !still_held(&data.identity) {
                     return Err(JournalError::OtherProcess {
                         path,
                         pid: identity.pid,
