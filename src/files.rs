@@ -291,8 +291,9 @@ pub fn read_capped(file: &File, cap: u64) -> io::Result<Vec<u8>> {
         }
     }
     buf.truncate(filled);
-    // Grown since fstat: read on, still under the cap.
-    let mut chunk = [0u8; 64 * 1024];
+    // Grown since fstat: read on, still under the cap (in small reads: almost always this
+    // finds the end at once, and a large buffer would be zeroed for nothing).
+    let mut chunk = [0u8; 4096];
     loop {
         match file.read_at(&mut chunk, buf.len() as u64) {
             Ok(0) => break,

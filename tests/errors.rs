@@ -447,6 +447,46 @@ fn nothing_to_roll_back() {
     assert_unchanged(&mut target, state.path());
 }
 
+/// A journal left by a process of another boot that had the same PID (a state directory
+/// outlives reboots, and services get the same PIDs again) does not stop an attach: it is set
+/// aside, the patch applies, and the next operation deletes it (no live process runs its
+/// image). Rollback and status then answer for the live process alone.
+#[test]
+fn attach_sets_aside_a_journal_of_another_boot() {
+    let state = state_dir();
+    let mut target = basic();
+    let pid = target.pid();
+    let stale = format!(
+        r#"{{"version":1,"identity":{{"pid":{pid},"start_time":1,"boot_id":"00000000-another-boot","exe":"/usr/sbin/gone"}},"islands":[],"patches":[]}}"#
+    );
+    let journal = state.path().join(format!("{pid}.json"));
+    std::fs::write(&journal, &stale).unwrap();
+
+    attach_ok(
+        state.path(),
+        pid,
+        &build_targets().bin("fix_basic.so"),
+        &["compute"],
+    );
+    assert_eq!(target.cmd("call 5"), "compute 5 500");
+    assert!(
+        !std::fs::read_to_string(&journal)
+            .unwrap()
+            .contains("another-boot"),
+        "the stale journal is still the target's"
+    );
+    assert_eq!(status(state.path(), pid).len(), 1);
+    let left: Vec<String> = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("retired-"))
+        .collect();
+    assert!(left.is_empty(), "the stale journal was not pruned: {left:?}");
+    rollback_ok(state.path(), pid, &[]);
+    assert_eq!(target.cmd("call 5"), "compute 5 6");
+    assert_untraced(pid);
+}
+
 /// A journal recorded for another process that had the same PID (same boot, different start
 /// time): 14, and the journal is left as it was.
 #[test]

@@ -120,6 +120,14 @@ pub fn check_branches(code: &[u8], func_addr: u64, patch: Range<u64>) -> Result<
     Ok(())
 }
 
+/// Builds iced-x86's decoder tables now (about 3 million instructions of work, otherwise done
+/// on the first decode). rpatch calls it on a thread of its own as an attach starts, so the
+/// tables are ready by the time the plan decodes the function instead of costing about a
+/// millisecond on the way.
+pub fn warm_up() {
+    let _ = Decoder::with_ip(64, &[0x90], 0, DecoderOptions::NONE).decode();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

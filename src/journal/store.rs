@@ -7,6 +7,7 @@
 
 use super::{JournalData, JournalError, TargetIdentity};
 use crate::files;
+use crate::process::ExecImage;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
@@ -35,6 +36,20 @@ fn errno_err(path: &Path) -> impl FnOnce(Errno) -> JournalError + '_ {
 
 /// The largest journal file rpatch reads.
 const MAX_JOURNAL_SIZE: u64 = 64 << 20;
+
+/// The prefix of the image index's entries (see [`StateDir::index_image`]).
+const IMAGE_INDEX_PREFIX: &str = "image-";
+
+/// The file saying every journal in the directory is in the image index.
+const IMAGE_INDEX_STAMP: &str = "image-index-v1";
+
+/// The image index's entry for the journal of process `pid` started at `start`, of `image`.
+fn image_index_name(image: &ExecImage, pid: i32, start: u64) -> String {
+    format!(
+        "{IMAGE_INDEX_PREFIX}{}-{pid}-{start}",
+        crate::hex::hex(&image.at_random)
+    )
+}
 
 /// The state directory: `$RPATCH_STATE_DIR`, else `/var/lib/rpatch` for root, else
 /// `$XDG_STATE_HOME/rpatch` (default `~/.local/state/rpatch`). Mode 0700; journals 0600.
@@ -115,30 +130,85 @@ impl StateDir {
         self.read_journal(name).ok().flatten()
     }
 
+    /// The readable journals recorded for processes of the exec image `image` (current or
+    /// retired), with their file names, found through the image index (see
+    /// [`StateDir::index_image`]) instead of by reading every journal: a directory keeps the
+    /// journal of every process patched since boot, and an attach of a never-patched process
+    /// asks this. A directory whose journals were written before the index existed is indexed
+    /// once, by reading them all.
+    pub fn journals_of_image(&self, image: &ExecImage) -> Vec<(String, JournalData)> {
+        let mut names = self.names();
+        if !names.iter().any(|n| n == IMAGE_INDEX_STAMP) {
+            for (_, data) in self.journals() {
+                self.index_image(&data.identity);
+            }
+            let _ = self.create_empty(IMAGE_INDEX_STAMP);
+            names = self.names();
+        }
+        let prefix = format!("{IMAGE_INDEX_PREFIX}{}-", crate::hex::hex(&image.at_random));
+        let indexed: Vec<(i32, u64)> = names
+            .iter()
+            .filter_map(|n| {
+                let (pid, start) = n.strip_prefix(&prefix)?.split_once('-')?;
+                Some((pid.parse().ok()?, start.parse().ok()?))
+            })
+            .collect();
+        let mut found = Vec::new();
+        for (pid, start) in indexed {
+            let retired = format!("retired-{pid}-{start}-");
+            let candidates = std::iter::once(format!("{pid}.json")).chain(
+                names
+                    .iter()
+                    .filter(|n| n.starts_with(&retired) && n.ends_with(".json"))
+                    .cloned(),
+            );
+            for name in candidates {
+                let Some(data) = self.journal_named(&name) else {
+                    continue;
+                };
+                let id = &data.identity;
+                if id.pid == pid && id.start_time == start && id.image.as_ref() == Some(image) {
+                    found.push((name, data));
+                }
+            }
+        }
+        found
+    }
+
+    /// Records in the image index that a journal of `identity` exists: an empty file
+    /// `image-HEX-PID-START` (HEX: the image's `AT_RANDOM` bytes), created before the journal
+    /// is first written, so no journal of an image is ever missing from it. Not made durable:
+    /// the index, like the journals it leads to, matters only while processes of this boot
+    /// live. A failure only costs a lookup later (the journal is then not found as a dead
+    /// ancestor's).
+    pub(crate) fn index_image(&self, identity: &TargetIdentity) {
+        if let Some(image) = &identity.image {
+            let _ = self.create_empty(&image_index_name(image, identity.pid, identity.start_time));
+        }
+    }
+
+    /// Creates the empty file `name` (0600) unless it exists.
+    fn create_empty(&self, name: &str) -> Result<(), Errno> {
+        match openat(
+            self.dir.as_fd(),
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(_) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every readable journal in the directory, current (`PID.json`) and retired
     /// (`retired-*.json`), with its file name. Unreadable or corrupt files are skipped.
     pub fn journals(&self) -> Vec<(String, JournalData)> {
-        self.journals_mentioning("")
-    }
-
-    /// [`Self::journals`] whose text holds `text` (ASCII, compared without regard to case):
-    /// only those are parsed. A directory keeps the journals of every process patched since
-    /// boot, and a search for one exec image's (its random bytes in hex) reads them all.
-    pub fn journals_mentioning(&self, text: &str) -> Vec<(String, JournalData)> {
         // Listed through the directory as opened (its fd), like every file in it.
-        let needle = text.to_ascii_lowercase();
-        let finder = memchr::memmem::Finder::new(needle.as_bytes());
         self.names()
             .into_iter()
             .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
             .filter_map(|n| {
-                let bytes = self.read_file(&n, MAX_JOURNAL_SIZE).ok()??;
-                if !needle.is_empty() {
-                    let mut lower = bytes.clone();
-                    lower.make_ascii_lowercase();
-                    finder.find(&lower)?;
-                }
-                let data = self.parse_journal(&n, &bytes).ok()?;
+                let data = self.journal_named(&n)?;
                 Some((n, data))
             })
             .collect()
@@ -195,7 +265,14 @@ impl StateDir {
             if lock.try_lock().is_err() || !unneeded(self) {
                 continue;
             }
+            let identity = self.journal_named(&name).map(|d| d.identity);
             if unlinkat(self.dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
+                if let Some(image) = identity.as_ref().and_then(|i| i.image.as_ref()) {
+                    let pid = identity.as_ref().map_or(0, |i| i.pid);
+                    let start = identity.as_ref().map_or(0, |i| i.start_time);
+                    let entry = image_index_name(image, pid, start);
+                    let _ = unlinkat(self.dir.as_fd(), entry.as_str(), UnlinkatFlags::NoRemoveDir);
+                }
                 deleted.push(name);
             }
         }
@@ -471,6 +548,19 @@ impl StateDir {
     }
 }
 
+/// What opening a journal does with one recorded for another process that had the same PID
+/// (the PID was reused, or the journal is of another boot: a state directory outlives reboots,
+/// and services often get the same PIDs again). That process is gone, and its patches with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// Refuse it (exit 14): `rollback` and `status` say whose journal it is rather than answer
+    /// for a process it does not describe.
+    Refuse,
+    /// Set it aside and start a new journal: `attach` (and `watch`) must not be stopped by a
+    /// journal of a process that no longer exists.
+    SetAside,
+}
+
 /// An open, locked journal. The lock is held until drop so concurrent rpatch runs against one
 /// target queue up instead of interleaving.
 #[derive(Debug)]
@@ -481,6 +571,8 @@ pub struct Journal {
     /// The journal content; change it, then `save`.
     pub data: JournalData,
     existed: bool,
+    /// Whether the image index has this journal (see [`StateDir::index_image`]).
+    indexed: std::cell::Cell<bool>,
 }
 
 /// Whether some live process still runs the image a journal of a dead process recorded: a
@@ -497,7 +589,7 @@ impl Journal {
     #[cfg(test)]
     pub fn open(state: &StateDir, identity: &TargetIdentity) -> Result<Self, JournalError> {
         let lock = state.lock(identity.pid)?;
-        Self::open_locked(lock, state, identity)
+        Self::open_locked(lock, state, identity, Stale::Refuse)
     }
 
     /// Opens (or starts) the journal of `identity.pid`, refusing one that belongs to another
@@ -508,10 +600,16 @@ impl Journal {
     /// children forked before the exec may still hold its patches and adopt them from it. For
     /// the same reason the journal of a dead process whose PID was reused is retired rather than
     /// refused while some live process still runs its image.
+    ///
+    /// A journal of another process that had this PID (its start time or boot differs: that
+    /// process is gone) is refused with [`JournalError::OtherProcess`], or, with
+    /// [`Stale::SetAside`], retired like one that children may still need (the next prune
+    /// deletes it once no live process runs its image).
     pub fn open_locked(
         lock: TargetLock,
         state: &StateDir,
         identity: &TargetIdentity,
+        stale: Stale,
     ) -> Result<Self, JournalError> {
         assert_eq!(lock.pid, identity.pid, "the lock of another target");
         let path = state.journal_path(identity.pid);
@@ -521,7 +619,7 @@ impl Journal {
                 let same_process = data.identity.start_time == identity.start_time
                     && data.identity.boot_id == identity.boot_id
                     && data.identity.pid == identity.pid;
-                if !same_process && !still_held(&data.identity) {
+                if !same_process && stale == Stale::Refuse && !still_held(&data.identity) {
                     return Err(JournalError::OtherProcess {
                         path,
                         pid: identity.pid,
@@ -548,6 +646,7 @@ impl Journal {
             _lock: lock.file,
             data,
             existed,
+            indexed: std::cell::Cell::new(false),
         })
     }
 
@@ -581,6 +680,9 @@ impl Journal {
     }
 
     fn write(&self, durable: bool) -> Result<(), JournalError> {
+        if !self.indexed.replace(true) {
+            self.state.index_image(&self.data.identity);
+        }
         let text = serde_json::to_vec_pretty(&self.data).expect("journal serialises");
         let name = format!("{}.json", self.data.identity.pid);
         self.state.replace_file(&name, &text, 0o600, durable)
@@ -762,6 +864,56 @@ mod tests {
                 format!("retired-1001-7-{}.json", mine.short())
             ]
         );
+    }
+
+    /// Journals of one exec image are found through the image index: a journal written
+    /// before the index existed (no entry) is indexed once, a retired one is found under its
+    /// new name, and journals of other images are neither returned nor read.
+    #[test]
+    fn journals_of_an_image_are_found_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().to_path_buf()).unwrap();
+        let image = |b: u8| crate::process::ExecImage {
+            exe_dev: 1,
+            exe_inode: 2,
+            at_random: [b; 16],
+        };
+        let with_image = |pid: i32, b: u8| TargetIdentity {
+            image: Some(image(b)),
+            ..TargetIdentity { pid, ..identity(7) }
+        };
+        // Written the way an older version did: the file alone, no index entry.
+        let legacy = serde_json::to_vec(&JournalData::new(with_image(100, 1))).unwrap();
+        state
+            .replace_file("100.json", &legacy, 0o600, false)
+            .unwrap();
+        for (pid, b) in [(101, 1), (102, 2)] {
+            let j = Journal::open(&state, &with_image(pid, b)).unwrap();
+            j.save_settled().unwrap();
+        }
+        let found = |b: u8| {
+            let mut names: Vec<String> = state
+                .journals_of_image(&image(b))
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(found(1), vec!["100.json", "101.json"]);
+        assert_eq!(found(2), vec!["102.json"]);
+        // A journal of another image is not read: it may be garbage without harm.
+        std::fs::write(dir.path().join("102.json"), b"not json").unwrap();
+        assert_eq!(found(1), vec!["100.json", "101.json"]);
+        state.retire("101.json", &with_image(101, 1)).unwrap();
+        assert_eq!(
+            found(1),
+            vec![
+                "100.json".to_string(),
+                format!("retired-101-7-{}.json", image(1).short())
+            ]
+        );
+        assert!(found(3).is_empty());
     }
 
     fn mode(path: &Path) -> u32 {

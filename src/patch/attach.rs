@@ -18,7 +18,7 @@ use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::LoaderFunctions;
 use crate::isa;
 use crate::journal::{
-    Journal, JournalData, JumpMethod, Observed, PatchRecord, PatchState, now_secs, observe,
+    Journal, JournalData, JumpMethod, Observed, PatchRecord, PatchState, Stale, now_secs, observe,
     reconcile,
 };
 use crate::log::{Log, PhaseClock, Phases};
@@ -244,6 +244,7 @@ pub fn attach_as(
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
     let since = crate::journal::now_secs();
+    crate::isa::warm_up_in_background();
     retry_while_traced_by_rpatch(pid, deadline, log, || {
         attach_once(options, manifest, deadline, log)
     })
@@ -311,7 +312,8 @@ fn attach_once(
     wait_untraced(&info, deadline, log)?;
     super::lineage::refuse_shared_address_space(pid)?;
     admit(&info, &options.library, options.allow)?;
-    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    let mut journal =
+        super::lineage::open_journal(&state, lock, &info, &identity, Stale::SetAside, log)?;
     if let Some(i) = &journal.data.inconsistent {
         return Err(Error::Unsupported {
             reason: Unsupported::Inconsistent { pid, parent: i.pid },

@@ -4,7 +4,8 @@
 use crate::Error;
 use crate::error::Unsupported;
 use crate::journal::{
-    Inconsistent, Journal, JournalData, StateDir, TargetIdentity, TargetLock, inherit, now_secs,
+    Inconsistent, Journal, JournalData, Stale, StateDir, TargetIdentity, TargetLock, inherit,
+    now_secs,
 };
 use crate::log::Log;
 use crate::process::{self, ProcMem, ProcessInfo};
@@ -35,9 +36,10 @@ pub(super) fn open_journal(
     lock: TargetLock,
     info: &ProcessInfo,
     identity: &TargetIdentity,
+    stale: Stale,
     log: &Log,
 ) -> Result<Journal, Error> {
-    let journal = Journal::open_locked(lock, state, identity)?;
+    let journal = Journal::open_locked(lock, state, identity, stale)?;
     if journal.existed() {
         return Ok(journal);
     }
@@ -45,12 +47,12 @@ pub(super) fn open_journal(
     let chain = forked_from(info);
     for &(pid, start) in &chain {
         let source = Source::Live { pid, start };
-        if let Some(journal) = adopt_from(state, &source, info, identity, log)? {
+        if let Some(journal) = adopt_from(state, &source, info, identity, stale, log)? {
             return Ok(journal);
         }
     }
     for source in dead_journals(state, info, &chain) {
-        if let Some(journal) = adopt_from(state, &source, info, identity, log)? {
+        if let Some(journal) = adopt_from(state, &source, info, identity, stale, log)? {
             return Ok(journal);
         }
     }
@@ -58,6 +60,7 @@ pub(super) fn open_journal(
         state.lock(info.pid)?,
         state,
         identity,
+        stale,
     )?)
 }
 
@@ -76,6 +79,7 @@ fn adopt_from(
     source: &Source,
     info: &ProcessInfo,
     identity: &TargetIdentity,
+    stale: Stale,
     log: &Log,
 ) -> Result<Option<Journal>, Error> {
     let (pid, start) = match source {
@@ -89,7 +93,7 @@ fn adopt_from(
     let Some(data) = data.filter(|d| describes(d, pid, start, info)) else {
         return Ok(None);
     };
-    let mut journal = Journal::open_locked(state.lock(info.pid)?, state, identity)?;
+    let mut journal = Journal::open_locked(state.lock(info.pid)?, state, identity, stale)?;
     if journal.existed() {
         return Ok(Some(journal));
     }
@@ -151,9 +155,8 @@ fn forked_from(info: &ProcessInfo) -> Vec<(i32, u64)> {
 /// program) and which started before `info`, newest first: a dead ancestor's records stay
 /// usable by the children it forked. Journals of `chain` were tried already.
 fn dead_journals(state: &StateDir, info: &ProcessInfo, chain: &[(i32, u64)]) -> Vec<Source> {
-    // Only journals naming this exec image's random bytes can describe it.
     let mut found: Vec<Source> = state
-        .journals_mentioning(&crate::hex::hex(&info.image.at_random))
+        .journals_of_image(&info.image)
         .into_iter()
         .filter(|(_, d)| {
             let id = &d.identity;
@@ -241,7 +244,7 @@ fn mark_inconsistent(
         exe: std::fs::read_link(format!("/proc/{child}/exe")).unwrap_or_default(),
         image: Some(info.image),
     };
-    let mut journal = Journal::open_locked(state.lock(child)?, state, &identity)?;
+    let mut journal = Journal::open_locked(state.lock(child)?, state, &identity, Stale::SetAside)?;
     if !journal.existed() {
         let maps = process::read_maps(child)?;
         let born = process::start_unix_secs(start);

@@ -32,7 +32,7 @@ pub use status::{PatchStatus, PatchView, SharedMm, SlackLeft, StatusReport, stat
 
 use crate::Error;
 use crate::fault::FrozenPoints;
-use crate::journal::{StateDir, TargetIdentity, TargetLock};
+use crate::journal::{Stale, StateDir, TargetIdentity, TargetLock};
 use crate::log::Log;
 use crate::process::{
     self, CodeMemory, FrozenSharers, ProcessError, ProcessInfo, RealtimeGuard, ThreadState, Tracer,
@@ -82,7 +82,8 @@ fn explain_elsewhere(e: Error, pid: i32, since: u64) -> Error {
     let found = (|| {
         let (state, lock) = lock_target(pid).ok()?;
         let (_, identity) = identify(pid, &Log::quiet()).ok()?;
-        let journal = crate::journal::Journal::open_locked(lock, &state, &identity).ok()?;
+        let journal =
+            crate::journal::Journal::open_locked(lock, &state, &identity, Stale::Refuse).ok()?;
         let maps = process::read_maps(pid).ok()?;
         let libraries = elsewhere::unrecorded_libraries(&maps, &journal.data, |r| {
             r.state == crate::journal::PatchState::Abandoned && r.created >= since

@@ -10,7 +10,7 @@ use crate::Error;
 use crate::error::NothingToUndo;
 use crate::fault::{FaultPoint, FrozenPoints};
 use crate::isa;
-use crate::journal::{Journal, PatchRecord, PatchState, reconcile};
+use crate::journal::{Journal, PatchRecord, PatchState, Stale, reconcile};
 use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, Tracer};
 use crate::safety::{GuardedRange, StackInspector};
@@ -96,7 +96,8 @@ pub fn rollback_preview(options: &RollbackOptions, log: &Log) -> Result<Vec<u64>
     let (info, identity) = identify(pid, log)?;
     super::lineage::refuse_shared_address_space(pid)?;
     // A forked child's inherited patches are its own to roll back, as in `rollback_once`.
-    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    let mut journal =
+        super::lineage::open_journal(&state, lock, &info, &identity, Stale::Refuse, log)?;
     reconcile(&mut journal, &process::ProcMem::open(pid)?)?;
     let selected = select(&journal, options);
     drop(journal);
@@ -118,7 +119,8 @@ fn rollback_once(
     let (info, identity) = identify(pid, log)?;
     wait_untraced(&info, deadline, log)?;
     super::lineage::refuse_shared_address_space(pid)?;
-    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    let mut journal =
+        super::lineage::open_journal(&state, lock, &info, &identity, Stale::Refuse, log)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;
     clock.enter("plan");

@@ -2,7 +2,9 @@
 
 use super::identify;
 use crate::Error;
-use crate::journal::{Inconsistent, JumpMethod, Observed, Origin, PatchState, observe, reconcile};
+use crate::journal::{
+    Inconsistent, JumpMethod, Observed, Origin, PatchState, Stale, observe, reconcile,
+};
 use crate::log::Log;
 use crate::process::{self, ModuleMap, ProcMem};
 use serde::Serialize;
@@ -172,7 +174,8 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
         ModuleMap::new(pid, &maps, &info.exe).with_cache(std::rc::Rc::new(state.cache()));
     // Identity of each patched module: the build mapped now, and the file on disk now.
     let mut identities: HashMap<PathBuf, (Option<String>, Option<String>)> = HashMap::new();
-    let mut journal = super::lineage::open_journal(&state, lock, &info, &identity, log)?;
+    let mut journal =
+        super::lineage::open_journal(&state, lock, &info, &identity, Stale::Refuse, log)?;
     let exists = state.journal_path(pid).exists();
     let mem = ProcMem::open(pid)?;
     reconcile(&mut journal, &mem)?;

@@ -148,6 +148,12 @@ fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// `line` when it may start a mapping in a smaps text (its first field is an address range):
+/// the other ~25 lines of each mapping (`Rss:`, `VmFlags:`...) are not parsed as one.
+fn mapping_header(line: &str) -> Option<&str> {
+    line.split(' ').next()?.contains('-').then_some(line)
+}
+
 /// How `fork` treats a mapping other than by copying it, from the `VmFlags` line of
 /// `/proc/PID/smaps`: `MADV_DONTFORK` (`dc`: the child does not have it) or `MADV_WIPEONFORK`
 /// (`wf`: the child has it zeroed).
@@ -184,7 +190,7 @@ pub fn parse_fork_flags(smaps: &str) -> Vec<(std::ops::Range<u64>, ForkFlag)> {
             } else if words.contains(&"wf") {
                 out.push((range, ForkFlag::WipeOnFork));
             }
-        } else if let Some(m) = parse_line(line) {
+        } else if let Some(m) = mapping_header(line).and_then(parse_line) {
             current = Some(m.start..m.end);
         }
     }
