@@ -481,7 +481,10 @@ fn attach_sets_aside_a_journal_of_another_boot() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with("retired-"))
         .collect();
-    assert!(left.is_empty(), "the stale journal was not pruned: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the stale journal was not pruned: {left:?}"
+    );
     rollback_ok(state.path(), pid, &[]);
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     assert_untraced(pid);
