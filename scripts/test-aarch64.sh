@@ -28,6 +28,13 @@ repo=$PWD
 started=$(date +%s)
 cache=${RPATCH_AARCH64_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rpatch-aarch64}
 mkdir -p "$cache"
+# One run per cache at a time: a run from another checkout (a second clone, a CI job beside this
+# one) waits here rather than rebuild the guest's initramfs under a guest that is booting it.
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+  echo "aarch64: waiting for another run that uses $cache" >&2
+  flock 9
+fi
 
 # ---- tools ----
 need=()
