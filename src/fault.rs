@@ -85,23 +85,31 @@ pub struct FrozenPoints {
 /// When `RPATCH_FAULT` names this point (and the `fault-injection` feature is built in), rpatch
 /// kills itself with SIGKILL here. `RPATCH_FAULT=NAME:MICROS` first sleeps that long (the target
 /// runs on meanwhile), to land the death anywhere inside what was just started.
+/// `RPATCH_FAULT=NAME:stop` instead stops rpatch there (SIGSTOP) until a SIGCONT: a test can then
+/// act on the target at that very moment (send it a signal while it runs rpatch's code).
 #[cfg(feature = "fault-injection")]
 pub fn point(at: FaultPoint) {
     use std::sync::OnceLock;
-    static FAULT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static FAULT: OnceLock<Option<(String, Option<u64>)>> = OnceLock::new();
     let fault = FAULT.get_or_init(|| {
         let value = std::env::var("RPATCH_FAULT").ok()?;
         Some(match value.split_once(':') {
-            Some((point, micros)) => (point.to_string(), micros.parse().unwrap_or(0)),
-            None => (value, 0),
+            Some((point, "stop")) => (point.to_string(), None),
+            Some((point, micros)) => (point.to_string(), Some(micros.parse().unwrap_or(0))),
+            None => (value, Some(0)),
         })
     });
-    if let Some((point, micros)) = fault
-        && point == at.name()
-    {
-        std::thread::sleep(std::time::Duration::from_micros(*micros));
-        // SAFETY: kill takes no pointers; SIGKILL ends this process at once.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    match fault {
+        Some((point, Some(micros))) if point == at.name() => {
+            std::thread::sleep(std::time::Duration::from_micros(*micros));
+            // SAFETY: kill takes no pointers; SIGKILL ends this process at once.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        Some((point, None)) if point == at.name() => {
+            // SAFETY: kill takes no pointers; SIGSTOP stops this process until a SIGCONT.
+            unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        }
+        _ => {}
     }
 }
 

@@ -108,3 +108,77 @@ fn vector_registers_survive_the_injected_calls() {
     );
     assert_untraced(target.pid());
 }
+
+/// The state letter of `/proc/PID/stat` (`T`: stopped), `None` once the process is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A thread borrowed while it waits in `sigsuspend` (the only thread of `sigsuspender`), with a
+/// signal sent while it runs rpatch's code (rpatch is stopped, `RPATCH_FAULT=POINT:stop`, right
+/// after resuming it into the bootstrap, the stub for `dlopen`, or another call): the signal's
+/// handler runs and that `sigsuspend` returns EINTR, as without rpatch — not issued again to
+/// sleep on — and the thread's own mask is back. Then a plain rollback; the counts stay exact.
+#[test]
+fn a_signal_during_the_borrow_ends_the_threads_sigsuspend() {
+    let t = build_targets();
+    let lib = t.bin("fix_basic.so");
+    for point in ["bootstrap", "load-call", "call"] {
+        let state = state_dir();
+        let mut target = Target::spawn(t.bin("sigsuspender"), &[]);
+        let pid = target.pid();
+        let fault = format!("RPATCH_FAULT={point}:stop");
+        let args = [
+            "attach",
+            &target.pid_arg(),
+            "--lib",
+            lib.to_str().unwrap(),
+            "--func",
+            "compute",
+        ];
+        let mut run = RunningRpatch::spawn_via(&["env", &fault], state.path(), &args);
+        let rpatch_pid = run.pid();
+        // Stopped at the point (the point may be reached again: each stop is let go).
+        let deadline = std::time::Instant::now() + RPATCH_TIMEOUT;
+        while proc_state(rpatch_pid) != Some('T') {
+            assert!(
+                !run.finished(),
+                "{point}: rpatch never stopped at the point"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{point}: rpatch never stopped"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+        while !run.finished() {
+            // SAFETY: as above; SIGCONT lets rpatch go on from each stop.
+            unsafe { libc::kill(rpatch_pid as i32, libc::SIGCONT) };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{point}: rpatch did not finish"
+            );
+            std::thread::yield_now();
+        }
+        run.wait().expect_ok();
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+        assert_eq!(
+            target.read_line(),
+            "handled 2 returns 1 eintr 1 mask_lost 0",
+            "{point}: SIGUSR1 was handled while rpatch held the thread; its sigsuspend must \
+             have returned"
+        );
+        rollback_ok(state.path(), pid, &[]);
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+        assert_eq!(
+            target.read_line(),
+            "handled 3 returns 2 eintr 2 mask_lost 0"
+        );
+        assert_untraced(pid);
+    }
+}

@@ -217,6 +217,20 @@ impl<'t> InjectedThread<'t> {
     /// state and mask are always set as well: rpatch's code has not restored them.
     fn move_to_resume_state(&mut self, with_mask: bool) -> Result<(), InjectError> {
         let moved = call::resume_regs(&self.at_rest, self.tracer.mem());
+        self.move_to(moved, with_mask)
+    }
+
+    /// [`Self::move_to_resume_state`] for a signal about to be delivered there: the registers
+    /// are `call::signal_regs`, on which the kernel decides what an interrupted call returns
+    /// after the handler (EINTR, or the call again), as it would have without rpatch.
+    fn move_to_signal_state(&mut self, with_mask: bool) -> Result<(), InjectError> {
+        let moved = call::signal_regs(&self.at_rest, self.tracer.mem());
+        self.move_to(moved, with_mask)
+    }
+
+    /// Sets the thread's registers to `moved`, with its own FP state and mask where they are not
+    /// its own already.
+    fn move_to(&mut self, moved: Regs, with_mask: bool) -> Result<(), InjectError> {
         self.tracer.set_regs(self.tid, moved)?;
         if call::TRACER_RETURNS {
             self.tracer.set_xstate(self.tid, &self.at_rest_xstate)?;
@@ -274,7 +288,7 @@ impl<'t> InjectedThread<'t> {
         }
         match own {
             OwnCode::Bootstrap(code) if code.contains(&pc) => {
-                self.move_to_resume_state(true)?;
+                self.move_to_signal_state(true)?;
                 // Parked, the bootstrap's work is done: nothing to run again.
                 self.bootstrap_cut_short = !call::bootstrap_parked(code.start, pc);
                 self.signals_moved += 1;
@@ -282,7 +296,7 @@ impl<'t> InjectedThread<'t> {
             OwnCode::Stub(region) if self.returning(own, pc) => {
                 // Errno, flags and stack are the thread's own already (FP state and mask too,
                 // unless the tracer does the return).
-                self.move_to_resume_state(false)?;
+                self.move_to_signal_state(false)?;
                 self.tracer
                     .mem()
                     .write_at(
@@ -652,10 +666,11 @@ impl<'t> InjectedThread<'t> {
             region.stack_top(),
         );
         self.tracer.set_regs(self.tid, entry)?;
-        if call::TRACER_RETURNS {
-            // The stub does not block signals itself: they wait from its first instruction.
-            set_sigmask(self.tid, CALL_BLOCK_MASK | self.at_rest_mask)?;
-        }
+        // Signals wait from the stub's first instruction: one that comes as the thread is let
+        // go is not delivered at the entry, on top of a call that has not begun (its handler
+        // would return into the stub, and an interrupted call such as sigsuspend would then be
+        // issued again rather than return), but at the end, on the thread's own registers.
+        set_sigmask(self.tid, CALL_BLOCK_MASK | self.at_rest_mask)?;
         self.running_in = own.clone();
         self.cont(0)?;
         crate::fault::point(fault_point);

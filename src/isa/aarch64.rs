@@ -571,6 +571,16 @@ pub(crate) mod call {
         }
     }
 
+    /// The registers a signal is delivered on to a thread whose resume state is `at_rest` (see
+    /// `InjectedThread::pass_signal`): its resume registers, so after a handler the interrupted
+    /// call is issued again. arm64's kernel turns an interrupted call into EINTR (sigsuspend,
+    /// pause, a call without SA_RESTART) only inside the `do_signal` of the stop that
+    /// interrupted it, which a later delivery cannot reproduce without the handler's
+    /// SA_RESTART flag, which ptrace does not show.
+    pub fn signal_regs(at_rest: &Regs, mem: &dyn Memory) -> Regs {
+        resume_regs(at_rest, mem)
+    }
+
     /// Whether the thread stopped on the `svc` of a call the kernel may continue through
     /// `restart_syscall` (`syscall::Resume::AskKernel`): only the kernel knows whether it was
     /// interrupted inside it. The caller lets the thread go unchanged until it blocks again and

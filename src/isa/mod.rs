@@ -61,7 +61,6 @@ pub(crate) struct CallArgs {
     #[allow(dead_code)]
     pub block_mask: u64,
     /// The thread's own signal mask, restored after the call (by the stub where the tracer
-    /// does not do the return; the x86_64 stub saves it itself).
-    #[allow(dead_code)]
+    /// does not do the return).
     pub own_mask: u64,
 }

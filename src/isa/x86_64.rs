@@ -436,6 +436,7 @@ pub(crate) mod call {
                 errno_location: call.errno_location,
                 then_if_zero: call.then_if_zero,
                 block_mask: call.block_mask,
+                own_mask: call.own_mask,
                 resume: resume_state(at_rest),
                 fp: self.fp,
             };
@@ -487,6 +488,26 @@ pub(crate) mod call {
         (regs.eflags, regs.rip) = (r.rflags, r.rip);
         regs.orig_rax = u64::MAX;
         Regs(regs)
+    }
+
+    /// The registers a signal is delivered on to a thread whose resume state is `at_rest` (see
+    /// `InjectedThread::pass_signal`). A thread interrupted in a system call the kernel would
+    /// restart (`rax` one of its restart codes, `orig_rax` the call) gets exactly those
+    /// registers, `rip` after the `syscall`: delivering the signal there, the kernel's own
+    /// `handle_signal` decides what the call returns — EINTR after a handler (sigsuspend and
+    /// pause always, other calls without SA_RESTART), or the call again — as when the signal
+    /// comes while the thread sits in the call. Resumed on [`resume_regs`] instead, the call
+    /// would be issued again after the handler, and a `sigsuspend` waiting for that very signal
+    /// would sleep on. Anything else: [`resume_regs`].
+    pub fn signal_regs(at_rest: &Regs, mem: &dyn Memory) -> Regs {
+        let r = &at_rest.0;
+        let code = r.rax as i64;
+        if (r.orig_rax as i64) >= 0 && (RESTART_SAME.contains(&code) || code == RESTART_BLOCK) {
+            let mut regs = *r;
+            regs.eflags &= !RFLAGS_TF;
+            return Regs(regs);
+        }
+        resume_regs(at_rest, mem)
     }
 
     /// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`: re-execute the same system call.

@@ -631,6 +631,19 @@ impl RunningRpatch {
         RunningRpatch::start(Command::new(env!("CARGO_BIN_EXE_rpatch")), state, args)
     }
 
+    /// Starts `WRAPPER... rpatch ARGS` in the background (`env VAR=VALUE`, which execs rpatch
+    /// as the same process).
+    pub fn spawn_via<S: AsRef<OsStr>>(wrapper: &[&str], state: &Path, args: &[S]) -> RunningRpatch {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_rpatch"));
+        RunningRpatch::start(cmd, state, args)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn start<S: AsRef<OsStr>>(mut cmd: Command, state: &Path, args: &[S]) -> RunningRpatch {
         let args_s: Vec<String> = args
             .iter()

@@ -11,10 +11,11 @@
 //!   [`bootstrap_frame`] written below the thread's red zone and returns to it. System calls only
 //!   touch `rax`, `rcx` and `r11`, so this is all the state it has to restore.
 //! * [`call_stub`] runs in the code page of a [`StubRegion`], on the region's own stack: it saves
-//!   the FP/vector state (XSAVE), blocks signals, saves `errno`, calls the function (and a second
-//!   one when the first returns 0: `dlerror` after a failed `dlopen`), then restores `errno`, the
-//!   FP state, flags, the stack pointer, the signal mask, every general register, sets `DONE`
-//!   and jumps back through memory, needing no register.
+//!   the FP/vector state (XSAVE), blocks signals (the tracer blocked them already, with ptrace,
+//!   before its first instruction), saves `errno`, calls the function (and a second one when the
+//!   first returns 0: `dlerror` after a failed `dlopen`), then restores `errno`, the FP state,
+//!   flags, the stack pointer, the thread's own signal mask (from the data block), every general
+//!   register, sets `DONE` and jumps back through memory, needing no register.
 //!
 //! **Signals and the stub.** A signal delivered while the PC is in the stub leaves a frame on the
 //! thread's stack that returns into it. Before the thread's own mask is restored that is
@@ -280,7 +281,10 @@ pub mod data {
     pub const ERRNO_VALUE: u64 = 0x78;
     /// Signal mask held during the call.
     pub const BLOCK_MASK: u64 = 0x80;
-    /// The thread's own signal mask (stored by the stub's first `rt_sigprocmask`).
+    /// The thread's own signal mask, restored by the stub's last `rt_sigprocmask` (written by
+    /// the tracer, which holds the call's mask on the thread with ptrace from before the stub's
+    /// first instruction: a signal that comes as the thread is let into the stub waits for the
+    /// tail, where the tracer delivers it on the thread's own registers).
     pub const OLD_MASK: u64 = 0x88;
     /// The XSAVE feature mask (`edx:eax` of `xsave64`/`xrstor64`).
     pub const XFEATURES: u64 = 0x90;
@@ -529,7 +533,7 @@ pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError>
     s.a.set_label(&mut entry)?;
     s.a.cld()?;
     s.fp(fp, true)?;
-    s.set_mask(data::BLOCK_MASK, Some(data::OLD_MASK))?;
+    s.set_mask(data::BLOCK_MASK, None)?;
     // errno: value first, pointer second, so the restore path only sees a pointer with a value.
     s.load(rax, data::ERRNO_LOCATION)?;
     s.a.test(rax, rax)?;
@@ -615,6 +619,8 @@ pub struct CallBlock {
     pub then_if_zero: u64,
     /// Signals blocked during the call (bit `n - 1` for signal `n`).
     pub block_mask: u64,
+    /// The thread's own signal mask, put back at the end.
+    pub own_mask: u64,
     /// Where and how the thread resumes afterwards.
     pub resume: ResumeState,
     /// How the FP state is saved (its feature mask goes into the block).
@@ -638,6 +644,7 @@ impl CallBlock {
         put(data::ERRNO_LOCATION, self.errno_location);
         put(data::THEN, self.then_if_zero);
         put(data::BLOCK_MASK, self.block_mask);
+        put(data::OLD_MASK, self.own_mask);
         if let FpSave::Xsave { features, .. } = self.fp {
             put(data::XFEATURES, features);
         }
@@ -771,6 +778,7 @@ mod tests {
             errno_location: 0x2222,
             then_if_zero: 0x3333,
             block_mask: 0xfff0,
+            own_mask: 0x1234,
             resume: ResumeState {
                 rax: 0xa0,
                 rip: 0xb0,
@@ -789,6 +797,7 @@ mod tests {
         assert_eq!(word(data::ERRNO_LOCATION), 0x2222);
         assert_eq!(word(data::THEN), 0x3333);
         assert_eq!(word(data::BLOCK_MASK), 0xfff0);
+        assert_eq!(word(data::OLD_MASK), 0x1234);
         assert_eq!(word(data::XFEATURES), 0x2e7);
         assert_eq!(word(data::SAVED), 0xa0);
         assert_eq!(word(data::SAVED + 17 * 8), 0xb0);
@@ -871,7 +880,7 @@ mod tests {
                 "mov eax,0Eh",
                 "mov edi,2",
                 "lea BLOCK_MASK",
-                "lea OLD_MASK",
+                "mov edx,0",
                 "mov r10d,8",
                 "syscall",
             ];
