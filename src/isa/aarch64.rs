@@ -483,6 +483,13 @@ pub(crate) mod stack {
         Some((pc, regs))
     }
 
+    /// The kernel's sigreturn trampoline, which a signal handler returns to
+    /// (`__kernel_rt_sigreturn` in the vDSO: `mov x8, #139` (rt_sigreturn), `svc #0`). The arm64
+    /// vDSO carries no unwind tables (6.1's has no `.eh_frame` section), so a signal frame is
+    /// recognised by this code at a return address instead of by CFI marked as a signal frame.
+    pub const SIGRETURN_CODE: Option<[u8; 8]> =
+        Some([0x68, 0x11, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4]);
+
     /// The call instruction before a return address is one 4-byte word.
     pub const MAX_CALL_LEN: usize = super::CALL_LEN as usize;
 

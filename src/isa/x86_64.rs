@@ -213,6 +213,10 @@ pub(crate) mod stack {
     /// with the stack: its first frame may keep its saved registers there.
     pub const RED_ZONE: u64 = 128;
 
+    /// The sigreturn trampoline's code, where its CFI does not say it is one: none needed here
+    /// (glibc's `__restore_rt` and the vDSO's carry CFI marked as a signal frame).
+    pub const SIGRETURN_CODE: Option<[u8; 8]> = None;
+
     /// The registers a CFA rule may be based on for framehop to evaluate it (rsp or rbp); the
     /// CFI check calls a frame with another rule incomplete.
     pub const CFA_REGISTERS: [gimli::Register; 2] = [gimli::X86_64::RSP, gimli::X86_64::RBP];

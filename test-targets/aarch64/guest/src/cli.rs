@@ -392,7 +392,7 @@ fn sve_checks_after(t: &mut Target, after: i64, when: &str) -> Result<i64, Strin
 /// A thread with live SVE state, borrowed: the worker of `sveregs VL` keeps Z0–Z31, P0–P15,
 /// FFR and FPCR at known values and checks them in a loop with no system call, while its main
 /// thread serves commands from a signal handler, so rpatch can borrow only the worker, and
-/// takes it with its SVE state live (`-v` says both). `rounds` attaches and rollbacks; after
+/// takes it with its SVE state live (`-v` says all three). `rounds` attaches and rollbacks; after
 /// each the worker must have passed new checks, and at the end it must never have seen a
 /// register differ, with its vector length and VL_INHERIT flag (prctl) unchanged. Without SVE
 /// (the base boot) the target must say it is unsupported.
@@ -420,6 +420,12 @@ fn sve_borrowed(vl: u32, rounds: usize, sve: bool) -> Result<(), String> {
         last_choice += usize::from(out.contains(&format!(
             "thread {tid}: live SVE state, kept as a last choice"
         )));
+        // The main thread, blocked in read in its SIGUSR1 handler, is seen there (the signal
+        // frame is found through the vDSO's sigreturn trampoline, which has no CFI).
+        let in_handler = format!("passing over: thread {pid} is inside a signal handler");
+        if !out.contains(&in_handler) {
+            return Err(format!("round {round}: no `{in_handler}`: {out}"));
+        }
         if out.contains("borrowing thread") && !out.contains(&format!("borrowing thread {tid} ")) {
             return Err(format!("round {round}: another thread was borrowed: {out}"));
         }
