@@ -9,6 +9,7 @@
 # an initramfs, and boots Debian's cloud arm64 kernel twice:
 #   1. -cpu cortex-a72            the base scenarios (and the BTI/PAC checks as controls: no trap)
 #   2. -cpu max,pauth-impdef=on   everything again with BTI and pointer authentication enforced
+#                                 and SVE (a thread with live SVE registers borrowed by rpatch)
 # Prints PASS/FAIL per scenario and `aarch64: N passed, M failed`; exits non-zero on a failure.
 # For debugging: RPATCH_AARCH64_BOOTS="a72" runs one boot; RPATCH_AARCH64_GUEST_ARGS is added to
 # the kernel command line ("rpatch.only=NAME,NAME" runs those scenarios, "rpatch.trace" prints
@@ -84,6 +85,7 @@ $cc "${cflags[@]}" -o "$out/root/t/sigstorm" test-targets/c/sigstorm.c
 $cc "${cflags[@]}" -o "$out/root/t/sleepers" test-targets/aarch64/sleepers.c
 $cc "${cflags[@]}" -o "$out/root/t/epollers" test-targets/aarch64/epollers.c
 $cc "${cflags[@]}" -o "$out/root/t/vectors" test-targets/aarch64/vectors.c test-targets/aarch64/vector-spin.S
+$cc "${cflags[@]}" -o "$out/root/t/sveregs" test-targets/aarch64/sveregs.c test-targets/aarch64/sve-hold.S
 $cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/planted.so" test-targets/c/planted.c
 $cc -O1 -g -Wall -fPIC -shared -o "$out/root/t/fix_basic.so" test-targets/c/fix_basic.c
 # pac-ret and BTI landing pads. Debian's cross crt objects are unmarked, which would leave the

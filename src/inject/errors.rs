@@ -191,8 +191,8 @@ pub enum ThreadRefusal {
     SignalPending(i32),
     /// It is still in an earlier call that did not finish.
     StillInCall(i32),
-    /// Its vector state cannot be kept across a call (arm64: SME streaming mode, ZA in use,
-    /// live SVE state outside a system call); the reason in words.
+    /// Its vector state cannot be kept across a call (arm64: SME streaming mode, ZA in use);
+    /// the reason in words.
     VectorState(i32, &'static str),
 }
 

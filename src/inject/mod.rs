@@ -208,9 +208,10 @@ pub struct InjectedThread<'t> {
     errno_location: Option<u64>,
     /// Registers at the latest stop at the thread's own code (EINTR repaired).
     at_rest: Regs,
-    /// FP state and signal mask at that stop: only for putting the thread back with ptrace if
-    /// rpatch's own code ever faulted.
-    at_rest_xstate: Vec<u8>,
+    /// FP state (arm64: a live SVE state whole) and signal mask at that stop: for putting the
+    /// thread back with ptrace where the tracer does the return, and if rpatch's own code ever
+    /// faulted.
+    at_rest_xstate: crate::isa::FpSaved,
     at_rest_mask: u64,
     place: Where,
     /// Next free byte of the scratch area in the data block.

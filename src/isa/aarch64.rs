@@ -1,5 +1,6 @@
 //! arm64: the register view over NT_PRSTATUS (`user_pt_regs`, PTRACE_GETREGSET) and
-//! NT_ARM_SYSTEM_CALL, the FP/SIMD state (NT_PRFPREG), system-call facts, the entry jump
+//! NT_ARM_SYSTEM_CALL, the FP/vector state (NT_PRFPREG, or NT_ARM_SVE whole where the SVE state
+//! is live), system-call facts, the entry jump
 //! (`b imm26`, ±128 MiB, after a kept `bti`, replacing a PAC-signing entry by `bti c`), the call
 //! before a return address and PAC stripping, framehop's aarch64 unwinder and the remote-call
 //! conventions of `rpatch_arch::aarch64::remote_call` (the tracer does the return).
@@ -127,16 +128,52 @@ pub(crate) fn set_regs(tid: i32, regs: &Regs) -> Result<(), Errno> {
 }
 
 /// The regset name used in messages.
-pub(crate) const FP_REGSET: &str = "PRFPREG";
+pub(crate) const FP_REGSET: &str = "PRFPREG/ARM_SVE";
 
-/// The FP/SIMD state (V0–V31, FPSR, FPCR) of a ptrace-stopped thread.
-pub(crate) fn get_fp_state(tid: i32) -> Result<Vec<u8>, Errno> {
-    super::regset::get(tid, NT_PRFPREG, remote_call::FpState::PRFPREG_LEN)
+/// A stopped thread's FP/vector state as the tracer saved it, to be put back exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FpSaved {
+    /// V0–V31, FPSR, FPCR (NT_PRFPREG): a CPU without SVE, or a thread whose SVE state is not
+    /// live (its NT_ARM_SVE header says FPSIMD format), for which this is everything.
+    Fpsimd(Vec<u8>),
+    /// The whole NT_ARM_SVE payload of a thread with live SVE state: its header (vector
+    /// length, `SVE_PT_REGS_SVE`, `SVE_PT_VL_INHERIT` as the kernel reported them), Z0–Z31,
+    /// P0–P15 and FFR at that vector length, FPSR and FPCR.
+    Sve(Vec<u8>),
 }
 
-/// Restores a state read by [`get_fp_state`].
-pub(crate) fn set_fp_state(tid: i32, state: &[u8]) -> Result<(), Errno> {
-    super::regset::set(tid, NT_PRFPREG, state)
+/// The FP/vector state of a ptrace-stopped thread: its whole NT_ARM_SVE payload when its SVE
+/// state is live, else NT_PRFPREG. The header is read first, then the payload at the size it
+/// gives (the thread is stopped: nothing changes between the two reads).
+pub(crate) fn get_fp_state(tid: i32) -> Result<FpSaved, Errno> {
+    use vector::{HEADER_LEN, NT_ARM_SVE, SveHeader};
+    // No NT_ARM_SVE (a CPU or kernel without SVE): NT_PRFPREG is the whole state.
+    let header = super::regset::get(tid, NT_ARM_SVE as usize, HEADER_LEN)
+        .ok()
+        .and_then(|bytes| SveHeader::parse(&bytes));
+    if let Some(header) = header.filter(SveHeader::is_live) {
+        let payload = super::regset::get(tid, NT_ARM_SVE as usize, header.size as usize)?;
+        if !header.describes(&payload) {
+            return Err(Errno::EIO);
+        }
+        return Ok(FpSaved::Sve(payload));
+    }
+    super::regset::get(tid, NT_PRFPREG, remote_call::FpState::PRFPREG_LEN).map(FpSaved::Fpsimd)
+}
+
+/// Puts back a state read by [`get_fp_state`]. A live SVE state is written back as read, header
+/// included: the kernel (`sve_set_common()`) keeps the vector length (it is the thread's
+/// own), keeps or clears VL_INHERIT as the header says, and loads Z, P, FFR, FPSR and FPCR.
+/// Writing NT_ARM_SVE also sets the vector length the thread gets at its next `execve` to its
+/// current one with VL_INHERIT, or to the system default without: the kernel offers no way
+/// to read a length set for the next `execve` alone (`PR_SVE_SET_VL_ONEXEC`), so that one
+/// is not kept. A state in FPSIMD format goes back through NT_PRFPREG, which leaves the
+/// vector length settings alone (the kernel zero-extends V into Z if SVE is still enabled).
+pub(crate) fn set_fp_state(tid: i32, state: &FpSaved) -> Result<(), Errno> {
+    match state {
+        FpSaved::Fpsimd(bytes) => super::regset::set(tid, NT_PRFPREG, bytes),
+        FpSaved::Sve(payload) => super::regset::set(tid, vector::NT_ARM_SVE as usize, payload),
+    }
 }
 
 /// System-call numbers and facts the ISA-neutral code needs.
@@ -318,22 +355,29 @@ pub(crate) mod jump {
 }
 
 /// Why the vector state of stopped thread `tid` keeps it from being borrowed for a call
-/// (`rpatch_arch::aarch64::vector`): SME streaming mode, ZA storage in use, or live SVE state
-/// unless it resumes on the `svc` of a system call (which discards all but the V part). The
-/// stub and the tracer keep V0–V31, FPSR and FPCR only.
-pub(crate) fn vector_refusal(tid: i32, regs: &Regs, mem: &dyn Memory) -> Option<&'static str> {
+/// (`rpatch_arch::aarch64::vector`): SME streaming mode or ZA storage in use. Live SVE state
+/// does not: [`get_fp_state`] saves it whole and the tracer puts it back.
+pub(crate) fn vector_refusal(tid: i32, _regs: &Regs, _mem: &dyn Memory) -> Option<&'static str> {
     use vector::{HEADER_LEN, NT_ARM_SSVE, NT_ARM_SVE, NT_ARM_ZA, VectorRefusal, VectorState};
     let header = |note: u32| super::regset::get(tid, note as usize, HEADER_LEN).ok();
     let (sve, ssve, za) = (header(NT_ARM_SVE), header(NT_ARM_SSVE), header(NT_ARM_ZA));
     let state = VectorState::from_headers(sve.as_deref(), ssve.as_deref(), za.as_deref());
-    let mut word = [0u8; 4];
-    let on_svc = mem.read_at(regs.pc(), &mut word).is_ok() && word == SYSCALL_INSN;
-    match state.may_borrow(on_svc) {
+    match state.may_borrow() {
         Ok(()) => None,
         Err(VectorRefusal::Streaming) => Some("it is in SME streaming mode"),
         Err(VectorRefusal::ZaActive) => Some("its SME ZA storage is in use"),
-        Err(VectorRefusal::SveLive) => Some("it holds live SVE state outside a system call"),
     }
+}
+
+/// Whether stopped thread `tid` has live SVE state (its NT_ARM_SVE header says SVE format): it is
+/// borrowed only when no other thread qualifies (see `patch::load`), because a stub that returns
+/// without the tracer restores V0–V31 only.
+pub(crate) fn sve_live(tid: i32) -> bool {
+    use vector::{HEADER_LEN, NT_ARM_SVE, SveHeader};
+    super::regset::get(tid, NT_ARM_SVE as usize, HEADER_LEN)
+        .ok()
+        .and_then(|bytes| SveHeader::parse(&bytes))
+        .is_some_and(|h| h.is_live())
 }
 
 /// The instruction mask of pointer-authentication codes for a 48-bit user address space:
@@ -438,6 +482,13 @@ pub(crate) mod stack {
         let regs = UnwindRegsAarch64::new_with_ptr_auth_mask(PtrAuthMask(!pac_mask), lr, csp, fp);
         Some((pc, regs))
     }
+
+    /// The kernel's sigreturn trampoline, which a signal handler returns to
+    /// (`__kernel_rt_sigreturn` in the vDSO: `mov x8, #139` (rt_sigreturn), `svc #0`). The arm64
+    /// vDSO carries no unwind tables (6.1's has no `.eh_frame` section), so a signal frame is
+    /// recognised by this code at a return address instead of by CFI marked as a signal frame.
+    pub const SIGRETURN_CODE: Option<[u8; 8]> =
+        Some([0x68, 0x11, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4]);
 
     /// The call instruction before a return address is one 4-byte word.
     pub const MAX_CALL_LEN: usize = super::CALL_LEN as usize;

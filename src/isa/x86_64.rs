@@ -95,14 +95,18 @@ pub(crate) const FP_REGSET: &str = "XSTATE";
 /// ELF note type of the x86 XSAVE area, for PTRACE_GETREGSET (not exported by the libc crate).
 const NT_X86_XSTATE: usize = 0x202;
 
+/// A stopped thread's FP/vector state as the tracer saved it: its XSAVE area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FpSaved(Vec<u8>);
+
 /// The full extended FP/vector state (XSAVE area) of a ptrace-stopped thread.
-pub(crate) fn get_fp_state(tid: i32) -> Result<Vec<u8>, Errno> {
-    super::regset::get(tid, NT_X86_XSTATE, 64 * 1024)
+pub(crate) fn get_fp_state(tid: i32) -> Result<FpSaved, Errno> {
+    super::regset::get(tid, NT_X86_XSTATE, 64 * 1024).map(FpSaved)
 }
 
 /// Restores a state read by [`get_fp_state`].
-pub(crate) fn set_fp_state(tid: i32, state: &[u8]) -> Result<(), Errno> {
-    super::regset::set(tid, NT_X86_XSTATE, state)
+pub(crate) fn set_fp_state(tid: i32, state: &FpSaved) -> Result<(), Errno> {
+    super::regset::set(tid, NT_X86_XSTATE, &state.0)
 }
 
 /// System-call numbers and facts the ISA-neutral code needs.
@@ -208,6 +212,10 @@ pub(crate) mod stack {
     /// Bytes below the stack pointer a leaf may use without moving it (the red zone), copied
     /// with the stack: its first frame may keep its saved registers there.
     pub const RED_ZONE: u64 = 128;
+
+    /// The sigreturn trampoline's code, where its CFI does not say it is one: none needed here
+    /// (glibc's `__restore_rt` and the vDSO's carry CFI marked as a signal frame).
+    pub const SIGRETURN_CODE: Option<[u8; 8]> = None;
 
     /// The registers a CFA rule may be based on for framehop to evaluate it (rsp or rbp); the
     /// CFI check calls a frame with another rule incomplete.
@@ -331,6 +339,11 @@ pub(crate) mod stack {
 /// it never touches).
 pub(crate) fn vector_refusal(_tid: i32, _regs: &Regs, _mem: &dyn Memory) -> Option<&'static str> {
     None
+}
+
+/// Whether a thread's vector state makes it a last choice for borrowing: never on x86_64.
+pub(crate) fn sve_live(_tid: i32) -> bool {
+    false
 }
 
 /// The pointer-authentication mask of return addresses: none on x86_64.

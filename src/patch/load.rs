@@ -314,7 +314,10 @@ fn place_jumps(
 }
 
 /// Seizes the best thread for the injected call (see `inject::rank_threads`), re-checking it
-/// with its exact registers once stopped; it is let go when the returned guard is dropped.
+/// with its exact registers once stopped; it is let go when the returned guard is dropped. A
+/// thread with live SVE state (`isa::sve_live`) is taken only when no other qualifies: rpatch
+/// puts its whole SVE state back, but a stub or bootstrap that returns by itself (rpatch killed
+/// mid-call) restores V0–V31 only, so such a thread is the last choice, not a refused one.
 fn borrow_thread<'t>(
     tracer: &'t mut Tracer,
     modules: &mut ModuleMap,
@@ -326,49 +329,121 @@ fn borrow_thread<'t>(
     let ranked = rank_threads(modules, tracer.mem(), &tids)
         .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
     let mut refused = Vec::new();
+    let mut last_choices = Vec::new();
     for candidate in ranked {
-        if !tracer.seize(candidate.tid, Instant::now() + process::STOP_GRACE)? {
-            continue;
-        }
-        let state = tracer.thread(candidate.tid).expect("seized").clone();
-        let in_syscall = state.regs.in_syscall();
-        let usable = state.stop == Stop::Event;
-        match assess_thread(
+        match judge_thread(
+            tracer,
             modules,
-            tracer.mem(),
+            stacks.as_deref_mut(),
             candidate.tid,
-            state.regs.pc(),
-            state.regs.sp(),
-            in_syscall,
-        ) {
-            Ok(c) if usable => {
-                let vector = crate::isa::vector_refusal(candidate.tid, &state.regs, tracer.mem());
-                let unwound = match (vector, stacks.as_deref_mut()) {
-                    (Some(why), _) => Err(ThreadRefusal::VectorState(candidate.tid, why)),
-                    (None, Some(inspector)) => {
-                        assess_stack(modules, &inspector.walk(&state.regs), candidate.tid)
-                    }
-                    (None, None) => Ok(()),
-                };
-                match unwound {
-                    Ok(()) => {
-                        log.step("load", format!("borrowing thread {} ({})", c.tid, c.why));
-                        return Ok(tracer.hold(c.tid));
-                    }
-                    Err(why) => {
-                        log.step("load", format!("passing over: {why}"));
-                        refused.push(why);
-                    }
-                }
+            false,
+            log,
+        )? {
+            Judged::Usable(why) => {
+                log.step(
+                    "load",
+                    format!("borrowing thread {} ({why})", candidate.tid),
+                );
+                return Ok(tracer.hold(candidate.tid));
             }
-            Ok(_) => refused.push(ThreadRefusal::SignalPending(candidate.tid)),
-            Err(why) => refused.push(why),
+            Judged::SveLive => {
+                log.step(
+                    "load",
+                    format!(
+                        "thread {}: live SVE state, kept as a last choice",
+                        candidate.tid
+                    ),
+                );
+                last_choices.push(candidate);
+            }
+            Judged::Refused(Some(why)) => refused.push(why),
+            Judged::Refused(None) => {}
         }
-        tracer.release(candidate.tid);
+    }
+    for candidate in last_choices {
+        match judge_thread(
+            tracer,
+            modules,
+            stacks.as_deref_mut(),
+            candidate.tid,
+            true,
+            log,
+        )? {
+            Judged::Usable(why) => {
+                log.step(
+                    "load",
+                    format!("borrowing thread {} ({why})", candidate.tid),
+                );
+                return Ok(tracer.hold(candidate.tid));
+            }
+            Judged::Refused(Some(why)) => refused.push(why),
+            Judged::SveLive | Judged::Refused(None) => {}
+        }
     }
     Err(InjectError::NoSafeThread {
         pid,
         reasons: refused,
     }
     .into())
+}
+
+/// What [`judge_thread`] found.
+enum Judged {
+    /// Borrowable, for this reason (the ranking's); the thread stays seized.
+    Usable(String),
+    /// Borrowable but with live SVE state, while such threads are not taken yet; let go.
+    SveLive,
+    /// Not borrowable, and why (`None`: it could not be seized, having exited); let go.
+    Refused(Option<ThreadRefusal>),
+}
+
+/// Seizes thread `tid` and judges it with its exact registers: its PC and stack, a pending
+/// signal, its vector state (`sve_allowed`: whether live SVE state is acceptable yet) and,
+/// with `stacks`, its unwound stack. A thread not found usable is let go.
+fn judge_thread(
+    tracer: &mut Tracer,
+    modules: &mut ModuleMap,
+    stacks: Option<&mut StackInspector>,
+    tid: i32,
+    sve_allowed: bool,
+    log: &Log,
+) -> Result<Judged, Error> {
+    if !tracer.seize(tid, Instant::now() + process::STOP_GRACE)? {
+        return Ok(Judged::Refused(None));
+    }
+    let state = tracer.thread(tid).expect("seized").clone();
+    let assessed = assess_thread(
+        modules,
+        tracer.mem(),
+        tid,
+        state.regs.pc(),
+        state.regs.sp(),
+        state.regs.in_syscall(),
+    );
+    let judged = match assessed {
+        Ok(_) if state.stop != Stop::Event => {
+            Judged::Refused(Some(ThreadRefusal::SignalPending(tid)))
+        }
+        Err(why) => Judged::Refused(Some(why)),
+        Ok(c) => {
+            let vector = isa::vector_refusal(tid, &state.regs, tracer.mem());
+            let unwound = match (vector, stacks) {
+                (Some(why), _) => Err(ThreadRefusal::VectorState(tid, why)),
+                (None, Some(inspector)) => assess_stack(modules, &inspector.walk(&state.regs), tid),
+                (None, None) => Ok(()),
+            };
+            match unwound {
+                Ok(()) if !sve_allowed && isa::sve_live(tid) => Judged::SveLive,
+                Ok(()) => Judged::Usable(c.why),
+                Err(why) => {
+                    log.step("load", format!("passing over: {why}"));
+                    Judged::Refused(Some(why))
+                }
+            }
+        }
+    };
+    if !matches!(judged, Judged::Usable(_)) {
+        tracer.release(tid);
+    }
+    Ok(judged)
 }

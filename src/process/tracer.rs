@@ -577,14 +577,15 @@ impl Tracer {
         isa::get_regs(tid).map_err(ptrace_err("GETREGS", tid))
     }
 
-    /// The full FP/vector state (x86_64: the XSAVE area; arm64: V0–V31, FPSR, FPCR), so an
-    /// injected call cannot leave a changed SIMD register behind.
-    pub fn get_xstate(&self, tid: i32) -> Result<Vec<u8>, ProcessError> {
+    /// The full FP/vector state (x86_64: the XSAVE area; arm64: V0–V31, FPSR, FPCR, or the
+    /// whole NT_ARM_SVE payload when the thread's SVE state is live), so an injected call
+    /// cannot leave a changed SIMD register behind.
+    pub(crate) fn get_xstate(&self, tid: i32) -> Result<isa::FpSaved, ProcessError> {
         isa::get_fp_state(tid).map_err(ptrace_err(isa::FP_REGSET, tid))
     }
 
     /// Restores a state read by `get_xstate`.
-    pub fn set_xstate(&self, tid: i32, state: &[u8]) -> Result<(), ProcessError> {
+    pub(crate) fn set_xstate(&self, tid: i32, state: &isa::FpSaved) -> Result<(), ProcessError> {
         isa::set_fp_state(tid, state).map_err(ptrace_err(isa::FP_REGSET, tid))
     }
 

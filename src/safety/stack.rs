@@ -630,8 +630,8 @@ impl StackInspector {
             if let Err(doubt) = self.trusted(lookup) {
                 // A signal frame: the handler returns to the sigreturn trampoline, and the
                 // interrupted context is saved in the ucontext on the stack. Continue from there
-                // (framehop cannot evaluate the trampoline's CFI expression).
-                if matches!(doubt, Doubt::SignalFrame { .. })
+                // (framehop cannot evaluate the trampoline's CFI expression; arm64's has none).
+                if (matches!(doubt, Doubt::SignalFrame { .. }) || self.at_sigreturn(address))
                     && let Some((pc, context)) = self.signal_context(uregs.sp(), base, len)
                 {
                     frames.push(pc);
@@ -784,6 +784,17 @@ impl StackInspector {
             at += piece.len() as u64;
         }
         None
+    }
+
+    /// Whether `address` is a return address to the sigreturn trampoline, known by its code
+    /// (`isa::stack::SIGRETURN_CODE`, on ISAs whose trampoline has no CFI saying so).
+    fn at_sigreturn(&self, address: FrameAddress) -> bool {
+        let (Some(code), FrameAddress::ReturnAddress(ret)) = (isa_stack::SIGRETURN_CODE, address)
+        else {
+            return false;
+        };
+        let mut found = [0u8; 8];
+        self.mem.read_at(ret.get(), &mut found).is_ok() && found == code
     }
 
     /// The interrupted PC and unwind registers saved in the signal frame found at `sp` (the

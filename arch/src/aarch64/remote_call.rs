@@ -15,7 +15,9 @@
 //! end their work by *parking* — a bounded `ppoll(NULL, 0, &time, NULL)` loop that changes no
 //! restart block — and the tracer, which sees `DONE` (or the PC) reach the park, stops the
 //! thread there and sets its registers with ptrace: NT_PRSTATUS (PSTATE.BTYPE clear: the PC is
-//! set, not branched to), NT_PRFPREG, and its signal mask. The thread resumes at its own code
+//! set, not branched to), its FP state — NT_PRFPREG, or the whole NT_ARM_SVE payload of a
+//! thread whose SVE state was live (see [`vector`](super::vector)) — and its signal mask. The
+//! thread resumes at its own code
 //! exactly, a restartable system call it was in included (x8 = `restart_syscall` where the
 //! kernel would have set it, see [`syscall`](super::syscall)).
 //!
@@ -27,7 +29,9 @@
 //! page: `b pc` when the PC is within ±128 MiB of it, which keeps every register exact. Where
 //! the thread resumes through `ret x16`, x16 (IP0, which any call may clobber through a veneer
 //! or PLT stub) holds its PC instead of its own value; that is the price of a dead tracer, never
-//! of a live one.
+//! of a live one Likewise a thread whose SVE state was live gets
+//! V0–V31 back but not the rest of Z0–Z31, nor P0–P15 and FFR (the call's system calls zeroed
+//! them): rpatch borrows such a thread only when no other thread qualifies.
 //!
 //! * [`bootstrap_code`] runs from never-executed slack bytes at the end of an executable page:
 //!   `mmap` of the code page (registers), `mmap` of the stack + data (from its frame), then the

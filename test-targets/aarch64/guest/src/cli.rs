@@ -16,6 +16,8 @@ const FIX_BASIC: &str = "/t/fix_basic.so";
 const EPOLLERS: &str = "/t/epollers";
 /// btipac's replacements, built with branch protection (test-targets/aarch64/fix_btipac.c).
 const FIX_BTIPAC: &str = "/t/fix_btipac.so";
+/// A worker checking its SVE registers in a loop (test-targets/aarch64/sveregs.c).
+const SVEREGS: &str = "/t/sveregs";
 
 /// No blocking call of sigstorm's saw a spurious EINTR, but for at most `epoll_allowed` in
 /// `epoll_pwait`: a run of rpatch killed between a thread's interrupt and its repair leaves that
@@ -357,8 +359,103 @@ fn epoll_race(fds: usize, rounds: usize) -> Result<(), String> {
     }
 }
 
-/// The scenarios, when the rpatch binary is in the guest (the same in both boots).
-pub fn scenarios() -> Vec<Scenario> {
+/// The number after `name=` in `line`.
+fn field(line: &str, name: &str) -> Result<i64, String> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .ok_or(format!("no {name} in `{line}`"))
+}
+
+/// Waits until the worker of `sveregs` has passed more checks than `after` and returns how many;
+/// fails as soon as it reports a register that differed.
+fn sve_checks_after(t: &mut Target, after: i64, when: &str) -> Result<i64, String> {
+    let start = Instant::now();
+    loop {
+        let said = t.ask("check")?;
+        if field(&said, "bad")? != 0 {
+            return Err(format!("{when}: the worker saw a register differ: `{said}`"));
+        }
+        let rounds = field(&said, "rounds")?;
+        if rounds > after {
+            return Ok(rounds);
+        }
+        // A generous bound: the worker runs as soon as rpatch lets it go, but a loaded host
+        // may keep it from a CPU for a while.
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("{when}: the worker passed no check since: `{said}`"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A thread with live SVE state, borrowed: the worker of `sveregs VL` keeps Z0–Z31, P0–P15,
+/// FFR and FPCR at known values and checks them in a loop with no system call, while its main
+/// thread serves commands from a signal handler, so rpatch can borrow only the worker, and
+/// takes it with its SVE state live (`-v` says all three). `rounds` attaches and rollbacks; after
+/// each the worker must have passed new checks, and at the end it must never have seen a
+/// register differ, with its vector length and VL_INHERIT flag (prctl) unchanged. Without SVE
+/// (the base boot) the target must say it is unsupported.
+fn sve_borrowed(vl: u32, rounds: usize, sve: bool) -> Result<(), String> {
+    let mut t = Target::spawn(SVEREGS, &[&vl.to_string()])?;
+    let said = t.line()?;
+    if !sve {
+        return match said.as_str() {
+            "unsupported" => Ok(()),
+            _ => Err(format!("SVE offered by a CPU that lacks it: `{said}`")),
+        };
+    }
+    let tid: i32 = said
+        .strip_prefix("holding ")
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .ok_or(format!("`{said}`"))?;
+    let got_vl = field(&said, "vl")?;
+    let pid = t.pid.to_string();
+    let mut checks = sve_checks_after(&mut t, 0, "before the first attach")?;
+    let (mut borrowed, mut last_choice) = (0, 0);
+    for round in 0..rounds {
+        let out = rpatch(&["attach", &pid, "--lib", FIX_BASIC, "--func", "compute", "-v"])
+            .map_err(|e| format!("round {round}: {e}"))?;
+        borrowed += usize::from(out.contains(&format!("borrowing thread {tid} ")));
+        last_choice += usize::from(out.contains(&format!(
+            "thread {tid}: live SVE state, kept as a last choice"
+        )));
+        // The main thread, blocked in read in its SIGUSR1 handler, is seen there (the signal
+        // frame is found through the vDSO's sigreturn trampoline, which has no CFI).
+        let in_handler = format!("passing over: thread {pid} is inside a signal handler");
+        if !out.contains(&in_handler) {
+            return Err(format!("round {round}: no `{in_handler}`: {out}"));
+        }
+        if out.contains("borrowing thread") && !out.contains(&format!("borrowing thread {tid} ")) {
+            return Err(format!("round {round}: another thread was borrowed: {out}"));
+        }
+        t.expect("call 5", "compute 5 500")?;
+        checks = sve_checks_after(&mut t, checks, &format!("round {round}, after the attach"))?;
+        rpatch(&["rollback", &pid]).map_err(|e| format!("round {round}: {e}"))?;
+        t.expect("call 5", "compute 5 6")?;
+        checks = sve_checks_after(&mut t, checks, &format!("round {round}, after the rollback"))?;
+    }
+    if borrowed != rounds || last_choice != rounds {
+        return Err(format!(
+            "thread {tid} borrowed in {borrowed} of {rounds} attaches, seen live in {last_choice}"
+        ));
+    }
+    let end = t.ask("stop")?;
+    let want = format!("bad=0 vl={got_vl}/{got_vl} inherit=1/1");
+    if !end.starts_with("stopped ") || !end.ends_with(&want) {
+        return Err(format!("`{end}`, expected `... {want}`"));
+    }
+    println!(
+        "note sve-vl{vl}: thread {tid} borrowed with live SVE state (vl {got_vl}) in {rounds} \
+         attaches; {} checks of Z0-Z31, P0-P15, FFR, FPCR: none differed; vl and VL_INHERIT kept",
+        field(&end, "rounds")?
+    );
+    Ok(())
+}
+
+/// The scenarios, when the rpatch binary is in the guest (the same in both boots but for SVE,
+/// which only the `max` CPU (`sve`) offers).
+pub fn scenarios(sve: bool) -> Vec<Scenario> {
     if !std::path::Path::new(RPATCH).exists() {
         return Vec::new();
     }
@@ -371,6 +468,8 @@ pub fn scenarios() -> Vec<Scenario> {
         ("rpatch-first-attach-signal-storm", Box::new(first_attach_under_signal_storm)),
         ("rpatch-epoll-race-one-instance", Box::new(|| epoll_race(1, 6))),
         ("rpatch-epoll-race-two-instances", Box::new(|| epoll_race(2, 6))),
+        ("rpatch-sve-live-vl32", Box::new(move || sve_borrowed(32, 3, sve))),
+        ("rpatch-sve-live-vl256", Box::new(move || sve_borrowed(256, 2, sve))),
         ("rpatch-random-kills", Box::new(|| random_kills(50))),
     ]
 }

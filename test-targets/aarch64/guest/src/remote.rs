@@ -423,9 +423,18 @@ impl Session {
     /// Checks the thread may be borrowed, and reuses or bootstraps the region.
     pub fn open(&mut self, reuse: Option<u64>) -> Result<(), String> {
         let on_svc = self.on_svc(self.at_rest.resume.pc);
-        vector_state(self.tid)
-            .may_borrow(on_svc)
+        let vector = vector_state(self.tid);
+        vector
+            .may_borrow()
             .map_err(|r| format!("thread {}: {r}", self.tid))?;
+        // rpatch saves a live SVE state whole (NT_ARM_SVE); this harness keeps NT_PRFPREG only,
+        // which is everything once the thread's call on its `svc` discarded the rest.
+        if vector.sve_live && !on_svc {
+            return Err(format!(
+                "thread {}: live SVE state, which this harness does not save",
+                self.tid
+            ));
+        }
         match reuse {
             Some(base) => {
                 self.region.base = base;
