@@ -115,18 +115,24 @@ fn proc_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// A thread borrowed while it waits in `sigsuspend` (the only thread of `sigsuspender`), with a
-/// signal sent while it runs rpatch's code (rpatch is stopped, `RPATCH_FAULT=POINT:stop`, right
-/// after resuming it into the bootstrap, the stub for `dlopen`, or another call): the signal's
-/// handler runs and that `sigsuspend` returns EINTR, as without rpatch — not issued again to
-/// sleep on — and the thread's own mask is back. Then a plain rollback; the counts stay exact.
+/// A thread borrowed while it waits in `sigsuspend`, or in `epoll_wait` (the only thread of
+/// `sigsuspender`), with a signal sent while it runs rpatch's code (rpatch is stopped,
+/// `RPATCH_FAULT=POINT:stop`, right after resuming it into the bootstrap, the stub for `dlopen`,
+/// or another call): the signal's handler runs and that wait returns EINTR, as without rpatch —
+/// not issued again to sleep on — and the thread's own mask is back. Then a plain rollback; the
+/// counts stay exact.
 #[test]
-fn a_signal_during_the_borrow_ends_the_threads_sigsuspend() {
+fn a_signal_during_the_borrow_ends_the_threads_wait() {
     let t = build_targets();
     let lib = t.bin("fix_basic.so");
-    for point in ["bootstrap", "load-call", "call"] {
+    let cases = ["bootstrap", "load-call", "call"]
+        .into_iter()
+        .flat_map(|point| [(point, "sigsuspend"), (point, "epoll")]);
+    for (point, wait) in cases {
+        let case = format!("{point} ({wait})");
         let state = state_dir();
-        let mut target = Target::spawn(t.bin("sigsuspender"), &[]);
+        let mode: &[&str] = if wait == "epoll" { &["epoll"] } else { &[] };
+        let mut target = Target::spawn(t.bin("sigsuspender"), mode);
         let pid = target.pid();
         let fault = format!("RPATCH_FAULT={point}:stop");
         let args = [
@@ -142,13 +148,10 @@ fn a_signal_during_the_borrow_ends_the_threads_sigsuspend() {
         // Stopped at the point (the point may be reached again: each stop is let go).
         let deadline = std::time::Instant::now() + RPATCH_TIMEOUT;
         while proc_state(rpatch_pid) != Some('T') {
-            assert!(
-                !run.finished(),
-                "{point}: rpatch never stopped at the point"
-            );
+            assert!(!run.finished(), "{case}: rpatch never stopped at the point");
             assert!(
                 std::time::Instant::now() < deadline,
-                "{point}: rpatch never stopped"
+                "{case}: rpatch never stopped"
             );
             std::thread::yield_now();
         }
@@ -159,7 +162,7 @@ fn a_signal_during_the_borrow_ends_the_threads_sigsuspend() {
             unsafe { libc::kill(rpatch_pid as i32, libc::SIGCONT) };
             assert!(
                 std::time::Instant::now() < deadline,
-                "{point}: rpatch did not finish"
+                "{case}: rpatch did not finish"
             );
             std::thread::yield_now();
         }
@@ -169,15 +172,16 @@ fn a_signal_during_the_borrow_ends_the_threads_sigsuspend() {
         assert_eq!(
             target.read_line(),
             "handled 2 returns 1 eintr 1 mask_lost 0",
-            "{point}: SIGUSR1 was handled while rpatch held the thread; its sigsuspend must \
-             have returned"
+            "{case}: SIGUSR1 was handled while rpatch held the thread; its wait must have \
+             returned"
         );
         rollback_ok(state.path(), pid, &[]);
         // SAFETY: as above.
         unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
         assert_eq!(
             target.read_line(),
-            "handled 3 returns 2 eintr 2 mask_lost 0"
+            "handled 3 returns 2 eintr 2 mask_lost 0",
+            "{case}: after the rollback"
         );
         assert_untraced(pid);
     }

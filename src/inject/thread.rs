@@ -220,11 +220,12 @@ impl<'t> InjectedThread<'t> {
         self.move_to(moved, with_mask)
     }
 
-    /// [`Self::move_to_resume_state`] for a signal about to be delivered there: the registers
-    /// are `call::signal_regs`, on which the kernel decides what an interrupted call returns
-    /// after the handler (EINTR, or the call again), as it would have without rpatch.
-    fn move_to_signal_state(&mut self, with_mask: bool) -> Result<(), InjectError> {
-        let moved = call::signal_regs(&self.at_rest, self.tracer.mem());
+    /// [`Self::move_to_resume_state`] for signal `sig` about to be delivered there: the
+    /// registers are `call::signal_regs`, on which the kernel decides what an interrupted call
+    /// returns after the handler (EINTR, or the call again), as it would have without rpatch.
+    fn move_to_signal_state(&mut self, sig: i32, with_mask: bool) -> Result<(), InjectError> {
+        let caught = process::signal_caught(self.pid(), sig);
+        let moved = call::signal_regs(&self.at_rest, self.tracer.mem(), caught);
         self.move_to(moved, with_mask)
     }
 
@@ -288,7 +289,7 @@ impl<'t> InjectedThread<'t> {
         }
         match own {
             OwnCode::Bootstrap(code) if code.contains(&pc) => {
-                self.move_to_signal_state(true)?;
+                self.move_to_signal_state(sig, true)?;
                 // Parked, the bootstrap's work is done: nothing to run again.
                 self.bootstrap_cut_short = !call::bootstrap_parked(code.start, pc);
                 self.signals_moved += 1;
@@ -296,7 +297,7 @@ impl<'t> InjectedThread<'t> {
             OwnCode::Stub(region) if self.returning(own, pc) => {
                 // Errno, flags and stack are the thread's own already (FP state and mask too,
                 // unless the tracer does the return).
-                self.move_to_signal_state(false)?;
+                self.move_to_signal_state(sig, false)?;
                 self.tracer
                     .mem()
                     .write_at(

@@ -628,7 +628,7 @@ pub(crate) mod call {
     /// pause, a call without SA_RESTART) only inside the `do_signal` of the stop that
     /// interrupted it, which a later delivery cannot reproduce without the handler's
     /// SA_RESTART flag, which ptrace does not show.
-    pub fn signal_regs(at_rest: &Regs, mem: &dyn Memory) -> Regs {
+    pub fn signal_regs(at_rest: &Regs, mem: &dyn Memory, _caught: bool) -> Regs {
         resume_regs(at_rest, mem)
     }
 

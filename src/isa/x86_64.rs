@@ -511,12 +511,28 @@ pub(crate) mod call {
     /// pause always, other calls without SA_RESTART), or the call again — as when the signal
     /// comes while the thread sits in the call. Resumed on [`resume_regs`] instead, the call
     /// would be issued again after the handler, and a `sigsuspend` waiting for that very signal
-    /// would sleep on. Anything else: [`resume_regs`].
-    pub fn signal_regs(at_rest: &Regs, mem: &dyn Memory) -> Regs {
+    /// would sleep on. A call rpatch rewound after the stop's spurious EINTR (one of
+    /// [`super::sys::EINTR_ONLY`], `rip` back on its `syscall`) gets that EINTR back when the
+    /// signal has a handler (`caught`): such a call returns EINTR after any handler. Anything
+    /// else: [`resume_regs`].
+    pub fn signal_regs(at_rest: &Regs, mem: &dyn Memory, caught: bool) -> Regs {
         let r = &at_rest.0;
         let code = r.rax as i64;
         if (r.orig_rax as i64) >= 0 && (RESTART_SAME.contains(&code) || code == RESTART_BLOCK) {
             let mut regs = *r;
+            regs.eflags &= !RFLAGS_TF;
+            return Regs(regs);
+        }
+        let mut insn = [0u8; 2];
+        let rewound = (r.orig_rax as i64) >= 0
+            && r.rax == r.orig_rax
+            && super::sys::EINTR_ONLY.contains(&r.orig_rax)
+            && mem.read_at(r.rip, &mut insn).is_ok()
+            && insn == super::SYSCALL_INSN;
+        if rewound && caught {
+            let mut regs = *r;
+            regs.rip += 2;
+            regs.rax = -(libc::EINTR as i64) as u64;
             regs.eflags &= !RFLAGS_TF;
             return Regs(regs);
         }

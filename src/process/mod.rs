@@ -375,6 +375,19 @@ pub fn status_field(pid: i32, tid: i32, key: &str) -> Option<String> {
     value
 }
 
+/// Whether process `pid` has a handler installed for signal `sig` (`SigCgt` of its status):
+/// a signal it catches makes an interrupted `epoll_wait` return EINTR, one it ignores or leaves
+/// to the default action does not. Unknown (the status cannot be read): false.
+pub fn signal_caught(pid: i32, sig: i32) -> bool {
+    let Some(mask) = status_field(pid, pid, "SigCgt") else {
+        return false;
+    };
+    let Ok(mask) = u64::from_str_radix(&mask, 16) else {
+        return false;
+    };
+    (1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0
+}
+
 /// Reads several `Key:\tvalue` fields of `/proc/PID/task/TID/status` from one read of it.
 pub fn status_fields<const N: usize>(pid: i32, tid: i32, keys: [&str; N]) -> [Option<String>; N] {
     let mut out = [const { None }; N];
