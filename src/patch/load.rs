@@ -329,56 +329,36 @@ fn borrow_thread<'t>(
     let ranked = rank_threads(modules, tracer.mem(), &tids)
         .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
     let mut refused = Vec::new();
-    let mut last_choices = Vec::new();
-    for candidate in ranked {
-        match judge_thread(
-            tracer,
-            modules,
-            stacks.as_deref_mut(),
-            candidate.tid,
-            false,
-            log,
-        )? {
-            Judged::Usable(why) => {
-                log.step(
-                    "load",
-                    format!("borrowing thread {} ({why})", candidate.tid),
-                );
-                return Ok(tracer.hold(candidate.tid));
+    // Two passes: threads with live SVE state are set aside in the first, taken in the second.
+    let mut candidates = ranked;
+    for sve_allowed in [false, true] {
+        let mut last_choices = Vec::new();
+        for candidate in candidates {
+            let tid = candidate.tid;
+            match judge_thread(
+                tracer,
+                modules,
+                stacks.as_deref_mut(),
+                tid,
+                sve_allowed,
+                log,
+            )? {
+                Judged::Usable(why) => {
+                    log.step("load", format!("borrowing thread {tid} ({why})"));
+                    return Ok(tracer.hold(tid));
+                }
+                Judged::SveLive => {
+                    log.step(
+                        "load",
+                        format!("thread {tid}: live SVE state, kept as a last choice"),
+                    );
+                    last_choices.push(candidate);
+                }
+                Judged::Refused(Some(why)) => refused.push(why),
+                Judged::Refused(None) => {}
             }
-            Judged::SveLive => {
-                log.step(
-                    "load",
-                    format!(
-                        "thread {}: live SVE state, kept as a last choice",
-                        candidate.tid
-                    ),
-                );
-                last_choices.push(candidate);
-            }
-            Judged::Refused(Some(why)) => refused.push(why),
-            Judged::Refused(None) => {}
         }
-    }
-    for candidate in last_choices {
-        match judge_thread(
-            tracer,
-            modules,
-            stacks.as_deref_mut(),
-            candidate.tid,
-            true,
-            log,
-        )? {
-            Judged::Usable(why) => {
-                log.step(
-                    "load",
-                    format!("borrowing thread {} ({why})", candidate.tid),
-                );
-                return Ok(tracer.hold(candidate.tid));
-            }
-            Judged::Refused(Some(why)) => refused.push(why),
-            Judged::SveLive | Judged::Refused(None) => {}
-        }
+        candidates = last_choices;
     }
     Err(InjectError::NoSafeThread {
         pid,
