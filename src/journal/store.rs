@@ -249,28 +249,30 @@ impl StateDir {
             let Some(pid) = retired_pid(&name) else {
                 continue;
             };
+            // The journal as read now, when no live process runs the image it records.
             let unneeded = |state: &Self| {
                 state
                     .read_journal(&name)
                     .ok()
                     .flatten()
-                    .is_some_and(|d| !super::image_still_run(&d.identity))
+                    .filter(|d| !super::image_still_run(&d.identity))
             };
-            if !unneeded(self) {
+            if unneeded(self).is_none() {
                 continue;
             }
             let Ok(lock) = self.lock_file(&format!("{pid}.lock")) else {
                 continue;
             };
-            if lock.try_lock().is_err() || !unneeded(self) {
+            if lock.try_lock().is_err() {
                 continue;
             }
-            let identity = self.journal_named(&name).map(|d| d.identity);
+            let Some(data) = unneeded(self) else {
+                continue;
+            };
             if unlinkat(self.dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
-                if let Some(image) = identity.as_ref().and_then(|i| i.image.as_ref()) {
-                    let pid = identity.as_ref().map_or(0, |i| i.pid);
-                    let start = identity.as_ref().map_or(0, |i| i.start_time);
-                    let entry = image_index_name(image, pid, start);
+                let id = &data.identity;
+                if let Some(image) = &id.image {
+                    let entry = image_index_name(image, id.pid, id.start_time);
                     let _ = unlinkat(self.dir.as_fd(), entry.as_str(), UnlinkatFlags::NoRemoveDir);
                 }
                 deleted.push(name);
