@@ -122,7 +122,8 @@ pub fn check_branches(code: &[u8], func_addr: u64, patch: Range<u64>) -> Result<
 
 /// Builds iced-x86's lazily made tables now: the decoder's (about 3 million instructions of
 /// work, otherwise done on the first decode), the table of every instruction's operands (2.5
-/// million, on the first branch the stub's assembler builds) and the encoder's handlers.
+/// million, on the first immediate or branch operand the stub's assembler builds) and the
+/// encoder's handlers.
 /// rpatch calls it on a thread of its own as an attach starts, so the tables are ready by the
 /// time the plan decodes the function and the load assembles the stub, instead of costing
 /// about 1.5 ms on the way.

@@ -30,12 +30,10 @@
 //! Everything here is pure (encodings and layouts) and unit-tested by decoding the bytes.
 
 use iced_x86::code_asm::{
-    AsmRegister64, CodeAssembler, dword_ptr, ecx, edx, r8, r9, r10, r11, r12, r13, r14, r15, rax,
-    rbp, rbx, rcx, rdi, rdx, rsi, rsp,
+    AsmRegister64, CodeAssembler, dword_ptr, eax, ecx, edi, edx, r8, r9, r10, r10d, r11, r12, r13,
+    r14, r15, rax, rbp, rbx, rcx, rdi, rdx, rsi, rsp,
 };
-use iced_x86::{
-    BlockEncoderOptions, Code, IcedError, Instruction, MemoryOperand, OpKind, Register,
-};
+use iced_x86::{BlockEncoderOptions, Code, IcedError, Instruction, MemoryOperand, Register};
 
 /// Page size the layouts assume.
 pub const PAGE: u64 = 4096;
@@ -204,18 +202,14 @@ pub fn bootstrap_code() -> Vec<u8> {
         a.pop(rdi)?;
         a.mov(rsi, rsp)?;
         a.xor(edx, edx)?;
-        a.add_instruction(mov_imm32(Register::R10D, 8))?;
+        a.mov(r10d, 8)?;
         a.syscall()?;
         a.pop(rdx)?;
         for reg in [rdi, rsi, rdx, r10, r8, r9, rax, rcx, r11] {
             a.pop(reg)?;
         }
         a.popfq()?;
-        let mut ret = Instruction::default();
-        ret.set_code(Code::Retnq_imm16);
-        ret.set_op0_kind(OpKind::Immediate16);
-        ret.set_immediate16(RED_ZONE as u16);
-        a.add_instruction(ret)?;
+        a.ret_1(RED_ZONE as i32)?;
         a.assemble(0)
     })()
     .expect("the bootstrap code encodes")
@@ -420,19 +414,6 @@ pub struct CallStub {
     pub tail: u64,
 }
 
-/// `mov reg32, imm32`, built with its operand kinds given: iced's own builders for an
-/// immediate operand look its kind up in a table of every instruction's operands that is made
-/// on first use (millions of instructions of work, each time rpatch runs), which this avoids.
-fn mov_imm32(reg: Register, imm: u32) -> Instruction {
-    let mut mov = Instruction::default();
-    mov.set_code(Code::Mov_r32_imm32);
-    mov.set_op0_kind(OpKind::Register);
-    mov.set_op0_register(reg);
-    mov.set_op1_kind(OpKind::Immediate32);
-    mov.set_immediate32(imm);
-    mov
-}
-
 /// An assembler for the stub whose data operands are RIP-relative to the region's data block.
 struct StubAsm {
     a: CodeAssembler,
@@ -483,16 +464,14 @@ impl StubAsm {
     /// `rt_sigprocmask(SIG_SETMASK, [data+set], old ? [data+old] : NULL, 8)`, without touching
     /// the flags (so it can run after `popfq`).
     fn set_mask(&mut self, set: u64, old: Option<u64>) -> Result<(), IcedError> {
-        self.a
-            .add_instruction(mov_imm32(Register::EAX, SYS_RT_SIGPROCMASK as u32))?;
-        self.a
-            .add_instruction(mov_imm32(Register::EDI, SIG_SETMASK as u32))?;
+        self.a.mov(eax, SYS_RT_SIGPROCMASK)?;
+        self.a.mov(edi, SIG_SETMASK)?;
         self.lea(rsi, set)?;
         match old {
             Some(old) => self.lea(rdx, old)?,
-            None => self.a.add_instruction(mov_imm32(Register::EDX, 0))?,
+            None => self.a.mov(edx, 0)?,
         }
-        self.a.add_instruction(mov_imm32(Register::R10D, 8))?;
+        self.a.mov(r10d, 8)?;
         self.a.syscall()
     }
 
