@@ -645,7 +645,6 @@ impl<'t> InjectedThread<'t> {
             args,
             errno_location: self.errno_location.unwrap_or(0),
             then_if_zero: call.then_if_zero.unwrap_or(0),
-            block_mask: CALL_BLOCK_MASK,
             own_mask: self.at_rest_mask,
         };
         let bytes = self

@@ -56,11 +56,8 @@ pub(crate) struct CallArgs {
     pub errno_location: u64,
     /// Called with no arguments when `function` returns 0 (0: none).
     pub then_if_zero: u64,
-    /// Signals blocked during the call (by the stub where it blocks them itself; where the
-    /// tracer does the return it sets them with ptrace before the call).
-    #[allow(dead_code)]
-    pub block_mask: u64,
     /// The thread's own signal mask, restored after the call (by the stub where the tracer
-    /// does not do the return).
+    /// does not do the return; during the call the tracer holds `CALL_BLOCK_MASK` on the
+    /// thread with ptrace).
     pub own_mask: u64,
 }

@@ -448,7 +448,6 @@ pub(crate) mod call {
                 args: call.args,
                 errno_location: call.errno_location,
                 then_if_zero: call.then_if_zero,
-                block_mask: call.block_mask,
                 own_mask: call.own_mask,
                 resume: resume_state(at_rest),
                 fp: self.fp,

@@ -11,11 +11,11 @@
 //!   [`bootstrap_frame`] written below the thread's red zone and returns to it. System calls only
 //!   touch `rax`, `rcx` and `r11`, so this is all the state it has to restore.
 //! * [`call_stub`] runs in the code page of a [`StubRegion`], on the region's own stack: it saves
-//!   the FP/vector state (XSAVE), blocks signals (the tracer blocked them already, with ptrace,
-//!   before its first instruction), saves `errno`, calls the function (and a second one when the
+//!   the FP/vector state (XSAVE), saves `errno`, calls the function (and a second one when the
 //!   first returns 0: `dlerror` after a failed `dlopen`), then restores `errno`, the FP state,
-//!   flags, the stack pointer, the thread's own signal mask (from the data block), every general
-//!   register, sets `DONE` and jumps back through memory, needing no register.
+//!   flags, the stack pointer, the thread's own signal mask (from the data block; the tracer
+//!   holds the call's mask on the thread with ptrace from before its first instruction), every
+//!   general register, sets `DONE` and jumps back through memory, needing no register.
 //!
 //! **Signals and the stub.** A signal delivered while the PC is in the stub leaves a frame on the
 //! thread's stack that returns into it. Before the thread's own mask is restored that is
@@ -273,17 +273,15 @@ pub mod data {
     pub const ERRNO_PTR: u64 = 0x70;
     /// errno's value before the call (32 bits).
     pub const ERRNO_VALUE: u64 = 0x78;
-    /// Signal mask held during the call.
-    pub const BLOCK_MASK: u64 = 0x80;
-    /// The thread's own signal mask, restored by the stub's last `rt_sigprocmask` (written by
-    /// the tracer, which holds the call's mask on the thread with ptrace from before the stub's
+    /// The thread's own signal mask, restored by the stub's `rt_sigprocmask` (written by the
+    /// tracer, which holds the call's mask on the thread with ptrace from before the stub's
     /// first instruction: a signal that comes as the thread is let into the stub waits for the
     /// tail, where the tracer delivers it on the thread's own registers).
-    pub const OLD_MASK: u64 = 0x88;
+    pub const OLD_MASK: u64 = 0x80;
     /// The XSAVE feature mask (`edx:eax` of `xsave64`/`xrstor64`).
-    pub const XFEATURES: u64 = 0x90;
+    pub const XFEATURES: u64 = 0x88;
     /// The resume state, 18 words in [`ResumeState::words`](super::ResumeState::words) order.
-    pub const SAVED: u64 = 0x98;
+    pub const SAVED: u64 = 0x90;
     /// The XSAVE (or FXSAVE) area, 64-byte aligned; the header block ends here.
     pub const XSAVE: u64 = 0x140;
 }
@@ -291,9 +289,9 @@ pub mod data {
 // The saved registers end before the XSAVE area, which is 64-byte aligned as XSAVE requires.
 const _: () = assert!(data::SAVED + 18 * 8 <= data::XSAVE && data::XSAVE.is_multiple_of(64));
 
-/// `"rpatchS2"`: the value at [`data::MAGIC`] (layout 2: the XSAVE mask in the data block, and
-/// the [`Done`] states).
-pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"rpatchS2");
+/// `"rpatchS3"`: the value at [`data::MAGIC`] (layout 3: the XSAVE mask in the data block, the
+/// [`Done`] states, and the thread's own mask written by the tracer, which holds the call's).
+pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"rpatchS3");
 
 /// The [`data::DONE`] word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,16 +459,13 @@ impl StubAsm {
         self.add(Instruction::with1(code, m))
     }
 
-    /// `rt_sigprocmask(SIG_SETMASK, [data+set], old ? [data+old] : NULL, 8)`, without touching
-    /// the flags (so it can run after `popfq`).
-    fn set_mask(&mut self, set: u64, old: Option<u64>) -> Result<(), IcedError> {
+    /// `rt_sigprocmask(SIG_SETMASK, [data+set], NULL, 8)`, without touching the flags (so it
+    /// can run after `popfq`).
+    fn set_mask(&mut self, set: u64) -> Result<(), IcedError> {
         self.a.mov(eax, SYS_RT_SIGPROCMASK)?;
         self.a.mov(edi, SIG_SETMASK)?;
         self.lea(rsi, set)?;
-        match old {
-            Some(old) => self.lea(rdx, old)?,
-            None => self.a.mov(edx, 0)?,
-        }
+        self.a.mov(edx, 0)?;
         self.a.mov(r10d, 8)?;
         self.a.syscall()
     }
@@ -512,7 +507,6 @@ pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError>
     s.a.set_label(&mut entry)?;
     s.a.cld()?;
     s.fp(fp, true)?;
-    s.set_mask(data::BLOCK_MASK, None)?;
     // errno: value first, pointer second, so the restore path only sees a pointer with a value.
     s.load(rax, data::ERRNO_LOCATION)?;
     s.a.test(rax, rax)?;
@@ -554,7 +548,7 @@ pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError>
     // call began is delivered at the end of that system call: the tracer moves the thread to its
     // resume state before letting it be (the tail).
     s.load(rsp, saved(7))?;
-    s.set_mask(data::OLD_MASK, None)?;
+    s.set_mask(data::OLD_MASK)?;
     s.a.set_label(&mut tail)?;
     for (reg, index) in GPRS {
         s.load(reg, saved(index))?;
@@ -596,9 +590,8 @@ pub struct CallBlock {
     pub errno_location: u64,
     /// Called with no arguments when `function` returns 0 (0: none).
     pub then_if_zero: u64,
-    /// Signals blocked during the call (bit `n - 1` for signal `n`).
-    pub block_mask: u64,
-    /// The thread's own signal mask, put back at the end.
+    /// The thread's own signal mask, put back at the end (the tracer holds the call's mask on
+    /// the thread with ptrace).
     pub own_mask: u64,
     /// Where and how the thread resumes afterwards.
     pub resume: ResumeState,
@@ -622,7 +615,6 @@ impl CallBlock {
         }
         put(data::ERRNO_LOCATION, self.errno_location);
         put(data::THEN, self.then_if_zero);
-        put(data::BLOCK_MASK, self.block_mask);
         put(data::OLD_MASK, self.own_mask);
         if let FpSave::Xsave { features, .. } = self.fp {
             put(data::XFEATURES, features);
@@ -756,7 +748,6 @@ mod tests {
             args: [1, 2, 3, 4, 5, 6],
             errno_location: 0x2222,
             then_if_zero: 0x3333,
-            block_mask: 0xfff0,
             own_mask: 0x1234,
             resume: ResumeState {
                 rax: 0xa0,
@@ -775,7 +766,6 @@ mod tests {
         assert_eq!(word(data::ARGS + 40), 6);
         assert_eq!(word(data::ERRNO_LOCATION), 0x2222);
         assert_eq!(word(data::THEN), 0x3333);
-        assert_eq!(word(data::BLOCK_MASK), 0xfff0);
         assert_eq!(word(data::OLD_MASK), 0x1234);
         assert_eq!(word(data::XFEATURES), 0x2e7);
         assert_eq!(word(data::SAVED), 0xa0);
@@ -797,7 +787,6 @@ mod tests {
             (data::THEN_RESULT, "THEN_RESULT"),
             (data::ERRNO_PTR, "ERRNO_PTR"),
             (data::ERRNO_VALUE, "ERRNO_VALUE"),
-            (data::BLOCK_MASK, "BLOCK_MASK"),
             (data::OLD_MASK, "OLD_MASK"),
             (data::XFEATURES, "XFEATURES"),
             (data::XFEATURES + 4, "XFEATURES_HI"),
@@ -855,15 +844,6 @@ mod tests {
             let mut want: Vec<String> = vec!["cld".into()];
             want.extend(fp_mask.iter().map(|s| s.to_string()));
             want.push(save.into());
-            let block_signals = [
-                "mov eax,0Eh",
-                "mov edi,2",
-                "lea BLOCK_MASK",
-                "mov edx,0",
-                "mov r10d,8",
-                "syscall",
-            ];
-            want.extend(block_signals.iter().map(|s| s.to_string()));
             want.extend(["mov ERRNO_LOCATION".into(), "test rax,rax".into()]);
             want.push("je ->call".into());
             let call = [
