@@ -6,15 +6,10 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 
-fn proc_state(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
-}
-
 /// Waits until the process reports the given state letter (job-control stops are asynchronous).
 fn wait_state(pid: u32, want: char) {
     let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-    while proc_state(pid) != want {
+    while proc_state(pid) != Some(want) {
         assert!(
             std::time::Instant::now() < deadline,
             "PID {pid} never reached state {want}"
@@ -52,13 +47,13 @@ fn stopped_target_is_refused_unless_allowed() {
     wait_state(pid, 'T');
     let message = attach(&[]).expect_error(exit::REFUSED).to_string();
     assert!(message.contains("--allow-stopped"), "{message}");
-    assert_eq!(proc_state(pid), 'T', "refusal must leave it stopped");
+    assert_eq!(proc_state(pid), Some('T'), "refusal must leave it stopped");
     attach(&["--allow-stopped"]).expect_ok();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("TracerPid:\t0\n"), "left traced:\n{status}");
     assert_eq!(
         proc_state(pid),
-        'T',
+        Some('T'),
         "--allow-stopped must leave it stopped"
     );
     // SAFETY: as above.

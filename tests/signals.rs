@@ -109,12 +109,6 @@ fn vector_registers_survive_the_injected_calls() {
     assert_untraced(target.pid());
 }
 
-/// The state letter of `/proc/PID/stat` (`T`: stopped), `None` once the process is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 /// A thread borrowed while it waits in `sigsuspend`, or in `epoll_wait` (the only thread of
 /// `sigsuspender`), with a signal sent while it runs rpatch's code (rpatch is stopped,
 /// `RPATCH_FAULT=POINT:stop`, right after resuming it into the bootstrap, the stub for `dlopen`,

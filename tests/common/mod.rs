@@ -892,6 +892,12 @@ pub struct TaskState {
     pub tracer: u32,
 }
 
+/// The state letter of `/proc/PID/stat` (`T`: stopped), `None` once the process is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// The threads of `pid` (threads that vanish while being read are skipped).
 pub fn tasks(pid: u32) -> Vec<TaskState> {
     let dir = format!("/proc/{pid}/task");
