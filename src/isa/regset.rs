@@ -21,12 +21,12 @@ pub(crate) fn get(tid: i32, note: usize, max: usize) -> Result<Vec<u8>, Errno> {
 
 /// Writes the regset `note` of a ptrace-stopped thread.
 pub(crate) fn set(tid: i32, note: usize, state: &[u8]) -> Result<(), Errno> {
-    let mut copy = state.to_vec();
     let mut iov = libc::iovec {
-        iov_base: copy.as_mut_ptr().cast(),
-        iov_len: copy.len(),
+        // `iovec` has one pointer type for both directions; nothing writes through this one.
+        iov_base: state.as_ptr().cast_mut().cast(),
+        iov_len: state.len(),
     };
-    // SAFETY: PTRACE_SETREGSET only reads iov_len bytes from the live buffer.
+    // SAFETY: PTRACE_SETREGSET only reads iov_len bytes from `state`, which lives for the call.
     let rc = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, note, &mut iov) };
     if rc < 0 {
         return Err(Errno::last());
