@@ -379,13 +379,14 @@ pub fn status_field(pid: i32, tid: i32, key: &str) -> Option<String> {
 /// a signal it catches makes an interrupted `epoll_wait` return EINTR, one it ignores or leaves
 /// to the default action does not. Unknown (the status cannot be read): false.
 pub fn signal_caught(pid: i32, sig: i32) -> bool {
-    let Some(mask) = status_field(pid, pid, "SigCgt") else {
-        return false;
-    };
-    let Ok(mask) = u64::from_str_radix(&mask, 16) else {
-        return false;
-    };
-    (1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0
+    let [caught] = signal_masks(pid, pid, ["SigCgt"]);
+    (1..=64).contains(&sig) && caught.is_some_and(|m| m & (1u64 << (sig - 1)) != 0)
+}
+
+/// Signal-set fields of `/proc/PID/task/TID/status` (`SigPnd`, `SigBlk`, `SigCgt`...) as
+/// masks (bit `n - 1` for signal `n`), from one read of it; `None` where unreadable.
+pub fn signal_masks<const N: usize>(pid: i32, tid: i32, keys: [&str; N]) -> [Option<u64>; N] {
+    status_fields(pid, tid, keys).map(|v| u64::from_str_radix(&v?, 16).ok())
 }
 
 /// Reads several `Key:\tvalue` fields of `/proc/PID/task/TID/status` from one read of it.

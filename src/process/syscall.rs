@@ -203,10 +203,8 @@ pub fn repair_eintr(pid: i32, tid: i32, mem: &dyn Memory, regs: &mut Regs) -> Ei
     if !isa::eintr_from_eintr_only_call(regs) {
         return EintrRepair::None;
     }
-    let [pending, blocked] = status_fields(pid, tid, ["SigPnd", "SigBlk"]).map(|v| {
-        v.and_then(|v| u64::from_str_radix(&v, 16).ok())
-            .unwrap_or(u64::MAX)
-    });
+    let [pending, blocked] =
+        super::signal_masks(pid, tid, ["SigPnd", "SigBlk"]).map(|m| m.unwrap_or(u64::MAX));
     if pending & !blocked != 0 {
         return EintrRepair::None;
     }
