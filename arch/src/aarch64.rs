@@ -37,10 +37,6 @@ pub const ISLAND_SLOT_LEN: usize = 16;
 /// Length of a call instruction: a return address minus this is the call.
 pub const CALL_LEN: u64 = 4;
 
-/// Nothing to build ahead on arm64 (capstone's tables are static data); the same name as on
-/// x86_64, where the decoder's tables are built on first use.
-pub fn warm_up() {}
-
 /// `b to` from `from` (the address of the branch itself), or `None` when `to` is beyond
 /// ±128 MiB or either address is not 4-byte aligned.
 pub fn b(from: u64, to: u64) -> Option<[u8; B_LEN]> {

@@ -5,6 +5,7 @@ use crate::Unpatchable;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, OpKind};
 use std::ops::Range;
 
+pub mod prebuilt;
 pub mod remote_call;
 
 /// `endbr64`: the CET landing pad. It stays in place so indirect calls into the function still land
@@ -118,21 +119,6 @@ pub fn check_branches(code: &[u8], func_addr: u64, patch: Range<u64>) -> Result<
         }
     }
     Ok(())
-}
-
-/// Builds iced-x86's lazily made tables now: the decoder's (about 3 million instructions of
-/// work, otherwise done on the first decode), the table of every instruction's operands (2.5
-/// million, on the first immediate or branch operand the stub's assembler builds) and the
-/// encoder's handlers.
-/// rpatch calls it on a thread of its own as an attach starts, so the tables are ready by the
-/// time the plan decodes the function and the load assembles the stub, instead of costing
-/// about 1.5 ms on the way.
-pub fn warm_up() {
-    use iced_x86::{Code, Encoder, Instruction};
-    let _ = Decoder::with_ip(64, &[0x90], 0, DecoderOptions::NONE).decode();
-    if let Ok(jump) = Instruction::with_branch(Code::Jmp_rel32_64, 0) {
-        let _ = Encoder::new(64).encode(&jump, 0);
-    }
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ impl InjectedThread<'_> {
             .map_err(|e| self.io("bootstrap frame on the thread's stack", e))?;
         ledger.will_write(slack)?;
         if !slack.leftover {
-            self.write_text(slack.addr, &stub::bootstrap_code(), "slack bytes")?;
+            self.write_text(slack.addr, &crate::isa::bootstrap_code(), "slack bytes")?;
         }
         let regs = call::bootstrap_regs(&self.at_rest, slack.addr, frame_at, &code_page);
         let code = OwnCode::Bootstrap(slack.addr..slack.addr + BOOTSTRAP_LEN as u64);

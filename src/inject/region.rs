@@ -5,9 +5,7 @@
 //! `InjectedThread`.
 
 use crate::isa::CODE_ALIGN;
-use crate::isa::remote_call::{
-    BOOTSTRAP_LEN, Done, MAGIC_VALUE, STACK_SIZE, StubRegion, bootstrap_code, data,
-};
+use crate::isa::remote_call::{BOOTSTRAP_LEN, Done, MAGIC_VALUE, STACK_SIZE, StubRegion, data};
 use crate::process::{Mapping, Memory, ModuleMap, Runtime, gaps};
 use std::path::PathBuf;
 
@@ -51,7 +49,7 @@ pub fn find_slack(
         }
     };
     order.sort_by_key(|m| rank(m));
-    let code = bootstrap_code();
+    let code = crate::isa::bootstrap_code();
     for module in order {
         let Ok(index) = modules.symbols(&module) else {
             continue;

@@ -111,6 +111,11 @@ impl Regs {
 }
 
 /// Reads the registers of a ptrace-stopped thread.
+/// The bootstrap code (`remote_call::bootstrap_code`).
+pub(crate) fn bootstrap_code() -> [u8; remote_call::BOOTSTRAP_LEN] {
+    remote_call::bootstrap_code()
+}
+
 pub(crate) fn get_regs(tid: i32) -> Result<Regs, Errno> {
     let bytes = super::regset::get(tid, NT_PRSTATUS, ResumeState::PRSTATUS_LEN)?;
     let state = ResumeState::from_prstatus(&bytes).ok_or(Errno::EIO)?;

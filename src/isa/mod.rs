@@ -24,27 +24,6 @@ pub(crate) use native::*;
 
 mod regset;
 
-/// Builds this ISA's instruction tables (`warm_up`) on a thread of its own, once per process, as
-/// an attach starts: they are ready by the time the plan decodes and the load assembles, and
-/// on a machine with an idle core cost the attach nothing. Every signal is blocked in that
-/// thread (a thread starts with its creator's mask): signals meant for rpatch — the SIGCHLD its
-/// freeze reads from a signalfd, a SIGINT — must go to the thread waiting for them.
-pub(crate) fn warm_up_in_background() {
-    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        let mut mask = SigSet::empty();
-        let all = SigSet::all();
-        if pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut mask)).is_err() {
-            return;
-        }
-        let _ = std::thread::Builder::new()
-            .name("rpatch-tables".into())
-            .spawn(native::warm_up);
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
-    });
-}
-
 /// One remote call, as the ISA's data block needs it (see `call::Layout::block`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallArgs {

@@ -80,6 +80,11 @@ impl Regs {
 }
 
 /// Reads the registers of a ptrace-stopped thread.
+/// The bootstrap code (`remote_call::assemble_bootstrap`), assembled when rpatch was built.
+pub(crate) fn bootstrap_code() -> [u8; remote_call::BOOTSTRAP_LEN] {
+    *prebuilt::bootstrap_code()
+}
+
 pub(crate) fn get_regs(tid: i32) -> Result<Regs, Errno> {
     nix::sys::ptrace::getregs(Pid::from_raw(tid)).map(Regs)
 }
@@ -430,8 +435,9 @@ pub(crate) mod call {
         }
 
         /// The stub for `region`.
-        pub fn stub(&self, region: &StubRegion) -> Result<CallStub, String> {
-            stub::call_stub(region, self.fp).map_err(|e| e.to_string())
+        pub fn stub(&self, _region: &StubRegion) -> Result<CallStub, String> {
+            // The same bytes at every address: they reach the data block relative to themselves.
+            Ok(super::prebuilt::call_stub(self.fp))
         }
 
         /// The data block's bytes for a call (header and saved state, zeros up to the scratch

@@ -244,7 +244,6 @@ pub fn attach_as(
     let pid = options.pid;
     let deadline = Instant::now() + options.timeout;
     let since = crate::journal::now_secs();
-    crate::isa::warm_up_in_background();
     retry_while_traced_by_rpatch(pid, deadline, log, || {
         attach_once(options, manifest, deadline, log)
     })

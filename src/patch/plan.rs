@@ -755,6 +755,11 @@ fn find_replacement(library: &Knowledge, name: &str) -> Result<FunctionSymbol, E
     }
 }
 
+/// The program-knowledge table of [`prepare`]'s branch checks: for a function's entry, whether
+/// its own branches allow the near jump (only those that do are kept) and the absolute one. The
+/// version changes with what `isa::check_branches` accepts.
+const ENTRY_BRANCHES: &str = "entry-branches-v1";
+
 /// Checks that the function can take an entry jump and computes where it goes.
 fn prepare(
     query: String,
@@ -791,14 +796,31 @@ fn prepare(
     }
     let entry = f.address.wrapping_add(bias);
     let write_at = entry + prefix;
-    isa::check_branches(&head, entry, write_at..write_at + near_len).map_err(|e| {
-        Error::Unpatchable {
-            function: f.name.clone(),
-            reason: UnpatchableReason::Code(e),
+    // The verdicts depend only on the file's bytes (branch targets are relative), so what an
+    // earlier run decoded is reused: decoding needs the decoder's tables, built on first use
+    // at the cost of about a millisecond.
+    let question = format!(
+        "{:x}+{}:{prefix}:{near_len}:{far_len}:{room}",
+        f.address,
+        head.len()
+    );
+    let absolute_fits = match located.index.recall::<bool>(ENTRY_BRANCHES, &question) {
+        Some(absolute_fits) => absolute_fits,
+        None => {
+            isa::check_branches(&head, entry, write_at..write_at + near_len).map_err(|e| {
+                Error::Unpatchable {
+                    function: f.name.clone(),
+                    reason: UnpatchableReason::Code(e),
+                }
+            })?;
+            let absolute_fits = room >= far_len
+                && isa::check_branches(&head, entry, write_at..write_at + far_len).is_ok();
+            located
+                .index
+                .learn(ENTRY_BRANCHES, &question, &absolute_fits);
+            absolute_fits
         }
-    })?;
-    let absolute_fits =
-        room >= far_len && isa::check_branches(&head, entry, write_at..write_at + far_len).is_ok();
+    };
     let span = if absolute_fits { far_len } else { near_len } as usize;
     if planned.iter().any(|p| p.entry == entry) {
         return Err(Error::Unpatchable {

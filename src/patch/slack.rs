@@ -38,7 +38,7 @@ impl SlackLedger for JournalLedger<'_> {
         records.push(SlackRecord {
             address: slack.addr,
             original: slack.original.clone(),
-            code: crate::isa::remote_call::bootstrap_code().to_vec(),
+            code: crate::isa::bootstrap_code().to_vec(),
             module: slack.module.clone(),
         });
         self.journal.save_settled()?;

@@ -5,12 +5,12 @@
 //! nobody is left to catch a fault or to put registers back. So every call goes through code in
 //! the target that brings the thread back to its own code, with its exact state, by itself:
 //!
-//! * [`bootstrap_code`] (31 bytes) runs from the never-executed slack at the end of an executable
+//! * [`assemble_bootstrap`] (47 bytes) runs from the never-executed slack at the end of an executable
 //!   page before anything of rpatch's is mapped: two `mmap` system calls (the stub region's code
 //!   page and its stack + data), then it pops the thread's resume state from a
 //!   [`bootstrap_frame`] written below the thread's red zone and returns to it. System calls only
 //!   touch `rax`, `rcx` and `r11`, so this is all the state it has to restore.
-//! * [`call_stub`] runs in the code page of a [`StubRegion`], on the region's own stack: it saves
+//! * [`assemble_call_stub`] runs in the code page of a [`StubRegion`], on the region's own stack: it saves
 //!   the FP/vector state (XSAVE), saves `errno`, calls the function (and a second one when the
 //!   first returns 0: `dlerror` after a failed `dlopen`), then restores `errno`, the FP state,
 //!   flags, the stack pointer, the thread's own signal mask (from the data block; the tracer
@@ -27,7 +27,9 @@
 //! thread's own code. With no tracer (a killed rpatch) such a frame still finds the data block
 //! intact, since only a settled region is ever reused.
 //!
-//! Everything here is pure (encodings and layouts) and unit-tested by decoding the bytes.
+//! Everything here is pure (encodings and layouts) and unit-tested by decoding the bytes. The two
+//! assemblers run when rpatch is built (`build.rs` compiles this file into the build script);
+//! at run time rpatch takes their output from `super::prebuilt`.
 
 use iced_x86::code_asm::{
     AsmRegister64, CodeAssembler, dword_ptr, eax, ecx, edi, edx, r8, r9, r10, r10d, r11, r12, r13,
@@ -163,7 +165,7 @@ pub struct Syscall {
     pub args: [u64; 6],
 }
 
-/// Length of [`bootstrap_code`].
+/// Length of [`assemble_bootstrap`]'s code.
 pub const BOOTSTRAP_LEN: usize = 47;
 
 /// Bytes the bootstrap frame occupies below the red zone: 21 words.
@@ -190,7 +192,7 @@ pub const BOOTSTRAP_FRAME_LEN: u64 = 21 * 8;
 /// back by itself the signal mask the tracer changed: a thread whose tracer died leaves it with
 /// its own mask. Results are not returned: rpatch reads `/proc/PID/maps` (a result written on
 /// the stack would be below the thread's stack pointer once it resumes, i.e. garbage).
-pub fn bootstrap_code() -> Vec<u8> {
+pub fn assemble_bootstrap() -> Vec<u8> {
     (|| -> Result<Vec<u8>, IcedError> {
         let mut a = CodeAssembler::new(64)?;
         a.syscall()?;
@@ -215,7 +217,7 @@ pub fn bootstrap_code() -> Vec<u8> {
     .expect("the bootstrap code encodes")
 }
 
-/// The frame [`bootstrap_code`] pops, to be written at `resume.rsp - RED_ZONE -
+/// The frame the bootstrap code pops, to be written at `resume.rsp - RED_ZONE -
 /// BOOTSTRAP_FRAME_LEN`: the second system call, the mask restore (`rt_sigprocmask`,
 /// `SIG_SETMASK`, the thread's own `mask`), then the registers a system call or the pops change,
 /// then `rflags` and `rip`. After `ret 0x80` the stack pointer is `resume.rsp` exactly and the
@@ -491,7 +493,7 @@ impl StubAsm {
 /// Encodes the main stub for `region` (see the module documentation for what it does, and
 /// [`data`] for the block it works on). The code depends on the kind of FP save only, not on the
 /// feature mask, which is data.
-pub fn call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError> {
+pub fn assemble_call_stub(region: &StubRegion, fp: FpSave) -> Result<CallStub, IcedError> {
     let saved = |index: u64| data::SAVED + 8 * index;
     let mut s = StubAsm {
         a: CodeAssembler::new(64)?,
@@ -659,7 +661,7 @@ mod tests {
 
     #[test]
     fn bootstrap_code_is_the_documented_sequence() {
-        let code = bootstrap_code();
+        let code = assemble_bootstrap();
         assert_eq!(code.len(), BOOTSTRAP_LEN);
         let text: Vec<String> = decode(&code, 0).iter().map(|i| i.to_string()).collect();
         assert_eq!(
@@ -821,7 +823,7 @@ mod tests {
     #[test]
     fn call_stub_decodes_to_the_intended_instructions() {
         for fp in [XSAVE, FpSave::Fxsave] {
-            let stub = call_stub(&REGION, fp).unwrap();
+            let stub = assemble_call_stub(&REGION, fp).unwrap();
             assert_eq!(stub.code.len() as u64, PAGE);
             assert_eq!(stub.entry, 0);
             let insns: Vec<Instruction> = decode(&stub.code, REGION.code())
@@ -989,8 +991,8 @@ mod tests {
             size: 832,
         };
         assert_eq!(
-            call_stub(&REGION, XSAVE).unwrap().code,
-            call_stub(&other, fewer_features).unwrap().code
+            assemble_call_stub(&REGION, XSAVE).unwrap().code,
+            assemble_call_stub(&other, fewer_features).unwrap().code
         );
     }
 }
