@@ -114,33 +114,104 @@ fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
     // Symbol tables only (the debug file's when installed, with the allocator's internals):
     // this runs for every word of several stacks, where DWARF would cost tens of milliseconds.
     // The table of places is derived once per file and remembered with it.
-    let Some(places) = known.remember_shared("thread-choice-places", "v1", places_of) else {
+    let Some(places) = known.remember_shared("thread-choice-places", "v2", places_of) else {
         return Place::Harmless;
     };
-    place_at(&places, addr.wrapping_sub(bias))
+    place_at(&places.0, addr.wrapping_sub(bias))
 }
 
-/// The functions of a runtime module that decide a place, as (start, end, place) by start
-/// (link-time addresses): what [`place_at`] looks addresses up in. Those of the allocator, the
-/// loader and stdio, and the harmless ones that overlap them (where functions nest, the
-/// innermost decides); the other harmless ones decide nothing and are left out, which keeps the
-/// table (remembered with the module) small.
-fn places_of(index: &crate::symbols::SymbolIndex) -> Vec<(u64, u64, Place)> {
-    let all = all_places(index);
-    let mut hazards: Vec<(u64, u64)> = Vec::new();
-    for &(start, end, _) in all.iter().filter(|p| p.2 != Place::Harmless) {
-        match hazards.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => hazards.push((start, end)),
+/// The ranges of a runtime module (link-time addresses) where a place other than Harmless
+/// decides: disjoint, by start, as [`place_at`] looks addresses up in them. Remembered with the
+/// module's knowledge as one string of `start-end:P` items (hex): every operation reads that
+/// entry, and a string is scanned far faster than the array of arrays it replaces.
+#[derive(Debug, Default, PartialEq)]
+struct Places(Vec<(u64, u64, Place)>);
+
+impl Place {
+    fn letter(self) -> char {
+        match self {
+            Place::Harmless => 'H',
+            Place::Stdio => 'S',
+            Place::Allocator => 'A',
+            Place::Loader => 'L',
         }
     }
-    let overlaps_hazard = |start: u64, end: u64| {
-        let i = hazards.partition_point(|h| h.1 <= start);
-        hazards.get(i).is_some_and(|h| h.0 < end)
-    };
-    all.into_iter()
-        .filter(|&(start, end, place)| place != Place::Harmless || overlaps_hazard(start, end))
-        .collect()
+
+    fn from_letter(c: &str) -> Option<Self> {
+        Some(match c {
+            "H" => Place::Harmless,
+            "S" => Place::Stdio,
+            "A" => Place::Allocator,
+            "L" => Place::Loader,
+            _ => return None,
+        })
+    }
+}
+
+impl serde::Serialize for Places {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(self.0.len() * 16);
+        for (start, end, place) in &self.0 {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            let _ = write!(text, "{start:x}-{end:x}:{}", place.letter());
+        }
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Places {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let item = |item: &str| {
+            let (range, place) = item.split_once(':')?;
+            let (start, end) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+                Place::from_letter(place)?,
+            ))
+        };
+        text.split_ascii_whitespace()
+            .map(item)
+            .collect::<Option<Vec<_>>>()
+            .map(Places)
+            .ok_or_else(|| serde::de::Error::custom("not a table of places"))
+    }
+}
+
+/// The [`Places`] of a module: where the allocator's, the loader's and stdio's functions are,
+/// and where a harmless function nests inside one of theirs (where functions nest or overlap,
+/// the one starting closest below an address decides, as `SymbolIndex::symbol_name_containing`
+/// picks); the rest of the module is Harmless.
+fn places_of(index: &crate::symbols::SymbolIndex) -> Places {
+    disjoint_places(&all_places(index))
+}
+
+/// `all` (every function with a size, by start) as disjoint ranges that give the same
+/// [`place_at`] answer for every address.
+fn disjoint_places(all: &[(u64, u64, Place)]) -> Places {
+    let mut bounds: Vec<u64> = all
+        .iter()
+        .flat_map(|&(start, end, _)| [start, end])
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut out: Vec<(u64, u64, Place)> = Vec::new();
+    for pair in bounds.windows(2) {
+        let (start, end) = (pair[0], pair[1]);
+        let place = place_at(all, start);
+        if place == Place::Harmless {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 == start && last.2 == place => last.1 = end,
+            _ => out.push((start, end, place)),
+        }
+    }
+    Places(out)
 }
 
 /// Every function of a module with a size, as (start, end, place), by start.
@@ -290,4 +361,36 @@ pub fn assess(
         tier,
         why: why.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nested and overlapping functions give, once made disjoint, the same place at every
+    /// address, and the table reads back as written.
+    #[test]
+    fn disjoint_places_answer_as_the_functions_do() {
+        use Place::*;
+        let all = [
+            (0x100, 0x200, Stdio),
+            (0x100, 0x200, Harmless),
+            (0x140, 0x160, Harmless),
+            (0x180, 0x1a0, Allocator),
+            (0x200, 0x240, Stdio),
+            (0x300, 0x340, Harmless),
+            (0x340, 0x400, Loader),
+            (0x3f0, 0x420, Allocator),
+        ];
+        let places = disjoint_places(&all);
+        assert!(places.0.windows(2).all(|w| w[0].1 <= w[1].0));
+        assert!(places.0.iter().all(|p| p.2 != Harmless));
+        for addr in 0xf0..0x430 {
+            assert_eq!(place_at(&places.0, addr), place_at(&all, addr), "{addr:#x}");
+        }
+        let text = serde_json::to_string(&places).unwrap();
+        assert_eq!(text, "\"180-1a0:A 200-240:S 340-3f0:L 3f0-420:A\"");
+        assert_eq!(serde_json::from_str::<Places>(&text).unwrap(), places);
+        assert!(serde_json::from_str::<Places>("\"100-zz:S\"").is_err());
+    }
 }
