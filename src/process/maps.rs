@@ -178,20 +178,31 @@ impl ForkFlag {
 /// The mappings of a smaps text that a fork does not copy as they are, with the flag.
 pub fn parse_fork_flags(smaps: &str) -> Vec<(std::ops::Range<u64>, ForkFlag)> {
     let mut out = Vec::new();
-    let mut current = None;
+    // Almost no process has such a mapping: a search for the two words (which may also match
+    // elsewhere, in a path) spares going through the text line by line.
+    if !smaps.contains(" dc") && !smaps.contains(" wf") {
+        return out;
+    }
+    // Only the header of a flagged mapping is parsed.
+    let mut header = None;
     for line in smaps.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let Some(range) = current.take() else {
+            let Some(header) = header.take() else {
                 continue;
             };
-            let words: Vec<&str> = flags.split_whitespace().collect();
-            if words.contains(&"dc") {
-                out.push((range, ForkFlag::DontFork));
-            } else if words.contains(&"wf") {
-                out.push((range, ForkFlag::WipeOnFork));
+            let has = |flag: &str| flags.split_ascii_whitespace().any(|w| w == flag);
+            let flag = if has("dc") {
+                ForkFlag::DontFork
+            } else if has("wf") {
+                ForkFlag::WipeOnFork
+            } else {
+                continue;
+            };
+            if let Some(m) = parse_line(header) {
+                out.push((m.start..m.end, flag));
             }
-        } else if let Some(m) = mapping_header(line).and_then(parse_line) {
-            current = Some(m.start..m.end);
+        } else if let Some(line) = mapping_header(line) {
+            header = Some(line);
         }
     }
     out
@@ -282,6 +293,9 @@ mod tests {
                 (0x2000..0x3000, ForkFlag::WipeOnFork)
             ]
         );
+        // The words elsewhere (a path) flag nothing.
+        let named = "3000-4000 r-xp 00000000 08:01 12 /srv/a dc wf\nVmFlags: rd ex mr mw me\n";
+        assert_eq!(parse_fork_flags(named), vec![]);
     }
 
     #[test]

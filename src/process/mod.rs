@@ -211,20 +211,10 @@ pub struct ProcessInfo {
 pub fn read_proc_bytes(path: impl AsRef<std::path::Path>) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut file = fs::File::open(path)?;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
+    let mut buf = Vec::with_capacity(4096);
+    // Through `take`, whose reading to the end asks no size and reads into the buffer's spare
+    // capacity as it is (no zeroing first).
+    file.by_ref().take(u64::MAX).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -250,10 +240,10 @@ pub(crate) fn parse_stat(text: &str) -> Option<(char, u64, String)> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text[open + 1..close].to_string();
-    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    let state = rest.first()?.chars().next()?;
-    // Field 22 overall; `rest` starts at field 3.
-    let start = rest.get(19)?.parse().ok()?;
+    let mut rest = text[close + 1..].split_ascii_whitespace();
+    let state = rest.next()?.chars().next()?;
+    // Field 22 overall; `rest` started at field 3.
+    let start = rest.nth(18)?.parse().ok()?;
     Some((state, start, comm))
 }
 
@@ -498,19 +488,28 @@ pub fn proc_dir(pid: i32) -> PathBuf {
     }
 }
 
+/// Reads `/proc/PID/NAME`, a file describing the process's mappings (`maps`, `smaps`), from
+/// [`proc_dir`] when it reads empty: a live process always has mappings, so only a process
+/// whose main thread has exited pays for the second look (operations read these files several
+/// times, and asking first whether the main thread lives costs a read of its `stat` each time).
+fn read_mappings_file(pid: i32, name: &str) -> Result<String, ProcessError> {
+    let read = |path: String| read_proc(&path).map_err(|e| map_proc_err(pid, &path, e));
+    let text = read(format!("/proc/{pid}/{name}"))?;
+    if !text.is_empty() {
+        return Ok(text);
+    }
+    read(proc_dir(pid).join(name).display().to_string())
+}
+
 /// The target's memory map.
 pub fn read_maps(pid: i32) -> Result<Vec<Mapping>, ProcessError> {
-    let path = proc_dir(pid).join("maps").display().to_string();
-    let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
-    Ok(parse_maps(&text))
+    Ok(parse_maps(&read_mappings_file(pid, "maps")?))
 }
 
 /// The mappings of `pid` that a fork does not copy as they are (`MADV_DONTFORK`,
 /// `MADV_WIPEONFORK`), from `/proc/PID/smaps`.
 pub fn fork_flags(pid: i32) -> Result<Vec<(std::ops::Range<u64>, ForkFlag)>, ProcessError> {
-    let path = proc_dir(pid).join("smaps").display().to_string();
-    let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
-    Ok(parse_fork_flags(&text))
+    Ok(parse_fork_flags(&read_mappings_file(pid, "smaps")?))
 }
 
 /// Phase 1, *Identify*: the process exists, is not a zombie, is not traced by someone else, is
