@@ -4,7 +4,8 @@
 //! during every write, and never get a journal of their own (the oldest of them keeps it).
 //! The kernel tells them apart with `kcmp(KCMP_VM)`.
 
-use super::{ProcessError, ThreadState, Tracer, all_pids, live_task, read_stat};
+use super::{ProcessError, ThreadState, Tracer, all_pids, last_pid, live_task, read_stat};
+use std::cell::RefCell;
 use std::time::Instant;
 
 /// `KCMP_VM` (`<linux/kcmp.h>`): compare the address spaces of two processes.
@@ -27,10 +28,34 @@ pub fn shares_address_space(a: i32, b: i32) -> bool {
     rc == 0
 }
 
+/// The last full scan of this process: which process, the sharers found, and the last PID
+/// allocated before it listed `/proc` (see [`address_space_sharers`]).
+struct Scan {
+    pid: i32,
+    sharers: Vec<i32>,
+    last_pid: i32,
+}
+
+thread_local! {
+    static LAST_SCAN: RefCell<Option<Scan>> = const { RefCell::new(None) };
+}
+
+/// At most this many PIDs handed out since the last scan are compared one by one; beyond it
+/// `/proc` is listed again.
+const FRESH_PIDS_MAX: i32 = 512;
+
 /// The other processes sharing `pid`'s address space, sorted. Every process is compared with
 /// `kcmp` directly: one system call each, about a microsecond, where a look at its executable
 /// first (`/proc/P/exe`, a path walk) cost several times that. Every operation lists them at
 /// its start and before each freeze.
+///
+/// The first call for a process lists `/proc`; a later one only compares the sharers found then
+/// and the PIDs handed out since (the namespace's last PID is read before each listing). An
+/// address space is shared only by a process created sharing it, after the one it shares it
+/// with: one made after the scan has a PID allocated after it. A listing of `/proc` with a
+/// comparison of every process is most of what a freeze round costs outside the frozen window
+/// otherwise. When the PIDs cannot be followed (another PID namespace's `/proc`, the PID
+/// counter wrapped, many processes started), `/proc` is listed again.
 pub fn address_space_sharers(pid: i32) -> Vec<i32> {
     // Compared through a live thread: a main thread that has exited (a zombie while others run)
     // has no address space any more, nor has a kernel thread, and `kcmp` finds two "none" equal.
@@ -42,11 +67,39 @@ pub fn address_space_sharers(pid: i32) -> Vec<i32> {
     }) else {
         return Vec::new();
     };
-    let mut found: Vec<i32> = all_pids()
-        .into_iter()
-        .filter(|&p| p != pid && shares_address_space(me, p))
-        .collect();
+    let now = last_pid();
+    let earlier = LAST_SCAN.with_borrow_mut(|scan| scan.take().filter(|s| s.pid == pid));
+    let mut found = match (earlier, now) {
+        (Some(earlier), Some(now)) if (0..=FRESH_PIDS_MAX).contains(&(now - earlier.last_pid)) => {
+            // A thread of `pid` (or of a sharer) shares it too: only thread group leaders count.
+            let fresh = ((earlier.last_pid + 1)..=now).filter(|&p| {
+                p != pid
+                    && shares_address_space(me, p)
+                    && super::status_field(p, p, "Tgid").is_some_and(|t| t.trim() == p.to_string())
+            });
+            let mut found: Vec<i32> = earlier
+                .sharers
+                .into_iter()
+                .filter(|&p| shares_address_space(me, p))
+                .chain(fresh)
+                .collect();
+            found.sort_unstable();
+            found.dedup();
+            found
+        }
+        _ => all_pids()
+            .into_iter()
+            .filter(|&p| p != pid && shares_address_space(me, p))
+            .collect(),
+    };
     found.sort_unstable();
+    if let Some(last_pid) = now {
+        LAST_SCAN.set(Some(Scan {
+            pid,
+            sharers: found.clone(),
+            last_pid,
+        }));
+    }
     found
 }
 
@@ -125,11 +178,15 @@ impl FrozenSharers {
 mod tests {
     use super::*;
 
-    /// A `clone(CLONE_VM)` child shares our address space (and is found by the scan); a forked
-    /// child does not.
+    /// A `clone(CLONE_VM)` child shares our address space (and is found by the scan, also by
+    /// one that only looks at the processes created since the last); a forked child does not,
+    /// nor does a thread.
     #[test]
     fn clone_vm_children_share_the_address_space_forked_ones_do_not() {
         let me = std::process::id() as i32;
+        let before = address_space_sharers(me);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || stopped.recv());
         // SAFETY: the child only blocks in pause() until killed.
         let forked = unsafe { libc::fork() };
         if forked == 0 {
@@ -168,6 +225,8 @@ mod tests {
         };
         let sharers = address_space_sharers(me);
         let both = shared_address_space(me);
+        drop(stop);
+        let _ = thread.join();
         for child in [forked, shared] {
             // SAFETY: kill and waitpid on our own children.
             unsafe {
@@ -177,6 +236,7 @@ mod tests {
         }
         drop(stack);
         assert!(shared > 0 && forked > 0);
+        assert!(before.is_empty(), "{before:?}");
         assert_eq!(sharers, vec![shared]);
         let (owner, all) = both.unwrap();
         assert_eq!(owner, me, "the older process owns it");
