@@ -13,7 +13,30 @@ use std::ops::Range;
 use std::sync::Arc;
 
 /// Unwind section bytes shared between framehop's module and the inspector's own FDE checks.
-pub(super) type Bytes = Arc<[u8]>;
+/// The bytes read stay in their buffer (an `Arc<[u8]>` would be a copy of it: libc's tables
+/// are some 180 KiB, copied and faulted in twice per operation).
+#[derive(Clone, Default)]
+pub(super) struct Bytes(Arc<Vec<u8>>);
+
+impl From<Vec<u8>> for Bytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(Arc::new(bytes))
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(bytes: &[u8]) -> Self {
+        Self(Arc::new(bytes.to_vec()))
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// The CFI sections of one module, as stated in its file (SVMAs).
 pub(super) struct Cfi {
