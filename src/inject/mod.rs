@@ -221,6 +221,8 @@ pub struct InjectedThread<'t> {
     signalled: bool,
     /// The bootstrap was cut short to deliver a signal (its mappings may be incomplete).
     bootstrap_cut_short: bool,
+    /// The stub region was mapped by this thread's bootstrap (not reused from an earlier run).
+    region_created: bool,
     /// Signals delivered after moving the thread out of rpatch's code (for `-v`).
     signals_moved: u32,
     /// Unwinds the thread's stack, to tell when it is inside a signal handler.

@@ -93,6 +93,7 @@ impl<'t> InjectedThread<'t> {
             scratch: region.data() + region.scratch_offset(),
             signalled: false,
             bootstrap_cut_short: false,
+            region_created: reusable.is_none(),
             signals_moved: 0,
             stacks,
             running_in: OwnCode::Nothing,
@@ -127,6 +128,11 @@ impl<'t> InjectedThread<'t> {
     /// The addresses of the stub region the thread's calls run through.
     pub fn region(&self) -> std::ops::Range<u64> {
         self.region.base..self.region.base + self.region.len()
+    }
+
+    /// Whether the stub region was mapped by this thread (not found from an earlier run).
+    pub fn region_created(&self) -> bool {
+        self.region_created
     }
 
     /// The target's memory.

@@ -510,6 +510,12 @@ fn attach_once(
 /// the child would then run jumps into memory it lacks. Checked after the load (the pages
 /// exist), before anything is written.
 fn copied_on_fork(pid: i32, loaded: &LoadPhase, journal: &JournalData) -> Result<(), Error> {
+    // A mapping made now has no such mark (the kernel gives a new mapping none and merges it
+    // with no marked neighbour): only memory an earlier run made can have been marked since.
+    // Reading smaps (the kernel walks every mapping's pages for it) is then not needed.
+    if loaded.all_new {
+        return Ok(());
+    }
     let flagged = process::fork_flags(pid)?;
     if flagged.is_empty() {
         return Ok(());

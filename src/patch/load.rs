@@ -43,6 +43,10 @@ pub(super) struct LoadPhase {
     pub new_islands: Vec<Island>,
     /// The stub region the load's calls ran through.
     pub stub: std::ops::Range<u64>,
+    /// Every mapping the load made or used is new (the stub region, the library) and no
+    /// island is older than it: then none can carry a mark a fork treats specially (see
+    /// `attach::copied_on_fork`).
+    pub all_new: bool,
 }
 
 /// When the target's dynamic loader ran a `dlopen` of this attach (clock ticks after boot, as
@@ -167,6 +171,7 @@ fn load(
         payload,
         request.timeout,
     )?;
+    let library_new = reused.is_none();
     let library = match reused {
         Some(loaded) => {
             log.step(
@@ -211,12 +216,14 @@ fn load(
         log,
     )?;
     let stub = thread.region();
+    let all_new = library_new && thread.region_created() && journal.data.islands.is_empty();
     thread.restore()?;
     Ok(LoadPhase {
         library,
         placements,
         new_islands,
         stub,
+        all_new,
     })
 }
 
