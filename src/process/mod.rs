@@ -481,6 +481,12 @@ pub fn exiting(pid: i32) -> bool {
 /// thread has exited while others run, and `/proc/PID/{maps,mem,exe}` of the zombie leader read
 /// empty — the directory of a live thread, which shares the address space.
 pub fn proc_dir(pid: i32) -> PathBuf {
+    // Asked before most reads of a target's memory files: one `readlink` answers it for a main
+    // thread that still has the address space (an exited one has no executable link), where a
+    // read of its `stat` takes three system calls and formatting fifty fields.
+    if fs::read_link(format!("/proc/{pid}/exe")).is_ok() {
+        return PathBuf::from(format!("/proc/{pid}"));
+    }
     let leader_gone = read_stat(pid, pid).is_ok_and(|(s, ..)| matches!(s, 'Z' | 'X' | 'x'));
     match leader_gone.then(|| live_task(pid)).flatten() {
         Some(tid) => PathBuf::from(format!("/proc/{pid}/task/{tid}")),
