@@ -32,6 +32,11 @@ use std::time::{Duration, Instant};
 /// How much of a stack is copied in the one read per thread: enough for the live part of almost
 /// every stack, small enough to copy in tens of microseconds.
 pub const STACK_CHUNK: u64 = 256 * 1024;
+/// How much of the copy buffer is touched when the inspector is made, before any freeze. The
+/// live part of a stack is mostly a few KiB; each fresh page touched costs a fault and zeroing
+/// (about 2 us a page on a virtual machine), so a deeper stack faults in the rest of its copy
+/// while frozen, rather than every operation paying for all of [`STACK_CHUNK`] beforehand.
+const PREFAULT: usize = 64 * 1024;
 /// A walk longer than this is treated as a loop (and therefore as incomplete).
 const MAX_FRAMES: usize = 4096;
 /// How far the conservative scan reads past the first chunk when a stack mapping is larger.
@@ -233,8 +238,13 @@ impl StackInspector {
                 .collect(),
             trust: HashMap::with_capacity(1024),
             ctx: Box::new(UnwindContext::new()),
-            // Non-zero so every page is touched now, not on the first copy while frozen.
-            buf: vec![0xcc; (STACK_CHUNK + RED_ZONE) as usize],
+            buf: {
+                // A large zeroed allocation is fresh mapped memory: only what is written now
+                // is faulted in (non-zero, so the pages are really touched).
+                let mut buf = vec![0; (STACK_CHUNK + RED_ZONE) as usize];
+                buf[..PREFAULT].fill(0xcc);
+                buf
+            },
         };
         inspector.data.sort_by_key(|r| r.start);
         let mut failed = Vec::new();
