@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """rpatch's benchmark table (scripts/bench.sh builds everything and runs this).
 
-Each figure is the median of RUNS runs (at least 10); references are measured in the same run on
+Each figure is the median of RUNS runs (20 unless set, at least 10: on a shared virtual machine
+single runs of a few milliseconds vary by half); references are measured in the same run on
 the same machine, interleaved with rpatch's runs, so a machine busy with other work slows both
 alike. "warm" means rpatch's program-knowledge cache already knows the build (an earlier attach
 of it, in another process); "cold" means an empty state directory. Prints one table and exits 1
@@ -21,7 +22,7 @@ BENCH = os.path.join(ROOT, "target", "bench")
 RPATCH = os.path.join(ROOT, "target", "release", "rpatch")
 TT = os.path.join(ROOT, "test-targets", "build")
 RUST_TT = os.path.join(ROOT, "test-targets", "target", "release")
-RUNS = max(10, int(os.environ.get("RUNS", "10")))
+RUNS = max(10, int(os.environ.get("RUNS", "20")))
 FREEZE_RUNS = max(10, int(os.environ.get("FREEZE_RUNS", "50")))
 STATE = tempfile.mkdtemp(prefix="rpatch-bench-state-")
 ENV = dict(os.environ, RPATCH_STATE_DIR=STATE)
