@@ -103,6 +103,34 @@ fn load_base(pid: u32, path: &Path) -> u64 {
         .unwrap_or_else(|| panic!("{} not mapped in {pid}", path.display()))
 }
 
+/// The entry branch check's verdicts are kept with the module's knowledge, and only for entries
+/// that may take the jump: a function whose loop branches into its first bytes is refused (11)
+/// by every attach, also once everything else about the build is known, while a later attach of
+/// an accepted function in another process is served from the cache and still applies.
+#[test]
+fn a_refused_entry_stays_refused_with_a_warm_cache() {
+    let t = build_targets();
+    let state = state_dir();
+    let lib = t.bin("fix_basic.so");
+    wait_settled(&t.bin("basic_pie"));
+    wait_settled(&lib);
+    for round in 0..2 {
+        let mut target = Target::spawn(t.bin("basic_pie"), &[]);
+        let run = attach(state.path(), target.pid(), &lib, &["branchy"], &["--json"]);
+        let message = run.expect_error(exit::UNPATCHABLE);
+        assert!(message.contains("branchy"), "round {round}: {message}");
+        assert_eq!(target.cmd("branchy 4"), "branchy 4 12", "round {round}");
+        let run = attach_verbose(state.path(), target.pid(), &lib);
+        if round == 1 {
+            let (known, missed, _) = cache_counts(&run);
+            assert!(known >= 3 && missed == 0, "{}", cache_line(&run));
+        }
+        assert_eq!(target.cmd("call 5"), "compute 5 500", "round {round}");
+        assert_eq!(target.cmd("branchy 4"), "branchy 4 12", "round {round}");
+        assert_untraced(target.pid());
+    }
+}
+
 /// A second attach of the same build, in another process, reads nothing the first one learnt:
 /// every module and the library are known, and the patch works as well as the first.
 #[test]
