@@ -494,17 +494,11 @@ pub fn proc_dir(pid: i32) -> PathBuf {
     }
 }
 
-/// Reads `/proc/PID/NAME`, a file describing the process's mappings (`maps`, `smaps`), from
-/// [`proc_dir`] when it reads empty: a live process always has mappings, so only a process
-/// whose main thread has exited pays for the second look (operations read these files several
-/// times, and asking first whether the main thread lives costs a read of its `stat` each time).
+/// Reads `/proc/PID/NAME` (or a live thread's, see [`proc_dir`]), a file describing the
+/// process's mappings (`maps`, `smaps`).
 fn read_mappings_file(pid: i32, name: &str) -> Result<String, ProcessError> {
-    let read = |path: String| read_proc(&path).map_err(|e| map_proc_err(pid, &path, e));
-    let text = read(format!("/proc/{pid}/{name}"))?;
-    if !text.is_empty() {
-        return Ok(text);
-    }
-    read(proc_dir(pid).join(name).display().to_string())
+    let path = proc_dir(pid).join(name).display().to_string();
+    read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))
 }
 
 /// The target's memory map.
