@@ -87,9 +87,7 @@ fn is_stdio(name: &str) -> bool {
 }
 
 /// Where an address is, as far as the choice is concerned.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Place {
     Harmless,
     Stdio,
@@ -124,7 +122,7 @@ fn classify(modules: &mut ModuleMap, addr: u64) -> Place {
 /// decides: disjoint, by start, as [`place_at`] looks addresses up in them. Remembered with the
 /// module's knowledge as one string of `start-end:P` items (hex): every operation reads that
 /// entry, and a string is scanned far faster than the array of arrays it replaces.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, PartialEq)]
 struct Places(Vec<(u64, u64, Place)>);
 
 impl Place {

@@ -69,7 +69,7 @@ pub fn address_space_sharers(pid: i32) -> Vec<i32> {
     };
     let now = last_pid();
     let earlier = LAST_SCAN.with_borrow_mut(|scan| scan.take().filter(|s| s.pid == pid));
-    let mut found = match (earlier, now) {
+    let mut found: Vec<i32> = match (earlier, now) {
         (Some(earlier), Some(now)) if (0..=FRESH_PIDS_MAX).contains(&(now - earlier.last_pid)) => {
             // A thread of `pid` (or of a sharer) shares it too: only thread group leaders count.
             let fresh = ((earlier.last_pid + 1)..=now).filter(|&p| {
@@ -77,22 +77,21 @@ pub fn address_space_sharers(pid: i32) -> Vec<i32> {
                     && shares_address_space(me, p)
                     && super::status_field(p, p, "Tgid").is_some_and(|t| t.trim() == p.to_string())
             });
-            let mut found: Vec<i32> = earlier
+            earlier
                 .sharers
                 .into_iter()
                 .filter(|&p| shares_address_space(me, p))
                 .chain(fresh)
-                .collect();
-            found.sort_unstable();
-            found.dedup();
-            found
+                .collect()
         }
         _ => all_pids()
             .into_iter()
             .filter(|&p| p != pid && shares_address_space(me, p))
             .collect(),
     };
+    // One made between the earlier scan's PID read and its listing is found by both.
     found.sort_unstable();
+    found.dedup();
     if let Some(last_pid) = now {
         LAST_SCAN.set(Some(Scan {
             pid,
