@@ -82,15 +82,7 @@ fn permission_denied() {
             "--",
         ],
         nobody_state.path(),
-        &[
-            "attach",
-            &target.pid_arg(),
-            "--lib",
-            lib.to_str().unwrap(),
-            "--func",
-            "compute",
-            "--json",
-        ],
+        &attach_args(target.pid(), &lib, &["compute"], &["--json"]),
     );
     run.expect_error(exit::PERMISSION);
     assert_unchanged(&mut target, state.path());

@@ -449,28 +449,14 @@ fn an_rpatch_sharing_the_pid_namespace_names_patches_made_from_the_host() {
     );
     let message = run.expect_error(exit::NOTHING_TO_ROLL_BACK);
     assert!(message.contains("/memfd:rpatch:"), "{message}");
-    let args = [
-        "attach",
-        &patched.pid_arg(),
-        "--lib",
-        lib.to_str().unwrap(),
-        "--func",
-        "compute",
-    ];
+    let args = attach_args(patched.pid(), &lib, &["compute"], &[]);
     let run = rpatch_via(&in_container, state.path(), &args);
     let message = run.expect_error(exit::UNEXPECTED_BYTES);
     assert!(message.contains("another mount namespace"), "{message}");
     assert_eq!(patched.cmd("call 5"), "compute 5 500");
 
     // It works on a process nobody patched, and keeps its own journal.
-    let args = [
-        "attach",
-        &other.pid_arg(),
-        "--lib",
-        lib.to_str().unwrap(),
-        "--func",
-        "compute",
-    ];
+    let args = attach_args(other.pid(), &lib, &["compute"], &[]);
     rpatch_via(&in_container, state.path(), &args).expect_ok();
     assert_eq!(other.cmd("call 5"), "compute 5 500");
     assert!(!state.path().join(format!("{}.json", other.pid())).exists());

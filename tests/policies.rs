@@ -71,23 +71,20 @@ fn seccomp_target_is_refused_unless_allowed() {
     let state = state_dir();
     let mut target = Target::spawn(t.bin("basic_pie"), &["--seccomp"]);
     let lib = t.bin("fix_basic.so");
-    let base = [
-        "attach",
-        &target.pid_arg(),
-        "--lib",
-        lib.to_str().unwrap(),
-        "--func",
-        "compute",
-    ];
-    let message = rpatch(state.path(), &base)
+    let message = attach(state.path(), target.pid(), &lib, &["compute"], &[])
         .expect_error(exit::REFUSED)
         .to_string();
     assert!(message.contains("seccomp"), "{message}");
     assert_eq!(target.cmd("call 5"), "compute 5 6");
     assert_untraced(target.pid());
-    let mut allowed = base.to_vec();
-    allowed.push("--allow-seccomp");
-    rpatch(state.path(), &allowed).expect_ok();
+    attach(
+        state.path(),
+        target.pid(),
+        &lib,
+        &["compute"],
+        &["--allow-seccomp"],
+    )
+    .expect_ok();
     assert_eq!(target.cmd("call 5"), "compute 5 500");
     assert_untraced(target.pid());
 }

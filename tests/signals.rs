@@ -129,14 +129,7 @@ fn a_signal_during_the_borrow_ends_the_threads_wait() {
         let mut target = Target::spawn(t.bin("sigsuspender"), mode);
         let pid = target.pid();
         let fault = format!("RPATCH_FAULT={point}:stop");
-        let args = [
-            "attach",
-            &target.pid_arg(),
-            "--lib",
-            lib.to_str().unwrap(),
-            "--func",
-            "compute",
-        ];
+        let args = attach_args(pid, &lib, &["compute"], &[]);
         let mut run = RunningRpatch::spawn_via(&["env", &fault], state.path(), &args);
         let rpatch_pid = run.pid();
         // Stopped at the point (the point may be reached again: each stop is let go).

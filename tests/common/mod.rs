@@ -722,6 +722,12 @@ impl Drop for RunningRpatch {
 
 /// `rpatch attach PID --lib LIB --func F... EXTRA...`.
 pub fn attach(state: &Path, pid: u32, lib: &Path, funcs: &[&str], extra: &[&str]) -> Run {
+    rpatch(state, &attach_args(pid, lib, funcs, extra))
+}
+
+/// The arguments of `rpatch attach PID --lib LIB --func F... EXTRA...`, for a run made some
+/// other way than [`attach`] (through a wrapper, in the background).
+pub fn attach_args(pid: u32, lib: &Path, funcs: &[&str], extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "attach".to_string(),
         pid.to_string(),
@@ -733,7 +739,7 @@ pub fn attach(state: &Path, pid: u32, lib: &Path, funcs: &[&str], extra: &[&str]
         args.push((*f).to_string());
     }
     args.extend(extra.iter().map(|s| (*s).to_string()));
-    rpatch(state, &args)
+    args
 }
 
 /// `rpatch attach ... --json`, asserted successful; returns the JSON report.
