@@ -364,7 +364,9 @@ fn handled_exactly(t: &mut Target, n: u64) -> Result<(), String> {
 /// A thread sends SIGRTMIN+1 to the borrowed reader every 300 µs through a whole session: the
 /// session completes (blocked from the moment the thread enters rpatch's code, the signals
 /// cannot hold it at its first instruction), every signal is handled exactly once and `read`
-/// sees no spurious EINTR.
+/// sees no spurious EINTR. Remote `getpid` calls go on until at least 10 signals were sent in
+/// the session: how many a fixed set of calls sees depends on how often the guest lets the
+/// storm thread run.
 fn signal_storm() -> Result<(), String> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut t = Target::spawn(SIGSTORM, &["4"])?;
@@ -386,6 +388,14 @@ fn signal_storm() -> Result<(), String> {
     let session = (|| {
         let mut s = Session::begin(pid, tid, None)?;
         let first = sent.load(Ordering::Relaxed);
+        let libc = remote::libc(pid)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sent.load(Ordering::Relaxed) - first < 10 && std::time::Instant::now() < deadline {
+            let (got, _) = s.call(libc.getpid, [0; 6], 0, libc.errno_location)?;
+            if got != pid as u64 {
+                return Err(format!("remote getpid returned {got}, expected {pid}"));
+            }
+        }
         getpid_and_dlopen(&mut t, &mut s)?;
         s.end()?;
         Ok::<u64, String>(sent.load(Ordering::Relaxed) - first)
