@@ -21,7 +21,7 @@ use crate::patch::{AttachOptions, RollbackOptions, RollbackSelection};
 use crate::{Error, ErrorKind, attach, rollback};
 use child::{Captured, Collector, Deferred, Group, Signals, Wake, describe_status, wait};
 use nix::sys::signal::Signal;
-use regex::Regex;
+use regex_lite::Regex;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
