@@ -7,11 +7,10 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-30}
 scripts/install-deps.sh
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine; }
-cargo build --release --quiet
+RPATCH=$(scripts/build-release.sh)
 make -C test-targets --quiet -j"$(nproc)"
 cargo build --release --quiet --manifest-path test-targets/rust/Cargo.toml --target-dir test-targets/target
 
-RPATCH="$PWD/target/release/rpatch"
 APP="$PWD/test-targets/target/release/calcapp"
 FIX="$PWD/test-targets/target/release/libcalcapp.so"
 WORK=$(mktemp -d)

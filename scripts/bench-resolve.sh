@@ -40,8 +40,7 @@ if [ "$INFO" -lt 100000000 ]; then
   echo "warning: .debug_info is only $((INFO / 1000000)) MB (< 100 MB)" >&2
 fi
 
-cargo build --release --quiet
-RPATCH=$ROOT/target/release/rpatch
+RPATCH=$(scripts/build-release.sh)
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -17,7 +17,8 @@ need=()
 command -v gdb >/dev/null || need+=(gdb)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
-cargo build --release --quiet
+RPATCH=$(scripts/build-release.sh)
+export RPATCH
 make -C test-targets --quiet -j"$(nproc)"
 cargo build --release --quiet --manifest-path test-targets/rust/Cargo.toml --target-dir test-targets/target
 B=target/bench

@@ -16,8 +16,7 @@ OUT="$ROOT/target/rehearsal"
 mkdir -p "$OUT"
 
 if [ -z "${RPATCH:-}" ]; then
-    cargo build --release --locked --quiet
-    RPATCH="$ROOT/target/release/rpatch"
+    RPATCH=$(scripts/build-release.sh)
 fi
 cargo build --release --locked --quiet \
     --manifest-path test-targets/rust/Cargo.toml --target-dir test-targets/target \

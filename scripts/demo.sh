@@ -28,12 +28,11 @@ command -v cargo >/dev/null 2>&1 || { echo "demo: cargo (Rust) is required" >&2;
 
 # RPATCH=/usr/bin/rpatch runs the demo with an installed rpatch (scripts/deb-test.sh).
 heading "building rpatch and the test targets"
-[ -n "${RPATCH:-}" ] || cargo build --release --quiet
+[ -n "${RPATCH:-}" ] || RPATCH=$(scripts/build-release.sh)
 make -C test-targets --quiet -j"$(nproc)"
 cargo build --release --quiet --manifest-path test-targets/rust/Cargo.toml \
     --target-dir test-targets/target
 
-RPATCH="${RPATCH:-$ROOT/target/release/rpatch}"
 APP="$ROOT/test-targets/target/release/calcapp"
 FIX="$ROOT/test-targets/target/release/libcalcapp.so"
 

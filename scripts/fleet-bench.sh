@@ -8,9 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-50}
 shift || true
-cargo build --release --quiet
+rpatch=$(scripts/build-release.sh)
 make -C test-targets --quiet -j"$(nproc)"
-rpatch="$PWD/target/release/rpatch"
 work=$(mktemp -d)
 export RPATCH_STATE_DIR="$work/state"
 pids=()

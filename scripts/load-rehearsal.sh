@@ -48,8 +48,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 scripts/install-deps.sh
 if [ -z "${RPATCH:-}" ]; then
-    cargo build --release --locked --quiet
-    RPATCH="$ROOT/target/release/rpatch"
+    RPATCH=$(scripts/build-release.sh)
 fi
 cargo build --release --locked --quiet \
     --manifest-path test-targets/rust/Cargo.toml --target-dir test-targets/target \

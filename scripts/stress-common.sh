@@ -16,8 +16,7 @@ if [ "$BUILD" = debug ]; then
   cargo build --quiet
   RPATCH="$PWD/target/debug/rpatch"
 else
-  cargo build --release --quiet
-  RPATCH="$PWD/target/release/rpatch"
+  RPATCH=$(scripts/build-release.sh)
 fi
 make -C test-targets --quiet -j"$(nproc)"
 LIB="$PWD/test-targets/build/fix_basic.so"

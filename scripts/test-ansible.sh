@@ -78,8 +78,7 @@ CHECK_JSONSCHEMA=$(command -v check-jsonschema ||
 
 say "building rpatch and the demo service"
 if [ -z "${RPATCH:-}" ]; then
-    cargo build --release --locked --quiet
-    RPATCH="$ROOT/target/release/rpatch"
+    RPATCH=$(scripts/build-release.sh)
 fi
 RPATCH="$(realpath "$RPATCH")"
 cargo build --release --locked --quiet \

@@ -17,9 +17,10 @@ cargo clippy --workspace --all-targets --features fault-injection --quiet -- -D 
 cargo test --lib --quiet fault
 # Everything, with the fault-injection hook the kill tests need.
 cargo test --workspace --all-targets --features fault-injection
-# The CI rehearsal of docs/ci/, and 10 cycles on an HTTP server under load, with the rpatch the
+# The CI rehearsal of docs/ci/ with rpatch as shipped (scripts/build-release.sh: release,
+# static-pie on glibc hosts), and 10 cycles on an HTTP server under load with the rpatch the
 # tests just built.
-RPATCH="$PWD/target/debug/rpatch" scripts/ci-rehearsal.sh
+RPATCH="$(scripts/build-release.sh)" scripts/ci-rehearsal.sh
 RPATCH="$PWD/target/debug/rpatch" scripts/load-rehearsal.sh
 # The arm64 port end to end: the real rpatch in an emulated arm64 machine, two boots (about 5
 # minutes with a warm cache, 3 more from a fresh one). Where this host can run it: as root (the

@@ -19,7 +19,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BENCH = os.path.join(ROOT, "target", "bench")
-RPATCH = os.path.join(ROOT, "target", "release", "rpatch")
+RPATCH = os.environ.get("RPATCH") or os.path.join(ROOT, "target", "release", "rpatch")
 TT = os.path.join(ROOT, "test-targets", "build")
 RUST_TT = os.path.join(ROOT, "test-targets", "target", "release")
 RUNS = max(10, int(os.environ.get("RUNS", "20")))
