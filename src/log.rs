@@ -62,7 +62,10 @@ impl Log {
         if self.verbose {
             self.clear_status();
             let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-            eprintln!("[{ms:9.3} ms] {phase}: {}", message.as_ref());
+            // Formatted first, written once: stderr is unbuffered, and `eprintln!` would make
+            // one write(2) per piece (a dozen per line, inside the timings it reports).
+            let line = format!("[{ms:9.3} ms] {phase}: {}\n", message.as_ref());
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
     }
 
