@@ -56,7 +56,7 @@ impl StatusAllReport {
 /// process now has) is not listed. Nothing is stopped.
 pub fn status_all(log: &Log) -> Result<StatusAllReport, Error> {
     let state = StateDir::from_env()?;
-    crate::prune_retired(log);
+    crate::prune_state(log);
     let images = recorded_images(&state);
     let mut processes = Vec::new();
     for pid in select::all_pids() {

@@ -232,53 +232,128 @@ impl StateDir {
         nix::unistd::fsync(self.dir.as_fd()).map_err(errno_err(&self.root))
     }
 
-    /// Deletes every retired journal (`retired-*.json`, see [`StateDir::retire`]) that no live
-    /// process can still need, and returns the names deleted. A retired journal describes an
-    /// exec image its process left (or a dead process whose PID was reused); only a process
-    /// running that very image — a child forked before the exec that has not exec'd itself —
-    /// holds its patches and may adopt them from it. Once no live process runs the image (or
-    /// the journal is of another boot, or recorded no image, which no adoption matches), none
-    /// ever will: a new process of an image is only ever forked from a live one.
+    /// Deletes what no live process can still need, and returns the names of the journals
+    /// deleted:
     ///
-    /// Each is checked again and deleted under its process's lock (the lock an adoption from
-    /// it takes), tried without waiting: a journal whose lock is busy is left for the next
-    /// time. Call it holding no target's lock. Files that cannot be read are left alone.
-    pub fn prune_retired(&self) -> Vec<String> {
+    /// - every retired journal (`retired-*.json`, see [`StateDir::retire`]) whose image no live
+    ///   process runs. A retired journal describes an exec image its process left (or a dead
+    ///   process whose PID was reused); only a process running that very image — a child forked
+    ///   before the exec that has not exec'd itself — holds its patches and may adopt them from
+    ///   it. Once no live process runs the image (or the journal is of another boot, or
+    ///   recorded no image, which no adoption matches), none ever will: a new process of an
+    ///   image is only ever forked from a live one;
+    /// - the journal of a process that exited (no `/proc/PID`), on the same condition, with its
+    ///   lock file: without this, every process ever patched (each restart of a service that
+    ///   `rpatch watch` patches again) left its files behind, and every operation's listing of
+    ///   the directory, and `status --all`'s reading of every journal, grew with them;
+    /// - the lock file of an exited process that has no journal (an attach that failed).
+    ///
+    /// Each is checked again and deleted under its process's lock (the lock an adoption from it
+    /// takes), tried without waiting: one whose lock is busy is left for the next time. A lock
+    /// file is unlinked while held; [`StateDir::lock`] takes a lock again when the file it
+    /// locked was unlinked meanwhile. Call it holding no target's lock. Files that cannot be
+    /// read are left alone. Journals of live processes are never touched (one of a dead process
+    /// whose PID a live one has now is retired when that PID is next opened).
+    pub fn prune(&self) -> Vec<String> {
+        let names = self.names();
+        // The journals that may go: (name, pid, whether it is a process's current journal).
+        let mut candidates = Vec::new();
+        for name in &names {
+            let current = match (retired_pid(name), journal_pid(name)) {
+                (Some(pid), _) => (pid, false),
+                (None, Some(pid)) if !process_exists(pid) => (pid, true),
+                _ => continue,
+            };
+            if let Ok(Some(data)) = self.read_journal(name) {
+                candidates.push((name, current, data));
+            }
+        }
+        // Which of their images live processes run, read once for all of them. An image none
+        // runs now never runs again; one run now may stop, which only keeps its journal longer.
+        let boot = crate::process::read_proc("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().to_string())
+            .ok();
+        let of_this_boot = |d: &JournalData| Some(&d.identity.boot_id) == boot.as_ref();
+        let images = candidates
+            .iter()
+            .filter(|(_, _, d)| of_this_boot(d))
+            .filter_map(|(_, _, d)| d.identity.image)
+            .collect();
+        let run = crate::process::images_run(&images);
+        let still_run =
+            |d: &JournalData| of_this_boot(d) && d.identity.image.is_some_and(|i| run.contains(&i));
         let mut deleted = Vec::new();
-        for name in self.names() {
-            let Some(pid) = retired_pid(&name) else {
-                continue;
-            };
-            // The journal as read now, when no live process runs the image it records.
-            let unneeded = |state: &Self| {
-                state
-                    .read_journal(&name)
-                    .ok()
-                    .flatten()
-                    .filter(|d| !super::image_still_run(&d.identity))
-            };
-            if unneeded(self).is_none() {
-                continue;
-            }
-            let Ok(lock) = self.lock_file(&format!("{pid}.lock")) else {
-                continue;
-            };
-            if lock.try_lock().is_err() {
-                continue;
-            }
-            let Some(data) = unneeded(self) else {
-                continue;
-            };
-            if unlinkat(self.dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
-                let id = &data.identity;
-                if let Some(image) = &id.image {
-                    let entry = image_index_name(image, id.pid, id.start_time);
-                    let _ = unlinkat(self.dir.as_fd(), entry.as_str(), UnlinkatFlags::NoRemoveDir);
+        for (name, (pid, current), _) in candidates {
+            // Needed while its image runs, and (a current one) while a process has the PID.
+            let needed = |d: &JournalData| still_run(d) || (current && process_exists(pid));
+            let unneeded = |d: &JournalData| !needed(d);
+            if let Some(lock) = self.delete_under_lock(name, pid, unneeded) {
+                if current {
+                    self.unlink_lock(pid, lock);
                 }
-                deleted.push(name);
+                deleted.push(name.clone());
+            }
+        }
+        let listed: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        for name in &names {
+            let Some(pid) = lock_pid(name) else {
+                continue;
+            };
+            if listed.contains(format!("{pid}.json").as_str()) || process_exists(pid) {
+                continue;
+            }
+            let Ok(lock) = self.lock_file(name) else {
+                continue;
+            };
+            if lock.try_lock().is_ok() && !process_exists(pid) && !self.has(&format!("{pid}.json"))
+            {
+                self.unlink_lock(pid, lock);
             }
         }
         deleted
+    }
+
+    /// Deletes the journal `name` (and its image index entry) when, read under the lock of
+    /// `pid` taken without waiting, `unneeded` says so; returns the lock, still held.
+    fn delete_under_lock(
+        &self,
+        name: &str,
+        pid: i32,
+        unneeded: impl Fn(&JournalData) -> bool,
+    ) -> Option<File> {
+        let lock = self.lock_file(&format!("{pid}.lock")).ok()?;
+        lock.try_lock().ok()?;
+        let data = self.read_journal(name).ok().flatten().filter(&unneeded)?;
+        unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).ok()?;
+        let id = &data.identity;
+        if let Some(image) = &id.image {
+            let entry = image_index_name(image, id.pid, id.start_time);
+            let _ = unlinkat(self.dir.as_fd(), entry.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        Some(lock)
+    }
+
+    /// Whether the directory has an entry `name` (an error counts as one: nothing is deleted on
+    /// a guess).
+    fn has(&self, name: &str) -> bool {
+        !matches!(
+            nix::sys::stat::fstatat(
+                self.dir.as_fd(),
+                name,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW
+            ),
+            Err(Errno::ENOENT)
+        )
+    }
+
+    /// Unlinks `pid`'s lock file while `held` (its lock, taken) is still open.
+    fn unlink_lock(&self, pid: i32, held: File) {
+        let _ = unlinkat(
+            self.dir.as_fd(),
+            format!("{pid}.lock").as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        );
+        drop(held);
     }
 
     /// The names of the files in the directory (listed through the directory as opened).
@@ -412,6 +487,22 @@ impl StateDir {
     }
 }
 
+/// The PID in the name of a process's journal (`PID.json`).
+fn journal_pid(name: &str) -> Option<i32> {
+    name.strip_suffix(".json")?.parse().ok()
+}
+
+/// The PID in the name of a lock file (`PID.lock`).
+fn lock_pid(name: &str) -> Option<i32> {
+    name.strip_suffix(".lock")?.parse().ok()
+}
+
+/// Whether `/proc/PID` exists (a process, a zombie, or a thread of one): while it does, files
+/// named after the PID are left alone.
+fn process_exists(pid: i32) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The PID in the name of a retired journal (`retired-PID-START-IMAGE.json`).
 fn retired_pid(name: &str) -> Option<i32> {
     let rest = name.strip_prefix("retired-")?.strip_suffix(".json")?;
@@ -541,12 +632,19 @@ pub struct TargetLock {
 }
 
 impl StateDir {
-    /// Takes the lock of `pid`'s journal, waiting while another run holds it.
+    /// Takes the lock of `pid`'s journal, waiting while another run holds it. A lock file
+    /// [`StateDir::prune`] unlinked while this run waited for it is no lock any more (a later
+    /// run creates a new file): the lock is taken again on the file now at the name.
     pub fn lock(&self, pid: i32) -> Result<TargetLock, JournalError> {
         let lock_name = format!("{pid}.lock");
-        let file = self.lock_file(&lock_name)?;
-        file.lock().map_err(io_err(&self.root.join(&lock_name)))?;
-        Ok(TargetLock { pid, file })
+        let path = self.root.join(&lock_name);
+        loop {
+            let file = self.lock_file(&lock_name)?;
+            file.lock().map_err(io_err(&path))?;
+            if fstat(file.as_fd()).map_err(errno_err(&path))?.st_nlink > 0 {
+                return Ok(TargetLock { pid, file });
+            }
+        }
     }
 }
 
@@ -837,8 +935,9 @@ mod tests {
         write(1003, "another-boot", Some(mine));
         write(1004, &boot, None);
         write(1005, &boot, Some(gone_image));
+        // The current journal of a live process (this one), of an image nobody runs.
         let current = JournalData::new(TargetIdentity {
-            pid: 1006,
+            pid: me,
             start_time: 7,
             boot_id: boot.clone(),
             exe: "/bin/x".into(),
@@ -846,15 +945,15 @@ mod tests {
         });
         let text = serde_json::to_vec(&current).unwrap();
         state
-            .replace_file("1006.json", &text, 0o600, false)
+            .replace_file(&format!("{me}.json"), &text, 0o600, false)
             .unwrap();
         let busy = state.lock(1005).unwrap();
-        let mut deleted = state.prune_retired();
+        let mut deleted = state.prune();
         deleted.sort();
         let pids: Vec<&str> = deleted.iter().map(|n| &n[8..12]).collect();
         assert_eq!(pids, vec!["1002", "1003", "1004"], "{deleted:?}");
         drop(busy);
-        let deleted = state.prune_retired();
+        let deleted = state.prune();
         assert_eq!(deleted.len(), 1, "{deleted:?}");
         assert!(deleted[0].starts_with("retired-1005-"));
         let mut left: Vec<String> = state.journals().into_iter().map(|(n, _)| n).collect();
@@ -862,10 +961,130 @@ mod tests {
         assert_eq!(
             left,
             vec![
-                "1006.json".to_string(),
+                format!("{me}.json"),
                 format!("retired-1001-7-{}.json", mine.short())
             ]
         );
+    }
+
+    /// A PID no process has now: a child's, once reaped (another if its PID was taken again).
+    fn exited_pid() -> i32 {
+        loop {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id() as i32;
+            child.wait().unwrap();
+            if !process_exists(pid) {
+                return pid;
+            }
+        }
+    }
+
+    /// The journal of a process that exited goes with its lock file once no live process runs
+    /// its image (one this test process runs stays), unless another run holds its lock; so
+    /// does the lock file of an exited process without a journal. A live process's files stay.
+    #[test]
+    fn journals_and_locks_of_exited_processes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().to_path_buf()).unwrap();
+        let me = std::process::id() as i32;
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim()
+            .to_string();
+        let mine = crate::process::read_image(me).unwrap();
+        let gone_image = crate::process::ExecImage {
+            at_random: [0xee; 16],
+            ..mine
+        };
+        let write = |pid: i32, image: crate::process::ExecImage| {
+            let identity = TargetIdentity {
+                pid,
+                start_time: 7,
+                boot_id: boot.clone(),
+                exe: "/bin/x".into(),
+                image: Some(image),
+            };
+            drop(state.lock(pid).unwrap());
+            let data = serde_json::to_vec(&JournalData::new(identity)).unwrap();
+            state
+                .replace_file(&format!("{pid}.json"), &data, 0o600, false)
+                .unwrap();
+        };
+        let (gone, held, busy, lock_only) =
+            (exited_pid(), exited_pid(), exited_pid(), exited_pid());
+        write(gone, gone_image);
+        write(held, mine);
+        write(busy, gone_image);
+        write(me, gone_image);
+        drop(state.lock(lock_only).unwrap());
+        drop(state.lock(me).unwrap());
+        let other_run = state.lock(busy).unwrap();
+        let files = |state: &StateDir| {
+            let mut names = state.names();
+            names.retain(|n| !n.starts_with("image-"));
+            names.sort();
+            names
+        };
+        let mut expected = vec![
+            format!("{busy}.json"),
+            format!("{busy}.lock"),
+            format!("{held}.json"),
+            format!("{held}.lock"),
+            format!("{me}.json"),
+            format!("{me}.lock"),
+        ];
+        expected.sort();
+        assert_eq!(state.prune(), vec![format!("{gone}.json")]);
+        assert_eq!(files(&state), expected);
+        drop(other_run);
+        assert_eq!(state.prune(), vec![format!("{busy}.json")]);
+        expected.retain(|n| !n.starts_with(&format!("{busy}.")));
+        assert_eq!(files(&state), expected);
+    }
+
+    /// A run waiting for a lock that prune unlinks meanwhile takes the lock again on the file
+    /// now at the name, not the unlinked one.
+    #[test]
+    fn a_lock_unlinked_while_waited_for_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().to_path_buf()).unwrap();
+        let pid = exited_pid();
+        let first = state.lock_file(&format!("{pid}.lock")).unwrap();
+        first.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                tx.send(()).unwrap();
+                let lock = state.lock(pid).unwrap();
+                fstat(lock.file.as_fd()).unwrap()
+            })
+        };
+        rx.recv().unwrap();
+        // The waiter is blocked on `first`'s file (/proc/locks lists it as a waiter, `->`).
+        let inode = format!(":{} ", fstat(first.as_fd()).unwrap().st_ino);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("-> FLOCK") && l.contains(&inode))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter never blocked"
+            );
+            std::thread::yield_now();
+        }
+        state.unlink_lock(pid, first);
+        let locked = waiter.join().unwrap();
+        assert!(locked.st_nlink > 0, "the waiter holds an unlinked file");
+        let at_name = nix::sys::stat::fstatat(
+            state.dir.as_fd(),
+            format!("{pid}.lock").as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        assert_eq!(locked.st_ino, at_name.st_ino);
     }
 
     /// Journals of one exec image are found through the image index: a journal written

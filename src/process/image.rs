@@ -11,6 +11,7 @@
 
 use super::{ProcessError, proc_dir};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
@@ -134,6 +135,28 @@ pub fn holders(image: &ExecImage) -> Vec<i32> {
         .collect()
 }
 
+/// Which of `images` some process on the host runs now, in one pass over /proc (a process is
+/// only read further when its executable is one of theirs): [`holders`] for many images at
+/// once. Processes rpatch may not inspect are not counted.
+pub fn images_run(images: &HashSet<ExecImage>) -> HashSet<ExecImage> {
+    let executables: HashSet<(u64, u64)> =
+        images.iter().map(|i| (i.exe_dev, i.exe_inode)).collect();
+    let mut run = HashSet::new();
+    if images.is_empty() {
+        return run;
+    }
+    for pid in all_pids() {
+        let runs_one = fs::metadata(format!("/proc/{pid}/exe"))
+            .is_ok_and(|m| executables.contains(&(m.dev(), m.ino())));
+        if let Some(image) = runs_one.then(|| read_image(pid).ok()).flatten()
+            && images.contains(&image)
+        {
+            run.insert(image);
+        }
+    }
+    run
+}
+
 /// The PIDs of /proc (thread group leaders), in no particular order.
 pub fn all_pids() -> Vec<i32> {
     fs::read_dir("/proc")
@@ -180,6 +203,24 @@ mod tests {
         assert!(json.contains(&crate::hex::hex(&a.at_random)), "{json}");
         assert_eq!(serde_json::from_str::<ExecImage>(&json).unwrap(), a);
         assert!(holders(&a).contains(&me));
+    }
+
+    /// Of several images, one pass finds those run: ours, not one with other random bytes (no
+    /// process has it) or another executable's.
+    #[test]
+    fn images_run_finds_ours_only() {
+        let mine = read_image(std::process::id() as i32).unwrap();
+        let nobody = ExecImage {
+            at_random: [0xee; 16],
+            ..mine
+        };
+        let elsewhere = ExecImage {
+            exe_inode: mine.exe_inode ^ 1,
+            ..mine
+        };
+        let run = images_run(&HashSet::from([mine, nobody, elsewhere]));
+        assert_eq!(run, HashSet::from([mine]));
+        assert!(images_run(&HashSet::new()).is_empty());
     }
 
     /// A forked child runs the same image as its parent (fork copies the random bytes along

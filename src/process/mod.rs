@@ -21,7 +21,7 @@ pub(crate) use crate::isa::Regs;
 pub use build_id::build_id_in_memory;
 #[cfg(test)]
 pub use frozen::Frozen;
-pub use image::{ExecImage, all_pids, holders, read_image, runs_executable};
+pub use image::{ExecImage, all_pids, holders, images_run, read_image, runs_executable};
 pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
 #[cfg(test)]
 pub use memory::FakeMemory;
