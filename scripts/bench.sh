@@ -8,7 +8,7 @@
 # Installs what it needs (hyperfine, gdb, a venv with frida pinned), builds rpatch (release),
 # the targets and, the first time, the large binary (tens of minutes; BENCH_SKIP_BIG=1 skips it,
 # and its row is then missed), prints the machine's cores, kernel and load, and exits 1 when a
-# target is missed. Run by hand: scripts/bench.sh  (RUNS=N, FREEZE_RUNS=N)
+# target is missed. Run by hand: scripts/bench.sh  (RUNS=N, FREEZE_RUNS=N, STEADY_S=S)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FRIDA_VERSION=17.26.2
