@@ -47,19 +47,19 @@ use process::ProcessError;
 
 /// Replaces functions in a running process with a library's versions (see [`AttachOptions`]).
 pub fn attach(options: &AttachOptions, log: &Log) -> Result<AttachReport, Error> {
-    prune_state(log);
+    prune_state(log, false);
     exited_if_gone(options.pid, patch::attach(options, log))
 }
 
 /// Undoes patches (see [`RollbackOptions`]).
 pub fn rollback(options: &RollbackOptions, log: &Log) -> Result<RollbackReport, Error> {
-    prune_state(log);
+    prune_state(log, false);
     exited_if_gone(options.pid, patch::rollback(options, log))
 }
 
 /// Lists recorded patches of `pid`, each verified against memory.
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
-    prune_state(log);
+    prune_state(log, false);
     status_of(pid, log)
 }
 
@@ -68,15 +68,16 @@ pub(crate) fn status_of(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     exited_if_gone(pid, patch::status(pid, log))
 }
 
-/// The state directory's upkeep before an operation, holding no lock: deletes the journals
-/// (retired ones, and those of processes that exited) no live process can still need, and the
-/// lock files of exited processes (see `StateDir::prune`). Best effort: a state directory that
-/// cannot be opened is the operation's to report.
-pub(crate) fn prune_state(log: &Log) {
+/// The state directory's upkeep before an operation, holding no lock: deletes the retired
+/// journals no live process can still need and, with `exited` (`status --all`, `watch`, the
+/// manifest operations), the journals and lock files of processes that exited (see
+/// `StateDir::prune`). Best effort: a state directory that cannot be opened is the operation's
+/// to report.
+pub(crate) fn prune_state(log: &Log, exited: bool) {
     let Ok(state) = journal::StateDir::from_env() else {
         return;
     };
-    for name in state.prune() {
+    for name in state.prune(exited) {
         log.step(
             "journal",
             format!("deleted {name}: no live process runs the image it records"),

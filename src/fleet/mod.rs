@@ -104,7 +104,7 @@ pub fn attach(options: &ManifestAttachOptions, log: &Log) -> Result<FleetReport,
     let fleet = &options.fleet;
     let manifest = LoadedManifest::load(&fleet.manifest)?;
     manifest.verify_library()?;
-    crate::prune_state(log);
+    crate::prune_state(log, true);
     let tag = manifest.tag();
     let (jobs, mut outcomes) = select(&manifest, fleet, log);
     let done = jobs::run_each(&jobs, fleet.jobs, log, |job, log| {
@@ -151,7 +151,7 @@ fn rollback_loaded(
     log: &Log,
 ) -> FleetReport {
     let fleet = &options.fleet;
-    crate::prune_state(log);
+    crate::prune_state(log, true);
     let tag = manifest.tag();
     let (jobs, mut outcomes) = select(manifest, fleet, log);
     let done = jobs::run_each(&jobs, fleet.jobs, log, |job, log| {

@@ -56,7 +56,7 @@ impl StatusAllReport {
 /// process now has) is not listed. Nothing is stopped.
 pub fn status_all(log: &Log) -> Result<StatusAllReport, Error> {
     let state = StateDir::from_env()?;
-    crate::prune_state(log);
+    crate::prune_state(log, true);
     let images = recorded_images(&state);
     let mut processes = Vec::new();
     for pid in select::all_pids() {

@@ -248,7 +248,7 @@ pub fn watch(
             next_refresh = Instant::now() + REFRESH;
         }
         if Instant::now() >= next_rescan {
-            crate::prune_state(log);
+            crate::prune_state(log, true);
             for pid in select::all_pids() {
                 watcher.enqueue(pid, Duration::ZERO);
             }

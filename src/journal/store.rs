@@ -242,11 +242,14 @@ impl StateDir {
     ///   it. Once no live process runs the image (or the journal is of another boot, or
     ///   recorded no image, which no adoption matches), none ever will: a new process of an
     ///   image is only ever forked from a live one;
-    /// - the journal of a process that exited (no `/proc/PID`), on the same condition, with its
-    ///   lock file: without this, every process ever patched (each restart of a service that
-    ///   `rpatch watch` patches again) left its files behind, and every operation's listing of
-    ///   the directory, and `status --all`'s reading of every journal, grew with them;
-    /// - the lock file of an exited process that has no journal (an attach that failed).
+    /// - with `exited`, the journal of a process that exited (no `/proc/PID`), on the same
+    ///   condition, with its lock file, and the lock file of an exited process that has no
+    ///   journal (an attach that failed). Without this every process ever patched (each restart
+    ///   of a service `rpatch watch` patches again) left its files behind, and `status --all`
+    ///   and `watch`, which read every journal, slowed down with them. Those (and the manifest
+    ///   operations) ask for it; an operation on one process does not: knowing whether an image
+    ///   is still run reads every process's executable (0.3–1 ms), which an attach should not
+    ///   pay for another process's exit.
     ///
     /// Each is checked again and deleted under its process's lock (the lock an adoption from it
     /// takes), tried without waiting: one whose lock is busy is left for the next time. A lock
@@ -254,14 +257,14 @@ impl StateDir {
     /// locked was unlinked meanwhile. Call it holding no target's lock. Files that cannot be
     /// read are left alone. Journals of live processes are never touched (one of a dead process
     /// whose PID a live one has now is retired when that PID is next opened).
-    pub fn prune(&self) -> Vec<String> {
+    pub fn prune(&self, exited: bool) -> Vec<String> {
         let names = self.names();
         // The journals that may go: (name, pid, whether it is a process's current journal).
         let mut candidates = Vec::new();
         for name in &names {
             let current = match (retired_pid(name), journal_pid(name)) {
                 (Some(pid), _) => (pid, false),
-                (None, Some(pid)) if !process_exists(pid) => (pid, true),
+                (None, Some(pid)) if exited && !process_exists(pid) => (pid, true),
                 _ => continue,
             };
             if let Ok(Some(data)) = self.read_journal(name) {
@@ -295,7 +298,7 @@ impl StateDir {
             }
         }
         let listed: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
-        for name in &names {
+        for name in names.iter().filter(|_| exited) {
             let Some(pid) = lock_pid(name) else {
                 continue;
             };
@@ -948,12 +951,12 @@ mod tests {
             .replace_file(&format!("{me}.json"), &text, 0o600, false)
             .unwrap();
         let busy = state.lock(1005).unwrap();
-        let mut deleted = state.prune();
+        let mut deleted = state.prune(false);
         deleted.sort();
         let pids: Vec<&str> = deleted.iter().map(|n| &n[8..12]).collect();
         assert_eq!(pids, vec!["1002", "1003", "1004"], "{deleted:?}");
         drop(busy);
-        let deleted = state.prune();
+        let deleted = state.prune(false);
         assert_eq!(deleted.len(), 1, "{deleted:?}");
         assert!(deleted[0].starts_with("retired-1005-"));
         let mut left: Vec<String> = state.journals().into_iter().map(|(n, _)| n).collect();
@@ -1034,10 +1037,15 @@ mod tests {
             format!("{me}.lock"),
         ];
         expected.sort();
-        assert_eq!(state.prune(), vec![format!("{gone}.json")]);
+        assert!(
+            state.prune(false).is_empty(),
+            "an operation on one process leaves them"
+        );
+        assert_eq!(files(&state).len(), expected.len() + 3);
+        assert_eq!(state.prune(true), vec![format!("{gone}.json")]);
         assert_eq!(files(&state), expected);
         drop(other_run);
-        assert_eq!(state.prune(), vec![format!("{busy}.json")]);
+        assert_eq!(state.prune(true), vec![format!("{busy}.json")]);
         expected.retain(|n| !n.starts_with(&format!("{busy}.")));
         assert_eq!(files(&state), expected);
     }
