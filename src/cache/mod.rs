@@ -21,7 +21,7 @@
 //!   next store.
 //! * **Size.** At most [`max_bytes`] (256 MiB unless `RPATCH_CACHE_MAX_BYTES` says otherwise);
 //!   a store beyond it removes the least recently used entries first (a read touches its entry's
-//!   modification time).
+//!   modification time, at most once a minute).
 //! * **Failure costs speed only.** A cache that cannot be opened, read or written is simply not
 //!   used: every operation works without it.
 
@@ -228,12 +228,17 @@ impl Cache {
         if entry.format != FORMAT || entry.key != key.text {
             return None;
         }
-        // Touched: the least recently used entries go first.
-        let _ = nix::sys::stat::futimens(
-            &file,
-            &nix::sys::time::TimeSpec::UTIME_NOW,
-            &nix::sys::time::TimeSpec::UTIME_NOW,
-        );
+        // Touched: the least recently used entries go first. Not again within TOUCH_AFTER of
+        // the last touch: each is a metadata write the filesystem journals (an operation reads
+        // four entries), and eviction needs no finer order than that.
+        let used = file.metadata().ok()?.modified().ok()?;
+        if used.elapsed().is_ok_and(|age| age >= TOUCH_AFTER) {
+            let _ = nix::sys::stat::futimens(
+                &file,
+                &nix::sys::time::TimeSpec::UTIME_NOW,
+                &nix::sys::time::TimeSpec::UTIME_NOW,
+            );
+        }
         Some(entry.value)
     }
 
@@ -288,6 +293,9 @@ fn write_entry(dir: &OwnedFd, name: &str, bytes: &[u8]) -> Result<(), Errno> {
     }
     written
 }
+
+/// How long after an entry was last marked used a read marks it again (see `Cache::read`).
+const TOUCH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Removes the least recently used entries until the directory holds at most `limit` bytes
 /// (temporary files older than a minute, left by a run that died, go as well).
@@ -453,6 +461,37 @@ mod tests {
             .map(|k| tmp.path().join(k.file_name()).exists())
             .collect();
         assert_eq!(present, [true, false, true, true]);
+    }
+
+    /// A read marks its entry used again only a minute after the last mark.
+    #[test]
+    fn a_read_marks_its_entry_at_most_once_a_minute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::at(open_dir(tmp.path()));
+        let key = Key::new("test-v1", &identity(6), None);
+        cache.store(&key, &1u32);
+        let path = tmp.path().join(key.file_name());
+        let marked_ago = |secs: u64| {
+            let at = SystemTime::now() - std::time::Duration::from_secs(secs);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+            assert_eq!(cache.load::<u32>(&key), Some(1));
+            SystemTime::now()
+                .duration_since(std::fs::metadata(&path).unwrap().modified().unwrap())
+                .unwrap_or_default()
+        };
+        assert!(
+            marked_ago(10) >= std::time::Duration::from_secs(9),
+            "marked again"
+        );
+        assert!(
+            marked_ago(120) < std::time::Duration::from_secs(60),
+            "not marked"
+        );
     }
 
     /// A disabled cache finds and stores nothing, without failing.

@@ -246,10 +246,12 @@ impl StateDir {
     ///   condition, with its lock file, and the lock file of an exited process that has no
     ///   journal (an attach that failed). Without this every process ever patched (each restart
     ///   of a service `rpatch watch` patches again) left its files behind, and `status --all`
-    ///   and `watch`, which read every journal, slowed down with them. Those (and the manifest
-    ///   operations) ask for it; an operation on one process does not: knowing whether an image
-    ///   is still run reads every process's executable (0.3–1 ms), which an attach should not
-    ///   pay for another process's exit.
+    ///   and `watch`, which read every journal, and every operation, which lists the directory
+    ///   (twice), slowed down with them. Those (and the manifest operations) ask for it; an
+    ///   operation on one process does it once the directory holds [`PRUNE_EXITED_AT`] journals:
+    ///   knowing whether an image is still run reads every process's executable (0.3–1 ms),
+    ///   which an attach should not pay for each process that exited before it, but may once for
+    ///   dozens.
     ///
     /// Each is checked again and deleted under its process's lock (the lock an adoption from it
     /// takes), tried without waiting: one whose lock is busy is left for the next time. A lock
@@ -259,6 +261,11 @@ impl StateDir {
     /// whose PID a live one has now is retired when that PID is next opened).
     pub fn prune(&self, exited: bool) -> Vec<String> {
         let names = self.names();
+        let journals = names
+            .iter()
+            .filter(|n| journal_pid(n).is_some() || retired_pid(n).is_some())
+            .count();
+        let exited = exited || journals >= PRUNE_EXITED_AT;
         // The journals that may go: (name, pid, whether it is a process's current journal).
         let mut candidates = Vec::new();
         for name in &names {
@@ -489,6 +496,11 @@ impl StateDir {
         files::regular(File::from(fd)).map_err(io_err(&path))
     }
 }
+
+/// How many journals (current and retired) the directory holds before an operation on one
+/// process prunes those of exited processes too (see [`StateDir::prune`]): with 4,000 files,
+/// listing the directory took ~1 ms, twice per operation.
+pub const PRUNE_EXITED_AT: usize = 64;
 
 /// The PID in the name of a process's journal (`PID.json`).
 fn journal_pid(name: &str) -> Option<i32> {
@@ -1048,6 +1060,37 @@ mod tests {
         assert_eq!(state.prune(true), vec![format!("{busy}.json")]);
         expected.retain(|n| !n.starts_with(&format!("{busy}.")));
         assert_eq!(files(&state), expected);
+    }
+
+    /// Once the directory holds `PRUNE_EXITED_AT` journals, an operation on one process prunes
+    /// those of exited processes too (PIDs above pid_max: no process has them).
+    #[test]
+    fn many_journals_of_exited_processes_go_with_any_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().to_path_buf()).unwrap();
+        let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let write = |pid: i32| {
+            let data = serde_json::to_vec(&JournalData::new(TargetIdentity { pid, ..identity(7) }))
+                .unwrap();
+            state
+                .replace_file(&format!("{pid}.json"), &data, 0o600, false)
+                .unwrap();
+        };
+        let pids = (pid_max + 1..).take(PRUNE_EXITED_AT);
+        for pid in pids.clone().take(PRUNE_EXITED_AT - 1) {
+            write(pid);
+        }
+        assert!(state.prune(false).is_empty(), "one fewer: left for later");
+        write(pid_max + PRUNE_EXITED_AT as i32);
+        let mut deleted = state.prune(false);
+        deleted.sort();
+        let mut all: Vec<String> = pids.map(|p| format!("{p}.json")).collect();
+        all.sort();
+        assert_eq!(deleted, all);
     }
 
     /// A run waiting for a lock that prune unlinks meanwhile takes the lock again on the file
