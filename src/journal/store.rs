@@ -915,6 +915,27 @@ mod tests {
         );
     }
 
+    /// This process's PID, the boot id, its exec image, and an image of the same executable no
+    /// process runs (other random bytes).
+    fn this_process() -> (
+        i32,
+        String,
+        crate::process::ExecImage,
+        crate::process::ExecImage,
+    ) {
+        let me = std::process::id() as i32;
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim()
+            .to_string();
+        let mine = crate::process::read_image(me).unwrap();
+        let gone = crate::process::ExecImage {
+            at_random: [0xee; 16],
+            ..mine
+        };
+        (me, boot, mine, gone)
+    }
+
     /// Retired journals go once no live process runs their image: ours (this test process
     /// runs it) stays, as does one whose lock another run holds; one of another boot, or
     /// without an image, goes; current journals are never touched.
@@ -922,16 +943,7 @@ mod tests {
     fn retired_journals_go_once_no_process_runs_their_image() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::at(dir.path().to_path_buf()).unwrap();
-        let me = std::process::id() as i32;
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .unwrap()
-            .trim()
-            .to_string();
-        let mine = crate::process::read_image(me).unwrap();
-        let gone_image = crate::process::ExecImage {
-            at_random: [0xee; 16],
-            ..mine
-        };
+        let (me, boot, mine, gone_image) = this_process();
         let write = |pid: i32, boot: &str, image: Option<crate::process::ExecImage>| {
             let identity = TargetIdentity {
                 pid,
@@ -1001,16 +1013,7 @@ mod tests {
     fn journals_and_locks_of_exited_processes_go() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::at(dir.path().to_path_buf()).unwrap();
-        let me = std::process::id() as i32;
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .unwrap()
-            .trim()
-            .to_string();
-        let mine = crate::process::read_image(me).unwrap();
-        let gone_image = crate::process::ExecImage {
-            at_random: [0xee; 16],
-            ..mine
-        };
+        let (me, boot, mine, gone_image) = this_process();
         let write = |pid: i32, image: crate::process::ExecImage| {
             let identity = TargetIdentity {
                 pid,
