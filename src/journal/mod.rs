@@ -303,6 +303,11 @@ pub struct JournalData {
     /// one that was): nothing is ever loaded into it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inconsistent: Option<Inconsistent>,
+    /// The last scan for processes sharing this one's address space: the next operation
+    /// compares only those found and the processes created since (see
+    /// `process::address_space_sharers`), not every process on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharer_scan: Option<crate::process::SharerScan>,
 }
 
 impl JournalData {
@@ -315,6 +320,7 @@ impl JournalData {
             patches: Vec::new(),
             slack: Vec::new(),
             inconsistent: None,
+            sharer_scan: None,
         }
     }
 

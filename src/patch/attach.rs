@@ -309,10 +309,10 @@ fn attach_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(&info, deadline, log)?;
-    super::lineage::refuse_shared_address_space(pid)?;
     admit(&info, &options.library, options.allow)?;
     let mut journal =
         super::lineage::open_journal(&state, lock, &info, &identity, Stale::SetAside, log)?;
+    super::lineage::refuse_shared_address_space_since(pid, &mut journal)?;
     if let Some(i) = &journal.data.inconsistent {
         return Err(Error::Unsupported {
             reason: Unsupported::Inconsistent { pid, parent: i.pid },

@@ -22,6 +22,21 @@ pub(super) fn refuse_shared_address_space(pid: i32) -> Result<(), Error> {
     }
 }
 
+/// [`refuse_shared_address_space`], scanning only what was created since the scan an earlier
+/// operation kept in `journal` (a full scan compares every process on the host), and keeping
+/// this one there for the next.
+pub(super) fn refuse_shared_address_space_since(
+    pid: i32,
+    journal: &mut Journal,
+) -> Result<(), Error> {
+    if let Some(scan) = journal.data.sharer_scan.take() {
+        process::remember_sharer_scan(scan);
+    }
+    let refused = refuse_shared_address_space(pid);
+    journal.data.sharer_scan = process::last_sharer_scan(pid);
+    refused
+}
+
 /// Opens the journal of the identified target (its lock taken). A target rpatch has no journal
 /// for may be a forked child running its ancestor's patches: its new journal first adopts the
 /// records whose bytes it holds (see `journal::inherit`), from the nearest ancestor whose

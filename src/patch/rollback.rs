@@ -118,9 +118,9 @@ fn rollback_once(
     let (state, lock) = lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
     wait_untraced(&info, deadline, log)?;
-    super::lineage::refuse_shared_address_space(pid)?;
     let mut journal =
         super::lineage::open_journal(&state, lock, &info, &identity, Stale::Refuse, log)?;
+    super::lineage::refuse_shared_address_space_since(pid, &mut journal)?;
     let mut tracer = Tracer::new(pid)?;
     reconcile(&mut journal, tracer.mem())?;
     clock.enter("plan");

@@ -30,7 +30,8 @@ pub use modules::{LoadedModule, ModuleMap};
 pub use priority::{ExactSleeps, RealtimeGuard};
 pub use runtime::Runtime;
 pub use shared_mm::{
-    FrozenSharers, address_space_sharers, shared_address_space, shares_address_space,
+    FrozenSharers, SharerScan, address_space_sharers, last_sharer_scan, remember_sharer_scan,
+    shared_address_space, shares_address_space,
 };
 pub use syscall::{EintrRepair, Seen, blocked_syscall, repair_eintr};
 pub use tracer::{Birth, Held, Stop, Survey, ThreadState, Tracer};

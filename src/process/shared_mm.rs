@@ -5,6 +5,7 @@
 //! The kernel tells them apart with `kcmp(KCMP_VM)`.
 
 use super::{ProcessError, ThreadState, Tracer, all_pids, last_pid, live_task, read_stat};
+use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::time::Instant;
 
@@ -28,29 +29,63 @@ pub fn shares_address_space(a: i32, b: i32) -> bool {
     rc == 0
 }
 
-/// The last full scan of this process: which process, the sharers found, and the last PID
-/// allocated before it listed `/proc` (see [`address_space_sharers`]).
-struct Scan {
-    pid: i32,
-    sharers: Vec<i32>,
-    last_pid: i32,
+/// What the last scan of one process's address-space sharers found (see
+/// [`address_space_sharers`]), with the last PID handed out and the count of tasks created
+/// since boot (`processes` in `/proc/stat`) read before it: the next scan of that process need
+/// only compare the PIDs handed out since. Kept for the next operation in the process's journal
+/// ([`remember_sharer_scan`], [`last_sharer_scan`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharerScan {
+    /// The process scanned.
+    pub pid: i32,
+    /// The other processes found sharing its address space, sorted.
+    pub sharers: Vec<i32>,
+    /// The namespace's last PID, read before the scan.
+    pub last_pid: i32,
+    /// Tasks created since boot, read before the scan: every PID handed out since in any
+    /// namespace created one, so a difference of at most [`FRESH_PIDS_MAX`] proves the PID
+    /// counter has not gone round (however long ago the scan was).
+    pub forks: u64,
 }
 
 thread_local! {
-    static LAST_SCAN: RefCell<Option<Scan>> = const { RefCell::new(None) };
+    static LAST_SCAN: RefCell<Option<SharerScan>> = const { RefCell::new(None) };
 }
 
 /// At most this many PIDs handed out since the last scan are compared one by one; beyond it
 /// `/proc` is listed again.
 const FRESH_PIDS_MAX: i32 = 512;
 
+/// Takes `scan` (an earlier operation's, from the journal) as the last scan of its process, so
+/// that this operation's first scan looks only at what was created since.
+pub fn remember_sharer_scan(scan: SharerScan) {
+    LAST_SCAN.set(Some(scan));
+}
+
+/// The last scan of `pid`'s sharers this operation made, to keep in its journal.
+pub fn last_sharer_scan(pid: i32) -> Option<SharerScan> {
+    LAST_SCAN.with_borrow(|scan| scan.as_ref().filter(|s| s.pid == pid).cloned())
+}
+
+/// Tasks created since boot (`processes` in `/proc/stat`).
+fn forks_since_boot() -> Option<u64> {
+    let stat = super::read_proc("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("processes "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The other processes sharing `pid`'s address space, sorted. Every process is compared with
 /// `kcmp` directly: one system call each, about a microsecond, where a look at its executable
 /// first (`/proc/P/exe`, a path walk) cost several times that. Every operation lists them at
 /// its start and before each freeze.
 ///
-/// The first call for a process lists `/proc`; a later one only compares the sharers found then
-/// and the PIDs handed out since (the namespace's last PID is read before each listing). An
+/// The first scan of a process lists `/proc`; a later one — in this operation, or in a later
+/// one that took the earlier's from the journal ([`remember_sharer_scan`]) — only compares the
+/// sharers found then and the PIDs handed out since (the namespace's last PID and the count of
+/// tasks created are read before each scan). An
 /// address space is shared only by a process created sharing it, after the one it shares it
 /// with: one made after the scan has a PID allocated after it. A listing of `/proc` with a
 /// comparison of every process is most of what a freeze round costs outside the frozen window
@@ -67,10 +102,18 @@ pub fn address_space_sharers(pid: i32) -> Vec<i32> {
     }) else {
         return Vec::new();
     };
+    let forks = forks_since_boot();
     let now = last_pid();
     let earlier = LAST_SCAN.with_borrow_mut(|scan| scan.take().filter(|s| s.pid == pid));
+    let few_since = |earlier: &SharerScan, now: i32| {
+        (0..=FRESH_PIDS_MAX).contains(&(now - earlier.last_pid))
+            && forks.is_some_and(|f| {
+                f.checked_sub(earlier.forks)
+                    .is_some_and(|n| n <= FRESH_PIDS_MAX as u64)
+            })
+    };
     let mut found: Vec<i32> = match (earlier, now) {
-        (Some(earlier), Some(now)) if (0..=FRESH_PIDS_MAX).contains(&(now - earlier.last_pid)) => {
+        (Some(earlier), Some(now)) if few_since(&earlier, now) => {
             // A thread of `pid` (or of a sharer) shares it too: only thread group leaders count.
             let fresh = ((earlier.last_pid + 1)..=now).filter(|&p| {
                 p != pid
@@ -92,11 +135,12 @@ pub fn address_space_sharers(pid: i32) -> Vec<i32> {
     // One made between the earlier scan's PID read and its listing is found by both.
     found.sort_unstable();
     found.dedup();
-    if let Some(last_pid) = now {
-        LAST_SCAN.set(Some(Scan {
+    if let (Some(last_pid), Some(forks)) = (now, forks) {
+        LAST_SCAN.set(Some(SharerScan {
             pid,
             sharers: found.clone(),
             last_pid,
+            forks,
         }));
     }
     found
@@ -224,6 +268,25 @@ mod tests {
         };
         let sharers = address_space_sharers(me);
         let both = shared_address_space(me);
+        // A scan kept from an earlier operation is taken as it is while few tasks were created
+        // after it, however long ago it was: one that found no sharer, with both counters as they
+        // are now, is believed (the child, made before it, is not compared)...
+        let kept = SharerScan {
+            pid: me,
+            sharers: Vec::new(),
+            last_pid: last_pid().unwrap(),
+            forks: forks_since_boot().unwrap(),
+        };
+        remember_sharer_scan(kept.clone());
+        let believed = address_space_sharers(me);
+        // ...but not once more tasks were created after it than PIDs are compared one by one:
+        // the PID counter may have gone round, and every process is compared again.
+        remember_sharer_scan(SharerScan {
+            forks: kept.forks.saturating_sub(10_000),
+            ..kept
+        });
+        let rescanned = address_space_sharers(me);
+        let kept_now = last_sharer_scan(me).unwrap();
         drop(stop);
         let _ = thread.join();
         for child in [forked, shared] {
@@ -237,6 +300,9 @@ mod tests {
         assert!(shared > 0 && forked > 0);
         assert!(before.is_empty(), "{before:?}");
         assert_eq!(sharers, vec![shared]);
+        assert_eq!(believed, Vec::<i32>::new());
+        assert_eq!(rescanned, vec![shared]);
+        assert_eq!(kept_now.sharers, vec![shared], "{kept_now:?}");
         let (owner, all) = both.unwrap();
         assert_eq!(owner, me, "the older process owns it");
         let mut expected = vec![me, shared];
