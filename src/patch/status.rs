@@ -147,6 +147,17 @@ impl StatusReport {
 pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     let (state, lock) = super::lock_target(pid)?;
     let (info, identity) = identify(pid, log)?;
+    // The sharer scan an attach or rollback kept: only what was created since is compared
+    // (`status --all` asks this of every patched process). Not saved back: status writes
+    // nothing it does not have to.
+    if let Some(scan) = state
+        .peek(pid)
+        .filter(|d| d.identity.start_time == identity.start_time)
+        .filter(|d| d.identity.boot_id == identity.boot_id)
+        .and_then(|d| d.sharer_scan)
+    {
+        process::remember_sharer_scan(scan);
+    }
     let shared_mm =
         process::shared_address_space(pid).map(|(owner, processes)| SharedMm { owner, processes });
     if let Some(shared) = shared_mm.as_ref().filter(|s| s.owner != pid) {
