@@ -112,11 +112,34 @@ impl TargetIdentity {
 /// process, or a child forked from it that has not exec'd since): the processes that may hold
 /// that journal's patches. A journal of another boot, or that recorded no image, has none.
 pub fn image_still_run(recorded: &TargetIdentity) -> bool {
-    let this_boot = crate::process::read_proc("/proc/sys/kernel/random/boot_id")
-        .is_ok_and(|b| b.trim() == recorded.boot_id);
-    match &recorded.image {
-        Some(image) if this_boot => !crate::process::holders(image).is_empty(),
-        _ => false,
+    ImagesRun::of([recorded]).still_run(recorded)
+}
+
+/// [`image_still_run`] for many journals at once: the images live processes run are read in
+/// one pass over `/proc` for all of them (`process::images_run`).
+pub struct ImagesRun {
+    boot_id: Option<String>,
+    run: std::collections::HashSet<crate::process::ExecImage>,
+}
+
+impl ImagesRun {
+    /// Reads which of the images `recorded` (journals' identities) live processes run now.
+    pub fn of<'a>(recorded: impl IntoIterator<Item = &'a TargetIdentity>) -> Self {
+        let boot_id = crate::process::boot_id();
+        let images = recorded
+            .into_iter()
+            .filter(|r| Some(&r.boot_id) == boot_id.as_ref())
+            .filter_map(|r| r.image)
+            .collect();
+        let run = crate::process::images_run(&images);
+        Self { boot_id, run }
+    }
+
+    /// Whether a live process of this boot ran `recorded`'s image when [`ImagesRun::of`] read
+    /// them (one not run then never runs again; one run then may have stopped since).
+    pub fn still_run(&self, recorded: &TargetIdentity) -> bool {
+        Some(&recorded.boot_id) == self.boot_id.as_ref()
+            && recorded.image.is_some_and(|i| self.run.contains(&i))
     }
 }
 

@@ -280,22 +280,12 @@ impl StateDir {
         }
         // Which of their images live processes run, read once for all of them. An image none
         // runs now never runs again; one run now may stop, which only keeps its journal longer.
-        let boot = crate::process::read_proc("/proc/sys/kernel/random/boot_id")
-            .map(|b| b.trim().to_string())
-            .ok();
-        let of_this_boot = |d: &JournalData| Some(&d.identity.boot_id) == boot.as_ref();
-        let images = candidates
-            .iter()
-            .filter(|(_, _, d)| of_this_boot(d))
-            .filter_map(|(_, _, d)| d.identity.image)
-            .collect();
-        let run = crate::process::images_run(&images);
-        let still_run =
-            |d: &JournalData| of_this_boot(d) && d.identity.image.is_some_and(|i| run.contains(&i));
+        let run = super::ImagesRun::of(candidates.iter().map(|(_, _, d)| &d.identity));
         let mut deleted = Vec::new();
         for (name, (pid, current), _) in candidates {
             // Needed while its image runs, and (a current one) while a process has the PID.
-            let needed = |d: &JournalData| still_run(d) || (current && process_exists(pid));
+            let needed =
+                |d: &JournalData| run.still_run(&d.identity) || (current && process_exists(pid));
             let unneeded = |d: &JournalData| !needed(d);
             if let Some(lock) = self.delete_under_lock(name, pid, unneeded) {
                 if current {
@@ -304,8 +294,17 @@ impl StateDir {
                 deleted.push(name.clone());
             }
         }
+        if exited {
+            self.prune_orphan_locks(&names);
+        }
+        deleted
+    }
+
+    /// Unlinks the lock files (among `names`, the directory's listing) of exited processes
+    /// that have no journal, each under its lock taken without waiting (see [`StateDir::prune`]).
+    fn prune_orphan_locks(&self, names: &[String]) {
         let listed: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
-        for name in names.iter().filter(|_| exited) {
+        for name in names {
             let Some(pid) = lock_pid(name) else {
                 continue;
             };
@@ -320,7 +319,6 @@ impl StateDir {
                 self.unlink_lock(pid, lock);
             }
         }
-        deleted
     }
 
     /// Deletes the journal `name` (and its image index entry) when, read under the lock of

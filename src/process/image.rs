@@ -124,20 +124,10 @@ pub fn runs_executable(pid: i32, dev: u64, inode: u64) -> bool {
     fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| m.dev() == dev && m.ino() == inode)
 }
 
-/// Every process on the host (its PID) that runs `image` now: the processes a journal of that
-/// image may still describe (forked children hold its patches). Processes rpatch may not
-/// inspect are not counted.
-pub fn holders(image: &ExecImage) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|&pid| runs_executable(pid, image.exe_dev, image.exe_inode))
-        .filter(|&pid| read_image(pid).is_ok_and(|i| i == *image))
-        .collect()
-}
-
 /// Which of `images` some process on the host runs now, in one pass over /proc (a process is
-/// only read further when its executable is one of theirs): [`holders`] for many images at
-/// once. Processes rpatch may not inspect are not counted.
+/// only read further when its executable is one of theirs): those a journal of that image may
+/// still describe (forked children hold its patches). Processes rpatch may not inspect are not
+/// counted.
 pub fn images_run(images: &HashSet<ExecImage>) -> HashSet<ExecImage> {
     let executables: HashSet<(u64, u64)> =
         images.iter().map(|i| (i.exe_dev, i.exe_inode)).collect();
@@ -202,7 +192,7 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         assert!(json.contains(&crate::hex::hex(&a.at_random)), "{json}");
         assert_eq!(serde_json::from_str::<ExecImage>(&json).unwrap(), a);
-        assert!(holders(&a).contains(&me));
+        assert!(images_run(&HashSet::from([a])).contains(&a));
     }
 
     /// Of several images, one pass finds those run: ours, not one with other random bytes (no

@@ -21,7 +21,7 @@ pub(crate) use crate::isa::Regs;
 pub use build_id::build_id_in_memory;
 #[cfg(test)]
 pub use frozen::Frozen;
-pub use image::{ExecImage, all_pids, holders, images_run, read_image, runs_executable};
+pub use image::{ExecImage, all_pids, images_run, read_image, runs_executable};
 pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
 #[cfg(test)]
 pub use memory::FakeMemory;
@@ -532,9 +532,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     drop(ProcMem::open(pid)?);
     check_architecture(pid)?;
     let image = read_image(pid)?;
-    let boot_id = read_proc("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
+    let boot_id = boot_id().unwrap_or_default();
     let (mut seccomp_threads, mut shadow_stack_threads) = (Vec::new(), Vec::new());
     let mut tracer = None;
     let me = std::process::id() as i32;
@@ -565,6 +563,14 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
         tracer,
         shadow_stack_threads,
     })
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): journals record it, since PIDs and start
+/// times repeat from one boot to the next.
+pub fn boot_id() -> Option<String> {
+    read_proc("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Whether rpatch may inspect `pid` at all: the process exists and its memory can be opened
