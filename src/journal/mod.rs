@@ -91,6 +91,14 @@ pub struct TargetIdentity {
 }
 
 impl TargetIdentity {
+    /// Whether `self` and `other` are one process: the same PID, start time and boot (a PID
+    /// and a start time repeat from one boot to the next).
+    pub fn same_process(&self, other: &TargetIdentity) -> bool {
+        self.pid == other.pid
+            && self.start_time == other.start_time
+            && self.boot_id == other.boot_id
+    }
+
     /// Whether a journal recorded for `self` describes the image `live` runs (same process
     /// assumed): the same exec image, or, for a journal that recorded none, the same
     /// executable path.

@@ -729,9 +729,7 @@ impl Journal {
         let name = format!("{}.json", identity.pid);
         let (data, existed) = match state.read_journal(&name)? {
             Some(data) => {
-                let same_process = data.identity.start_time == identity.start_time
-                    && data.identity.boot_id == identity.boot_id
-                    && data.identity.pid == identity.pid;
+                let same_process = data.identity.same_process(identity);
                 if !same_process && stale == Stale::Refuse && !still_held(&data.identity) {
                     return Err(JournalError::OtherProcess {
                         path,

@@ -152,8 +152,7 @@ pub fn status(pid: i32, log: &Log) -> Result<StatusReport, Error> {
     // nothing it does not have to.
     if let Some(scan) = state
         .peek(pid)
-        .filter(|d| d.identity.start_time == identity.start_time)
-        .filter(|d| d.identity.boot_id == identity.boot_id)
+        .filter(|d| d.identity.same_process(&identity))
         .and_then(|d| d.sharer_scan)
     {
         process::remember_sharer_scan(scan);
