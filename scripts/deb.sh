@@ -18,9 +18,9 @@ gzip -9n "$assets"/man/*.1
 "$rpatch" completions zsh >"$assets/completions/_rpatch"
 "$rpatch" completions fish >"$assets/completions/rpatch.fish"
 # The release profile keeps line tables for backtraces; the package's binary is stripped. On a
-# glibc host build-release.sh built it for the named host triple (static-pie): cargo-deb takes
-# it from target/<triple>/release/.
+# glibc host build-release.sh built it for the named host triple (static-pie), in
+# target/<triple>/release/: cargo-deb is given that triple.
 target=()
-case "$rpatch" in */target/release/rpatch) ;; *) target=(--target "$(rustc -vV | sed -n 's/^host: //p')") ;; esac
+case "$rpatch" in */target/release/rpatch) ;; *) target=(--target "$(basename "$(dirname "$(dirname "$rpatch")")")") ;; esac
 cargo deb --no-build --locked --quiet --strip "${target[@]}" >&2
 ls -t target/debian/rpatch_*.deb target/*/debian/rpatch_*.deb 2>/dev/null | head -n 1

@@ -680,7 +680,8 @@ fn watch(w: WatchArgs) -> anyhow::Result<i32> {
 
 /// Compiles a regex given on the command line, or exits with a usage error. `regex-lite`, not
 /// `regex`: its Unicode class and case tables would be relocated at every start of rpatch
-/// (~60 KiB of pointers, 0.17 ms a run here), for probes that match ASCII output.
+/// (9,100 relocations, 224 KiB of `.data.rel.ro`, 0.1 ms a run here), for probes that match
+/// ASCII output.
 fn regex(flag: &str, pattern: Option<&str>, multi_line: bool) -> Option<regex_lite::Regex> {
     let pattern = pattern?;
     match regex_lite::RegexBuilder::new(pattern)
