@@ -63,7 +63,9 @@ impl Root {
         )?;
         if let Some(expected) = start_time {
             let stat = openat(&dir, "stat", READ_FLAGS, Mode::empty())?;
-            let mut text = String::new();
+            // Room for the whole line: /proc files have no size to size the buffer by, and
+            // std's reads of one then start at 32 bytes and double (six reads, not two).
+            let mut text = String::with_capacity(1024);
             io::Read::read_to_string(&mut File::from(stat), &mut text)?;
             let started = crate::process::parse_stat(&text).map(|(_, start, _)| start);
             if started != Some(expected) {

@@ -118,7 +118,7 @@ impl<'t> InjectedThread<'t> {
                 format!("reusing the call stub at {:#x} ({} bytes)", r.base, r.len()),
             ),
             None => {
-                thread.bootstrap(modules, ledger, log)?;
+                thread.bootstrap(modules, ledger, maps, log)?;
                 thread.wait_for_safe_point(modules)?;
             }
         }

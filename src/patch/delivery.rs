@@ -293,7 +293,11 @@ impl Delivery {
                 ),
             }
         }
-        let root = Root::of_process(pid, Some(start_time)).ok();
+        // The module map's (the plan opened it), duplicated rather than looked up again.
+        let root = match modules.root() {
+            Some(root) => root.try_clone().ok(),
+            None => Root::of_process(pid, Some(start_time)).ok(),
+        };
         let libc_module = modules.c_library().cloned();
         let libc = match libc_module.and_then(|m| Some((modules.symbols(&m).ok()?, m))) {
             Some((index, m)) => {
