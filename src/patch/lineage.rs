@@ -153,8 +153,7 @@ fn forked_from(info: &ProcessInfo) -> Vec<(i32, u64)> {
     let mut chain = Vec::new();
     let mut pid = info.pid;
     while let Some(parent) = process::parent(pid) {
-        if parent <= 1 || chain.len() >= 64 || process::read_image(parent).ok() != Some(info.image)
-        {
+        if parent <= 1 || chain.len() >= 64 || !process::runs_image(parent, &info.image) {
             break;
         }
         let Ok((_, start, _)) = process::read_stat(parent, parent) else {
@@ -178,7 +177,7 @@ fn dead_journals(state: &StateDir, info: &ProcessInfo, chain: &[(i32, u64)]) -> 
             let alive = process::read_stat(id.pid, id.pid).is_ok_and(|(state, start, _)| {
                 start == id.start_time && !matches!(state, 'Z' | 'X' | 'x')
             });
-            let execed = alive && process::read_image(id.pid).ok() != Some(info.image);
+            let execed = alive && !process::runs_image(id.pid, &info.image);
             id.image == Some(info.image)
                 && id.boot_id == info.boot_id
                 && id.start_time <= info.start_time
@@ -219,7 +218,7 @@ pub(super) fn mark_born_during_load(
     let mut marked = Vec::new();
     for (child, start) in process::children_since(info.pid, last_pid) {
         let copy = ticks.contains(&start)
-            && process::read_image(child).ok() == Some(info.image)
+            && process::runs_image(child, &info.image)
             && !process::shares_address_space(info.pid, child);
         if !copy {
             continue;

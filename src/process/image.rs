@@ -64,6 +64,13 @@ fn deserialize_random<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Er
     Ok(out)
 }
 
+/// Whether process `pid` runs exec image `image`: [`runs_executable`] first (one `stat`), and
+/// only when it does are its auxiliary vector and `AT_RANDOM` bytes read.
+pub fn runs_image(pid: i32, image: &ExecImage) -> bool {
+    runs_executable(pid, image.exe_dev, image.exe_inode)
+        && read_image(pid).ok().as_ref() == Some(image)
+}
+
 /// The exec image `pid` runs now. Reading it needs the same access as tracing the process
 /// (`/proc/PID/auxv` and `/proc/PID/mem`).
 pub fn read_image(pid: i32) -> Result<ExecImage, ProcessError> {

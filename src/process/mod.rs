@@ -21,7 +21,7 @@ pub(crate) use crate::isa::Regs;
 pub use build_id::build_id_in_memory;
 #[cfg(test)]
 pub use frozen::Frozen;
-pub use image::{ExecImage, all_pids, images_run, read_image, runs_executable};
+pub use image::{ExecImage, all_pids, images_run, read_image, runs_executable, runs_image};
 pub use maps::{ForkFlag, Mapping, gaps, parse_fork_flags, parse_maps};
 #[cfg(test)]
 pub use memory::FakeMemory;
@@ -498,8 +498,18 @@ pub fn proc_dir(pid: i32) -> PathBuf {
 /// Reads `/proc/PID/NAME` (or a live thread's, see [`proc_dir`]), a file describing the
 /// process's mappings (`maps`, `smaps`).
 fn read_mappings_file(pid: i32, name: &str) -> Result<String, ProcessError> {
-    let path = proc_dir(pid).join(name).display().to_string();
-    read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))
+    // Read at `/proc/PID` first: only when that fails or reads empty (an exited main thread)
+    // is [`proc_dir`] asked for a live thread's (no look at the leader before every read).
+    let read = |path: String| read_proc(&path).map_err(|e| map_proc_err(pid, &path, e));
+    let leader = PathBuf::from(format!("/proc/{pid}"));
+    let direct = read(leader.join(name).display().to_string());
+    if direct.as_ref().is_ok_and(|text| !text.is_empty()) {
+        return direct;
+    }
+    match proc_dir(pid) {
+        dir if dir == leader => direct,
+        dir => read(dir.join(name).display().to_string()),
+    }
 }
 
 /// The target's memory map.
@@ -519,8 +529,7 @@ pub fn identify(pid: i32) -> Result<ProcessInfo, ProcessError> {
     if pid <= 0 {
         return Err(ProcessError::NoSuchProcess { pid });
     }
-    refuse_kernel_thread(pid)?;
-    let (mut state, start_time, _) = read_stat(pid, pid)?;
+    let (mut state, start_time, _) = user_stat(pid)?;
     if matches!(state, 'Z' | 'X' | 'x') {
         // The main thread may have exited while others run on: that process is alive.
         let tid = live_task(pid).ok_or(ProcessError::Exited { pid })?;
@@ -590,16 +599,25 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// A kernel thread (kthreadd, kworker...) has a PID but no user-space memory or executable:
 /// say so rather than "no such process" when its /proc files read empty.
 pub fn refuse_kernel_thread(pid: i32) -> Result<(), ProcessError> {
+    user_stat(pid).map(drop)
+}
+
+/// The main thread's (state, start time, comm) from `/proc/PID/stat`, refused for a kernel
+/// thread (see [`refuse_kernel_thread`]): both from one read.
+fn user_stat(pid: i32) -> Result<(char, u64, String), ProcessError> {
     let path = format!("/proc/{pid}/stat");
     let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
+    let parsed = parse_stat(&text);
     match stat_flags(&text) {
         Some(flags) if flags & PF_KTHREAD != 0 => Err(ProcessError::KernelThread {
             pid,
-            name: parse_stat(&text)
-                .map(|(_, _, comm)| comm)
-                .unwrap_or_default(),
+            name: parsed.map(|(_, _, comm)| comm).unwrap_or_default(),
         }),
-        _ => Ok(()),
+        _ => parsed.ok_or_else(|| ProcessError::Io {
+            pid,
+            what: path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat"),
+        }),
     }
 }
 
