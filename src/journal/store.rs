@@ -429,7 +429,17 @@ impl StateDir {
             }
         };
         let mut file = File::from(fd);
-        if !durable {
+        // Only a rename over an existing file starts the writeback `allocate` avoids; a new
+        // file's allocation would only add to the next flush of the filesystem's journal.
+        let replaces = || {
+            nix::sys::stat::fstatat(
+                self.dir.as_fd(),
+                name,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok()
+        };
+        if !durable && replaces() {
             allocate(&file, bytes.len());
         }
         let written = file
