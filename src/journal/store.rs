@@ -278,10 +278,13 @@ impl StateDir {
                 candidates.push((name, current, data));
             }
         }
+        let mut deleted = Vec::new();
+        if candidates.is_empty() && !exited {
+            return deleted;
+        }
         // Which of their images live processes run, read once for all of them. An image none
         // runs now never runs again; one run now may stop, which only keeps its journal longer.
         let run = super::ImagesRun::of(candidates.iter().map(|(_, _, d)| &d.identity));
-        let mut deleted = Vec::new();
         for (name, (pid, current), _) in candidates {
             // Needed while its image runs, and (a current one) while a process has the PID.
             let needed =
