@@ -230,9 +230,15 @@ pub fn open_host(path: &Path) -> io::Result<File> {
 
 /// `file` if it is a regular file, else an error saying what it is.
 pub fn regular(file: File) -> io::Result<File> {
+    regular_with_metadata(file).map(|(file, _)| file)
+}
+
+/// [`regular`], with the metadata it was judged by (one `fstat` serving the caller's checks
+/// too).
+pub fn regular_with_metadata(file: File) -> io::Result<(File, std::fs::Metadata)> {
     let meta = file.metadata()?;
     if meta.file_type().is_file() {
-        return Ok(file);
+        return Ok((file, meta));
     }
     let what = if meta.is_dir() {
         "a directory"
@@ -255,9 +261,9 @@ pub fn regular(file: File) -> io::Result<File> {
     ))
 }
 
-/// Checks that `file` is the inode `(dev, ino)` (as `/proc/PID/maps` names the mapped file).
-pub fn same_inode(file: &File, dev: u64, ino: u64) -> io::Result<()> {
-    let meta = file.metadata()?;
+/// Checks that the file `meta` describes is the inode `(dev, ino)` (as `/proc/PID/maps` names
+/// the mapped file).
+pub fn is_inode(meta: &std::fs::Metadata, dev: u64, ino: u64) -> io::Result<()> {
     if meta.dev() == dev && meta.ino() == ino {
         Ok(())
     } else {
@@ -278,7 +284,11 @@ pub fn same_inode(file: &File, dev: u64, ino: u64) -> io::Result<()> {
 /// The whole content of `file`, at most `cap` bytes: a larger file (or one growing past the cap
 /// while read) is an error, a file shrinking while read yields what was there.
 pub fn read_capped(file: &File, cap: u64) -> io::Result<Vec<u8>> {
-    let size = file.metadata()?.len();
+    read_capped_sized(file, file.metadata()?.len(), cap)
+}
+
+/// [`read_capped`] of a file whose size `fstat` just gave.
+pub fn read_capped_sized(file: &File, size: u64, cap: u64) -> io::Result<Vec<u8>> {
     if size > cap {
         return Err(too_large(size, cap));
     }
@@ -405,8 +415,8 @@ mod tests {
         assert_eq!(read_capped(&f, 1000).unwrap().len(), 1000);
         assert!(read_capped(&f, 999).is_err());
         let meta = f.metadata().unwrap();
-        same_inode(&f, meta.dev(), meta.ino()).unwrap();
-        assert!(same_inode(&f, meta.dev(), meta.ino() + 1).is_err());
+        is_inode(&meta, meta.dev(), meta.ino()).unwrap();
+        assert!(is_inode(&meta, meta.dev(), meta.ino() + 1).is_err());
         assert!(open_host(dir.path()).is_err());
     }
 

@@ -222,8 +222,8 @@ impl Cache {
             Mode::empty(),
         )
         .ok()?;
-        let file = files::regular(File::from(fd)).ok()?;
-        let bytes = files::read_capped(&file, MAX_ENTRY).ok()?;
+        let (file, meta) = files::regular_with_metadata(File::from(fd)).ok()?;
+        let bytes = files::read_capped_sized(&file, meta.len(), MAX_ENTRY).ok()?;
         let entry: Entry<T> = serde_json::from_slice(&bytes).ok()?;
         if entry.format != FORMAT || entry.key != key.text {
             return None;
@@ -231,7 +231,7 @@ impl Cache {
         // Touched: the least recently used entries go first. Not again within TOUCH_AFTER of
         // the last touch: each is a metadata write the filesystem journals (an operation reads
         // four entries), and eviction needs no finer order than that.
-        let used = file.metadata().ok()?.modified().ok()?;
+        let used = meta.modified().ok()?;
         if used.elapsed().is_ok_and(|age| age >= TOUCH_AFTER) {
             let _ = nix::sys::stat::futimens(
                 &file,

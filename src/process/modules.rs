@@ -154,8 +154,8 @@ impl ModuleMap {
     /// (a symlink, a FIFO, another file) is read instead.
     pub fn open(&self, module: &LoadedModule) -> io::Result<File> {
         let checked = |file: io::Result<File>| {
-            let file = files::regular(file?)?;
-            files::same_inode(&file, module.dev, module.inode)?;
+            let (file, meta) = files::regular_with_metadata(file?)?;
+            files::is_inode(&meta, module.dev, module.inode)?;
             Ok(file)
         };
         let by_map_files = checked(
