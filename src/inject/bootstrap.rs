@@ -54,8 +54,9 @@ impl InjectedThread<'_> {
                 }
             };
             self.region.base = base;
+            self.mappings = None;
             self.run_bootstrap(&slack, &maps, ledger)?;
-            let maps = self.maps()?;
+            let maps = self.mappings()?;
             match region::region_mapped(&maps, &self.region) {
                 (true, true) => {
                     self.stub = self

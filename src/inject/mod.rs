@@ -232,6 +232,10 @@ pub struct InjectedThread<'t> {
     /// Copies of the process the current call made in this thread (a constructor that forks),
     /// left stopped: the call's end reports them.
     forked_in_call: Vec<i32>,
+    /// The target's mappings as this borrow last read them, kept until it runs code that may
+    /// map memory (a `dlopen`, with its constructors; an `mmap`): see
+    /// [`InjectedThread::mappings`].
+    mappings: Option<Vec<process::Mapping>>,
     /// Progress lines, and the status line while a call takes long.
     log: &'t crate::log::Log,
 }

@@ -98,6 +98,7 @@ impl<'t> InjectedThread<'t> {
             stacks,
             running_in: OwnCode::Nothing,
             forked_in_call: Vec::new(),
+            mappings: Some(maps.clone()),
             log,
         };
         // Every process or thread the borrowed thread makes is reported (see `child_born`).
@@ -144,9 +145,23 @@ impl<'t> InjectedThread<'t> {
         self.tracer.pid()
     }
 
-    /// The target's mappings; none at all means its address space is being torn down.
+    /// The target's mappings, read now; none at all means its address space is being torn
+    /// down.
     pub(super) fn maps(&self) -> Result<Vec<process::Mapping>, InjectError> {
         live_maps(self.pid())
+    }
+
+    /// The target's mappings: as this borrow last read them when it has run nothing since
+    /// that may map memory, else read now. The other threads run on either way, so this is a
+    /// snapshot like any read: what it is used for is checked where it matters (a page is
+    /// mapped with MAP_FIXED_NOREPLACE, a library's mapping against its inode).
+    pub fn mappings(&mut self) -> Result<Vec<process::Mapping>, InjectError> {
+        if let Some(maps) = &self.mappings {
+            return Ok(maps.clone());
+        }
+        let maps = self.maps()?;
+        self.mappings = Some(maps.clone());
+        Ok(maps)
     }
 
     pub(super) fn io(&self, what: &str, source: std::io::Error) -> InjectError {
@@ -840,6 +855,7 @@ impl<'t> InjectedThread<'t> {
         let mut bytes = path.as_bytes().to_vec();
         bytes.push(0);
         let path_addr = self.push(&bytes)?;
+        self.mappings = None;
         let call = RemoteCall {
             name: "dlopen",
             function: functions.dlopen,
@@ -878,6 +894,7 @@ impl<'t> InjectedThread<'t> {
     ) -> Result<Option<u64>, InjectError> {
         let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        self.mappings = None;
         let result = self.call(
             "mmap",
             functions.mmap,

@@ -379,7 +379,7 @@ impl Delivery {
         let Some((vaddr, offset)) = payload.first_segment() else {
             return Ok(None);
         };
-        let maps = process::read_maps(self.pid)?;
+        let maps = thread.mappings()?;
         let recorded = journal
             .patches
             .iter()
@@ -708,7 +708,7 @@ impl Delivery {
     /// prepared, at `l_addr` plus the first segment's address. Returns `l_addr`.
     fn check_loaded(
         &self,
-        thread: &InjectedThread,
+        thread: &mut InjectedThread,
         handle: u64,
         payload: &Payload,
         name: &str,
@@ -737,7 +737,7 @@ impl Delivery {
             .first_segment()
             .ok_or_else(|| wrong("the prepared bytes have no loadable segment".into()))?;
         let start = l_addr.wrapping_add(vaddr);
-        let maps = process::read_maps(pid)?;
+        let maps = thread.mappings()?;
         let Some(m) = maps.iter().find(|m| m.start == start) else {
             return Err(wrong(format!("nothing is mapped at {start:#x}")));
         };

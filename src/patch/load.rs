@@ -244,7 +244,8 @@ fn place_jumps(
     let mut reserved = journal.data.slots_in_use();
     let mut new_islands = Vec::new();
     let mut placements = Vec::new();
-    // Read once, when the first island page is needed: the library is mapped by now.
+    // Taken once, when the first island page is needed: the library is mapped by now (the
+    // thread's snapshot since its `dlopen`, see `InjectedThread::mappings`).
     let mut maps: Option<Vec<Mapping>> = None;
     let island_size = islands::island_size(crate::isa::call::layout(pid).page());
     for p in planned {
@@ -272,7 +273,7 @@ fn place_jumps(
         } else {
             let maps = match &mut maps {
                 Some(maps) => maps,
-                None => maps.insert(process::read_maps(pid)?),
+                None => maps.insert(thread.mappings()?),
             };
             let mut mapped = None;
             for addr in islands::candidate_addresses(maps, p.write_at, island_size) {

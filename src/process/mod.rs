@@ -270,8 +270,15 @@ pub fn children(pid: i32) -> Vec<(i32, u64)> {
 /// PIDs out in increasing order, wrapping at `pid_max`: a process created after this was read
 /// has a PID in the cyclic interval from it (excluded) to the value read later (included).
 pub fn last_pid() -> Option<i32> {
-    let own = fs::read_link("/proc/self").ok()?;
-    if own.to_str()?.parse::<u32>().ok()? != std::process::id() {
+    // Which namespace this process's /proc shows does not change while it runs: asked once.
+    static PROC_IS_OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ours = PROC_IS_OURS.get_or_init(|| {
+        fs::read_link("/proc/self")
+            .ok()
+            .and_then(|own| own.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id())
+    });
+    if !ours {
         return None;
     }
     read_proc("/proc/sys/kernel/ns_last_pid")

@@ -90,6 +90,8 @@ impl ModuleMap {
     /// Builds the module list from the maps of `pid`; `exe` is /proc/PID/exe's target.
     pub fn new(pid: i32, maps: &[Mapping], exe: &Path) -> Self {
         let mut modules: Vec<LoadedModule> = Vec::new();
+        // Looked up once for all modules (see `proc_dir`).
+        let mut proc_dir: Option<PathBuf> = None;
         for m in maps.iter().filter(|m| m.is_file()) {
             let path = m.file_path();
             // One module per mapped file: two copies of a library (two memfds of one content
@@ -107,7 +109,8 @@ impl ModuleMap {
             }
             modules.push(LoadedModule {
                 path,
-                open_path: super::proc_dir(pid)
+                open_path: proc_dir
+                    .get_or_insert_with(|| super::proc_dir(pid))
                     .join("map_files")
                     .join(format!("{:x}-{:x}", m.start, m.end)),
                 start: m.start,
