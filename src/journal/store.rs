@@ -80,7 +80,25 @@ impl StateDir {
             let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
             PathBuf::from(home).join(".local/state/rpatch")
         };
-        Self::at(root)
+        // An operation opens it more than once (its upkeep, then the target's lock): the
+        // directory checked and opened last is used again while `root` still names that very
+        // directory (one `stat` instead of a checked walk of every component).
+        thread_local! {
+            static OPENED: std::cell::RefCell<Option<StateDir>> = const { std::cell::RefCell::new(None) };
+        }
+        let same = |opened: &StateDir| {
+            opened.root == root
+                && match (fstat(opened.dir.as_fd()), nix::sys::stat::lstat(&root)) {
+                    (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+                    _ => false,
+                }
+        };
+        if let Some(opened) = OPENED.with_borrow(|o| o.as_ref().filter(|o| same(o)).cloned()) {
+            return Ok(opened);
+        }
+        let opened = Self::at(root)?;
+        OPENED.set(Some(opened.clone()));
+        Ok(opened)
     }
 
     /// A state directory at `root`, created (0700) if missing.
