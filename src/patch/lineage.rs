@@ -58,15 +58,21 @@ pub(super) fn open_journal(
     if journal.existed() {
         return Ok(journal);
     }
-    drop(journal);
+    // Who it may inherit from (read without taking any other lock).
     let chain = forked_from(info);
+    let dead = dead_journals(state, info, &chain);
+    if chain.is_empty() && dead.is_empty() {
+        // No one: the journal just opened, its lock held throughout, is the one.
+        return Ok(journal);
+    }
+    drop(journal);
     for &(pid, start) in &chain {
         let source = Source::Live { pid, start };
         if let Some(journal) = adopt_from(state, &source, info, identity, stale, log)? {
             return Ok(journal);
         }
     }
-    for source in dead_journals(state, info, &chain) {
+    for source in dead {
         if let Some(journal) = adopt_from(state, &source, info, identity, stale, log)? {
             return Ok(journal);
         }
