@@ -334,14 +334,34 @@ fn borrow_thread<'t>(
 ) -> Result<Held<'t>, Error> {
     let pid = tracer.pid();
     let tids = process::list_threads(pid)?;
-    let ranked = rank_threads(modules, tracer.mem(), &tids)
-        .map_err(|reasons| InjectError::NoSafeThread { pid, reasons })?;
+    // Ranked a few at a time (see `rank_threads`): each thread of tier 0 is tried as soon as
+    // it is found, the others once every thread has been ranked, in tier then TID order — the
+    // order of one full ranking. Threads with live SVE state go last.
+    let mut ranked = 0;
+    let mut ranking_refused = Vec::new();
+    let mut deferred = Vec::new();
     let mut refused = Vec::new();
-    // Two passes: threads with live SVE state are set aside in the first, taken in the second.
-    let mut candidates = ranked;
-    for sve_allowed in [false, true] {
-        let mut last_choices = Vec::new();
-        for candidate in candidates {
+    let mut last_choices = Vec::new();
+    let mut any_candidate = false;
+    loop {
+        let (now, sve_allowed) = if ranked < tids.len() {
+            let ranking = rank_threads(modules, tracer.mem(), &tids[ranked..]);
+            ranked += ranking.examined;
+            ranking_refused.extend(ranking.refused);
+            any_candidate |= !ranking.candidates.is_empty();
+            let (best, others): (Vec<_>, Vec<_>) =
+                ranking.candidates.into_iter().partition(|c| c.tier == 0);
+            deferred.extend(others);
+            (best, false)
+        } else if !deferred.is_empty() {
+            deferred.sort_by_key(|c| (c.tier, c.tid));
+            (std::mem::take(&mut deferred), false)
+        } else if !last_choices.is_empty() {
+            (std::mem::take(&mut last_choices), true)
+        } else {
+            break;
+        };
+        for candidate in now {
             let tid = candidate.tid;
             match judge_thread(
                 tracer,
@@ -366,11 +386,14 @@ fn borrow_thread<'t>(
                 Judged::Refused(None) => {}
             }
         }
-        candidates = last_choices;
     }
     Err(InjectError::NoSafeThread {
         pid,
-        reasons: refused,
+        reasons: if any_candidate {
+            refused
+        } else {
+            ranking_refused
+        },
     }
     .into())
 }
