@@ -109,6 +109,19 @@ fn vector_registers_survive_the_injected_calls() {
     assert_untraced(target.pid());
 }
 
+/// Waits until `sigsuspender`'s only thread sleeps, which it does only in its wait (its
+/// handlers' writes to a pipe that is read do not block).
+fn wait_until_waiting(pid: u32, case: &str) {
+    let deadline = std::time::Instant::now() + RPATCH_TIMEOUT;
+    while proc_state(pid) != Some('S') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{case}: the target never went back to its wait"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// A thread borrowed while it waits in `sigsuspend`, or in `epoll_wait` (the only thread of
 /// `sigsuspender`), with a signal sent while it runs rpatch's code (rpatch is stopped,
 /// `RPATCH_FAULT=POINT:stop`, right after resuming it into the bootstrap, the stub for `dlopen`,
@@ -154,6 +167,11 @@ fn a_signal_during_the_borrow_ends_the_threads_wait() {
             std::thread::yield_now();
         }
         run.wait().expect_ok();
+        // Each signal is sent once the thread waits again: its report counts the returns of
+        // the waits the earlier signals ended (on a loaded machine the thread may still be in
+        // a handler long after it printed, and a signal then would be handled before that
+        // return).
+        wait_until_waiting(pid, &case);
         // SAFETY: as above.
         unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
         assert_eq!(
@@ -162,7 +180,9 @@ fn a_signal_during_the_borrow_ends_the_threads_wait() {
             "{case}: SIGUSR1 was handled while rpatch held the thread; its wait must have \
              returned"
         );
+        wait_until_waiting(pid, &case);
         rollback_ok(state.path(), pid, &[]);
+        wait_until_waiting(pid, &case);
         // SAFETY: as above.
         unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
         assert_eq!(
