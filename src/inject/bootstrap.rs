@@ -16,26 +16,21 @@ use std::time::Duration;
 impl InjectedThread<'_> {
     /// Maps the stub region with the bootstrap code in some slack bytes, and writes the stub.
     /// A bootstrap cut short by a signal is run again at the same address (its system calls
-    /// fail harmlessly for what is already mapped). `maps`: the target's mappings as the caller
-    /// just read them, for the first attempt (the other threads run on either way, and what the
-    /// bootstrap mapped is checked against a fresh read); later attempts read them again.
+    /// fail harmlessly for what is already mapped). Each attempt starts from the mappings last
+    /// read (see [`Self::mappings`]: the caller's, then those read after the attempt before);
+    /// what the bootstrap mapped is checked against a read made after it ran.
     pub(super) fn bootstrap(
         &mut self,
         modules: &mut ModuleMap,
         ledger: &mut dyn SlackLedger,
-        maps: Vec<process::Mapping>,
         log: &Log,
     ) -> Result<(), InjectError> {
         let pid = self.pid();
         let refused = |reason: String| InjectError::NoStubRegion { pid, reason };
         let mut tried = Vec::new();
         let mut again = None;
-        let mut first = Some(maps);
         for _ in 0..BOOTSTRAP_ATTEMPTS {
-            let maps = match first.take() {
-                Some(maps) => maps,
-                None => self.maps()?,
-            };
+            let maps = self.mappings()?;
             let page = self.layout.page();
             let slack = region::find_slack(modules, &maps, self.tracer.mem(), page).ok_or_else(|| {
                 refused(format!(

@@ -98,7 +98,7 @@ impl<'t> InjectedThread<'t> {
             stacks,
             running_in: OwnCode::Nothing,
             forked_in_call: Vec::new(),
-            mappings: Some(maps.clone()),
+            mappings: Some(maps),
             log,
         };
         // Every process or thread the borrowed thread makes is reported (see `child_born`).
@@ -119,7 +119,7 @@ impl<'t> InjectedThread<'t> {
                 format!("reusing the call stub at {:#x} ({} bytes)", r.base, r.len()),
             ),
             None => {
-                thread.bootstrap(modules, ledger, maps, log)?;
+                thread.bootstrap(modules, ledger, log)?;
                 thread.wait_for_safe_point(modules)?;
             }
         }
@@ -145,21 +145,16 @@ impl<'t> InjectedThread<'t> {
         self.tracer.pid()
     }
 
-    /// The target's mappings, read now; none at all means its address space is being torn
-    /// down.
-    pub(super) fn maps(&self) -> Result<Vec<process::Mapping>, InjectError> {
-        live_maps(self.pid())
-    }
-
     /// The target's mappings: as this borrow last read them when it has run nothing since
-    /// that may map memory, else read now. The other threads run on either way, so this is a
-    /// snapshot like any read: what it is used for is checked where it matters (a page is
-    /// mapped with MAP_FIXED_NOREPLACE, a library's mapping against its inode).
+    /// that may map memory, else read now (none at all means its address space is being torn
+    /// down: an error). The other threads run on either way, so this is a snapshot like any
+    /// read: what it is used for is checked where it matters (a page is mapped with
+    /// MAP_FIXED_NOREPLACE, a library's mapping against its inode).
     pub fn mappings(&mut self) -> Result<Vec<process::Mapping>, InjectError> {
         if let Some(maps) = &self.mappings {
             return Ok(maps.clone());
         }
-        let maps = self.maps()?;
+        let maps = live_maps(self.pid())?;
         self.mappings = Some(maps.clone());
         Ok(maps)
     }
