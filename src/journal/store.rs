@@ -270,10 +270,11 @@ impl StateDir {
     ///   image is only ever forked from a live one;
     /// - with `exited`, the journal of a process that exited (no `/proc/PID`), on the same
     ///   condition, with its lock file and spare (see [`StateDir::replace_journal`]), and the
-    ///   lock file and spare of an exited process that has no journal (an attach that failed). Without this every process ever patched (each restart
-    ///   of a service `rpatch watch` patches again) left its files behind, and `status --all`
-    ///   and `watch`, which read every journal, and every operation, which lists the directory
-    ///   (twice), slowed down with them. Those (and the manifest operations) ask for it; an
+    ///   lock file and spare of an exited process that has no journal (an attach that failed).
+    ///   Without this every process ever patched (each restart of a service `rpatch watch`
+    ///   patches again) left its files behind, and `status --all` and `watch`, which read every
+    ///   journal, and every operation, which lists the directory (twice), slowed down with
+    ///   them. Those (and the manifest operations) ask for it; an
     ///   operation on one process does it once the directory holds [`PRUNE_EXITED_AT`] journals:
     ///   knowing whether an image is still run reads every process's executable (0.3–1 ms),
     ///   which an attach should not pay for each process that exited before it, but may once for
@@ -305,22 +306,23 @@ impl StateDir {
             }
         }
         let mut deleted = Vec::new();
-        if candidates.is_empty() && !exited {
-            return deleted;
-        }
-        // Which of their images live processes run, read once for all of them. An image none
-        // runs now never runs again; one run now may stop, which only keeps its journal longer.
-        let run = super::ImagesRun::of(candidates.iter().map(|(_, _, d)| &d.identity));
-        for (name, (pid, current), _) in candidates {
-            // Needed while its image runs, and (a current one) while a process has the PID.
-            let needed =
-                |d: &JournalData| run.still_run(&d.identity) || (current && process_exists(pid));
-            let unneeded = |d: &JournalData| !needed(d);
-            if let Some(lock) = self.delete_under_lock(name, pid, unneeded) {
-                if current {
-                    self.unlink_lock(pid, lock);
+        if !candidates.is_empty() {
+            // Which of their images live processes run, read once for all of them. An image
+            // none runs now never runs again; one run now may stop, which only keeps its
+            // journal longer.
+            let run = super::ImagesRun::of(candidates.iter().map(|(_, _, d)| &d.identity));
+            for (name, (pid, current), _) in candidates {
+                // Needed while its image runs, and (a current one) while a process has the PID.
+                let needed = |d: &JournalData| {
+                    run.still_run(&d.identity) || (current && process_exists(pid))
+                };
+                let unneeded = |d: &JournalData| !needed(d);
+                if let Some(lock) = self.delete_under_lock(name, pid, unneeded) {
+                    if current {
+                        self.unlink_lock(pid, lock);
+                    }
+                    deleted.push(name.clone());
                 }
-                deleted.push(name.clone());
             }
         }
         if exited {
@@ -338,19 +340,15 @@ impl StateDir {
             let Some(pid) = lock_pid(name) else {
                 continue;
             };
-            if listed.contains(format!("{pid}.json").as_str()) || process_exists(pid) {
+            let journal = format!("{pid}.json");
+            if listed.contains(journal.as_str()) || process_exists(pid) {
                 continue;
             }
             let Ok(lock) = self.lock_file(name) else {
                 continue;
             };
-            let journal = format!("{pid}.json");
             if lock.try_lock().is_ok() && !process_exists(pid) && !self.has(&journal) {
-                let _ = unlinkat(
-                    self.dir.as_fd(),
-                    spare_name(&journal).as_str(),
-                    UnlinkatFlags::NoRemoveDir,
-                );
+                self.remove(&spare_name(&journal));
                 self.unlink_lock(pid, lock);
             }
         }
@@ -368,15 +366,10 @@ impl StateDir {
         lock.try_lock().ok()?;
         let data = self.read_journal(name).ok().flatten().filter(&unneeded)?;
         unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).ok()?;
-        let _ = unlinkat(
-            self.dir.as_fd(),
-            spare_name(name).as_str(),
-            UnlinkatFlags::NoRemoveDir,
-        );
+        self.remove(&spare_name(name));
         let id = &data.identity;
         if let Some(image) = &id.image {
-            let entry = image_index_name(image, id.pid, id.start_time);
-            let _ = unlinkat(self.dir.as_fd(), entry.as_str(), UnlinkatFlags::NoRemoveDir);
+            self.remove(&image_index_name(image, id.pid, id.start_time));
         }
         Some(lock)
     }
@@ -396,12 +389,14 @@ impl StateDir {
 
     /// Unlinks `pid`'s lock file while `held` (its lock, taken) is still open.
     fn unlink_lock(&self, pid: i32, held: File) {
-        let _ = unlinkat(
-            self.dir.as_fd(),
-            format!("{pid}.lock").as_str(),
-            UnlinkatFlags::NoRemoveDir,
-        );
+        self.remove(&format!("{pid}.lock"));
         drop(held);
+    }
+
+    /// Unlinks `name` from the directory, best effort: what cannot be removed now (already
+    /// gone, or an error) is no reason to fail, and a later prune tries again.
+    fn remove(&self, name: &str) {
+        let _ = unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
     }
 
     /// The names of the files in the directory (listed through the directory as opened).
@@ -478,7 +473,7 @@ impl StateDir {
                     .map_err(errno_err(&path))
             });
         if written.is_err() {
-            let _ = unlinkat(self.dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            self.remove(&tmp);
             return written;
         }
         if !durable {
@@ -514,7 +509,7 @@ impl StateDir {
                 renameat(dir, spare.as_str(), dir, name).map_err(errno_err(&path))?;
             }
             Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                let _ = unlinkat(dir, spare.as_str(), UnlinkatFlags::NoRemoveDir);
+                self.remove(&spare);
                 return self.replace_file(name, bytes, 0o600, durable);
             }
             Err(e) => return Err(errno_err(&path)(e)),
