@@ -606,26 +606,33 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// A kernel thread (kthreadd, kworker...) has a PID but no user-space memory or executable:
 /// say so rather than "no such process" when its /proc files read empty.
 pub fn refuse_kernel_thread(pid: i32) -> Result<(), ProcessError> {
-    user_stat(pid).map(drop)
+    user_stat_line(pid).map(drop)
 }
 
-/// The main thread's (state, start time, comm) from `/proc/PID/stat`, refused for a kernel
-/// thread (see [`refuse_kernel_thread`]): both from one read.
-fn user_stat(pid: i32) -> Result<(char, u64, String), ProcessError> {
+/// `/proc/PID/stat`, refused for a kernel thread (see [`refuse_kernel_thread`]).
+fn user_stat_line(pid: i32) -> Result<String, ProcessError> {
     let path = format!("/proc/{pid}/stat");
     let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
-    let parsed = parse_stat(&text);
     match stat_flags(&text) {
         Some(flags) if flags & PF_KTHREAD != 0 => Err(ProcessError::KernelThread {
             pid,
-            name: parsed.map(|(_, _, comm)| comm).unwrap_or_default(),
+            name: parse_stat(&text)
+                .map(|(_, _, comm)| comm)
+                .unwrap_or_default(),
         }),
-        _ => parsed.ok_or_else(|| ProcessError::Io {
-            pid,
-            what: path,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat"),
-        }),
+        _ => Ok(text),
     }
+}
+
+/// The main thread's (state, start time, comm), refused for a kernel thread: both from one
+/// read of `/proc/PID/stat`.
+fn user_stat(pid: i32) -> Result<(char, u64, String), ProcessError> {
+    let text = user_stat_line(pid)?;
+    parse_stat(&text).ok_or_else(|| ProcessError::Io {
+        pid,
+        what: format!("/proc/{pid}/stat"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat"),
+    })
 }
 
 /// Field 9 of a stat line: the task's flags.
