@@ -13,7 +13,7 @@ mod store;
 
 pub use inherit::{Inconsistent, Origin, inherit};
 pub use settle::{Observed, now_secs, observe, reconcile, settle_slack};
-pub use store::{Journal, Stale, StateDir, TargetLock};
+pub use store::{Journal, PendingSave, Stale, StateDir, TargetLock};
 
 pub use crate::process::ExecImage;
 use serde::{Deserialize, Serialize};

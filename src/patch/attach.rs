@@ -18,8 +18,8 @@ use crate::fault::{FaultPoint, FrozenPoints};
 use crate::inject::LoaderFunctions;
 use crate::isa;
 use crate::journal::{
-    Journal, JournalData, JumpMethod, Observed, PatchRecord, PatchState, Stale, now_secs, observe,
-    reconcile,
+    Journal, JournalData, JumpMethod, Observed, PatchRecord, PatchState, PendingSave, Stale,
+    now_secs, observe, reconcile,
 };
 use crate::log::{Log, PhaseClock, Phases};
 use crate::process::{self, Memory, ModuleMap, ProcMem, Tracer};
@@ -419,10 +419,21 @@ fn attach_once(
     let loaded = loaded?;
     crate::fault::point(FaultPoint::Loaded);
     copied_on_fork(pid, &loaded, &journal.data)?;
-    // The unwind tables of what the load mapped (the library) are read now, before the journal
-    // intent and the freeze (nothing slow while frozen). Stacks are always unwound: a context
-    // a signal interrupted resumes at its saved PC, which the PC check covers; --allow-active
-    // skips only the return-address check.
+    // The intent is durable before anything is stopped: written now, its disk write under way
+    // while the unwind tables of what the load mapped (the library) are read, durable before
+    // the freeze (nothing slow while frozen). Stacks are always unwound: a context a signal
+    // interrupted resumes at its saved PC, which the PC check covers; --allow-active skips
+    // only the return-address check.
+    clock.enter("journal");
+    let (records, intent) = record_intent(
+        &mut journal,
+        &mut modules,
+        &planned,
+        &loaded,
+        &options.library,
+        payload.sha256.clone(),
+        manifest.map(|m| m.name.clone()),
+    )?;
     clock.enter("tables");
     let maps_now = process::read_maps(pid)?;
     let mut modules_now = ModuleMap::new(pid, &maps_now, &info.exe).with_cache(cache.clone());
@@ -435,18 +446,8 @@ fn attach_once(
         bytes: &library_bytes,
     });
     stacks.refresh(&mut modules_now, &maps_now, copy, log)?;
-
-    // The intent is durable before anything is stopped.
     clock.enter("journal");
-    let records = record_intent(
-        &mut journal,
-        &mut modules,
-        &planned,
-        &loaded,
-        &options.library,
-        payload.sha256.clone(),
-        manifest.map(|m| m.name.clone()),
-    )?;
+    intent.finish()?;
     log.step(
         "journal",
         format!("intent recorded in {}", journal.path().display()),
@@ -642,17 +643,18 @@ fn in_manifest_modules(
     Ok(())
 }
 
-/// The journal records of this attach, in state `intent`, saved (fsynced) with the island pages
-/// the load mapped: from here on a run that dies leaves records `reconcile` settles.
-fn record_intent(
-    journal: &mut Journal,
+/// The journal records of this attach, in state `intent`, with the island pages the load
+/// mapped, their durable save begun: once it is finished, a run that dies leaves records
+/// `reconcile` settles.
+fn record_intent<'j>(
+    journal: &'j mut Journal,
     modules: &mut ModuleMap,
     planned: &[PlannedFunction],
     loaded: &LoadPhase,
     library: &Path,
     library_sha256: String,
     manifest: Option<String>,
-) -> Result<Vec<PatchRecord>, Error> {
+) -> Result<(Vec<PatchRecord>, PendingSave<'j>), Error> {
     let group = journal.data.next_group();
     let ids = journal.data.next_id()..;
     let records: Vec<PatchRecord> = ids
@@ -688,8 +690,8 @@ fn record_intent(
         .islands
         .extend(loaded.new_islands.iter().copied());
     journal.data.patches.extend(records.iter().cloned());
-    journal.save()?;
-    Ok(records)
+    let pending = journal.begin_save()?;
+    Ok((records, pending))
 }
 
 /// What no thread may be executing (the bytes each jump overwrites) and, unless `allow_active`,

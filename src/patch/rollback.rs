@@ -132,17 +132,19 @@ fn rollback_once(
     log.step("plan", format!("rolling back {}", Ids(&selected)));
     let ranges = guarded_ranges(&selected, options.allow_active);
     // The rollback intent is durable before anything is stopped: if rpatch dies after writing
-    // memory, the journal still tells what may have happened, and `reconcile` settles it.
+    // memory, the journal still tells what may have happened, and `reconcile` settles it. Its
+    // disk write is under way while the unwind tables are read (before anything is stopped
+    // too). Stacks are unwound even with --allow-active: a context a signal interrupted
+    // resumes at its saved PC (an island slot being cleared, say), which the PC check covers.
     clock.enter("journal");
     let ids: Vec<u64> = selected.iter().map(|r| r.id).collect();
     journal.data.mark(&ids, PatchState::RollingBack);
-    journal.save()?;
-    crate::fault::point(FaultPoint::RollbackIntent);
-    // Unwind tables are read before anything is stopped. Stacks are unwound even with
-    // --allow-active: a context a signal interrupted resumes at its saved PC (an island slot
-    // being cleared, say), which the PC check covers.
+    let intent = journal.begin_save()?;
     clock.enter("tables");
     let mut stacks = StackInspector::new(&mut modules, &maps, log)?;
+    clock.enter("journal");
+    intent.finish()?;
+    crate::fault::point(FaultPoint::RollbackIntent);
     clock.enter("freeze");
     let result = frozen_write(
         FrozenPoints {
