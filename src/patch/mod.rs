@@ -198,8 +198,6 @@ fn frozen_write(
             Err(ProcessError::InVfork { tid, .. }) => Err(tid),
             Err(e) => return Err(e.into()),
         };
-        // Real-time priority for the frozen window only (dropped at the end of each round).
-        let _realtime = RealtimeGuard::raise();
         let frozen_at = Instant::now();
         // A thread gets its chance to stop even when the overall timeout is short or spent: on a
         // loaded machine it may wait long for a CPU (see `process::STOP_GRACE`).
@@ -223,6 +221,9 @@ fn frozen_write(
                 )
             }
             Ok(Ok(Some(frozen))) => {
+                // Real-time priority from the moment every thread is stopped to the thaw, where
+                // rpatch alone works and nothing must take its CPU (see `process::priority`).
+                let _realtime = RealtimeGuard::raise();
                 // The processes sharing the address space are stopped once the target is, and
                 // their threads checked the same way.
                 let sharers = FrozenSharers::freeze(pid, &sharers, stop_deadline)?;
