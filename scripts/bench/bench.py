@@ -212,13 +212,14 @@ def pauses(threads, user=None, rounds=FREEZE_RUNS, rtprio=None):
     pre = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] if user else []
     if rtprio:
         pre = ["prlimit", f"--rtprio={rtprio}:{rtprio}", "--"] + pre
+    # Interleaved, one of each per round (as every reference here): a slower minute of the
+    # machine slows both alike.
     with Target([os.path.join(BENCH, "pausewatch"), str(threads)], user=user) as t:
         for i in range(rounds):
             t.cmd("reset")
             run(pre + attach_args(t.pid, lib, "compute"), env=env)
             ours.append(int(t.cmd("max").split()[1]))
             run(pre + [RPATCH, "rollback", str(t.pid)], env=env)
-        for i in range(rounds):
             t.cmd("reset")
             run(pre + [os.path.join(BENCH, "freeze_min"), str(t.pid), "1"], env=env)
             floor.append(int(t.cmd("max").split()[1]))

@@ -198,6 +198,11 @@ fn frozen_write(
             Err(ProcessError::InVfork { tid, .. }) => Err(tid),
             Err(e) => return Err(e.into()),
         };
+        // The unwinder learns, before the window, the code where the sleeping threads will be
+        // found: their walks in it then find everything cached (see `StackInspector::prewarm`).
+        if let (Ok(survey), Some(stacks)) = (&survey, stacks.as_deref_mut()) {
+            stacks.prewarm(survey.sleeping_at());
+        }
         let frozen_at = Instant::now();
         // A thread gets its chance to stop even when the overall timeout is short or spent: on a
         // loaded machine it may wait long for a CPU (see `process::STOP_GRACE`).

@@ -360,6 +360,9 @@ impl Tracer {
         let mut survey = Survey::default();
         for tid in tids {
             let blocked = super::blocked_syscall(self.pid, tid);
+            if let Some(b) = &blocked {
+                survey.sleeping_at.push((b.pc, b.sp));
+            }
             match blocked {
                 Some(b) if b.in_vfork() => {
                     return Err(ProcessError::InVfork { pid: self.pid, tid });
@@ -802,6 +805,16 @@ pub struct Survey {
     running: Vec<i32>,
     blocked: Vec<i32>,
     eintr_only: Vec<i32>,
+    sleeping_at: Vec<(u64, u64)>,
+}
+
+impl Survey {
+    /// The PC and stack pointer of each thread seen asleep in a system call (as
+    /// `/proc/PID/task/TID/syscall` showed them): where its stack walk will start once it is
+    /// stopped, unless it wakes meanwhile.
+    pub fn sleeping_at(&self) -> &[(u64, u64)] {
+        &self.sleeping_at
+    }
 }
 
 /// Whether a thread is gone, a zombie, or dead: an EPERM from PTRACE_SEIZE then means "exiting",

@@ -699,6 +699,21 @@ impl StackInspector {
         }
     }
 
+    /// Walks the stacks of running threads from `points` (PC, stack pointer: one walk per
+    /// distinct PC), for what the walks learn, not for their frames: the verdict on each code
+    /// address's CFI (`trusted`) and framehop's cache are facts about the modules, not about a
+    /// thread, and filling them here takes the first-touch cost out of the frozen window (where
+    /// a thread's walk then costs a few microseconds, not tens). The stacks may change while
+    /// they are read; nothing read here is used for a decision.
+    pub fn prewarm(&mut self, points: &[(u64, u64)]) {
+        let mut seen = HashSet::new();
+        for &(pc, sp) in points {
+            if seen.insert(pc) {
+                self.walk(&Regs::for_unwind(pc, sp, 0));
+            }
+        }
+    }
+
     /// Walks a thread and looks for a return address into one of `functions`: first among the
     /// unwound frames, then, when the walk is incomplete, by scanning the rest of the stack for
     /// words that return into a function right after a call instruction.
