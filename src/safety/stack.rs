@@ -699,8 +699,8 @@ impl StackInspector {
         }
     }
 
-    /// Walks the stacks of running threads from `points` (PC, stack pointer: one walk per
-    /// distinct PC), for what the walks learn, not for their frames: the verdict on each code
+    /// Walks the stacks of threads not stopped yet, from `points` (PC, stack pointer: one walk
+    /// per distinct PC), for what the walks learn, not for their frames: the verdict on each code
     /// address's CFI (`trusted`) and framehop's cache are facts about the modules, not about a
     /// thread, and filling them here takes the first-touch cost out of the frozen window (where
     /// a thread's walk then costs a few microseconds, not tens). The stacks may change while
