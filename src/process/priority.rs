@@ -9,8 +9,11 @@
 //! while threads are still stopping: rpatch then mostly sleeps, and a real-time tracer woken
 //! by every stop preempts the very threads still on their way to theirs (measured, 8 threads:
 //! longest pause 433 µs with SCHED_FIFO from the first interrupt, 276 µs from the last stop).
-//! Sleeps while waiting for threads are made exact (a timer slack of 1 ns instead of the
-//! default 50 us, which an ordinary thread would otherwise add to every short sleep).
+//! The exception is a thread blocked in a call a ptrace interrupt makes fail with EINTR: from
+//! its interrupt to its repair rpatch stays real-time, since a SIGKILL of rpatch in between
+//! leaves that call failing (see `Tracer::freeze_all`). Sleeps while waiting for threads are
+//! made exact (a timer slack of 1 ns instead of the default 50 us, which an ordinary thread
+//! would otherwise add to every short sleep).
 
 /// While alive, the calling thread's sleeps are exact (a timer slack of 1 ns instead of the
 /// default 50 us): rpatch polls a borrowed thread's progress and waits for threads to stop with

@@ -431,6 +431,12 @@ impl Tracer {
             }
             let mut failure = None;
             let mut refused = false;
+            // Real-time while these are stopped and repaired (the rest of the freeze waits at
+            // the caller's priority, see `super::priority`): a tracer preempted between an
+            // interrupt and its repair would stretch the window a SIGKILL of rpatch turns into
+            // a spurious EINTR.
+            let realtime =
+                (!round.eintr_only.is_empty()).then(super::priority::RealtimeGuard::raise);
             for &tid in &round.eintr_only {
                 if self.threads.contains_key(&tid) || refused {
                     continue;
@@ -450,6 +456,7 @@ impl Tracer {
                     Err(e) => failure = failure.or(Some(e)),
                 }
             }
+            drop(realtime);
             // Every thread recorded is one the caller's release lets go rather than leaving it
             // in its trap: the others' stops are collected even after a failure.
             match self.await_stops(&asked, deadline, visit, refused) {

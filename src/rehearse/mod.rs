@@ -55,7 +55,7 @@ pub struct RehearseOptions {
     pub patch: AttachOptions,
     /// Ready once a line of the target's output matches.
     pub ready_line: Option<Regex>,
-    /// Ready once 127.0.0.1 (or [::1]) accepts a TCP connection on this port.
+    /// Ready once 127.0.0.1 (or `[::1]`) accepts a TCP connection on this port.
     pub ready_port: Option<u16>,
     /// How long readiness may take.
     pub ready_timeout: Duration,
