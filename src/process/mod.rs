@@ -229,7 +229,12 @@ pub fn read_proc(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
 pub fn read_stat(pid: i32, tid: i32) -> Result<(char, u64, String), ProcessError> {
     let path = format!("/proc/{pid}/task/{tid}/stat");
     let text = read_proc(&path).map_err(|e| map_proc_err(pid, &path, e))?;
-    parse_stat(&text).ok_or_else(|| ProcessError::Io {
+    parsed_stat(pid, path, &text)
+}
+
+/// [`parse_stat`] of the line read at `path`, an error naming the file when it does not parse.
+fn parsed_stat(pid: i32, path: String, text: &str) -> Result<(char, u64, String), ProcessError> {
+    parse_stat(text).ok_or_else(|| ProcessError::Io {
         pid,
         what: path,
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat"),
@@ -627,12 +632,7 @@ fn user_stat_line(pid: i32) -> Result<String, ProcessError> {
 /// The main thread's (state, start time, comm), refused for a kernel thread: both from one
 /// read of `/proc/PID/stat`.
 fn user_stat(pid: i32) -> Result<(char, u64, String), ProcessError> {
-    let text = user_stat_line(pid)?;
-    parse_stat(&text).ok_or_else(|| ProcessError::Io {
-        pid,
-        what: format!("/proc/{pid}/stat"),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat"),
-    })
+    parsed_stat(pid, format!("/proc/{pid}/stat"), &user_stat_line(pid)?)
 }
 
 /// Field 9 of a stat line: the task's flags.

@@ -357,22 +357,7 @@ impl Tracer {
             }
             Err(e) => return Err(e),
         };
-        let mut survey = Survey::default();
-        for tid in tids {
-            let blocked = super::blocked_syscall(self.pid, tid);
-            if let Some(b) = &blocked {
-                survey.sleeping_at.push((b.pc, b.sp));
-            }
-            match blocked {
-                Some(b) if b.in_vfork() => {
-                    return Err(ProcessError::InVfork { pid: self.pid, tid });
-                }
-                Some(b) if b.eintr_only() => survey.eintr_only.push(tid),
-                Some(_) => survey.blocked.push(tid),
-                None => survey.running.push(tid),
-            }
-        }
-        Ok(survey)
+        Survey::of(self.pid, tids)
     }
 
     /// Seizes and stops every thread (see [`Tracer::freeze`], which makes the result a guard),
@@ -491,17 +476,7 @@ impl Tracer {
                 return Ok(true);
             }
             // Rare: threads created since the survey. Their state is read now.
-            round = Survey::default();
-            for tid in new {
-                match super::blocked_syscall(self.pid, tid) {
-                    Some(b) if b.in_vfork() => {
-                        return Err(ProcessError::InVfork { pid: self.pid, tid });
-                    }
-                    Some(b) if b.eintr_only() => round.eintr_only.push(tid),
-                    Some(_) => round.blocked.push(tid),
-                    None => round.running.push(tid),
-                }
-            }
+            round = Survey::of(self.pid, new)?;
         }
     }
 
@@ -816,6 +791,25 @@ pub struct Survey {
 }
 
 impl Survey {
+    /// Reads the state of threads `tids` of `pid` from `/proc` (see [`Tracer::survey`]); a
+    /// thread in `vfork` is an error at once.
+    fn of(pid: i32, tids: Vec<i32>) -> Result<Self, ProcessError> {
+        let mut survey = Survey::default();
+        for tid in tids {
+            let blocked = super::blocked_syscall(pid, tid);
+            if let Some(b) = &blocked {
+                survey.sleeping_at.push((b.pc, b.sp));
+            }
+            match blocked {
+                Some(b) if b.in_vfork() => return Err(ProcessError::InVfork { pid, tid }),
+                Some(b) if b.eintr_only() => survey.eintr_only.push(tid),
+                Some(_) => survey.blocked.push(tid),
+                None => survey.running.push(tid),
+            }
+        }
+        Ok(survey)
+    }
+
     /// The PC and stack pointer of each thread seen asleep in a system call (as
     /// `/proc/PID/task/TID/syscall` showed them): where its stack walk will start once it is
     /// stopped, unless it wakes meanwhile.
